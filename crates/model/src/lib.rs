@@ -1,0 +1,569 @@
+//! Gatehouse's configuration model: the YAML/JSON shape of every entity, parsed and checked
+//! with errors that name the field (`routes[2].service: no service named "users"`).
+//!
+//! This crate is pure data: no I/O, no sockets. The same structs are what the admin API will
+//! accept and return, so files, API and CLI speak one model.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+mod validate;
+
+pub use validate::{check_path_pattern, is_valid_name, parse_service_url, validate};
+
+/// One problem in a configuration, located by a field path such as `routes[0].paths[1]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// A list of problems, printed one `path: message` per line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The whole configuration of one gateway: node settings and all entities.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Addresses the data plane listens on. Default: `0.0.0.0:8080`.
+    #[serde(default)]
+    pub listen: Vec<Listen>,
+    /// Where the admin API listens (served from the control-plane milestone on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<Admin>,
+    /// Settings of this gateway node.
+    #[serde(default)]
+    pub node: Node,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    #[serde(default)]
+    pub services: Vec<Service>,
+    #[serde(default)]
+    pub upstreams: Vec<Upstream>,
+    #[serde(default)]
+    pub consumers: Vec<Consumer>,
+    #[serde(default)]
+    pub plugins: Vec<PluginInstance>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// `ip:port`, e.g. `0.0.0.0:8080` or `[::1]:8080`.
+    pub address: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    pub address: String,
+}
+
+/// Per-node settings. Changing `workers` takes effect on restart; the rest on reload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    /// This node's position among the gateway nodes (0, 1, 2, ...), used by `subset_size` so
+    /// that nodes spread evenly over targets. Default: derived from the host name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u32>,
+    /// Worker threads, each with its own event loop and upstream pools. Default: one per core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+    #[serde(default = "default_drain", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Add `Via: 1.1 gatehouse` to requests and responses.
+    #[serde(default)]
+    pub via: bool,
+}
+
+fn default_drain() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Default for Node {
+    fn default() -> Self {
+        Self {
+            index: None,
+            workers: None,
+            drain_timeout: default_drain(),
+            via: false,
+        }
+    }
+}
+
+/// A route: which requests (hosts, paths, methods, header/query/cookie predicates) go to which
+/// service, and how the path is rewritten on the way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub name: String,
+    /// Exact (`api.example.com`) or wildcard (`*.example.com`). Empty: any host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Exact `/a/b`, prefix `/a/*`, RESTful `/users/{id}`, regex `~^/a/[a-z]+$`. Empty: `/*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// HTTP methods, upper case. Empty: any method.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<Predicate>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query: Vec<Predicate>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cookies: Vec<Predicate>,
+    pub service: String,
+    /// Breaks ties between routes whose paths match equally well; higher wins.
+    #[serde(default)]
+    pub priority: i32,
+    /// Remove the matched path prefix before proxying.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Upstream path template; `{name}` inserts a captured parameter, `{*}` the rest of the
+    /// path after a prefix match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<String>,
+    /// Send the client's Host header upstream instead of the target's address.
+    #[serde(default)]
+    pub preserve_host: bool,
+}
+
+/// A condition on a header, query argument or cookie: exactly one of `equals`, `regex`,
+/// `present`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Predicate {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub equals: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present: Option<bool>,
+}
+
+/// A service: where matched requests go (an upstream or a URL) and how patiently.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub name: String,
+    /// Name of an upstream. Exactly one of `upstream` and `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// `http://host:port/base/path`: one target, and a path prefix put before every request path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// Extra attempts, on another target when there is one, when connecting fails. The request
+    /// has not been sent then, so this is safe for any method.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+}
+
+fn default_retries() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// TCP connect to a target.
+    #[serde(default = "default_connect", with = "humantime_serde")]
+    pub connect: Duration,
+    /// Longest wait for the response head and between two reads of the response body.
+    #[serde(default = "default_read", with = "humantime_serde")]
+    pub read: Duration,
+    /// Whole exchange, from sending the request to the end of the response body. Default: none.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub total: Option<Duration>,
+}
+
+fn default_connect() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_read() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: default_connect(),
+            read: default_read(),
+            total: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub name: String,
+    #[serde(default)]
+    pub balance: Balance,
+    /// For `consistent_hash`: what the hash is taken of. Default `ip`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<HashOn>,
+    /// For `hash_on: header|cookie|query`: the header, cookie or query argument name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_key: Option<String>,
+    pub targets: Vec<Target>,
+    /// Use at most this many targets on this node, chosen so that nodes spread evenly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset_size: Option<usize>,
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    #[serde(default)]
+    pub keepalive: Keepalive,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    Random,
+    LeastConn,
+    Ewma,
+    ConsistentHash,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashOn {
+    Ip,
+    Header,
+    Cookie,
+    Query,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive.
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext with prior knowledge.
+    H2c,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// `host:port`.
+    pub address: String,
+    /// Relative share of requests; 0 drains the target.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Connection pool limits per target (defaults as in Bilibili's gateway).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Keepalive {
+    /// Open connections to one target, busy and idle together.
+    #[serde(default = "default_max_conns")]
+    pub max_connections: usize,
+    /// Idle connections kept for reuse per target.
+    #[serde(default = "default_max_conns")]
+    pub max_idle: usize,
+    /// An idle connection unused this long is closed.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+fn default_max_conns() -> usize {
+    1000
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Self {
+            max_connections: default_max_conns(),
+            max_idle: default_max_conns(),
+            idle_timeout: default_idle_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Consumer {
+    pub username: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_id: Option<String>,
+}
+
+/// A plugin instance, scoped globally or to a route, service or consumer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginInstance {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<String>,
+    #[serde(default)]
+    pub config: serde_json::Value,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Parses YAML (JSON is YAML too) into a [`Config`] and validates it, reporting every problem
+/// found. Each list item is parsed on its own so that one bad route does not hide the others.
+pub fn parse_yaml(text: &str) -> Result<Config, ConfigErrors> {
+    let root: yaml_serde::Value = yaml_serde::from_str(text).map_err(|e| {
+        let path = e
+            .location()
+            .map(|l| format!("line {} column {}", l.line(), l.column()))
+            .unwrap_or_default();
+        ConfigErrors(vec![ConfigError::new(path, format!("invalid YAML: {e}"))])
+    })?;
+    let mut errors = Vec::new();
+    let mut kept = KeptIndices::new();
+    let config = match root {
+        yaml_serde::Value::Null => Config::default(),
+        yaml_serde::Value::Mapping(map) => from_mapping(map, &mut errors, &mut kept),
+        _ => {
+            return Err(ConfigErrors(vec![ConfigError::new(
+                "",
+                "the configuration must be a mapping with keys such as listen, routes, services, upstreams",
+            )]))
+        }
+    };
+    errors.extend(validate(&config).into_iter().map(|mut e| {
+        e.path = kept.original_path(&e.path);
+        e.message = kept.original_refs(&e.message);
+        e
+    }));
+    sort_errors(&mut errors);
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+const TOP_KEYS: &[&str] = &[
+    "listen",
+    "admin",
+    "node",
+    "routes",
+    "services",
+    "upstreams",
+    "consumers",
+    "plugins",
+];
+
+/// For each section, the file index of every item that parsed. Items that fail to parse are
+/// left out of the [`Config`], so validation sees shifted indices; this maps them back so that
+/// every message names the item as the file numbers it.
+struct KeptIndices(HashMap<&'static str, Vec<usize>>);
+
+impl KeptIndices {
+    fn new() -> Self {
+        Self(HashMap::new())
+    }
+
+    fn original(&self, section: &str, i: usize) -> usize {
+        self.0
+            .get(section)
+            .and_then(|v| v.get(i).copied())
+            .unwrap_or(i)
+    }
+
+    fn original_path(&self, path: &str) -> String {
+        let Some((section, rest)) = path.split_once('[') else {
+            return path.to_owned();
+        };
+        let Some((n, tail)) = rest.split_once(']') else {
+            return path.to_owned();
+        };
+        match n.parse::<usize>() {
+            Ok(i) => format!("{section}[{}]{tail}", self.original(section, i)),
+            Err(_) => path.to_owned(),
+        }
+    }
+
+    /// Rewrites `(first at routes[N])` in a message.
+    fn original_refs(&self, message: &str) -> String {
+        match message.split_once("(first at ") {
+            Some((head, tail)) => match tail.strip_suffix(')') {
+                Some(p) => format!("{head}(first at {})", self.original_path(p)),
+                None => message.to_owned(),
+            },
+            None => message.to_owned(),
+        }
+    }
+}
+
+fn from_mapping(
+    map: yaml_serde::Mapping,
+    errors: &mut Vec<ConfigError>,
+    kept: &mut KeptIndices,
+) -> Config {
+    let mut sections: HashMap<String, yaml_serde::Value> = HashMap::new();
+    for (k, v) in map {
+        match k.as_str() {
+            Some(key) if TOP_KEYS.contains(&key) => {
+                sections.insert(key.to_owned(), v);
+            }
+            Some(key) => errors.push(ConfigError::new(
+                key,
+                format!("unknown key, expected one of: {}", TOP_KEYS.join(", ")),
+            )),
+            None => errors.push(ConfigError::new("", "top-level keys must be strings")),
+        }
+    }
+    let mut take = |k: &str| sections.remove(k);
+    let admin = take("admin").and_then(|v| one(v, "admin", errors));
+    let node = take("node")
+        .and_then(|v| one(v, "node", errors))
+        .unwrap_or_default();
+    Config {
+        listen: list(take("listen"), "listen", errors, kept),
+        admin,
+        node,
+        routes: list(take("routes"), "routes", errors, kept),
+        services: list(take("services"), "services", errors, kept),
+        upstreams: list(take("upstreams"), "upstreams", errors, kept),
+        consumers: list(take("consumers"), "consumers", errors, kept),
+        plugins: list(take("plugins"), "plugins", errors, kept),
+    }
+}
+
+fn one<T: DeserializeOwned>(
+    v: yaml_serde::Value,
+    path: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<T> {
+    if v.is_null() {
+        return None;
+    }
+    match serde_path_to_error::deserialize::<_, T>(v) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let full = if inner == "." || inner.is_empty() {
+                path.to_owned()
+            } else if inner.starts_with('[') {
+                format!("{path}{inner}")
+            } else {
+                format!("{path}.{inner}")
+            };
+            errors.push(ConfigError::new(full, clean_serde_message(e.inner())));
+            None
+        }
+    }
+}
+
+fn list<T: DeserializeOwned>(
+    v: Option<yaml_serde::Value>,
+    path: &'static str,
+    errors: &mut Vec<ConfigError>,
+    kept: &mut KeptIndices,
+) -> Vec<T> {
+    match v {
+        None | Some(yaml_serde::Value::Null) => Vec::new(),
+        Some(yaml_serde::Value::Sequence(items)) => {
+            let indices = kept.0.entry(path).or_default();
+            items
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, item)| {
+                    let t = one(item, &format!("{path}[{i}]"), errors)?;
+                    indices.push(i);
+                    Some(t)
+                })
+                .collect()
+        }
+        Some(_) => {
+            errors.push(ConfigError::new(path, "must be a list"));
+            Vec::new()
+        }
+    }
+}
+
+/// Orders errors by path with numbers compared as numbers, so `routes[2]` precedes
+/// `routes[10]` and a parse error and a reference error of one item stay together.
+pub fn sort_errors(errors: &mut [ConfigError]) {
+    fn key(path: &str) -> Vec<(String, u64)> {
+        path.split(['[', ']'])
+            .map(|part| match part.parse::<u64>() {
+                Ok(n) => (String::new(), n),
+                Err(_) => (part.to_owned(), 0),
+            })
+            .collect()
+    }
+    errors.sort_by_cached_key(|e| key(&e.path));
+}
+
+/// serde's messages end with YAML positions that are meaningless once items are re-parsed one
+/// by one (they refer to the item, not the file); the field path says where instead.
+fn clean_serde_message(e: &yaml_serde::Error) -> String {
+    let s = e.to_string();
+    match s.find(" at line ") {
+        Some(i) => s[..i].to_owned(),
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,163 @@
+//! Table tests of the validation messages: each case is a config and the exact lines a user sees.
+
+use super::*;
+
+const UPSTREAM: &str = "  - name: echo\n    targets: [{address: \"127.0.0.1:9000\"}]\n";
+const SERVICE: &str = "  - name: echo\n    upstream: echo\n";
+const BASE: &str = "upstreams:\n  - name: echo\n    targets: [{address: \"127.0.0.1:9000\"}]\nservices:\n  - name: echo\n    upstream: echo\n";
+
+/// The errors of BASE plus `extra`; an `extra` that starts with `upstreams:` or `services:`
+/// gets the base entity appended to its own list, after its items.
+fn errors_of(extra: &str) -> Vec<String> {
+    let text = if extra.starts_with("upstreams:") {
+        format!("{extra}{UPSTREAM}services:\n{SERVICE}")
+    } else if extra.starts_with("services:") {
+        format!("upstreams:\n{UPSTREAM}{extra}{SERVICE}")
+    } else {
+        format!("{BASE}{extra}")
+    };
+    match parse_yaml(&text) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+#[test]
+fn valid_config_parses_with_defaults() {
+    let c = parse_yaml(&format!(
+        "{BASE}routes:\n  - name: r\n    paths: [\"/a/*\"]\n    service: echo\n"
+    ))
+    .map_err(|e| e.to_string());
+    let c = c.as_ref().map_err(|e| e.as_str());
+    let c = match c {
+        Ok(c) => c,
+        Err(e) => panic!("unexpected errors: {e}"),
+    };
+    assert_eq!(c.upstreams[0].targets[0].weight, 1);
+    assert_eq!(c.services[0].timeouts.connect, Duration::from_secs(5));
+    assert_eq!(c.services[0].retries, 1);
+    assert_eq!(c.upstreams[0].keepalive.max_connections, 1000);
+    assert_eq!(c.node.drain_timeout, Duration::from_secs(30));
+}
+
+#[test]
+fn validation_messages() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "routes:\n  - name: r\n    service: users\n",
+            &["routes[0].service: no service named \"users\""],
+        ),
+        (
+            "routes:\n  - name: r\n    service: echo\n    colour: red\n",
+            &["routes[0].colour: unknown field `colour`, expected one of `name`, `hosts`, `paths`, `methods`, `headers`, `query`, `cookies`, `service`, `priority`, `strip_prefix`, `rewrite`, `preserve_host`"],
+        ),
+        (
+            "routes:\n  - {name: a, service: echo}\n  - {name: a, service: echo}\n",
+            &["routes[1].name: duplicate name \"a\" (first at routes[0])"],
+        ),
+        (
+            "routes:\n  - {name: a, service: echo, paths: [\"api\"]}\n",
+            &["routes[0].paths[0]: must start with '/' (or '~' for a regex)"],
+        ),
+        (
+            "routes:\n  - {name: a, service: echo, paths: [\"/a/*/b\"]}\n",
+            &["routes[0].paths[0]: '*' is only allowed as the last segment, as in /api/*"],
+        ),
+        (
+            "routes:\n  - {name: a, service: echo, paths: [\"/u/{id}/{id}\"]}\n",
+            &["routes[0].paths[0]: parameter {id} appears twice"],
+        ),
+        (
+            "routes:\n  - {name: a, service: echo, paths: [\"/u/x{id}\"]}\n",
+            &["routes[0].paths[0]: segment \"x{id}\": a parameter must be a whole segment, as in /users/{id}"],
+        ),
+        (
+            "routes:\n  - {name: a, service: echo, methods: [FETCH]}\n",
+            &["routes[0].methods[0]: unknown method \"FETCH\", expected one of GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE, CONNECT"],
+        ),
+        (
+            "routes:\n  - {name: a, service: echo, headers: [{name: x-a}]}\n",
+            &["routes[0].headers[0]: needs exactly one of equals, regex, present"],
+        ),
+        (
+            "routes:\n  - {name: a, service: echo, hosts: [\"a.*.com\"]}\n",
+            &["routes[0].hosts[0]: a wildcard is only allowed as the first label, as in *.example.com"],
+        ),
+        (
+            "routes:\n  - {name: a, service: echo, paths: [\"/u/{id}\"], rewrite: \"/v/{name}\"}\n",
+            &["routes[0].rewrite: parameter {name} is not captured by every path of this route"],
+        ),
+        (
+            "listen:\n  - address: \"localhost\"\n",
+            &["listen[0].address: invalid socket address syntax: expected ip:port such as 0.0.0.0:8080"],
+        ),
+        (
+            "upstreams:\n  - name: u2\n    targets: [{address: \"h\"}, {address: \"h:0\"}]\n",
+            &[
+                "upstreams[0].targets[0].address: \"h\" has no port; expected host:port",
+                "upstreams[0].targets[1].address: \"0\" is not a port (1-65535)",
+            ],
+        ),
+        (
+            "upstreams:\n  - name: u2\n    balance: consistent_hash\n    hash_on: header\n    targets: [{address: \"h:1\"}]\n",
+            &["upstreams[0].hash_key: required when hash_on is header, cookie or query"],
+        ),
+        (
+            "upstreams:\n  - name: u2\n    balance: fastest\n    targets: [{address: \"h:1\"}]\n",
+            &["upstreams[0].balance: unknown variant `fastest`, expected one of `round_robin`, `random`, `least_conn`, `ewma`, `consistent_hash`"],
+        ),
+        (
+            "services:\n  - {name: s2, upstream: nope}\n  - {name: s3}\n  - {name: s4, url: \"https://x\"}\n",
+            &[
+                "services[0].upstream: no upstream named \"nope\"",
+                "services[1]: needs an upstream or a url",
+                "services[2].url: must start with http:// (TLS to upstreams comes with the TLS milestone)",
+            ],
+        ),
+        (
+            "services:\n  - name: s2\n    url: http://a:1\n    timeouts: {connect: soon}\n",
+            &["services[0].timeouts.connect: invalid value: string \"soon\", expected a duration"],
+        ),
+        (
+            "routing: []\n",
+            &["routing: unknown key, expected one of: listen, admin, node, routes, services, upstreams, consumers, plugins"],
+        ),
+        (
+            "plugins:\n  - {name: key-auth, route: nope}\n",
+            &["plugins[0].route: no route named \"nope\""],
+        ),
+    ];
+    for (yaml, expected) in cases {
+        assert_eq!(&errors_of(yaml), expected, "for config:\n{yaml}");
+    }
+}
+
+#[test]
+fn every_bad_item_is_reported_not_just_the_first() {
+    let errs = errors_of(
+        "routes:\n  - {name: a, service: echo, bogus: 1}\n  - {name: b, service: nope}\n  - {name: c, service: echo, priority: high}\n",
+    );
+    assert_eq!(errs.len(), 3, "{errs:?}");
+    assert!(errs[0].starts_with("routes[0].bogus: unknown field `bogus`"));
+    assert_eq!(errs[1], "routes[1].service: no service named \"nope\"");
+    assert!(errs[2].starts_with("routes[2].priority: invalid type"), "{}", errs[2]);
+}
+
+#[test]
+fn broken_yaml_names_the_line() {
+    let e = parse_yaml("routes: [\n").err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.starts_with("line "), "{e}");
+    assert!(e.contains("invalid YAML"), "{e}");
+}
+
+#[test]
+fn service_url_split() {
+    assert_eq!(
+        parse_service_url("http://127.0.0.1:9000/base/"),
+        Ok(("127.0.0.1:9000".into(), "/base".into()))
+    );
+    assert_eq!(
+        parse_service_url("http://example.com"),
+        Ok(("example.com:80".into(), String::new()))
+    );
+}
