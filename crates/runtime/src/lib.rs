@@ -1,1 +1,6 @@
-//! placeholder
+//! Gatehouse's runtime: the configuration compiled into an immutable [`Snapshot`] that every
+//! request reads (router, services, upstreams with their balancers and connection pools).
+
+pub mod router;
+
+pub use router::{RequestView, RouteMatch, Router};
