@@ -4,3 +4,5 @@
 pub mod router;
 
 pub use router::{RequestView, RouteMatch, Router};
+pub mod balance;
+pub mod upstream;
