@@ -140,12 +140,19 @@ fn every_bad_item_is_reported_not_just_the_first() {
     assert_eq!(errs.len(), 3, "{errs:?}");
     assert!(errs[0].starts_with("routes[0].bogus: unknown field `bogus`"));
     assert_eq!(errs[1], "routes[1].service: no service named \"nope\"");
-    assert!(errs[2].starts_with("routes[2].priority: invalid type"), "{}", errs[2]);
+    assert!(
+        errs[2].starts_with("routes[2].priority: invalid type"),
+        "{}",
+        errs[2]
+    );
 }
 
 #[test]
 fn broken_yaml_names_the_line() {
-    let e = parse_yaml("routes: [\n").err().map(|e| e.to_string()).unwrap_or_default();
+    let e = parse_yaml("routes: [\n")
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(e.starts_with("line "), "{e}");
     assert!(e.contains("invalid YAML"), "{e}");
 }

@@ -77,7 +77,10 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
             if let Some(first) = seen.insert(t.address.as_str(), j) {
                 err(
                     format!("{p}.targets[{j}].address"),
-                    format!("duplicate target \"{}\" (also at targets[{first}])", t.address),
+                    format!(
+                        "duplicate target \"{}\" (also at targets[{first}])",
+                        t.address
+                    ),
                 );
             }
             if t.weight > 65535 {
@@ -88,12 +91,14 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
             }
         }
         match (u.balance, u.hash_on, &u.hash_key) {
-            (Balance::ConsistentHash, Some(HashOn::Header | HashOn::Cookie | HashOn::Query), None) => {
-                err(
-                    format!("{p}.hash_key"),
-                    "required when hash_on is header, cookie or query".into(),
-                )
-            }
+            (
+                Balance::ConsistentHash,
+                Some(HashOn::Header | HashOn::Cookie | HashOn::Query),
+                None,
+            ) => err(
+                format!("{p}.hash_key"),
+                "required when hash_on is header, cookie or query".into(),
+            ),
             (Balance::ConsistentHash, _, _) => {}
             (_, Some(_), _) => err(
                 format!("{p}.hash_on"),
@@ -174,7 +179,10 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
         }
         if let Some(c) = &pl.consumer {
             if !consumers.contains_key(c.as_str()) {
-                err(format!("{p}.consumer"), format!("no consumer named \"{c}\""));
+                err(
+                    format!("{p}.consumer"),
+                    format!("no consumer named \"{c}\""),
+                );
             }
         }
     }
@@ -278,12 +286,7 @@ fn check_route(
     }
 }
 
-fn check_predicate(
-    path: &str,
-    kind: &str,
-    pr: &Predicate,
-    err: &mut impl FnMut(String, String),
-) {
+fn check_predicate(path: &str, kind: &str, pr: &Predicate, err: &mut impl FnMut(String, String)) {
     if pr.name.is_empty() {
         err(format!("{path}.name"), "must not be empty".into());
     } else if kind == "headers" && http_token(&pr.name).is_err() {
@@ -310,9 +313,8 @@ fn check_predicate(
 
 fn http_token(s: &str) -> Result<(), ()> {
     let ok = !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        });
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -372,11 +374,7 @@ pub fn check_path_pattern(path: &str) -> Result<(), String> {
                 .ok_or_else(|| {
                     format!("segment \"{seg}\": a parameter must be a whole segment, as in /users/{{id}}")
                 })?;
-            if name.is_empty()
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            {
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
                 return Err(format!(
                     "parameter name \"{name}\" must be letters, digits or '_'"
                 ));
@@ -422,7 +420,10 @@ pub fn parse_service_url(url: &str) -> Result<(String, String), String> {
     if authority.contains('@') || path.contains('?') || path.contains('#') {
         return Err("must be http://host[:port][/path], without user, query or fragment".into());
     }
-    let hostport = if authority.rsplit_once(':').is_some_and(|(_, p)| !p.contains(']')) {
+    let hostport = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| !p.contains(']'))
+    {
         authority.to_owned()
     } else {
         format!("{authority}:80")

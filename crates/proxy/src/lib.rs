@@ -1,1 +1,329 @@
-//! placeholder
+//! Gatehouse's data plane: listeners, worker threads, the per-connection HTTP/1.1 and h2c
+//! servers, config reload by snapshot swap, and graceful drain.
+//!
+//! Each worker is an OS thread with its own current-thread tokio runtime and its own
+//! SO_REUSEPORT listener per address, so the kernel spreads connections and a request never
+//! crosses threads (shared/reference/perf-levers.md: −7 % CPU against a multi-thread runtime).
+
+pub mod body;
+pub mod errors;
+pub mod handler;
+pub mod headers;
+
+use arc_swap::ArcSwap;
+use gatehouse_model::{Config, ConfigError};
+use gatehouse_runtime::{upstream, NodeContext, Snapshot};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+/// State every worker shares: the current snapshot and the node facts it was built with.
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub node: NodeContext,
+}
+
+/// Settings fixed at start.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    /// Overrides the config's `listen` (the CLI's `--listen`).
+    pub listen: Vec<SocketAddr>,
+    pub workers: usize,
+    pub node_index: u32,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    addrs: Vec<SocketAddr>,
+    stop: watch::Sender<bool>,
+    done: Vec<tokio::sync::oneshot::Receiver<()>>,
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+
+impl Gateway {
+    /// Compiles `config`, binds its listeners and starts the workers.
+    pub fn start(config: Config, opts: &StartOptions) -> Result<Gateway, StartError> {
+        let node = NodeContext {
+            workers: opts.workers.max(1),
+            node_index: opts.node_index,
+        };
+        let addrs: Vec<SocketAddr> = if !opts.listen.is_empty() {
+            opts.listen.clone()
+        } else if config.listen.is_empty() {
+            DEFAULT_LISTEN.parse().into_iter().collect()
+        } else {
+            config
+                .listen
+                .iter()
+                .filter_map(|l| l.address.parse().ok())
+                .collect()
+        };
+        let snapshot = Snapshot::compile(config, None, node).map_err(StartError::Config)?;
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            node,
+        });
+
+        // The first worker's sockets fix the ports (port 0 becomes a real one); the other
+        // workers bind the same addresses with SO_REUSEPORT.
+        let mut bound: Vec<Vec<std::net::TcpListener>> = Vec::with_capacity(node.workers);
+        let mut actual = Vec::with_capacity(addrs.len());
+        for w in 0..node.workers {
+            let mut mine = Vec::with_capacity(addrs.len());
+            for (i, a) in addrs.iter().enumerate() {
+                let target = if w == 0 { *a } else { actual[i] };
+                let l = bind_reuseport(target).map_err(|e| StartError::Bind(target, e))?;
+                if w == 0 {
+                    actual.push(l.local_addr().map_err(|e| StartError::Bind(target, e))?);
+                }
+                mine.push(l);
+            }
+            bound.push(mine);
+        }
+
+        let (stop, stop_rx) = watch::channel(false);
+        let mut done = Vec::with_capacity(node.workers);
+        for (w, listeners) in bound.into_iter().enumerate() {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            done.push(rx);
+            let shared = shared.clone();
+            let stop_rx = stop_rx.clone();
+            std::thread::Builder::new()
+                .name(format!("gatehouse-worker-{w}"))
+                .spawn(move || {
+                    upstream::set_worker(w);
+                    match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt.block_on(worker(shared, listeners, stop_rx)),
+                        Err(e) => tracing::error!(error = %e, "worker runtime did not start"),
+                    }
+                    let _ = tx.send(());
+                })
+                .map_err(StartError::Thread)?;
+        }
+        Ok(Gateway {
+            shared,
+            addrs: actual,
+            stop,
+            done,
+        })
+    }
+
+    /// The addresses the data plane listens on (with real ports when 0 was asked for).
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Applies a new config: compiles it against the current snapshot (keeping pools and
+    /// state of targets that stay) and swaps it in. On error the current config keeps serving.
+    pub fn reload(&self, config: Config) -> Result<(), Vec<ConfigError>> {
+        let current = self.shared.snapshot.load();
+        if config.listen != current.config.listen {
+            tracing::warn!("listen addresses changed; they take effect on restart");
+        }
+        let next = Snapshot::compile(config, Some(&current), self.shared.node)?;
+        self.shared.snapshot.store(Arc::new(next));
+        Ok(())
+    }
+
+    /// Stops accepting, lets in-flight requests finish for up to the configured drain
+    /// timeout, then stops the workers.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for d in self.done {
+            let _ = d.await;
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid configuration:\n{}", gatehouse_model::ConfigErrors(.0.clone()))]
+    Config(Vec<ConfigError>),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    #[error("cannot start a worker thread: {0}")]
+    Thread(std::io::Error),
+}
+
+fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+async fn worker(
+    shared: Arc<Shared>,
+    listeners: Vec<std::net::TcpListener>,
+    mut stop: watch::Receiver<bool>,
+) {
+    // Every connection task holds a clone of `alive`; when all are gone, `drained` yields.
+    let (alive, mut drained) = mpsc::channel::<()>(1);
+    let mut accept_tasks = Vec::new();
+    for l in listeners {
+        let l = match TcpListener::from_std(l) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "listener could not join the runtime");
+                continue;
+            }
+        };
+        let (shared, stop, alive) = (shared.clone(), stop.clone(), alive.clone());
+        accept_tasks.push(tokio::spawn(accept_loop(l, shared, stop, alive)));
+    }
+    let sweeper = tokio::spawn(sweep_idle(shared.clone()));
+    drop(alive);
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            break;
+        }
+    }
+    for t in &accept_tasks {
+        t.abort();
+    }
+    for t in accept_tasks {
+        let _ = t.await; // listeners are closed once their task is gone
+    }
+    let drain = shared.snapshot.load().drain_timeout;
+    if tokio::time::timeout(drain, drained.recv()).await.is_err() {
+        tracing::warn!(?drain, "drain timeout: closing connections still open");
+    }
+    sweeper.abort();
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+    alive: mpsc::Sender<()>,
+) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (shared, stop, alive) = (shared.clone(), stop.clone(), alive.clone());
+        tokio::spawn(async move {
+            serve(stream, peer, shared, stop).await;
+            drop(alive);
+        });
+    }
+}
+
+/// Reads ahead without consuming to tell an h2c client (prior knowledge) from HTTP/1.1.
+async fn is_h2c(stream: &TcpStream) -> std::io::Result<bool> {
+    let mut buf = [0u8; 24];
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        stream.readable().await?;
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Ok(false);
+        }
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        // A partial preface (rare: clients send it in one segment). Peek does not wait for
+        // more data, so pause briefly rather than spin.
+        if tokio::time::Instant::now() > give_up {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let h2 = match is_h2c(&stream).await {
+        Ok(h2) => h2,
+        Err(_) => return,
+    };
+    let info = Arc::new(handler::ConnInfo::new(peer, h2));
+    let svc = service_fn(move |req| {
+        let (shared, info) = (shared.clone(), info.clone());
+        async move { Ok::<_, std::convert::Infallible>(handler::handle(shared, info, req).await) }
+    });
+    let io = TokioIo::new(stream);
+    if h2 {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .serve_connection(io, svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => log_conn_end(r),
+            _ = stopped(&mut stop) => {
+                conn.as_mut().graceful_shutdown();
+                log_conn_end(conn.await);
+            }
+        }
+    } else {
+        let conn = hyper::server::conn::http1::Builder::new()
+            .keep_alive(true)
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30))
+            .serve_connection(io, svc)
+            .with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => log_conn_end(r),
+            _ = stopped(&mut stop) => {
+                conn.as_mut().graceful_shutdown();
+                log_conn_end(conn.await);
+            }
+        }
+    }
+}
+
+/// Resolves once shutdown was asked for (or the gateway handle is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn log_conn_end(r: Result<(), hyper::Error>) {
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "client connection ended with an error");
+    }
+}
+
+/// Closes this worker's idle upstream connections that outlived their idle timeout.
+async fn sweep_idle(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let snap = shared.snapshot.load();
+        for t in snap.targets() {
+            t.sweep_idle();
+        }
+    }
+}

@@ -229,7 +229,8 @@ impl Balancer {
                     }
                     let active = targets
                         .get(i)
-                        .map_or(0, |t| t.active.load(Ordering::Relaxed)) as u64;
+                        .map_or(0, |t| t.active.load(Ordering::Relaxed))
+                        as u64;
                     let (load, weight) = (active + 1, u64::from(weight));
                     let better = match best {
                         None => true,

@@ -5,4 +5,7 @@ pub mod router;
 
 pub use router::{RequestView, RouteMatch, Router};
 pub mod balance;
+pub mod snapshot;
 pub mod upstream;
+
+pub use snapshot::{NodeContext, Snapshot};

@@ -217,7 +217,12 @@ impl Router {
                 list.iter()
                     .enumerate()
                     .filter_map(|(j, pr)| {
-                        compile_cond(&format!("{p}.{kind}[{j}]"), pr, kind == "headers", &mut errs)
+                        compile_cond(
+                            &format!("{p}.{kind}[{j}]"),
+                            pr,
+                            kind == "headers",
+                            &mut errs,
+                        )
                     })
                     .collect()
             };
@@ -330,8 +335,7 @@ impl Router {
             .query
             .iter()
             .all(|c| c.test.check(query_arg(req.query, &c.name).as_deref()))
-            && p
-                .cookies
+            && p.cookies
                 .iter()
                 .all(|c| c.test.check(cookie(req.headers, &c.name)))
     }
@@ -346,9 +350,8 @@ impl HostTable {
             static_len: 0,
         };
         if let Some(re) = path.strip_prefix('~') {
-            let compiled = Regex::new(re).map_err(|e| {
-                format!("regex does not compile: {}", one_line(&e.to_string()))
-            })?;
+            let compiled = Regex::new(re)
+                .map_err(|e| format!("regex does not compile: {}", one_line(&e.to_string())))?;
             self.regex_patterns.push(re.to_owned());
             self.regex_routes.push((compiled, plain));
         } else if let Some(prefix) = path.strip_suffix("/*") {
@@ -477,7 +480,9 @@ impl HostTable {
                     continue;
                 }
                 let caps = re.captures(path)?;
-                let matched_len = caps.get(0).map_or(0, |m| if m.start() == 0 { m.end() } else { 0 });
+                let matched_len = caps
+                    .get(0)
+                    .map_or(0, |m| if m.start() == 0 { m.end() } else { 0 });
                 let params = re
                     .capture_names()
                     .flatten()

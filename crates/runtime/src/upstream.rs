@@ -99,15 +99,21 @@ impl Sender {
         }
     }
 
-    pub fn send(
+    /// Sends a request; on failure the error gives the request back when it was never sent
+    /// (so it can go out on another connection).
+    pub fn try_send(
         &mut self,
         req: http::Request<ProxyBody>,
-    ) -> impl std::future::Future<Output = Result<http::Response<Incoming>, hyper::Error>> {
-        let fut = match self {
-            Sender::H1(s) => futures_either::Left(s.send_request(req)),
-            Sender::H2(s) => futures_either::Right(s.send_request(req)),
-        };
-        fut
+    ) -> impl std::future::Future<
+        Output = Result<
+            http::Response<Incoming>,
+            hyper::client::conn::TrySendError<http::Request<ProxyBody>>,
+        >,
+    > {
+        match self {
+            Sender::H1(s) => futures_either::Left(s.try_send_request(req)),
+            Sender::H2(s) => futures_either::Right(s.try_send_request(req)),
+        }
     }
 }
 

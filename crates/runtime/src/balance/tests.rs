@@ -51,7 +51,13 @@ fn smooth_round_robin_matches_nginx_sequence() {
 #[test]
 fn weight_zero_is_drained_everywhere() {
     let t = targets(3);
-    for kind in [Balance::RoundRobin, Balance::Random, Balance::LeastConn, Balance::Ewma, Balance::ConsistentHash] {
+    for kind in [
+        Balance::RoundRobin,
+        Balance::Random,
+        Balance::LeastConn,
+        Balance::Ewma,
+        Balance::ConsistentHash,
+    ] {
         let b = balancer(kind, &[1, 0, 1]);
         let c = counts(&b, &t, 3000);
         assert_eq!(c[1], 0, "{kind:?} picked a drained target: {c:?}");
@@ -110,7 +116,10 @@ fn consistent_hash_is_stable_and_moves_little() {
     }
     for k in 0..100 {
         let key = format!("user{k}");
-        assert_eq!(b.pick(&t, key.as_bytes(), &[]), b.pick(&t, key.as_bytes(), &[]));
+        assert_eq!(
+            b.pick(&t, key.as_bytes(), &[]),
+            b.pick(&t, key.as_bytes(), &[])
+        );
     }
     // Drain target 4: only its keys move.
     let fewer = balancer(Balance::ConsistentHash, &[1, 1, 1, 1, 0]);
@@ -130,7 +139,13 @@ fn consistent_hash_is_stable_and_moves_little() {
 #[test]
 fn retries_skip_tried_targets() {
     let t = targets(3);
-    for kind in [Balance::RoundRobin, Balance::Random, Balance::LeastConn, Balance::Ewma, Balance::ConsistentHash] {
+    for kind in [
+        Balance::RoundRobin,
+        Balance::Random,
+        Balance::LeastConn,
+        Balance::Ewma,
+        Balance::ConsistentHash,
+    ] {
         let b = balancer(kind, &[1, 1, 1]);
         for _ in 0..50 {
             let i = b.pick(&t, b"k", &[0, 2]);

@@ -38,7 +38,13 @@ fn find(r: &(Router, Vec<Route>), line: &str, headers: &[(&str, &str)]) -> Optio
             http::HeaderValue::from_str(v).unwrap_or(http::HeaderValue::from_static("")),
         );
     }
-    let view = RequestView { method: &method, host, path, query, headers: &map };
+    let view = RequestView {
+        method: &method,
+        host,
+        path,
+        query,
+        headers: &map,
+    };
     r.0.find(&view).map(|m| r.1[m.route].name.clone())
 }
 
@@ -113,12 +119,27 @@ fn predicates_select_and_fall_through() {
     );
     assert_eq!(find(&r, "GET h /m", &[]).as_deref(), Some("get-only"));
     assert_eq!(find(&r, "POST h /m", &[]).as_deref(), Some("fallback"));
-    assert_eq!(find(&r, "GET h /c/x", &[("x-canary", "1")]).as_deref(), Some("canary"));
-    assert_eq!(find(&r, "GET h /c/x", &[("x-canary", "0")]).as_deref(), Some("stable"));
-    assert_eq!(find(&r, "GET h /k", &[("cookie", "a=1; beta=yes")]).as_deref(), Some("beta-cookie"));
-    assert_eq!(find(&r, "GET h /k", &[("cookie", "a=1")]).as_deref(), Some("fallback"));
+    assert_eq!(
+        find(&r, "GET h /c/x", &[("x-canary", "1")]).as_deref(),
+        Some("canary")
+    );
+    assert_eq!(
+        find(&r, "GET h /c/x", &[("x-canary", "0")]).as_deref(),
+        Some("stable")
+    );
+    assert_eq!(
+        find(&r, "GET h /k", &[("cookie", "a=1; beta=yes")]).as_deref(),
+        Some("beta-cookie")
+    );
+    assert_eq!(
+        find(&r, "GET h /k", &[("cookie", "a=1")]).as_deref(),
+        Some("fallback")
+    );
     assert_eq!(find(&r, "GET h /q?x=1&v=42", &[]).as_deref(), Some("q"));
-    assert_eq!(find(&r, "GET h /q?v=a%20b", &[]).as_deref(), Some("q-space"));
+    assert_eq!(
+        find(&r, "GET h /q?v=a%20b", &[]).as_deref(),
+        Some("q-space")
+    );
     assert_eq!(find(&r, "GET h /q?v=a+b", &[]).as_deref(), Some("q-space"));
     assert_eq!(find(&r, "GET h /q?v=abc", &[]).as_deref(), Some("fallback"));
 }
@@ -139,7 +160,13 @@ fn params_and_matched_len() {
     };
     let headers = HeaderMap::new();
     let look = |path: &'static str| {
-        r.find(&RequestView { method: &Method::GET, host: "h", path, query: None, headers: &headers })
+        r.find(&RequestView {
+            method: &Method::GET,
+            host: "h",
+            path,
+            query: None,
+            headers: &headers,
+        })
     };
     let m = look("/users/7/posts/99");
     let m = m.as_ref();
@@ -147,8 +174,16 @@ fn params_and_matched_len() {
     assert_eq!(m.and_then(|m| m.param("id")), Some("7"));
     assert_eq!(m.and_then(|m| m.param("post")), Some("99"));
     assert_eq!(m.map(|m| m.matched_len), Some("/users/".len()));
-    assert_eq!(look("/u/bob").and_then(|m| m.param("name").map(str::to_owned)).as_deref(), Some("bob"));
-    assert_eq!(look("/files/a/b").map(|m| m.matched_len), Some("/files".len()));
+    assert_eq!(
+        look("/u/bob")
+            .and_then(|m| m.param("name").map(str::to_owned))
+            .as_deref(),
+        Some("bob")
+    );
+    assert_eq!(
+        look("/files/a/b").map(|m| m.matched_len),
+        Some("/files".len())
+    );
     let d = look("/re/abc/rest");
     assert_eq!(d.as_ref().and_then(|m| m.param("slug")), Some("abc"));
     assert_eq!(d.map(|m| m.matched_len), Some("/re/abc".len()));
@@ -162,7 +197,10 @@ fn templates_with_different_param_names_share_a_leaf() {
   - {name: by-name, service: s, paths: ["/t/{name}"]}
 "#,
     );
-    assert_eq!(find(&r, "GET h /t/1", &[("x-v", "1")]).as_deref(), Some("by-id"));
+    assert_eq!(
+        find(&r, "GET h /t/1", &[("x-v", "1")]).as_deref(),
+        Some("by-id")
+    );
     assert_eq!(find(&r, "GET h /t/1", &[]).as_deref(), Some("by-name"));
 }
 
@@ -180,8 +218,16 @@ fn build_errors_name_the_field() {
     };
     let lines: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
     assert_eq!(lines.len(), 2, "{lines:?}");
-    assert!(lines[0].starts_with("routes[0].paths[1]: regex does not compile: regex parse error:"), "{}", lines[0]);
-    assert!(lines[1].starts_with("routes[1].headers[0].regex: regex does not compile:"), "{}", lines[1]);
+    assert!(
+        lines[0].starts_with("routes[0].paths[1]: regex does not compile: regex parse error:"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].starts_with("routes[1].headers[0].regex: regex does not compile:"),
+        "{}",
+        lines[1]
+    );
 }
 
 #[test]
@@ -191,7 +237,13 @@ fn many_routes_do_not_need_a_scan() {
         yaml.push_str(&format!("  - {{name: r{i}, service: s, paths: [\"/svc{i}/items/{{id}}\", \"/svc{i}/static/*\"]}}\n"));
     }
     let r = router(&yaml);
-    assert_eq!(find(&r, "GET h /svc4999/items/5", &[]).as_deref(), Some("r4999"));
-    assert_eq!(find(&r, "GET h /svc17/static/a/b.css", &[]).as_deref(), Some("r17"));
+    assert_eq!(
+        find(&r, "GET h /svc4999/items/5", &[]).as_deref(),
+        Some("r4999")
+    );
+    assert_eq!(
+        find(&r, "GET h /svc17/static/a/b.css", &[]).as_deref(),
+        Some("r17")
+    );
     assert_eq!(find(&r, "GET h /nothing", &[]), None);
 }

@@ -1,0 +1,190 @@
+//! Response bodies: the upstream's body streamed through (with read and total timeouts, and
+//! the connection handed back to the pool at a clean end), or a body the gateway made.
+
+use bytes::Bytes;
+use gatehouse_runtime::upstream::{Sender, TargetState};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+#[error("upstream response body: no data for {0:?}")]
+pub struct ReadTimeout(pub Duration);
+
+#[derive(Debug, thiserror::Error)]
+#[error("upstream exchange exceeded its total timeout")]
+pub struct TotalTimeout;
+
+/// Counts a request in flight on a target (least_conn, ewma) until dropped.
+pub struct InFlight(pub Arc<TargetState>);
+
+impl InFlight {
+    pub fn new(target: Arc<TargetState>) -> Self {
+        target.active.fetch_add(1, Ordering::Relaxed);
+        Self(target)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The upstream's response body on its way to the client.
+    pub struct UpstreamBody {
+        #[pin]
+        inner: Incoming,
+        // The connection, returned to the pool once the body ended cleanly.
+        sender: Option<Sender>,
+        in_flight: Option<InFlight>,
+        read_timeout: Duration,
+        deadline: Option<Instant>,
+        #[pin]
+        timer: Sleep,
+    }
+}
+
+impl UpstreamBody {
+    pub fn new(
+        inner: Incoming,
+        sender: Option<Sender>,
+        in_flight: InFlight,
+        read_timeout: Duration,
+        deadline: Option<Instant>,
+    ) -> Self {
+        let first = Instant::now() + read_timeout;
+        let at = deadline.map_or(first, |d| d.min(first));
+        Self {
+            inner,
+            sender,
+            in_flight: Some(in_flight),
+            read_timeout,
+            deadline,
+            timer: tokio::time::sleep_until(at),
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if this.inner.is_end_stream() {
+                    finish(this.sender, this.in_flight);
+                } else {
+                    let next = Instant::now() + *this.read_timeout;
+                    let at = this.deadline.map_or(next, |d| d.min(next));
+                    this.timer.as_mut().reset(at);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.sender.take();
+                this.in_flight.take();
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                finish(this.sender, this.in_flight);
+                Poll::Ready(None)
+            }
+            Poll::Pending => match this.timer.poll(cx) {
+                Poll::Ready(()) => {
+                    // The connection is mid-response: it cannot be reused, drop it.
+                    this.sender.take();
+                    this.in_flight.take();
+                    let err: BoxError = match this.deadline {
+                        Some(d) if Instant::now() >= *d => Box::new(TotalTimeout),
+                        _ => Box::new(ReadTimeout(*this.read_timeout)),
+                    };
+                    Poll::Ready(Some(Err(err)))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn finish(sender: &mut Option<Sender>, in_flight: &mut Option<InFlight>) {
+    if let Some(flight) = in_flight.take() {
+        if let Some(s) = sender.take() {
+            flight.0.put_idle(s);
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// What the gateway sends back to the client.
+    #[project = RespBodyProj]
+    pub enum RespBody {
+        Upstream { #[pin] body: UpstreamBody },
+        Full { bytes: Option<Bytes> },
+    }
+}
+
+impl RespBody {
+    pub fn full(b: Bytes) -> Self {
+        RespBody::Full { bytes: Some(b) }
+    }
+    pub fn empty() -> Self {
+        RespBody::Full { bytes: None }
+    }
+    pub fn upstream(body: UpstreamBody) -> Self {
+        RespBody::Upstream { body }
+    }
+}
+
+impl Body for RespBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            RespBodyProj::Upstream { body } => body.poll_frame(cx),
+            RespBodyProj::Full { bytes } => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RespBody::Upstream { body } => body.is_end_stream(),
+            RespBody::Full { bytes } => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RespBody::Upstream { body } => body.size_hint(),
+            RespBody::Full { bytes } => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
+    }
+}

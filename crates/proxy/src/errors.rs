@@ -1,0 +1,72 @@
+//! The gateway's own responses (404, 502, 504, ...): a small JSON body naming the problem and
+//! the request id. Details (addresses, OS errors) go to the log only, never to the client.
+
+use crate::body::RespBody;
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Response, StatusCode};
+
+static JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// What went wrong, as the client is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    NoRoute,
+    BadFraming,
+    NoTarget,
+    ConnectFailed,
+    ConnectTimeout,
+    UpstreamTimeout,
+    UpstreamError,
+    ConnectionLimit,
+}
+
+impl Failure {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Failure::NoRoute => StatusCode::NOT_FOUND,
+            Failure::BadFraming => StatusCode::BAD_REQUEST,
+            Failure::NoTarget | Failure::ConnectionLimit => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::ConnectFailed | Failure::UpstreamError => StatusCode::BAD_GATEWAY,
+            Failure::ConnectTimeout | Failure::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            Failure::NoRoute => "no route",
+            Failure::BadFraming => "ambiguous request framing",
+            Failure::NoTarget => "no upstream target available",
+            Failure::ConnectFailed => "upstream connection failed",
+            Failure::ConnectTimeout => "upstream connect timed out",
+            Failure::UpstreamTimeout => "upstream timed out",
+            Failure::UpstreamError => "upstream error",
+            Failure::ConnectionLimit => "upstream connection limit reached",
+        }
+    }
+}
+
+pub fn respond(failure: Failure, request_id: &HeaderValue) -> Response<RespBody> {
+    // The id is ours (a UUID) or the client's header value; a client value is only echoed if
+    // it is plain, so the body stays valid JSON without an escaping pass.
+    let id = request_id
+        .to_str()
+        .ok()
+        .filter(|s| {
+            s.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        })
+        .unwrap_or("-");
+    let body = format!(
+        "{{\"error\":\"{}\",\"status\":{},\"request_id\":\"{}\"}}\n",
+        failure.message(),
+        failure.status().as_u16(),
+        id
+    );
+    let mut resp = Response::new(RespBody::full(Bytes::from(body)));
+    *resp.status_mut() = failure.status();
+    resp.headers_mut().insert(CONTENT_TYPE, JSON.clone());
+    resp.headers_mut()
+        .insert(crate::headers::X_REQUEST_ID.clone(), request_id.clone());
+    resp
+}

@@ -1,0 +1,387 @@
+//! The life of one request: route, rewrite, pick a target, get a pooled connection, forward
+//! with proxy headers, stream the response back (or tunnel an upgrade).
+
+use crate::body::{InFlight, RespBody, UpstreamBody};
+use crate::errors::{respond, Failure};
+use crate::headers::{
+    framing_problem, new_request_id, remove_hop_by_hop, set_forwarded, wants_upgrade, VIA,
+    VIA_VALUE, X_REQUEST_ID,
+};
+use crate::Shared;
+use bytes::Bytes;
+use gatehouse_runtime::router::{cookie, query_arg, RequestView, RouteMatch};
+use gatehouse_runtime::snapshot::{HashSource, Piece, RouteEntry, ServiceEntry};
+use gatehouse_runtime::upstream::{ConnectError, ProxyBody, Sender, TargetState};
+use http::header::HOST;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Facts about the client connection, computed once per connection.
+pub struct ConnInfo {
+    pub client: SocketAddr,
+    pub client_ip: HeaderValue,
+    pub h2: bool,
+}
+
+impl ConnInfo {
+    pub fn new(client: SocketAddr, h2: bool) -> Self {
+        let ip = client.ip().to_canonical();
+        Self {
+            client,
+            client_ip: HeaderValue::from_str(&ip.to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            h2,
+        }
+    }
+}
+
+/// How many times a request may meet a pooled connection that the upstream had already
+/// closed (the keep-alive race) before we open a fresh one. Such a request was never sent, so
+/// trying again is safe for every method.
+const STALE_RETRIES: usize = 3;
+
+pub async fn handle(
+    shared: Arc<Shared>,
+    info: Arc<ConnInfo>,
+    mut req: Request<Incoming>,
+) -> Response<RespBody> {
+    let snap = shared.snapshot.load_full();
+    let request_id = match req.headers().get(&X_REQUEST_ID) {
+        Some(v) => v.clone(),
+        None => new_request_id(),
+    };
+    if let Some(problem) = framing_problem(req.headers()) {
+        tracing::info!(client = %info.client, problem, "rejected request framing");
+        return respond(Failure::BadFraming, &request_id);
+    }
+    let host_value = match req.headers().get(HOST) {
+        Some(h) => Some(h.clone()),
+        None => req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
+    let host = host_value
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .map(strip_port)
+        .unwrap_or("");
+
+    // Everything that borrows the request is worked out first.
+    let (route_index, new_path, hash_key) = {
+        let view = RequestView {
+            method: req.method(),
+            host,
+            path: req.uri().path(),
+            query: req.uri().query(),
+            headers: req.headers(),
+        };
+        let Some(m) = snap.router.find(&view) else {
+            return respond(Failure::NoRoute, &request_id);
+        };
+        let Some(route) = snap.routes.get(m.route) else {
+            return respond(Failure::NoRoute, &request_id);
+        };
+        let Some(service) = snap.services.get(route.service) else {
+            return respond(Failure::NoRoute, &request_id);
+        };
+        let new_path = upstream_path(route, service, &m, &view, info.h2);
+        let key = hash_key(&service.upstream.hash, &view, &info);
+        (m.route, new_path, key)
+    };
+    let (route, service) = match snap
+        .routes
+        .get(route_index)
+        .and_then(|r| Some((r, snap.services.get(r.service)?)))
+    {
+        Some(x) => x,
+        None => return respond(Failure::NoRoute, &request_id),
+    };
+
+    let upgrade = !info.h2 && wants_upgrade(req.headers());
+    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let client_version = parts.version;
+    if let Some(p) = new_path {
+        match PathAndQuery::from_maybe_shared(Bytes::from(p)) {
+            Ok(pq) => parts.uri = Uri::from(pq),
+            Err(e) => {
+                tracing::warn!(route = %route.name, error = %e, "rewritten path is not a valid URI");
+                return respond(Failure::UpstreamError, &request_id);
+            }
+        }
+    }
+    remove_hop_by_hop(&mut parts.headers, upgrade);
+    set_forwarded(&mut parts.headers, &info.client_ip, host_value.clone());
+    if !parts.headers.contains_key(&X_REQUEST_ID) {
+        parts
+            .headers
+            .insert(X_REQUEST_ID.clone(), request_id.clone());
+    }
+    if snap.via {
+        parts.headers.append(VIA.clone(), VIA_VALUE.clone());
+    }
+    let mut request = Some(Request::from_parts(parts, ProxyBody::Incoming(body)));
+
+    let upstream = &service.upstream;
+    let timeouts = &service.timeouts;
+    let total_deadline = timeouts.total.map(|t| Instant::now() + t);
+    let mut tried: Vec<usize> = Vec::new();
+    let mut failure = Failure::NoTarget;
+    for _attempt in 0..=service.retries {
+        let Some(idx) = upstream.balancer.pick(&upstream.targets, &hash_key, &tried) else {
+            break;
+        };
+        let Some(target) = upstream.targets.get(idx) else {
+            break;
+        };
+        let mut stale = 0;
+        loop {
+            let (mut sender, reused) = match acquire(target, timeouts.connect, stale).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(route = %route.name, target = %target.address, error = %e, "upstream connect failed");
+                    failure = match e {
+                        ConnectError::Limit(..) => Failure::ConnectionLimit,
+                        e if e.is_timeout() => Failure::ConnectTimeout,
+                        _ => Failure::ConnectFailed,
+                    };
+                    tried.push(idx);
+                    break;
+                }
+            };
+            let Some(mut req) = request.take() else {
+                return respond(Failure::UpstreamError, &request_id);
+            };
+            prepare_for_target(&mut req, target, &sender, route, host_value.as_ref());
+            let in_flight = InFlight::new(target.clone());
+            let sent_at = Instant::now();
+            let head_deadline = earliest(sent_at + timeouts.read, total_deadline);
+            let result = tokio::time::timeout_at(head_deadline, sender.try_send(req)).await;
+            let mut resp = match result {
+                Err(_) => {
+                    tracing::warn!(route = %route.name, target = %target.address, "upstream response head timed out");
+                    return respond(Failure::UpstreamTimeout, &request_id);
+                }
+                Ok(Err(mut e)) => match e.take_message() {
+                    // Never sent: the pooled connection was already closed. Try again.
+                    Some(unsent) if reused && stale < STALE_RETRIES => {
+                        request = Some(unsent);
+                        stale += 1;
+                        continue;
+                    }
+                    _ => {
+                        tracing::warn!(route = %route.name, target = %target.address, error = %e.error(), "upstream exchange failed");
+                        return respond(Failure::UpstreamError, &request_id);
+                    }
+                },
+                Ok(Ok(resp)) => resp,
+            };
+            target.record_latency(sent_at.elapsed());
+            *resp.version_mut() = client_version;
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                if let Some(down) = on_upgrade {
+                    let up = hyper::upgrade::on(&mut resp);
+                    tokio::spawn(tunnel(down, up, in_flight, target.address.clone()));
+                    return resp.map(|_| RespBody::empty());
+                }
+            }
+            remove_hop_by_hop(resp.headers_mut(), false);
+            if snap.via {
+                resp.headers_mut().append(VIA.clone(), VIA_VALUE.clone());
+            }
+            if !resp.headers().contains_key(&X_REQUEST_ID) {
+                resp.headers_mut()
+                    .insert(X_REQUEST_ID.clone(), request_id.clone());
+            }
+            let read_timeout = timeouts.read;
+            return resp.map(move |b| {
+                RespBody::upstream(UpstreamBody::new(
+                    b,
+                    Some(sender),
+                    in_flight,
+                    read_timeout,
+                    total_deadline,
+                ))
+            });
+        }
+    }
+    respond(failure, &request_id)
+}
+
+fn earliest(a: Instant, b: Option<Instant>) -> Instant {
+    b.map_or(a, |b| a.min(b))
+}
+
+/// A pooled connection if one is ready (unless the pool has just handed out stale ones),
+/// else a new one. Returns whether it came from the pool.
+async fn acquire(
+    target: &TargetState,
+    connect_timeout: Duration,
+    stale: usize,
+) -> Result<(Sender, bool), ConnectError> {
+    if stale < STALE_RETRIES {
+        while let Some(mut s) = target.take_idle() {
+            if s.ready().await.is_ok() {
+                return Ok((s, true));
+            }
+        }
+    }
+    target.connect(connect_timeout).await.map(|s| (s, false))
+}
+
+/// Sets what depends on the chosen target: Host (or :authority) and the URI form.
+fn prepare_for_target(
+    req: &mut Request<ProxyBody>,
+    target: &TargetState,
+    sender: &Sender,
+    route: &RouteEntry,
+    client_host: Option<&HeaderValue>,
+) {
+    let host = match (route.preserve_host, client_host) {
+        (true, Some(h)) => h.clone(),
+        _ => target.authority.clone(),
+    };
+    match sender {
+        Sender::H1(_) => {
+            *req.version_mut() = Version::HTTP_11;
+            if req.uri().scheme().is_some() {
+                // An HTTP/2 client's URI is absolute; an HTTP/1.1 upstream wants origin-form.
+                let pq = req
+                    .uri()
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/"));
+                *req.uri_mut() = Uri::from(pq);
+            }
+            req.headers_mut().insert(HOST, host);
+        }
+        Sender::H2(_) => {
+            *req.version_mut() = Version::HTTP_2;
+            let mut parts = std::mem::take(req.uri_mut()).into_parts();
+            parts.scheme = Some(Scheme::HTTP);
+            parts.authority =
+                Authority::from_maybe_shared(Bytes::copy_from_slice(host.as_bytes())).ok();
+            if parts.path_and_query.is_none() {
+                parts.path_and_query = Some(PathAndQuery::from_static("/"));
+            }
+            if let Ok(u) = Uri::from_parts(parts) {
+                *req.uri_mut() = u;
+            }
+            req.headers_mut().remove(HOST);
+        }
+    }
+}
+
+/// The path (and query) to send upstream, or `None` when the client's can go as it is.
+fn upstream_path(
+    route: &RouteEntry,
+    service: &ServiceEntry,
+    m: &RouteMatch<'_, '_>,
+    view: &RequestView<'_>,
+    absolute_uri: bool,
+) -> Option<String> {
+    let path = view.path;
+    if route.rewrite.is_none()
+        && !route.strip_prefix
+        && service.path_prefix.is_empty()
+        && !absolute_uri
+    {
+        return None;
+    }
+    let mut out = String::with_capacity(service.path_prefix.len() + path.len() + 16);
+    out.push_str(&service.path_prefix);
+    let rest = path.get(m.matched_len..).unwrap_or("");
+    if let Some(pieces) = &route.rewrite {
+        for p in pieces {
+            match p {
+                Piece::Literal(s) => out.push_str(s),
+                Piece::Param(name) => out.push_str(m.param(name).unwrap_or("")),
+                Piece::Rest => out.push_str(rest.strip_prefix('/').unwrap_or(rest)),
+            }
+        }
+    } else if route.strip_prefix {
+        if !rest.starts_with('/') {
+            out.push('/');
+        }
+        out.push_str(rest);
+    } else {
+        out.push_str(path);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    if let Some(q) = view.query {
+        out.push('?');
+        out.push_str(q);
+    }
+    Some(out)
+}
+
+fn hash_key(source: &HashSource, view: &RequestView<'_>, info: &ConnInfo) -> Vec<u8> {
+    match source {
+        HashSource::None => Vec::new(),
+        HashSource::ClientIp => info.client_ip.as_bytes().to_vec(),
+        HashSource::Header(h) => match view.headers.get(h) {
+            Some(v) => v.as_bytes().to_vec(),
+            None => info.client_ip.as_bytes().to_vec(),
+        },
+        HashSource::Cookie(name) => match cookie(view.headers, name) {
+            Some(v) => v.as_bytes().to_vec(),
+            None => info.client_ip.as_bytes().to_vec(),
+        },
+        HashSource::Query(name) => match query_arg(view.query, name) {
+            Some(v) => v.as_bytes().to_vec(),
+            None => info.client_ip.as_bytes().to_vec(),
+        },
+    }
+}
+
+/// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`.
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split_inclusive(']').next().unwrap_or(host);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+/// Copies bytes both ways between the client and the upstream after a 101.
+async fn tunnel(
+    down: hyper::upgrade::OnUpgrade,
+    up: hyper::upgrade::OnUpgrade,
+    in_flight: InFlight,
+    target: Box<str>,
+) {
+    let (down, up) = match tokio::try_join!(down, up) {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::warn!(%target, error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut down = TokioIo::new(down);
+    let mut up = TokioIo::new(up);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+        tracing::debug!(%target, error = %e, "upgraded connection ended");
+    }
+    drop(in_flight);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_port;
+
+    #[test]
+    fn ports_are_stripped() {
+        assert_eq!(strip_port("a.com:80"), "a.com");
+        assert_eq!(strip_port("a.com"), "a.com");
+        assert_eq!(strip_port("[::1]:8080"), "[::1]");
+        assert_eq!(strip_port("127.0.0.1:1"), "127.0.0.1");
+    }
+}

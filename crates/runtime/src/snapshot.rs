@@ -1,0 +1,375 @@
+//! Compiles a [`Config`] into the immutable [`Snapshot`] requests read: everything a request
+//! needs is resolved here (service and upstream by index, rewrite templates parsed, header
+//! names built), and target state is carried over from the previous snapshot.
+
+use crate::balance::{subset, Balancer};
+use crate::router::Router;
+use crate::upstream::TargetState;
+use gatehouse_model::{
+    parse_service_url, Config, ConfigError, HashOn, Keepalive, Timeouts, UpstreamProtocol,
+};
+use http::HeaderName;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Node facts that are not in the file, fixed for the life of the process.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeContext {
+    pub workers: usize,
+    pub node_index: u32,
+}
+
+pub struct Snapshot {
+    pub router: Router,
+    pub routes: Vec<RouteEntry>,
+    pub services: Vec<ServiceEntry>,
+    pub upstreams: HashMap<Box<str>, Arc<UpstreamEntry>>,
+    pub via: bool,
+    pub drain_timeout: Duration,
+    /// The config this snapshot was built from (for diffing on reload).
+    pub config: Config,
+}
+
+pub struct RouteEntry {
+    pub name: Box<str>,
+    pub service: usize,
+    pub strip_prefix: bool,
+    pub rewrite: Option<Vec<Piece>>,
+    pub preserve_host: bool,
+}
+
+/// A part of a rewrite template.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Piece {
+    Literal(Box<str>),
+    Param(Box<str>),
+    /// `{*}`: the rest of the path after the matched prefix.
+    Rest,
+}
+
+pub struct ServiceEntry {
+    pub name: Box<str>,
+    pub upstream: Arc<UpstreamEntry>,
+    /// From a service `url`: put before every upstream path.
+    pub path_prefix: Box<str>,
+    pub timeouts: Timeouts,
+    pub retries: u32,
+}
+
+pub struct UpstreamEntry {
+    pub name: Box<str>,
+    /// The targets this node uses (after subsetting), in a stable order.
+    pub targets: Vec<Arc<TargetState>>,
+    pub balancer: Balancer,
+    pub hash: HashSource,
+}
+
+/// Where a consistent-hash key comes from.
+pub enum HashSource {
+    None,
+    ClientIp,
+    Header(HeaderName),
+    Cookie(Box<str>),
+    Query(Box<str>),
+}
+
+impl Snapshot {
+    /// Builds a snapshot; `previous` lends target state (pools, counters) for targets that
+    /// stay. On error nothing is built and the caller keeps serving the previous snapshot.
+    pub fn compile(
+        config: Config,
+        previous: Option<&Snapshot>,
+        node: NodeContext,
+    ) -> Result<Snapshot, Vec<ConfigError>> {
+        let mut errs = gatehouse_model::validate(&config);
+        for (i, p) in config.plugins.iter().enumerate() {
+            // The plugin registry arrives with the plugin framework; until then every name is
+            // unknown and a config that names one is rejected rather than half applied.
+            errs.push(ConfigError::new(
+                format!("plugins[{i}].name"),
+                format!("unknown plugin \"{}\"", p.name),
+            ));
+        }
+        let router = match Router::build(&config.routes) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                errs.extend(e);
+                None
+            }
+        };
+        let mut upstreams: HashMap<Box<str>, Arc<UpstreamEntry>> = HashMap::new();
+        for (i, u) in config.upstreams.iter().enumerate() {
+            let hash = match (u.hash_on, &u.hash_key) {
+                (_, _) if u.balance != gatehouse_model::Balance::ConsistentHash => HashSource::None,
+                (None | Some(HashOn::Ip), _) => HashSource::ClientIp,
+                (Some(HashOn::Header), Some(k)) => {
+                    match HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()) {
+                        Ok(h) => HashSource::Header(h),
+                        Err(_) => {
+                            errs.push(ConfigError::new(
+                                format!("upstreams[{i}].hash_key"),
+                                format!("\"{k}\" is not a valid header name"),
+                            ));
+                            continue;
+                        }
+                    }
+                }
+                (Some(HashOn::Cookie), Some(k)) => HashSource::Cookie(k.as_str().into()),
+                (Some(HashOn::Query), Some(k)) => HashSource::Query(k.as_str().into()),
+                (Some(_), None) => continue, // reported by validate
+            };
+            let mut list: Vec<(&str, u32)> = u
+                .targets
+                .iter()
+                .map(|t| (t.address.as_str(), t.weight))
+                .collect();
+            if let Some(size) = u.subset_size {
+                list.sort_unstable();
+                let keep = subset(list.len(), size, node.node_index);
+                list = keep
+                    .into_iter()
+                    .filter_map(|k| list.get(k).copied())
+                    .collect();
+            }
+            match build_upstream(
+                &u.name,
+                &list,
+                u.balance,
+                hash,
+                u.protocol,
+                u.keepalive,
+                previous,
+                node,
+            ) {
+                Ok(e) => {
+                    upstreams.insert(u.name.as_str().into(), Arc::new(e));
+                }
+                Err(m) => errs.push(ConfigError::new(format!("upstreams[{i}].targets"), m)),
+            }
+        }
+
+        let mut services = Vec::with_capacity(config.services.len());
+        let mut service_index = HashMap::new();
+        for (i, s) in config.services.iter().enumerate() {
+            let (upstream, path_prefix) = match (&s.upstream, &s.url) {
+                (Some(u), _) => match upstreams.get(u.as_str()) {
+                    Some(e) => (e.clone(), String::new()),
+                    None => continue, // reported by validate
+                },
+                (None, Some(url)) => {
+                    let Ok((target, prefix)) = parse_service_url(url) else {
+                        continue;
+                    };
+                    // A URL service gets a private one-target upstream, named so that it
+                    // cannot clash with a configured upstream (names have no ':').
+                    let name = format!("service:{}", s.name);
+                    match build_upstream(
+                        &name,
+                        &[(target.as_str(), 1)],
+                        gatehouse_model::Balance::RoundRobin,
+                        HashSource::None,
+                        UpstreamProtocol::Http1,
+                        Keepalive::default(),
+                        previous,
+                        node,
+                    ) {
+                        Ok(e) => {
+                            let e = Arc::new(e);
+                            upstreams.insert(name.into(), e.clone());
+                            (e, prefix)
+                        }
+                        Err(m) => {
+                            errs.push(ConfigError::new(format!("services[{i}].url"), m));
+                            continue;
+                        }
+                    }
+                }
+                (None, None) => continue,
+            };
+            service_index.insert(s.name.as_str(), services.len());
+            services.push(ServiceEntry {
+                name: s.name.as_str().into(),
+                upstream,
+                path_prefix: path_prefix.into(),
+                timeouts: s.timeouts.clone(),
+                retries: s.retries,
+            });
+        }
+
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for r in &config.routes {
+            let Some(&service) = service_index.get(r.service.as_str()) else {
+                continue; // reported by validate
+            };
+            routes.push(RouteEntry {
+                name: r.name.as_str().into(),
+                service,
+                strip_prefix: r.strip_prefix,
+                rewrite: r.rewrite.as_deref().map(parse_template),
+                preserve_host: r.preserve_host,
+            });
+        }
+
+        gatehouse_model::sort_errors(&mut errs);
+        errs.dedup();
+        match router {
+            Some(router) if errs.is_empty() => Ok(Snapshot {
+                router,
+                routes,
+                services,
+                upstreams,
+                via: config.node.via,
+                drain_timeout: config.node.drain_timeout,
+                config,
+            }),
+            _ => Err(errs),
+        }
+    }
+
+    /// Every distinct target of this snapshot (for idle sweeping).
+    pub fn targets(&self) -> impl Iterator<Item = &Arc<TargetState>> {
+        self.upstreams.values().flat_map(|u| u.targets.iter())
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_upstream(
+    name: &str,
+    list: &[(&str, u32)],
+    balance: gatehouse_model::Balance,
+    hash: HashSource,
+    protocol: UpstreamProtocol,
+    keepalive: Keepalive,
+    previous: Option<&Snapshot>,
+    node: NodeContext,
+) -> Result<UpstreamEntry, String> {
+    let old = previous.and_then(|p| p.upstreams.get(name));
+    let mut targets = Vec::with_capacity(list.len());
+    for (addr, _) in list {
+        let reused = old.and_then(|o| {
+            o.targets
+                .iter()
+                .find(|t| {
+                    &*t.address == *addr && t.protocol == protocol && t.keepalive == keepalive
+                })
+                .cloned()
+        });
+        let state = match reused {
+            Some(s) => s,
+            None => Arc::new(TargetState::new(addr, protocol, keepalive, node.workers)?),
+        };
+        targets.push(state);
+    }
+    let addrs: Vec<&str> = list.iter().map(|(a, _)| *a).collect();
+    let weights: Vec<u32> = list.iter().map(|(_, w)| *w).collect();
+    Ok(UpstreamEntry {
+        name: name.into(),
+        balancer: Balancer::new(balance, &addrs, &weights),
+        targets,
+        hash,
+    })
+}
+
+/// `/v2/{id}/x{*}` → [Literal("/v2/"), Param("id"), Literal("/x"), Rest].
+pub fn parse_template(t: &str) -> Vec<Piece> {
+    let mut out = Vec::new();
+    let mut rest = t;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            break;
+        };
+        if open > 0 {
+            out.push(Piece::Literal(rest[..open].into()));
+        }
+        let name = &rest[open + 1..open + close];
+        out.push(if name == "*" {
+            Piece::Rest
+        } else {
+            Piece::Param(name.into())
+        });
+        rest = &rest[open + close + 1..];
+    }
+    if !rest.is_empty() {
+        out.push(Piece::Literal(rest.into()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+upstreams:
+  - name: pool
+    targets: [{address: "127.0.0.1:1001"}, {address: "127.0.0.1:1002"}]
+services:
+  - {name: s, upstream: pool}
+  - {name: u, url: "http://127.0.0.1:1003/base"}
+routes:
+  - {name: r, service: s, paths: ["/a/{id}"], rewrite: "/b/{id}/c"}
+  - {name: r2, service: u}
+"#;
+
+    const NODE: NodeContext = NodeContext {
+        workers: 2,
+        node_index: 0,
+    };
+
+    fn compile(yaml: &str, prev: Option<&Snapshot>) -> Snapshot {
+        let config = match gatehouse_model::parse_yaml(yaml) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        match Snapshot::compile(config, prev, NODE) {
+            Ok(s) => s,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn templates_parse() {
+        assert_eq!(
+            parse_template("/v2/{id}/x{*}"),
+            vec![
+                Piece::Literal("/v2/".into()),
+                Piece::Param("id".into()),
+                Piece::Literal("/x".into()),
+                Piece::Rest
+            ]
+        );
+    }
+
+    #[test]
+    fn reload_keeps_state_of_targets_that_stay() {
+        let a = compile(CONFIG, None);
+        let changed = CONFIG.replace("127.0.0.1:1002", "127.0.0.1:1009");
+        let b = compile(&changed, Some(&a));
+        let (ua, ub) = (&a.upstreams["pool"], &b.upstreams["pool"]);
+        assert!(
+            Arc::ptr_eq(&ua.targets[0], &ub.targets[0]),
+            "kept target lost its state"
+        );
+        assert!(!Arc::ptr_eq(&ua.targets[1], &ub.targets[1]));
+        assert!(Arc::ptr_eq(
+            &a.upstreams["service:u"].targets[0],
+            &b.upstreams["service:u"].targets[0]
+        ));
+        assert_eq!(&*b.services[1].path_prefix, "/base");
+    }
+
+    #[test]
+    fn unknown_plugins_are_rejected_until_registered() {
+        let config =
+            gatehouse_model::parse_yaml(&format!("{CONFIG}plugins:\n  - name: key-auth\n"));
+        let errs = match config.map(|c| Snapshot::compile(c, None, NODE)) {
+            Ok(Err(e)) => e,
+            _ => panic!("should be rejected"),
+        };
+        assert_eq!(
+            errs[0].to_string(),
+            "plugins[0].name: unknown plugin \"key-auth\""
+        );
+    }
+}
