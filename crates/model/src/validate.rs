@@ -267,9 +267,10 @@ fn check_route(
         }
         for name in template_params(rw) {
             let known = name == "*"
-                || r.paths
-                    .iter()
-                    .all(|path| template_params(path).any(|n| n == name));
+                || r.paths.iter().all(|path| match path.strip_prefix('~') {
+                    Some(re) => regex_group_names(re).any(|n| n == name),
+                    None => template_params(path).any(|n| n == name),
+                });
             if !known {
                 err(
                     format!("{p}.rewrite"),
@@ -327,6 +328,15 @@ pub(crate) fn template_params(path: &str) -> impl Iterator<Item = &str> {
     path.split('{')
         .skip(1)
         .filter_map(|rest| rest.split_once('}').map(|(name, _)| name))
+}
+
+/// Names of `(?P<name>...)` / `(?<name>...)` groups in a regex, found syntactically (the
+/// regex itself is compiled, and its errors reported, when the router is built).
+fn regex_group_names(re: &str) -> impl Iterator<Item = &str> {
+    re.split("(?")
+        .skip(1)
+        .filter_map(|rest| rest.strip_prefix("P<").or_else(|| rest.strip_prefix('<')))
+        .filter_map(|rest| rest.split_once('>').map(|(name, _)| name))
 }
 
 fn check_host_pattern(h: &str) -> Result<(), String> {

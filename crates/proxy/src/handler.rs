@@ -226,14 +226,33 @@ async fn acquire(
     connect_timeout: Duration,
     stale: usize,
 ) -> Result<(Sender, bool), ConnectError> {
-    if stale < STALE_RETRIES {
-        while let Some(mut s) = target.take_idle() {
-            if s.ready().await.is_ok() {
-                return Ok((s, true));
+    let deadline = Instant::now() + connect_timeout;
+    loop {
+        if stale < STALE_RETRIES {
+            while let Some(mut s) = target.take_idle() {
+                if s.ready().await.is_ok() {
+                    return Ok((s, true));
+                }
             }
         }
+        match target.connect(connect_timeout).await {
+            Ok(s) => return Ok((s, false)),
+            Err(ConnectError::Limit(addr, max)) => {
+                // At the cap: reuse any worker's idle connection, else wait for one to be
+                // returned or closed, until the connect timeout.
+                if let Some(mut s) = target.steal_idle() {
+                    if s.ready().await.is_ok() {
+                        return Ok((s, true));
+                    }
+                    continue;
+                }
+                if !target.wait_for_free(deadline).await {
+                    return Err(ConnectError::Limit(addr, max));
+                }
+            }
+            Err(e) => return Err(e),
+        }
     }
-    target.connect(connect_timeout).await.map(|s| (s, false))
 }
 
 /// Sets what depends on the chosen target: Host (or :authority) and the URI form.

@@ -298,6 +298,10 @@ impl TargetState {
                 });
             }
         }
+        if self.open.load(Ordering::Relaxed) >= self.keepalive.max_connections {
+            // Someone may be waiting at the cap for exactly this connection.
+            self.freed.notify_one();
+        }
     }
 
     /// Closes this worker's connections idle longer than the idle timeout.
@@ -308,28 +312,55 @@ impl TargetState {
         }
     }
 
-    /// Opens a new connection, waiting up to `timeout` for a free slot under
-    /// `max_connections` and for the TCP connect.
+    /// Takes an idle connection from any worker's list: used only at the connection cap,
+    /// where another worker's idle connection beats waiting for one to close.
+    pub fn steal_idle(&self) -> Option<Sender> {
+        let own = worker();
+        for (i, slot) in self.idle.iter().enumerate() {
+            if i == own {
+                continue;
+            }
+            let Ok(mut list) = slot.lock() else { continue };
+            while let Some(idle) = list.pop() {
+                if idle.sender.is_closed() || idle.since.elapsed() > self.keepalive.idle_timeout {
+                    continue;
+                }
+                if let Sender::H2(s) = &idle.sender {
+                    let clone = Sender::H2(s.clone());
+                    list.push(idle);
+                    return Some(clone);
+                }
+                return Some(idle.sender);
+            }
+        }
+        None
+    }
+
+    /// Waits until a connection is returned idle or closed (when at the cap), or `deadline`.
+    pub async fn wait_for_free(&self, deadline: tokio::time::Instant) -> bool {
+        tokio::time::timeout_at(deadline, self.freed.notified())
+            .await
+            .is_ok()
+    }
+
+    /// Opens a new connection within `timeout`; fails at once with [`ConnectError::Limit`]
+    /// when `max_connections` are open.
     pub async fn connect(&self, timeout: Duration) -> Result<Sender, ConnectError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let open = self.open.load(Ordering::Acquire);
-            if open < self.keepalive.max_connections {
-                if self
-                    .open
-                    .compare_exchange(open, open + 1, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    break;
-                }
-                continue;
-            }
-            let freed = self.freed.notified();
-            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+            if open >= self.keepalive.max_connections {
                 return Err(ConnectError::Limit(
                     self.address.clone(),
                     self.keepalive.max_connections,
                 ));
+            }
+            if self
+                .open
+                .compare_exchange(open, open + 1, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                break;
             }
         }
         let slot = SlotGuard {

@@ -1,0 +1,312 @@
+//! Test kit: real origins on 127.0.0.1:0 and an in-process gateway, plus small HTTP clients.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+
+pub use gatehouse_proxy::{Gateway, StartOptions};
+
+/// An origin server. Paths it understands:
+/// - `/delay/MS/...`: waits MS milliseconds before answering;
+/// - `/bytes/N`: answers N bytes, streamed in 64 KiB chunks;
+/// - `/stall`: sends the head and one chunk, then nothing;
+/// - anything else: a JSON echo (`origin`, `method`, `path`, `headers`, `body_bytes`).
+pub struct Origin {
+    pub addr: SocketAddr,
+    /// TCP connections accepted so far.
+    pub accepted: Arc<AtomicUsize>,
+    /// Connections open right now.
+    pub open: Arc<AtomicUsize>,
+    pub max_open: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Origin {
+    pub async fn start(name: &'static str) -> Origin {
+        Self::start_with(name, false).await
+    }
+
+    pub async fn start_h2c(name: &'static str) -> Origin {
+        Self::start_with(name, true).await
+    }
+
+    async fn start_with(name: &'static str, h2: bool) -> Origin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+        let addr = listener.local_addr().expect("origin addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
+        let max_open = Arc::new(AtomicUsize::new(0));
+        let (a, o, m) = (accepted.clone(), open.clone(), max_open.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                a.fetch_add(1, Ordering::SeqCst);
+                let now = o.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(now, Ordering::SeqCst);
+                let o = o.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| answer(name, req));
+                    let io = TokioIo::new(stream);
+                    if h2 {
+                        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, svc)
+                            .await;
+                    } else {
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, svc)
+                            .await;
+                    }
+                    o.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Origin {
+            addr,
+            accepted,
+            open,
+            max_open,
+            task,
+        }
+    }
+}
+
+type OriginBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+async fn answer(
+    name: &'static str,
+    req: hyper::Request<Incoming>,
+) -> Result<hyper::Response<OriginBody>, std::convert::Infallible> {
+    let path = req.uri().path().to_owned();
+    let mut rest = path.as_str();
+    if let Some(r) = rest.strip_prefix("/delay/") {
+        let (ms, tail) = r.split_once('/').unwrap_or((r, ""));
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+        rest = if tail.is_empty() { "/" } else { tail };
+        let _ = rest;
+    }
+    if let Some(n) = path.strip_prefix("/bytes/") {
+        let total: usize = n.parse().unwrap_or(0);
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        let stream = futures_util::stream::unfold(total, move |left| {
+            let chunk = chunk.clone();
+            async move {
+                if left == 0 {
+                    return None;
+                }
+                let n = left.min(chunk.len());
+                Some((
+                    Ok::<_, std::convert::Infallible>(Frame::data(chunk.slice(..n))),
+                    left - n,
+                ))
+            }
+        });
+        return Ok(hyper::Response::new(StreamBody::new(stream).boxed()));
+    }
+    if path == "/stall" {
+        let stream = futures_util::stream::unfold(0u8, |state| async move {
+            if state == 0 {
+                Some((
+                    Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"first"))),
+                    1,
+                ))
+            } else {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                None
+            }
+        });
+        return Ok(hyper::Response::new(StreamBody::new(stream).boxed()));
+    }
+    let (parts, body) = req.into_parts();
+    let mut size = 0usize;
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => size += f.data_ref().map_or(0, |d| d.len()),
+            Err(_) => break,
+        }
+    }
+    let headers: serde_json::Map<String, serde_json::Value> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+        .collect();
+    let json = serde_json::json!({
+        "origin": name,
+        "method": parts.method.as_str(),
+        "path": parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or(""),
+        "version": format!("{:?}", parts.version),
+        "headers": headers,
+        "body_bytes": size,
+    });
+    let mut resp = hyper::Response::new(Full::new(Bytes::from(json.to_string())).boxed());
+    resp.headers_mut()
+        .insert("connection", http::HeaderValue::from_static("keep-alive"));
+    resp.headers_mut()
+        .insert("x-hop", http::HeaderValue::from_static("secret"));
+    resp.headers_mut()
+        .insert("keep-alive", http::HeaderValue::from_static("timeout=30"));
+    Ok(resp)
+}
+
+/// Starts a gateway in-process from YAML, on 127.0.0.1:0 with two workers.
+pub fn gateway(yaml: &str) -> Gateway {
+    let config = match gatehouse_model::parse_yaml(yaml) {
+        Ok(c) => c,
+        Err(e) => panic!("test config invalid:\n{e}"),
+    };
+    let opts = StartOptions {
+        listen: vec!["127.0.0.1:0".parse().expect("addr")],
+        workers: 2,
+        node_index: 0,
+    };
+    match Gateway::start(config, &opts) {
+        Ok(g) => g,
+        Err(e) => panic!("gateway did not start: {e}"),
+    }
+}
+
+pub fn addr(g: &Gateway) -> SocketAddr {
+    g.addrs()[0]
+}
+
+/// A response, fully read.
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A keep-alive HTTP/1.1 client on one connection.
+pub struct Client {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    addr: SocketAddr,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).await.expect("connect to gateway");
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Client { sender, addr }
+    }
+
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &'static [u8],
+    ) -> Result<Reply, hyper::Error> {
+        let mut b = hyper::Request::builder().method(method).uri(path);
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            b = b.header("host", self.addr.to_string());
+        }
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b
+            .body(Full::new(Bytes::from_static(body)))
+            .expect("request");
+        self.sender.ready().await?;
+        let resp = self.sender.send_request(req).await?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok(Reply {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    pub async fn get(&mut self, path: &str) -> Reply {
+        self.request("GET", path, &[], b"")
+            .await
+            .expect("request failed")
+    }
+}
+
+/// One request on a fresh connection.
+pub async fn get(addr: SocketAddr, path: &str) -> Reply {
+    Client::connect(addr).await.get(path).await
+}
+
+pub async fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
+    Client::connect(addr)
+        .await
+        .request("GET", path, headers, b"")
+        .await
+        .expect("request failed")
+}
+
+/// Writes raw bytes and reads until the server closes or `limit` passes.
+pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(bytes).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A WebSocket echo origin.
+pub async fn ws_origin() -> SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The upstream/service block most tests use: one upstream `up` over `targets`.
+pub fn upstream_yaml(targets: &[SocketAddr], extra: &str) -> String {
+    let list: Vec<String> = targets
+        .iter()
+        .map(|a| format!("{{address: \"{a}\"}}"))
+        .collect();
+    format!(
+        "upstreams:\n  - name: up\n    targets: [{}]\n{extra}services:\n  - name: svc\n    upstream: up\n",
+        list.join(", ")
+    )
+}
