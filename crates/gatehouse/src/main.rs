@@ -5,9 +5,9 @@ mod echo;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use gatehouse_model::{parse_yaml, Config, ConfigErrors};
+use gatehouse_model::{Config, ConfigErrors};
 use gatehouse_proxy::{Gateway, StartOptions};
-use gatehouse_runtime::{NodeContext, Snapshot};
+use gatehouse_runtime::{parse_config, NodeContext, Snapshot};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -92,6 +92,7 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -102,7 +103,7 @@ fn load(path: &Path) -> Result<Config, ConfigErrors> {
             format!("cannot read {}: {e}", path.display()),
         )])
     })?;
-    parse_yaml(&text)
+    parse_config(&text)
 }
 
 fn node_context(config: &Config, workers: Option<usize>, node_index: Option<u32>) -> NodeContext {
@@ -161,17 +162,23 @@ async fn run(
         node_index: node.node_index,
     };
     let gateway = Gateway::start(config, &opts)?;
-    for a in gateway.addrs() {
-        tracing::info!(address = %a, workers = node.workers, "gatehouse listening");
-    }
     let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
     let _watcher = watch_file(&path, tx).context("cannot watch the config file")?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // Logged once reloads are armed, so whoever waits for this line can edit the file.
+    for a in gateway.addrs() {
+        tracing::info!(address = %a, workers = node.workers, "gatehouse listening");
+    }
     loop {
         tokio::select! {
-            Some(()) = changes.recv() => reload(&gateway, &path, "file changed"),
+            Some(()) = changes.recv() => {
+                // Editors write in several steps; let them finish, then read once.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                while changes.try_recv().is_ok() {}
+                reload(&gateway, &path, "file changed");
+            }
             _ = hup.recv() => reload(&gateway, &path, "SIGHUP"),
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -205,34 +212,33 @@ fn reload(gateway: &Gateway, path: &Path, why: &str) {
 }
 
 /// Watches the file's directory (editors replace files by renaming, which a watch on the file
-/// itself would miss) and signals changes to that file, debounced.
+/// itself would miss) and signals writes, creations and removals of that file. Reads are not
+/// signalled: our own reload reads the file, and reacting to that would loop.
 fn watch_file(
     path: &Path,
     tx: tokio::sync::mpsc::UnboundedSender<()>,
-) -> anyhow::Result<notify_debouncer_mini::Debouncer<notify::RecommendedWatcher>> {
+) -> anyhow::Result<notify::RecommendedWatcher> {
+    use notify::Watcher;
     let abs = std::path::absolute(path)?;
     let dir = abs
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
     let name = abs.file_name().map(|n| n.to_owned());
-    let mut debouncer = notify_debouncer_mini::new_debouncer(
-        Duration::from_millis(150),
-        move |res: notify_debouncer_mini::DebounceEventResult| {
-            if let Ok(events) = res {
-                if events
-                    .iter()
-                    .any(|e| e.path.file_name().map(|n| n.to_owned()) == name)
-                {
-                    let _ = tx.send(());
-                }
-            }
-        },
-    )?;
-    debouncer
-        .watcher()
-        .watch(&dir, notify::RecursiveMode::NonRecursive)?;
-    Ok(debouncer)
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let Ok(event) = res else { return };
+        let changes = event.kind.is_modify() || event.kind.is_create() || event.kind.is_remove();
+        if changes
+            && event
+                .paths
+                .iter()
+                .any(|p| p.file_name().map(|n| n.to_owned()) == name)
+        {
+            let _ = tx.send(());
+        }
+    })?;
+    watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+    Ok(watcher)
 }
 
 async fn demo(listen: SocketAddr) -> anyhow::Result<()> {
@@ -257,7 +263,7 @@ routes:
     service: echo
 "#
     );
-    let config = parse_yaml(&yaml).map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
+    let config = parse_config(&yaml).map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
     let opts = StartOptions {
         listen: vec![listen],
         workers: 1,

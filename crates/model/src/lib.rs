@@ -369,6 +369,16 @@ fn default_true() -> bool {
 /// Parses YAML (JSON is YAML too) into a [`Config`] and validates it, reporting every problem
 /// found. Each list item is parsed on its own so that one bad route does not hide the others.
 pub fn parse_yaml(text: &str) -> Result<Config, ConfigErrors> {
+    parse_yaml_with(text, &|_| Vec::new())
+}
+
+/// [`parse_yaml`] plus `checks` run on whatever parsed (also when some items did not), with
+/// their paths mapped to the file's numbering: how the runtime adds its compile-time checks
+/// (regexes, plugin names) so that one run reports every problem.
+pub fn parse_yaml_with(
+    text: &str,
+    checks: &dyn Fn(&Config) -> Vec<ConfigError>,
+) -> Result<Config, ConfigErrors> {
     let root: yaml_serde::Value = yaml_serde::from_str(text).map_err(|e| {
         let path = e
             .location()
@@ -388,12 +398,15 @@ pub fn parse_yaml(text: &str) -> Result<Config, ConfigErrors> {
             )]))
         }
     };
-    errors.extend(validate(&config).into_iter().map(|mut e| {
+    let mut found = validate(&config);
+    found.extend(checks(&config));
+    errors.extend(found.into_iter().map(|mut e| {
         e.path = kept.original_path(&e.path);
         e.message = kept.original_refs(&e.message);
         e
     }));
     sort_errors(&mut errors);
+    errors.dedup();
     if errors.is_empty() {
         Ok(config)
     } else {

@@ -8,4 +8,4 @@ pub mod balance;
 pub mod snapshot;
 pub mod upstream;
 
-pub use snapshot::{NodeContext, Snapshot};
+pub use snapshot::{parse_config, NodeContext, Snapshot};

@@ -83,14 +83,7 @@ impl Snapshot {
         node: NodeContext,
     ) -> Result<Snapshot, Vec<ConfigError>> {
         let mut errs = gatehouse_model::validate(&config);
-        for (i, p) in config.plugins.iter().enumerate() {
-            // The plugin registry arrives with the plugin framework; until then every name is
-            // unknown and a config that names one is rejected rather than half applied.
-            errs.push(ConfigError::new(
-                format!("plugins[{i}].name"),
-                format!("unknown plugin \"{}\"", p.name),
-            ));
-        }
+        errs.extend(plugin_errors(&config));
         let router = match Router::build(&config.routes) {
             Ok(r) => Some(r),
             Err(e) => {
@@ -231,6 +224,34 @@ impl Snapshot {
     pub fn targets(&self) -> impl Iterator<Item = &Arc<TargetState>> {
         self.upstreams.values().flat_map(|u| u.targets.iter())
     }
+}
+
+fn plugin_errors(config: &Config) -> Vec<ConfigError> {
+    // The plugin registry arrives with the plugin framework; until then every name is unknown
+    // and a config that names one is rejected rather than half applied.
+    config
+        .plugins
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            ConfigError::new(
+                format!("plugins[{i}].name"),
+                format!("unknown plugin \"{}\"", p.name),
+            )
+        })
+        .collect()
+}
+
+/// Parses and checks a config file's text as completely as one pass can: structure,
+/// references, and what compiling finds (regexes, plugin names), every problem reported.
+pub fn parse_config(text: &str) -> Result<Config, gatehouse_model::ConfigErrors> {
+    gatehouse_model::parse_yaml_with(text, &|c| {
+        let mut errs = plugin_errors(c);
+        if let Err(e) = Router::build(&c.routes) {
+            errs.extend(e);
+        }
+        errs
+    })
 }
 
 #[allow(clippy::too_many_arguments)]

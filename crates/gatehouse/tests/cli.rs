@@ -1,0 +1,262 @@
+//! The real `gatehouse` binary: `validate` exit codes and messages, `run` with hot reload on
+//! file change and SIGHUP, a rejected bad edit, and SIGTERM drain.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gatehouse-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn validate(yaml: &str) -> (i32, String) {
+    let dir = temp_dir("validate");
+    let file = dir.join("gateway.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let out = Command::new(BIN)
+        .args(["validate", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn validate_reports_every_problem_as_path_and_message() {
+    let (code, out) = validate(
+        r#"
+upstreams:
+  - {name: u, targets: [{address: "127.0.0.1:9000"}]}
+services:
+  - {name: s, upstream: u}
+routes:
+  - {name: a, service: users}
+  - {name: b, service: s, paths: ["~^/(unclosed"]}
+  - {name: b, service: s, colour: red}
+"#,
+    );
+    assert_eq!(code, 1);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "routes[0].service: no service named \"users\"");
+    assert!(
+        lines[1].starts_with("routes[1].paths[0]: regex does not compile: regex parse error:"),
+        "{out}"
+    );
+    assert!(
+        lines[2].starts_with("routes[2].colour: unknown field `colour`"),
+        "{out}"
+    );
+    assert_eq!(lines.len(), 3, "{out}");
+}
+
+#[test]
+fn validate_accepts_the_examples() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let out = Command::new(BIN)
+                .args(["validate", "-c"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stdout)
+            );
+            n += 1;
+        }
+    }
+    assert!(n > 0, "no examples found");
+    let (code, out) = validate("routes: [\n");
+    assert_eq!(code, 1);
+    assert!(out.starts_with("line "), "{out}");
+}
+
+/// A running `gatehouse run` with its stderr collected line by line.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn start(config: &Path) -> (Running, std::net::SocketAddr) {
+        let mut child = Command::new(BIN)
+            .args(["run", "--listen", "127.0.0.1:0", "--workers", "2", "-c"])
+            .arg(config)
+            .env("GATEHOUSE_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut r = Running {
+            child,
+            lines,
+            seen: Vec::new(),
+        };
+        let line = r.wait_for("gatehouse listening");
+        let addr = line
+            .split("address=")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no address in: {line}"));
+        (r, addr)
+    }
+
+    fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                self.seen.push(line.clone());
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+        }
+        panic!(
+            "never logged {needle:?}; log so far:\n{}",
+            self.seen.join("\n")
+        );
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config_for(origin: std::net::SocketAddr, path: &str) -> String {
+    format!(
+        "upstreams:\n  - {{name: u, targets: [{{address: \"{origin}\"}}]}}\nservices:\n  - {{name: s, upstream: u}}\nroutes:\n  - {{name: r, paths: [\"{path}\"], service: s}}\n"
+    )
+}
+
+/// Polls until `path` answers `status`, returning how long that took.
+async fn until_status(addr: std::net::SocketAddr, path: &str, status: u16) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        if get(addr, path).await.status == status {
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{path} never answered {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_reloads_on_edit_and_sighup_rejects_bad_edits_and_drains_on_sigterm() {
+    let origin = Origin::start("o").await;
+    let dir = temp_dir("run");
+    let file = dir.join("gateway.yaml");
+    std::fs::write(&file, config_for(origin.addr, "/one")).unwrap();
+    let (mut gw, addr) = Running::start(&file);
+    assert_eq!(get(addr, "/one").await.status, 200);
+    assert_eq!(get(addr, "/two").await.status, 404);
+
+    // An edit is live within a second.
+    std::fs::write(&file, config_for(origin.addr, "/two")).unwrap();
+    let took = until_status(addr, "/two", 200).await;
+    assert!(took < Duration::from_secs(1), "reload took {took:?}");
+    gw.wait_for("configuration reloaded");
+    assert_eq!(get(addr, "/one").await.status, 404);
+
+    // An editor-style replace (write elsewhere, rename over) is seen too.
+    let tmp = dir.join(".gateway.yaml.swp");
+    std::fs::write(&tmp, config_for(origin.addr, "/three")).unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    until_status(addr, "/three", 200).await;
+
+    // A bad edit is refused with the field named, and the old config keeps serving.
+    std::fs::write(
+        &file,
+        config_for(origin.addr, "/three").replace("service: s}", "service: nope}"),
+    )
+    .unwrap();
+    let line = gw.wait_for("configuration rejected");
+    assert!(
+        line.contains("routes[0].service: no service named \"nope\""),
+        "{line}"
+    );
+    assert_eq!(get(addr, "/three").await.status, 200);
+
+    // SIGHUP re-reads the file (fixed meanwhile without the watcher noticing is not needed:
+    // write the good config, then signal; either path must apply it).
+    std::fs::write(&file, config_for(origin.addr, "/four")).unwrap();
+    gw.signal("-HUP");
+    until_status(addr, "/four", 200).await;
+
+    // SIGTERM: an in-flight request finishes, then the process exits 0.
+    std::fs::write(&file, config_for(origin.addr, "/delay/*")).unwrap();
+    until_status(addr, "/delay/1", 200).await;
+    let slow = tokio::spawn(async move { get(addr, "/delay/700").await.status });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    gw.signal("-TERM");
+    assert_eq!(slow.await.unwrap(), 200, "in-flight request was cut");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = gw.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gateway did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_refuses_an_invalid_file_at_start() {
+    let dir = temp_dir("bad-start");
+    let file = dir.join("gateway.yaml");
+    std::fs::write(&file, "routes:\n  - {name: r, service: missing}\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--listen", "127.0.0.1:0", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("routes[0].service: no service named \"missing\""),
+        "{err}"
+    );
+}
