@@ -55,14 +55,16 @@ pin_project_lite::pin_project! {
 }
 
 impl UpstreamBody {
+    /// `first` is when the first frame is due (now + read timeout; passed in because the
+    /// caller has just read the clock).
     pub fn new(
         inner: Incoming,
         sender: Option<Sender>,
         in_flight: InFlight,
+        first: Instant,
         read_timeout: Duration,
         deadline: Option<Instant>,
     ) -> Self {
-        let first = Instant::now() + read_timeout;
         let at = deadline.map_or(first, |d| d.min(first));
         Self {
             inner,

@@ -183,7 +183,8 @@ pub async fn handle(
                 },
                 Ok(Ok(resp)) => resp,
             };
-            target.record_latency(sent_at.elapsed());
+            let head_at = Instant::now();
+            target.record_latency(head_at - sent_at, head_at.into_std());
             *resp.version_mut() = client_version;
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                 if let Some(down) = on_upgrade {
@@ -206,6 +207,7 @@ pub async fn handle(
                     b,
                     Some(sender),
                     in_flight,
+                    head_at + read_timeout,
                     read_timeout,
                     total_deadline,
                 ))

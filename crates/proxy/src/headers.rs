@@ -22,43 +22,71 @@ pub static TRAILERS: HeaderValue = HeaderValue::from_static("trailers");
 /// Removes hop-by-hop headers. With `keep_upgrade` (a WebSocket handshake) `Upgrade` and
 /// `Connection: upgrade` stay, since the upstream must see them to switch protocols.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Only allocate when `Connection` names headers beyond the usual tokens.
-    let mut listed: Option<Vec<HeaderName>> = None;
-    for v in headers.get_all(CONNECTION) {
-        let Ok(s) = v.to_str() else { continue };
-        for token in s.split(',') {
-            let token = token.trim();
-            if token.is_empty()
-                || token.eq_ignore_ascii_case("keep-alive")
-                || token.eq_ignore_ascii_case("close")
-                || token.eq_ignore_ascii_case("upgrade")
-            {
-                continue;
-            }
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                listed.get_or_insert_with(Vec::new).push(name);
-            }
+    // One pass over the names finds which hop-by-hop headers are present; most messages have
+    // none or only `Connection`, and each `remove` would hash the name again.
+    const CONN: u8 = 1;
+    const OTHER: u8 = 2;
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if name == CONNECTION {
+            present |= CONN;
+        } else if name == UPGRADE
+            || name == TE
+            || name == TRAILER
+            || name == TRANSFER_ENCODING
+            || name == KEEP_ALIVE
+            || name == PROXY_CONNECTION
+        {
+            present |= OTHER;
         }
     }
-    for name in listed.into_iter().flatten() {
-        headers.remove(name);
+    if present == 0 {
+        return;
     }
-    if !keep_upgrade {
-        headers.remove(CONNECTION);
-        headers.remove(UPGRADE);
-    } else {
-        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    if present & CONN != 0 {
+        // Only allocate when `Connection` names headers beyond the usual tokens.
+        let mut listed: Option<Vec<HeaderName>> = None;
+        for v in headers.get_all(CONNECTION) {
+            let Ok(s) = v.to_str() else { continue };
+            for token in s.split(',') {
+                let token = token.trim();
+                if token.is_empty()
+                    || token.eq_ignore_ascii_case("keep-alive")
+                    || token.eq_ignore_ascii_case("close")
+                    || token.eq_ignore_ascii_case("upgrade")
+                {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                    listed.get_or_insert_with(Vec::new).push(name);
+                }
+            }
+        }
+        for name in listed.into_iter().flatten() {
+            headers.remove(name);
+        }
+        if keep_upgrade {
+            headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        } else {
+            headers.remove(CONNECTION);
+        }
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(TRAILER);
-    headers.remove(TRANSFER_ENCODING);
-    // `TE: trailers` is end-to-end in practice (gRPC needs it); any other TE is hop-by-hop.
-    if headers
-        .get(TE)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
-    {
-        headers.remove(TE);
+    if present & OTHER != 0 {
+        if !keep_upgrade {
+            headers.remove(UPGRADE);
+        }
+        headers.remove(&KEEP_ALIVE);
+        headers.remove(&PROXY_CONNECTION);
+        headers.remove(TRAILER);
+        headers.remove(TRANSFER_ENCODING);
+        // `TE: trailers` is end-to-end in practice (gRPC needs it); any other TE is
+        // hop-by-hop.
+        if headers
+            .get(TE)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+        {
+            headers.remove(TE);
+        }
     }
 }
 

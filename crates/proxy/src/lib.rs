@@ -290,6 +290,7 @@ async fn serve(
     } else {
         let conn = hyper::server::conn::http1::Builder::new()
             .keep_alive(true)
+            .writev(false)
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(30))
             .serve_connection(io, svc)

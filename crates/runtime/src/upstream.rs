@@ -199,10 +199,11 @@ pub struct TargetState {
     pub connects: AtomicU64,
 }
 
-fn clock() -> u64 {
+/// Nanoseconds since the first call, at `at`; 0 is reserved for "never".
+fn clock(at: Instant) -> u64 {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let start = START.get_or_init(Instant::now);
-    start.elapsed().as_nanos() as u64
+    let start = START.get_or_init(|| at - Duration::from_nanos(1));
+    at.saturating_duration_since(*start).as_nanos().max(1) as u64
 }
 
 /// How fast old latency samples fade: Finagle's and linkerd's choice.
@@ -244,9 +245,9 @@ impl TargetState {
     }
 
     /// Folds one response latency into the EWMA; racing updates may lose a sample, which an
-    /// average tolerates.
-    pub fn record_latency(&self, latency: Duration) {
-        let now = clock();
+    /// average tolerates. `at` is when the sample was taken (the caller has the time already).
+    pub fn record_latency(&self, latency: Duration, at: Instant) {
+        let now = clock(at);
         let then = self.ewma_at.swap(now, Ordering::Relaxed);
         let sample = latency.as_nanos() as f64;
         let old = self.ewma();
@@ -377,7 +378,10 @@ impl TargetState {
         let addr = self.address.clone();
         match self.protocol {
             UpstreamProtocol::Http1 => {
+                // writev(false): hyper flattens head and body into one buffer and one send;
+                // measured cheaper for small messages (shared/reference/perf-levers.md).
                 let (sender, conn) = http1::Builder::new()
+                    .writev(false)
                     .handshake(io)
                     .await
                     .map_err(|e| ConnectError::Handshake(addr.clone(), e))?;

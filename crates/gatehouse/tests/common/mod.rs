@@ -26,6 +26,8 @@ pub struct Origin {
     /// Connections open right now.
     pub open: Arc<AtomicUsize>,
     pub max_open: Arc<AtomicUsize>,
+    /// The most requests it was handling at once.
+    pub max_active: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -50,7 +52,10 @@ impl Origin {
         let accepted = Arc::new(AtomicUsize::new(0));
         let open = Arc::new(AtomicUsize::new(0));
         let max_open = Arc::new(AtomicUsize::new(0));
+        let max_active = Arc::new(AtomicUsize::new(0));
+        let active = Arc::new(AtomicUsize::new(0));
         let (a, o, m) = (accepted.clone(), open.clone(), max_open.clone());
+        let (act, max_act) = (active.clone(), max_active.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -60,8 +65,18 @@ impl Origin {
                 let now = o.fetch_add(1, Ordering::SeqCst) + 1;
                 m.fetch_max(now, Ordering::SeqCst);
                 let o = o.clone();
+                let (act, max_act) = (act.clone(), max_act.clone());
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| answer(name, req));
+                    let svc = service_fn(move |req| {
+                        let (act, max_act) = (act.clone(), max_act.clone());
+                        async move {
+                            let now = act.fetch_add(1, Ordering::SeqCst) + 1;
+                            max_act.fetch_max(now, Ordering::SeqCst);
+                            let r = answer(name, req).await;
+                            act.fetch_sub(1, Ordering::SeqCst);
+                            r
+                        }
+                    });
                     let io = TokioIo::new(stream);
                     if h2 {
                         let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -81,6 +96,7 @@ impl Origin {
             accepted,
             open,
             max_open,
+            max_active,
             task,
         }
     }

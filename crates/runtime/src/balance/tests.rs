@@ -96,9 +96,10 @@ fn least_conn_prefers_idle_targets_per_weight() {
 #[test]
 fn ewma_sends_most_traffic_to_the_fast_target() {
     let t = targets(3);
-    t[0].record_latency(std::time::Duration::from_millis(50));
-    t[1].record_latency(std::time::Duration::from_millis(1));
-    t[2].record_latency(std::time::Duration::from_millis(50));
+    let now = std::time::Instant::now();
+    t[0].record_latency(std::time::Duration::from_millis(50), now);
+    t[1].record_latency(std::time::Duration::from_millis(1), now);
+    t[2].record_latency(std::time::Duration::from_millis(50), now);
     let b = balancer(Balance::Ewma, &[1, 1, 1]);
     let c = counts(&b, &t, 3000);
     // P2C: the fast target wins every pair it is in: 1 - (2/3)^2 = 5/9 of picks, plus the

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Candidate for ../shared/bench/peers.sh: one plain route to 127.0.0.1:$2, listening on
+# 127.0.0.1:$1, one worker (the harness pins the proxy to one core). Execs the gateway so
+# its PID is the one measured. GATEHOUSE_BIN picks the binary (default: the fat profile).
+set -euo pipefail
+port=$1 upstream=$2
+bin=${GATEHOUSE_BIN:-$(dirname "$0")/../target/fat/gatehouse}
+cfg=$(mktemp /tmp/gatehouse-bench.XXXXXX.yaml)
+cat > "$cfg" <<YAML
+listen:
+  - address: 127.0.0.1:$port
+node:
+  workers: 1
+upstreams:
+  - name: origin
+    targets: [{address: "127.0.0.1:$upstream"}]
+services:
+  - name: origin
+    upstream: origin
+routes:
+  - name: all
+    paths: ["/*"]
+    service: origin
+YAML
+export GATEHOUSE_LOG=${GATEHOUSE_LOG:-warn}
+exec "$bin" run -c "$cfg"
