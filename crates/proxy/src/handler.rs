@@ -3,6 +3,7 @@
 
 use crate::body::{InFlight, RespBody, UpstreamBody};
 use crate::errors::{respond, Failure};
+use crate::framing::Findings;
 use crate::headers::{
     framing_problem, new_request_id, remove_hop_by_hop, set_forwarded, wants_upgrade, VIA,
     VIA_VALUE, X_REQUEST_ID,
@@ -18,6 +19,7 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -27,17 +29,29 @@ pub struct ConnInfo {
     pub client: SocketAddr,
     pub client_ip: HeaderValue,
     pub h2: bool,
+    /// HTTP/1.1 only: what the framing watcher found, and how many requests came so far.
+    framing: Option<Arc<Findings>>,
+    requests: AtomicU64,
 }
 
 impl ConnInfo {
-    pub fn new(client: SocketAddr, h2: bool) -> Self {
+    pub fn new(client: SocketAddr, h2: bool, framing: Option<Arc<Findings>>) -> Self {
         let ip = client.ip().to_canonical();
         Self {
             client,
             client_ip: HeaderValue::from_str(&ip.to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             h2,
+            framing,
+            requests: AtomicU64::new(0),
         }
+    }
+
+    /// Counts this request; true when its head carried both Content-Length and
+    /// Transfer-Encoding.
+    fn ambiguous_framing(&self) -> bool {
+        let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        self.framing.as_ref().is_some_and(|f| f.is_ambiguous(n))
     }
 }
 
@@ -56,7 +70,12 @@ pub async fn handle(
         Some(v) => v.clone(),
         None => new_request_id(),
     };
-    if let Some(problem) = framing_problem(req.headers()) {
+    let problem = if info.ambiguous_framing() {
+        Some("both Content-Length and Transfer-Encoding")
+    } else {
+        framing_problem(req.headers())
+    };
+    if let Some(problem) = problem {
         tracing::info!(client = %info.client, problem, "rejected request framing");
         return respond(Failure::BadFraming, &request_id);
     }

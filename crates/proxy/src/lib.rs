@@ -7,6 +7,7 @@
 
 pub mod body;
 pub mod errors;
+pub mod framing;
 pub mod handler;
 pub mod headers;
 
@@ -269,16 +270,21 @@ async fn serve(
         Ok(h2) => h2,
         Err(_) => return,
     };
-    let info = Arc::new(handler::ConnInfo::new(peer, h2));
+    let findings = (!h2).then(|| Arc::new(framing::Findings::default()));
+    let info = Arc::new(handler::ConnInfo::new(peer, h2, findings.clone()));
     let svc = service_fn(move |req| {
         let (shared, info) = (shared.clone(), info.clone());
         async move { Ok::<_, std::convert::Infallible>(handler::handle(shared, info, req).await) }
     });
-    let io = TokioIo::new(stream);
-    if h2 {
-        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+    if let Some(findings) = findings {
+        let io = TokioIo::new(framing::Watched::new(stream, findings));
+        let conn = hyper::server::conn::http1::Builder::new()
+            .keep_alive(true)
+            .writev(false)
             .timer(TokioTimer::new())
-            .serve_connection(io, svc);
+            .header_read_timeout(Duration::from_secs(30))
+            .serve_connection(io, svc)
+            .with_upgrades();
         tokio::pin!(conn);
         tokio::select! {
             r = conn.as_mut() => log_conn_end(r),
@@ -288,13 +294,9 @@ async fn serve(
             }
         }
     } else {
-        let conn = hyper::server::conn::http1::Builder::new()
-            .keep_alive(true)
-            .writev(false)
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
-            .serve_connection(io, svc)
-            .with_upgrades();
+            .serve_connection(TokioIo::new(stream), svc);
         tokio::pin!(conn);
         tokio::select! {
             r = conn.as_mut() => log_conn_end(r),
