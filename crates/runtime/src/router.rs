@@ -13,7 +13,11 @@
 use gatehouse_model::{ConfigError, Predicate, Route};
 use http::{HeaderMap, Method};
 use regex::{Regex, RegexSet};
-use std::collections::HashMap;
+
+/// The route tables' maps. foldhash instead of std's SipHash: the keys are the config's own
+/// hosts and paths, so a client choosing what to look up cannot build collision chains, and
+/// lookups are on every request.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// What a request is matched on; borrowed from the request, nothing copied.
 pub struct RequestView<'a> {
@@ -200,8 +204,8 @@ impl Router {
     pub fn build(routes: &[Route]) -> Result<Router, Vec<ConfigError>> {
         let mut errs = Vec::new();
         let mut router = Router {
-            exact_hosts: HashMap::new(),
-            wildcard_hosts: HashMap::new(),
+            exact_hosts: HashMap::default(),
+            wildcard_hosts: HashMap::default(),
             any_host: HostTable::default(),
             predicates: Vec::with_capacity(routes.len()),
         };
