@@ -70,10 +70,21 @@ impl Tracker {
             match &mut self.state {
                 State::Off => return,
                 State::Head => {
+                    if self.head.is_empty() {
+                        // The common case: the whole head is in this read; no copy.
+                        if let Some(i) = memchr::memmem::find(data, b"\r\n\r\n") {
+                            let end = i + 4;
+                            self.heads += 1;
+                            self.state = self.after_head(&data[..end]);
+                            data = &data[end..];
+                            continue;
+                        }
+                    }
                     let before = self.head.len();
                     let from = before.saturating_sub(3);
                     self.head.extend_from_slice(data);
-                    let Some(end) = find(&self.head[from..], b"\r\n\r\n").map(|i| from + i + 4)
+                    let Some(end) =
+                        memchr::memmem::find(&self.head[from..], b"\r\n\r\n").map(|i| from + i + 4)
                     else {
                         if self.head.len() > MAX_HEAD {
                             self.off();
@@ -82,7 +93,9 @@ impl Tracker {
                     };
                     data = &data[end - before..];
                     self.heads += 1;
-                    self.state = self.after_head(end);
+                    let head = std::mem::take(&mut self.head);
+                    self.state = self.after_head(&head[..end]);
+                    self.head = head;
                     self.head.clear();
                 }
                 State::Fixed(n) => {
@@ -155,9 +168,8 @@ impl Tracker {
         self.head = Vec::new();
     }
 
-    /// Reads the framing headers of the head `self.head[..end]` and says what follows it.
-    fn after_head(&mut self, end: usize) -> State {
-        let head = &self.head[..end];
+    /// Reads the framing headers of one complete head and says what follows it.
+    fn after_head(&mut self, head: &[u8]) -> State {
         let mut lines = head.split(|b| *b == b'\n');
         let request_line = lines.next().unwrap_or_default();
         if request_line.starts_with(b"CONNECT ") {
@@ -226,10 +238,6 @@ fn trim(b: &[u8]) -> &[u8] {
         .rposition(|c| !c.is_ascii_whitespace())
         .map_or(start, |e| e + 1);
     &b[start..end.max(start)]
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// A connection whose incoming bytes pass through a [`Tracker`] on their way to hyper.
