@@ -198,6 +198,34 @@ async fn connection_cap_limits_open_upstream_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_at_the_connection_cap_ends_in_503() {
+    let o = Origin::start("a").await;
+    let yaml = upstream_yaml(
+        &[o.addr],
+        "    keepalive: {max_connections: 1, max_idle: 1}\n",
+    )
+    .replace(
+        "services:\n  - name: svc\n    upstream: up\n",
+        "services:\n  - name: svc\n    upstream: up\n    timeouts: {connect: 150ms}\n",
+    ) + "routes:\n  - {name: r, service: svc}\n";
+    let g = gateway(&yaml);
+    let a = addr(&g);
+    let busy = tokio::spawn(async move { get(a, "/delay/800").await.status });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let r = get(a, "/").await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"], "upstream connection limit reached");
+    assert!(
+        started.elapsed() >= Duration::from_millis(140),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(busy.await.unwrap(), 200);
+    g.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_failure_is_502_and_timeouts_are_504() {
     // A port with nothing listening: bind, note, close.
     let dead = {
