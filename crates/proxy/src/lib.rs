@@ -285,25 +285,57 @@ async fn serve(
             .header_read_timeout(Duration::from_secs(30))
             .serve_connection(io, svc)
             .with_upgrades();
-        tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => log_conn_end(r),
-            _ = stopped(&mut stop) => {
-                conn.as_mut().graceful_shutdown();
-                log_conn_end(conn.await);
-            }
-        }
+        drive(conn, &mut stop).await;
     } else {
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .serve_connection(TokioIo::new(stream), svc);
-        tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => log_conn_end(r),
-            _ = stopped(&mut stop) => {
-                conn.as_mut().graceful_shutdown();
-                log_conn_end(conn.await);
-            }
+        drive(conn, &mut stop).await;
+    }
+}
+
+/// A served connection that can be asked to finish gracefully. hyper-util's
+/// `GracefulConnection` would do, but it is not implemented for the HTTP/1 connection with
+/// upgrades that WebSocket needs.
+trait Graceful: std::future::Future<Output = Result<(), hyper::Error>> {
+    fn finish_gracefully(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S, B> Graceful for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn finish_gracefully(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, B, E> Graceful for hyper::server::conn::http2::Connection<I, S, E>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn finish_gracefully(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Serves `conn` to its end; on shutdown, lets it finish what is in flight, then close.
+async fn drive<C: Graceful>(conn: C, stop: &mut watch::Receiver<bool>) {
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => log_conn_end(r),
+        _ = stopped(stop) => {
+            conn.as_mut().finish_gracefully();
+            log_conn_end(conn.await);
         }
     }
 }

@@ -264,9 +264,13 @@ impl TargetState {
     pub fn take_idle(&self) -> Option<Sender> {
         let slot = self.idle.get(worker()).or_else(|| self.idle.first())?;
         let mut list = slot.lock().ok()?;
-        let timeout = self.keepalive.idle_timeout;
+        self.pop_usable(&mut list)
+    }
+
+    /// The most recently returned live connection of `list`, dropping stale ones on the way.
+    fn pop_usable(&self, list: &mut Vec<Idle>) -> Option<Sender> {
         while let Some(idle) = list.pop() {
-            if idle.sender.is_closed() || idle.since.elapsed() > timeout {
+            if idle.sender.is_closed() || idle.since.elapsed() > self.keepalive.idle_timeout {
                 continue;
             }
             if let Sender::H2(s) = &idle.sender {
@@ -322,16 +326,8 @@ impl TargetState {
                 continue;
             }
             let Ok(mut list) = slot.lock() else { continue };
-            while let Some(idle) = list.pop() {
-                if idle.sender.is_closed() || idle.since.elapsed() > self.keepalive.idle_timeout {
-                    continue;
-                }
-                if let Sender::H2(s) = &idle.sender {
-                    let clone = Sender::H2(s.clone());
-                    list.push(idle);
-                    return Some(clone);
-                }
-                return Some(idle.sender);
+            if let Some(s) = self.pop_usable(&mut list) {
+                return Some(s);
             }
         }
         None
