@@ -166,14 +166,15 @@ async fn upstream_connections_are_pooled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_cap_limits_open_upstream_connections() {
     let o = Origin::start("a").await;
-    let yaml = upstream_yaml(
+    let yaml = upstream_yaml_with_service(
         &[o.addr],
-        "    keepalive: {max_connections: 2, max_idle: 2}\n",
-    )
-    .replace(
-        "services:\n  - name: svc\n    upstream: up\n",
-        "services:\n  - name: svc\n    upstream: up\n    timeouts: {connect: 5s}\n",
-    ) + "routes:\n  - {name: r, service: svc}\n";
+        "    keepalive: {max_connections: 2, max_idle: 2}
+",
+        "    timeouts: {connect: 5s}
+",
+    ) + "routes:
+  - {name: r, service: svc}
+";
     let g = gateway(&yaml);
     let a = addr(&g);
     let mut tasks = Vec::new();
@@ -200,14 +201,15 @@ async fn connection_cap_limits_open_upstream_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_at_the_connection_cap_ends_in_503() {
     let o = Origin::start("a").await;
-    let yaml = upstream_yaml(
+    let yaml = upstream_yaml_with_service(
         &[o.addr],
-        "    keepalive: {max_connections: 1, max_idle: 1}\n",
-    )
-    .replace(
-        "services:\n  - name: svc\n    upstream: up\n",
-        "services:\n  - name: svc\n    upstream: up\n    timeouts: {connect: 150ms}\n",
-    ) + "routes:\n  - {name: r, service: svc}\n";
+        "    keepalive: {max_connections: 1, max_idle: 1}
+",
+        "    timeouts: {connect: 150ms}
+",
+    ) + "routes:
+  - {name: r, service: svc}
+";
     let g = gateway(&yaml);
     let a = addr(&g);
     let busy = tokio::spawn(async move { get(a, "/delay/800").await.status });

@@ -315,14 +315,24 @@ pub async fn ws_origin() -> SocketAddr {
     addr
 }
 
-/// The upstream/service block most tests use: one upstream `up` over `targets`.
+/// The upstream/service block most tests use: one upstream `up` over `targets`, with
+/// `extra` lines in the upstream, and service `svc` on it.
 pub fn upstream_yaml(targets: &[SocketAddr], extra: &str) -> String {
+    upstream_yaml_with_service(targets, extra, "")
+}
+
+/// [`upstream_yaml`] with `service_extra` lines (e.g. timeouts) in the service.
+pub fn upstream_yaml_with_service(
+    targets: &[SocketAddr],
+    extra: &str,
+    service_extra: &str,
+) -> String {
     let list: Vec<String> = targets
         .iter()
         .map(|a| format!("{{address: \"{a}\"}}"))
         .collect();
     format!(
-        "upstreams:\n  - name: up\n    targets: [{}]\n{extra}services:\n  - name: svc\n    upstream: up\n",
+        "upstreams:\n  - name: up\n    targets: [{}]\n{extra}services:\n  - name: svc\n    upstream: up\n{service_extra}",
         list.join(", ")
     )
 }
