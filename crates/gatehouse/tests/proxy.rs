@@ -110,7 +110,7 @@ async fn proxy_headers_are_set_and_hop_by_hop_removed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambiguous_framing_is_rejected() {
     let o = Origin::start("a").await;
-    let g = gateway(&(upstream_yaml(&[o.addr], "") + "routes:\n  - {name: r, service: svc}\n"));
+    let g = gateway_to(o.addr);
     let a = addr(&g);
     let both = raw(
         a,
@@ -146,7 +146,7 @@ async fn ambiguous_framing_is_rejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connections_are_pooled() {
     let o = Origin::start("a").await;
-    let g = gateway(&(upstream_yaml(&[o.addr], "") + "routes:\n  - {name: r, service: svc}\n"));
+    let g = gateway_to(o.addr);
     let a = addr(&g);
     for _ in 0..4 {
         let mut c = Client::connect(a).await;
@@ -168,13 +168,9 @@ async fn connection_cap_limits_open_upstream_connections() {
     let o = Origin::start("a").await;
     let yaml = upstream_yaml_with_service(
         &[o.addr],
-        "    keepalive: {max_connections: 2, max_idle: 2}
-",
-        "    timeouts: {connect: 5s}
-",
-    ) + "routes:
-  - {name: r, service: svc}
-";
+        "    keepalive: {max_connections: 2, max_idle: 2}\n",
+        "    timeouts: {connect: 5s}\n",
+    ) + ROUTE_ALL;
     let g = gateway(&yaml);
     let a = addr(&g);
     let mut tasks = Vec::new();
@@ -203,13 +199,9 @@ async fn waiting_at_the_connection_cap_ends_in_503() {
     let o = Origin::start("a").await;
     let yaml = upstream_yaml_with_service(
         &[o.addr],
-        "    keepalive: {max_connections: 1, max_idle: 1}
-",
-        "    timeouts: {connect: 150ms}
-",
-    ) + "routes:
-  - {name: r, service: svc}
-";
+        "    keepalive: {max_connections: 1, max_idle: 1}\n",
+        "    timeouts: {connect: 150ms}\n",
+    ) + ROUTE_ALL;
     let g = gateway(&yaml);
     let a = addr(&g);
     let busy = tokio::spawn(async move { get(a, "/delay/800").await.status });
@@ -282,8 +274,7 @@ async fn retries_go_to_another_target_when_connect_fails() {
         l.local_addr().unwrap()
     };
     let o = Origin::start("alive").await;
-    let g =
-        gateway(&(upstream_yaml(&[dead, o.addr], "") + "routes:\n  - {name: r, service: svc}\n"));
+    let g = gateway(&(upstream_yaml(&[dead, o.addr], "") + ROUTE_ALL));
     let a = addr(&g);
     for _ in 0..10 {
         let r = get(a, "/x").await;
@@ -333,7 +324,7 @@ async fn consistent_hash_on_header_is_sticky() {
     let yaml = upstream_yaml(
         &[x.addr, y.addr, z.addr],
         "    balance: consistent_hash\n    hash_on: header\n    hash_key: X-User\n",
-    ) + "routes:\n  - {name: r, service: svc}\n";
+    ) + ROUTE_ALL;
     let g = gateway(&yaml);
     let a = addr(&g);
     let mut seen = std::collections::HashSet::new();
@@ -462,7 +453,7 @@ fn rss() -> u64 {
 async fn large_bodies_stream_with_flat_memory() {
     use http_body_util::{BodyExt, StreamBody};
     let o = Origin::start("a").await;
-    let g = gateway(&(upstream_yaml(&[o.addr], "") + "routes:\n  - {name: r, service: svc}\n"));
+    let g = gateway_to(o.addr);
     let a = addr(&g);
     const SIZE: usize = 100 * 1024 * 1024;
     let before = rss();
@@ -636,10 +627,8 @@ async fn reload_keeps_pools_of_targets_that_stay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_upstream_connections_close_after_idle_timeout() {
     let o = Origin::start("a").await;
-    let g = gateway(
-        &(upstream_yaml(&[o.addr], "    keepalive: {idle_timeout: 300ms}\n")
-            + "routes:\n  - {name: r, service: svc}\n"),
-    );
+    let g =
+        gateway(&(upstream_yaml(&[o.addr], "    keepalive: {idle_timeout: 300ms}\n") + ROUTE_ALL));
     assert_eq!(get(addr(&g), "/").await.status, 200);
     assert_eq!(o.open.load(Ordering::SeqCst), 1);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -657,7 +646,7 @@ async fn idle_upstream_connections_close_after_idle_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_in_flight_requests() {
     let o = Origin::start("a").await;
-    let g = gateway(&(upstream_yaml(&[o.addr], "") + "routes:\n  - {name: r, service: svc}\n"));
+    let g = gateway_to(o.addr);
     let a = addr(&g);
     let in_flight = tokio::spawn(async move { get(a, "/delay/500").await });
     tokio::time::sleep(Duration::from_millis(100)).await;

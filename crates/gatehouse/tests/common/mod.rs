@@ -315,6 +315,14 @@ pub async fn ws_origin() -> SocketAddr {
     addr
 }
 
+/// One route sending everything to service `svc`.
+pub const ROUTE_ALL: &str = "routes:\n  - {name: r, service: svc}\n";
+
+/// A gateway with one route to one origin.
+pub fn gateway_to(origin: SocketAddr) -> Gateway {
+    gateway(&(upstream_yaml(&[origin], "") + ROUTE_ALL))
+}
+
 /// The upstream/service block most tests use: one upstream `up` over `targets`, with
 /// `extra` lines in the upstream, and service `svc` on it.
 pub fn upstream_yaml(targets: &[SocketAddr], extra: &str) -> String {
