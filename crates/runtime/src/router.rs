@@ -521,55 +521,7 @@ fn template_probe(key: &str) -> String {
     out
 }
 
-/// The value of query argument `name`, percent-decoded (`+` as space), or `None`.
-pub fn query_arg<'a>(query: Option<&'a str>, name: &str) -> Option<std::borrow::Cow<'a, str>> {
-    query?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| percent_decode(v))
-    })
-}
-
-/// Decodes `%XX` and `+`; borrows when there is nothing to decode (the common case). Written
-/// by hand because the alternatives (url, form_urlencoded) allocate for every pair.
-fn percent_decode(v: &str) -> std::borrow::Cow<'_, str> {
-    if !v.bytes().any(|b| b == b'%' || b == b'+') {
-        return std::borrow::Cow::Borrowed(v);
-    }
-    let bytes = v.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    std::borrow::Cow::Owned(String::from_utf8_lossy(&out).into_owned())
-}
-
-/// The value of cookie `name` from the request's Cookie headers.
-pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k == name).then_some(v)
-        })
-}
+pub use gatehouse_plugin_api::{cookie, query_arg};
 
 #[cfg(test)]
 mod tests;

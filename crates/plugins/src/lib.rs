@@ -1,0 +1,32 @@
+//! Gatehouse's built-in plugins and the registry of them. Adding a plugin is one new file
+//! (or folder) here and one line in [`REGISTRY`].
+
+use gatehouse_plugin_api::PluginKind;
+
+pub mod rate_limit;
+
+/// Every plugin kind the gateway knows, by name.
+pub static REGISTRY: &[&dyn PluginKind] = &[&rate_limit::Kind];
+
+/// The registered kind called `name`.
+pub fn find(name: &str) -> Option<&'static dyn PluginKind> {
+    REGISTRY.iter().copied().find(|k| k.name() == name)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    #[test]
+    fn names_are_unique_and_schemas_are_objects() {
+        let mut names: Vec<_> = super::REGISTRY.iter().map(|k| k.name()).collect();
+        names.sort_unstable();
+        let n = names.len();
+        names.dedup();
+        assert_eq!(n, names.len(), "duplicate plugin names");
+        for k in super::REGISTRY {
+            let schema = k.schema();
+            assert_eq!(schema["type"], "object", "{}", k.name());
+            assert!(schema["properties"].is_object(), "{}", k.name());
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Tests of the rate-limit plugin through its config and the request facade.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use super::*;
+use gatehouse_plugin_api::Consumer;
+use serde_json::json;
+
+fn build(config: serde_json::Value) -> Result<Arc<dyn Plugin>, Vec<FieldError>> {
+    Kind.build(&config, &BuildEnv::default())
+}
+
+fn errors(config: serde_json::Value) -> Vec<String> {
+    match build(config) {
+        Ok(_) => Vec::new(),
+        Err(e) => e
+            .into_iter()
+            .map(|e| format!("{}: {}", e.path, e.message))
+            .collect(),
+    }
+}
+
+#[test]
+fn bad_configs_name_the_field() {
+    assert_eq!(errors(json!({"limit": 0})), ["limit: must be > 0"]);
+    assert_eq!(
+        errors(json!({"limit": 1, "window": "0s", "status": 200, "burst": 0})),
+        [
+            "window: must be > 0",
+            "burst: must be > 0",
+            "status: must be an HTTP status from 400 to 599"
+        ]
+    );
+    assert_eq!(
+        errors(json!({"limit": 1, "key": ["ip", "header:", "planet"]})),
+        [
+            "key[1]: \"header\" needs a header name: \"header:NAME\"",
+            "key[2]: unknown key \"planet\"; expected ip, consumer, credential, route, service, \
+             user_agent, ua_class, header:NAME, query:NAME or cookie:NAME"
+        ]
+    );
+    assert_eq!(
+        errors(json!({"limit": 1, "key": "ua_class"})),
+        ["ua_classes: a ua_class key needs at least one class"]
+    );
+    assert_eq!(
+        errors(
+            json!({"limit": 1, "key": "ua_class", "ua_classes": [{"name": "bot", "regex": "("}]})
+        )
+        .len(),
+        1
+    );
+    let e = errors(json!({"limit": 1, "window": "soon"}));
+    assert!(e[0].starts_with("window: "), "{e:?}");
+    let e = errors(json!({"limit": 1, "algorithm": "magic"}));
+    assert!(
+        e[0].starts_with("algorithm: unknown variant `magic`"),
+        "{e:?}"
+    );
+    let e = errors(json!({"limit": 1, "limits": 2}));
+    assert!(e[0].starts_with("limits: unknown field `limits`"), "{e:?}");
+    assert!(errors(json!({"limit": 5, "window": "1m", "algorithm": "gcra"})).is_empty());
+}
+
+struct Req {
+    parts: http::request::Parts,
+    out: HeaderMap,
+    ip: std::net::IpAddr,
+    consumer: Option<Consumer>,
+}
+
+impl Req {
+    fn new(ip: &str) -> Self {
+        let (parts, ()) = http::Request::builder()
+            .uri("/a?tenant=t1")
+            .header("user-agent", "Mozilla/5.0")
+            .body(())
+            .unwrap()
+            .into_parts();
+        Req {
+            parts,
+            out: HeaderMap::new(),
+            ip: ip.parse().unwrap(),
+            consumer: None,
+        }
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn access(&mut self, p: &dyn Plugin) -> Result<HeaderMap, Response<Bytes>> {
+        self.out.clear();
+        let mut ctx = RequestCtx {
+            parts: &mut self.parts,
+            client_ip: self.ip,
+            route: "r",
+            service: "s",
+            consumer: self.consumer.clone(),
+            response_headers: &mut self.out,
+        };
+        match p.access(&mut ctx) {
+            Flow::Continue => Ok(self.out.clone()),
+            Flow::Respond(r) => Err(r),
+            Flow::Wait(_) => panic!("unexpected wait"),
+        }
+    }
+}
+
+#[test]
+fn rejects_past_the_limit_with_headers() {
+    let p = build(json!({"limit": 2, "window": "1m", "algorithm": "fixed_window"})).unwrap();
+    let mut r = Req::new("10.0.0.1");
+    let h = r.access(&*p).unwrap();
+    assert_eq!(h["ratelimit-policy"], "\"default\";q=2;w=60");
+    assert!(h["ratelimit"]
+        .to_str()
+        .unwrap()
+        .starts_with("\"default\";r=1;t="));
+    r.access(&*p).unwrap();
+    let resp = r.access(&*p).unwrap_err();
+    assert_eq!(resp.status(), 429);
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    assert!(resp.headers()["ratelimit"]
+        .to_str()
+        .unwrap()
+        .starts_with("\"default\";r=0;"));
+    let body: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
+    assert_eq!(body["error"], "rate limit exceeded");
+    // Another client has its own budget.
+    assert!(Req::new("10.0.0.2").access(&*p).is_ok());
+}
+
+#[test]
+fn composite_and_consumer_keys() {
+    let p =
+        build(json!({"limit": 1, "window": "1m", "key": ["consumer", "query:tenant"]})).unwrap();
+    let mut anon = Req::new("10.0.0.1");
+    assert!(anon.access(&*p).is_ok());
+    assert!(anon.access(&*p).is_err());
+    // An identified consumer is counted apart from its ip.
+    let mut alice = Req::new("10.0.0.1");
+    alice.consumer = Some(Consumer {
+        index: 0,
+        username: "alice".into(),
+        credential: None,
+    });
+    assert!(alice.access(&*p).is_ok());
+    assert!(alice.access(&*p).is_err());
+    // Another tenant is another key.
+    let mut other = Req::new("10.0.0.1");
+    other.parts.uri = "/a?tenant=t2".parse().unwrap();
+    assert!(other.access(&*p).is_ok());
+}
+
+#[test]
+fn ua_classes_share_a_budget_per_class() {
+    let p = build(json!({
+        "limit": 1, "window": "1m", "key": "ua_class",
+        "ua_classes": [{"name": "spider", "regex": "(?i)bot|spider"}]
+    }))
+    .unwrap();
+    let mut a = Req::new("10.0.0.1");
+    a.parts
+        .headers
+        .insert("user-agent", "Googlebot/2.1".parse().unwrap());
+    let mut b = Req::new("10.0.0.2");
+    b.parts
+        .headers
+        .insert("user-agent", "Baiduspider".parse().unwrap());
+    assert!(a.access(&*p).is_ok());
+    assert!(
+        b.access(&*p).is_err(),
+        "both spiders share the spider budget"
+    );
+    assert!(
+        Req::new("10.0.0.3").access(&*p).is_ok(),
+        "browsers are class other"
+    );
+}
+
+#[tokio::test]
+async fn leaky_bucket_delays_then_rejects() {
+    let p = build(
+        json!({"limit": 10, "window": "1s", "algorithm": "leaky_bucket", "max_delay": "250ms"}),
+    )
+    .unwrap();
+    let mut r = Req::new("10.0.0.1");
+    // Five requests at once: decided first, waited for afterwards.
+    let flows: Vec<Flow> = (0..5)
+        .map(|_| {
+            let mut ctx = RequestCtx {
+                parts: &mut r.parts,
+                client_ip: r.ip,
+                route: "r",
+                service: "s",
+                consumer: None,
+                response_headers: &mut r.out,
+            };
+            p.access(&mut ctx)
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let (mut passed, mut waited, mut rejected) = (0, 0, 0);
+    for f in flows {
+        match f {
+            Flow::Continue => passed += 1,
+            Flow::Wait(f) => {
+                let h = f.await.unwrap();
+                assert!(h.contains_key("ratelimit"));
+                waited += 1;
+            }
+            Flow::Respond(resp) => {
+                assert_eq!(resp.status(), 429);
+                rejected += 1;
+            }
+        }
+    }
+    // The first passes at once, the next ones wait 100 and 200 ms, then the queue is full
+    // (300 ms > 250 ms).
+    assert_eq!((passed, waited, rejected), (1, 2, 2));
+    assert!(started.elapsed() >= Duration::from_millis(190));
+}
