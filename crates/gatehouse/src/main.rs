@@ -14,6 +14,34 @@ use std::process::ExitCode;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 
+/// `gatehouse plugins [schema NAME]`.
+fn plugins(what: Option<PluginsCommand>) -> ExitCode {
+    match what {
+        None => {
+            for k in gatehouse_plugins::REGISTRY {
+                println!("{}\tpriority {}", k.name(), k.priority());
+            }
+            ExitCode::SUCCESS
+        }
+        Some(PluginsCommand::Schema { name }) => match gatehouse_plugins::find(&name) {
+            Some(k) => match serde_json::to_string_pretty(&k.schema()) {
+                Ok(s) => {
+                    println!("{s}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            },
+            None => {
+                eprintln!("error: unknown plugin \"{name}\"; `gatehouse plugins` lists them");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -52,6 +80,17 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
+    /// List the plugins this build knows, or print one plugin's config schema.
+    Plugins {
+        #[command(subcommand)]
+        what: Option<PluginsCommand>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginsCommand {
+    /// Print the JSON Schema of a plugin's `config`.
+    Schema { name: String },
 }
 
 fn main() -> ExitCode {
@@ -69,6 +108,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Validate { config } => return validate(&config),
+        Command::Plugins { what } => return plugins(what),
         Command::Run {
             config,
             listen,

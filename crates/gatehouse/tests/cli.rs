@@ -260,3 +260,53 @@ async fn run_refuses_an_invalid_file_at_start() {
         "{err}"
     );
 }
+
+#[test]
+fn validate_names_the_bad_field_of_a_plugin_config() {
+    let (code, out) = validate(
+        r#"
+upstreams:
+  - {name: u, targets: [{address: "127.0.0.1:9000"}]}
+services:
+  - {name: s, upstream: u}
+routes:
+  - {name: a, service: s}
+plugins:
+  - {name: rate-limit, route: a, config: {limit: 10}}
+  - {name: rate-limit, config: {limit: 0, window: 1s}}
+  - {name: rate-limit, service: s, config: {limit: 5, algorithm: magic}}
+"#,
+    );
+    assert_eq!(code, 1, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0],
+        "plugins[1] (rate-limit).config.limit: must be > 0"
+    );
+    assert!(
+        lines[1].starts_with("plugins[2] (rate-limit).config.algorithm: unknown variant `magic`"),
+        "{out}"
+    );
+    assert_eq!(lines.len(), 2, "{out}");
+}
+
+#[test]
+fn plugins_lists_kinds_and_prints_schemas() {
+    let out = Command::new(BIN).arg("plugins").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rate-limit"));
+    let out = Command::new(BIN)
+        .args(["plugins", "schema", "rate-limit"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(schema["required"], serde_json::json!(["limit"]));
+    assert!(schema["properties"]["window"].is_object());
+    let out = Command::new(BIN)
+        .args(["plugins", "schema", "nope"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown plugin \"nope\""));
+}

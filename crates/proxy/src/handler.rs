@@ -10,12 +10,14 @@ use crate::headers::{
 };
 use crate::Shared;
 use bytes::Bytes;
+use gatehouse_plugin_api::{Flow, RequestCtx, ResponseCtx};
+use gatehouse_runtime::plugins::Chain;
 use gatehouse_runtime::router::{cookie, query_arg, RequestView, RouteMatch};
 use gatehouse_runtime::snapshot::{HashSource, Piece, RouteEntry, ServiceEntry};
 use gatehouse_runtime::upstream::{ConnectError, ProxyBody, Sender, TargetState};
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
@@ -127,6 +129,35 @@ pub async fn handle(
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let client_version = parts.version;
+    let chain = &route.plugins;
+    let mut plugin_headers = HeaderMap::new();
+    let mut consumer = None;
+    let mut new_path = new_path;
+    if !chain.entries.is_empty() {
+        let original = parts.uri.clone();
+        let mut ctx = RequestCtx {
+            parts: &mut parts,
+            client_ip: info.client.ip().to_canonical(),
+            route: &route.name,
+            service: &service.name,
+            consumer: None,
+            response_headers: &mut plugin_headers,
+        };
+        let verdict = run_phase(chain, &mut ctx, Phase::Rewrite).await;
+        let verdict = match verdict {
+            Ok(()) => run_phase(chain, &mut ctx, Phase::Access).await,
+            Err(r) => Err(r),
+        };
+        consumer = ctx.consumer.take();
+        if let Err(resp) = verdict {
+            let c = consumer.as_ref().map(|c| c.index);
+            return plugin_response(resp, plugin_headers, chain, c, &route.name, &request_id);
+        }
+        if parts.uri != original {
+            // A plugin rewrote the URI: what it made goes upstream as it is.
+            new_path = None;
+        }
+    }
     if let Some(p) = new_path {
         match PathAndQuery::from_maybe_shared(Bytes::from(p)) {
             Ok(pq) => parts.uri = Uri::from(pq),
@@ -179,6 +210,29 @@ pub async fn handle(
                 return respond(Failure::UpstreamError, &request_id);
             };
             prepare_for_target(&mut req, target, &sender, route, host_value.as_ref());
+            if !chain.entries.is_empty() {
+                let (mut parts, body) = req.into_parts();
+                let mut ctx = RequestCtx {
+                    parts: &mut parts,
+                    client_ip: info.client.ip().to_canonical(),
+                    route: &route.name,
+                    service: &service.name,
+                    consumer: consumer.clone(),
+                    response_headers: &mut plugin_headers,
+                };
+                if let Err(resp) = run_phase(chain, &mut ctx, Phase::UpstreamRequest).await {
+                    let c = consumer.as_ref().map(|c| c.index);
+                    return plugin_response(
+                        resp,
+                        plugin_headers,
+                        chain,
+                        c,
+                        &route.name,
+                        &request_id,
+                    );
+                }
+                req = Request::from_parts(parts, body);
+            }
             let in_flight = InFlight::new(target.clone());
             let sent_at = Instant::now();
             let head_deadline = earliest(sent_at + timeouts.read, total_deadline);
@@ -220,6 +274,12 @@ pub async fn handle(
                 resp.headers_mut()
                     .insert(X_REQUEST_ID.clone(), request_id.clone());
             }
+            if !chain.entries.is_empty() {
+                append_all(resp.headers_mut(), std::mem::take(&mut plugin_headers));
+                let status = resp.status();
+                let c = consumer.as_ref().map(|c| c.index);
+                response_phase(chain, c, status, resp.headers_mut(), &route.name);
+            }
             let read_timeout = timeouts.read;
             return resp.map(move |b| {
                 RespBody::upstream(UpstreamBody::new(
@@ -234,6 +294,87 @@ pub async fn handle(
         }
     }
     respond(failure, &request_id)
+}
+
+#[derive(Clone, Copy)]
+enum Phase {
+    Rewrite,
+    Access,
+    UpstreamRequest,
+}
+
+/// Runs one request phase of every plugin in `chain`; the first that answers ends it.
+async fn run_phase(
+    chain: &Chain,
+    ctx: &mut RequestCtx<'_>,
+    phase: Phase,
+) -> Result<(), Response<Bytes>> {
+    for entry in chain.entries.iter() {
+        let Some(plugin) = entry.pick(ctx.consumer.as_ref().map(|c| c.index)) else {
+            continue;
+        };
+        let flow = match phase {
+            Phase::Rewrite => plugin.rewrite(ctx),
+            Phase::Access => plugin.access(ctx),
+            Phase::UpstreamRequest => plugin.upstream_request(ctx),
+        };
+        match flow {
+            Flow::Continue => {}
+            Flow::Respond(resp) => return Err(resp),
+            Flow::Wait(later) => append_all(ctx.response_headers, later.await?),
+        }
+    }
+    Ok(())
+}
+
+/// Runs every plugin's response hook on a response head.
+fn response_phase(
+    chain: &Chain,
+    consumer: Option<usize>,
+    status: StatusCode,
+    headers: &mut HeaderMap,
+    route: &str,
+) {
+    for entry in chain.entries.iter() {
+        if let Some(plugin) = entry.pick(consumer) {
+            plugin.response(&mut ResponseCtx {
+                status,
+                headers,
+                route,
+            });
+        }
+    }
+}
+
+/// A response a plugin made, with the headers plugins added and the request id.
+fn plugin_response(
+    resp: Response<Bytes>,
+    extra: HeaderMap,
+    chain: &Chain,
+    consumer: Option<usize>,
+    route: &str,
+    request_id: &HeaderValue,
+) -> Response<RespBody> {
+    let mut resp = resp.map(RespBody::full);
+    append_all(resp.headers_mut(), extra);
+    resp.headers_mut()
+        .entry(X_REQUEST_ID.clone())
+        .or_insert_with(|| request_id.clone());
+    let status = resp.status();
+    response_phase(chain, consumer, status, resp.headers_mut(), route);
+    resp
+}
+
+fn append_all(to: &mut HeaderMap, from: HeaderMap) {
+    let mut last = None;
+    for (name, value) in from {
+        if let Some(n) = name {
+            last = Some(n);
+        }
+        if let Some(n) = &last {
+            to.append(n.clone(), value);
+        }
+    }
 }
 
 fn earliest(a: Instant, b: Option<Instant>) -> Instant {

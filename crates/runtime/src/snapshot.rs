@@ -3,6 +3,7 @@
 //! names built), and target state is carried over from the previous snapshot.
 
 use crate::balance::{subset, Balancer};
+use crate::plugins::{build_instances, chains, Chain, Instances};
 use crate::router::Router;
 use crate::upstream::TargetState;
 use gatehouse_model::{
@@ -27,6 +28,8 @@ pub struct Snapshot {
     pub upstreams: HashMap<Box<str>, Arc<UpstreamEntry>>,
     pub via: bool,
     pub drain_timeout: Duration,
+    /// Plugin instances by identity, lent to the next snapshot.
+    pub plugin_instances: Instances,
     /// The config this snapshot was built from (for diffing on reload).
     pub config: Config,
 }
@@ -37,6 +40,8 @@ pub struct RouteEntry {
     pub strip_prefix: bool,
     pub rewrite: Option<Vec<Piece>>,
     pub preserve_host: bool,
+    /// The plugins that run for this route, resolved across scopes.
+    pub plugins: Chain,
 }
 
 /// A part of a rewrite template.
@@ -83,7 +88,12 @@ impl Snapshot {
         node: NodeContext,
     ) -> Result<Snapshot, Vec<ConfigError>> {
         let mut errs = gatehouse_model::validate(&config);
-        errs.extend(plugin_errors(&config));
+        let (plugin_instances, built, plugin_errs) = build_instances(
+            &config,
+            previous.map(|p| &p.plugin_instances),
+            &plugin_env(),
+        );
+        errs.extend(plugin_errs);
         let router = match Router::build(&config.routes) {
             Ok(r) => Some(r),
             Err(e) => {
@@ -201,7 +211,17 @@ impl Snapshot {
                 strip_prefix: r.strip_prefix,
                 rewrite: r.rewrite.as_deref().map(parse_template),
                 preserve_host: r.preserve_host,
+                plugins: Chain::default(),
             });
+        }
+        let scopes: Vec<(&str, &str)> = config
+            .routes
+            .iter()
+            .filter(|r| service_index.contains_key(r.service.as_str()))
+            .map(|r| (r.name.as_str(), r.service.as_str()))
+            .collect();
+        for (route, chain) in routes.iter_mut().zip(chains(&config, &built, &scopes)) {
+            route.plugins = chain;
         }
 
         gatehouse_model::sort_errors(&mut errs);
@@ -214,6 +234,7 @@ impl Snapshot {
                 upstreams,
                 via: config.node.via,
                 drain_timeout: config.node.drain_timeout,
+                plugin_instances,
                 config,
             }),
             _ => Err(errs),
@@ -226,27 +247,15 @@ impl Snapshot {
     }
 }
 
-fn plugin_errors(config: &Config) -> Vec<ConfigError> {
-    // The plugin registry arrives with the plugin framework; until then every name is unknown
-    // and a config that names one is rejected rather than half applied.
-    config
-        .plugins
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            ConfigError::new(
-                format!("plugins[{i}].name"),
-                format!("unknown plugin \"{}\"", p.name),
-            )
-        })
-        .collect()
+fn plugin_env() -> gatehouse_plugin_api::BuildEnv {
+    gatehouse_plugin_api::BuildEnv { nodes: 1 }
 }
 
 /// Parses and checks a config file's text as completely as one pass can: structure,
 /// references, and what compiling finds (regexes, plugin names), every problem reported.
 pub fn parse_config(text: &str) -> Result<Config, gatehouse_model::ConfigErrors> {
     gatehouse_model::parse_yaml_with(text, &|c| {
-        let mut errs = plugin_errors(c);
+        let (_, _, mut errs) = build_instances(c, None, &plugin_env());
         if let Err(e) = Router::build(&c.routes) {
             errs.extend(e);
         }
@@ -381,16 +390,16 @@ routes:
     }
 
     #[test]
-    fn unknown_plugins_are_rejected_until_registered() {
+    fn unknown_plugins_are_rejected() {
         let config =
-            gatehouse_model::parse_yaml(&format!("{CONFIG}plugins:\n  - name: key-auth\n"));
+            gatehouse_model::parse_yaml(&format!("{CONFIG}plugins:\n  - name: no-such-plugin\n"));
         let errs = match config.map(|c| Snapshot::compile(c, None, NODE)) {
             Ok(Err(e)) => e,
             _ => panic!("should be rejected"),
         };
         assert_eq!(
             errs[0].to_string(),
-            "plugins[0].name: unknown plugin \"key-auth\""
+            "plugins[0].name: unknown plugin \"no-such-plugin\""
         );
     }
 }

@@ -1,0 +1,90 @@
+//! Integration tests of the plugin framework through the real gateway: plugin phases on a
+//! route, gateway-made rejections, and plugin state across reloads.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+
+fn limited(origin: std::net::SocketAddr, limit: u32, extra_route: &str) -> String {
+    upstream_yaml(&[origin], "")
+        + &format!(
+            "routes:
+  - {{name: limited, paths: [\"/limited/*\"], service: svc}}
+  - {{name: free, paths: [\"/free/*\"], service: svc}}
+{extra_route}plugins:
+  - name: rate-limit
+    route: limited
+    config: {{limit: {limit}, window: 1m, algorithm: fixed_window, policy_name: per-ip}}
+"
+        )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_rejects_past_the_limit_with_headers() {
+    let o = Origin::start("a").await;
+    let g = gateway(&limited(o.addr, 3, ""));
+    let a = addr(&g);
+    let mut c = Client::connect(a).await;
+    for remaining in [2, 1, 0] {
+        let r = c.get("/limited/x").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.headers["ratelimit-policy"], "\"per-ip\";q=3;w=60");
+        let state = r.headers["ratelimit"].to_str().unwrap().to_string();
+        assert!(
+            state.starts_with(&format!("\"per-ip\";r={remaining};t=")),
+            "{state}"
+        );
+    }
+    let r = c.get("/limited/x").await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["error"], "rate limit exceeded");
+    let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert!(r.headers.contains_key("x-request-id"));
+    assert!(
+        r.json().get("origin").is_none(),
+        "answered by the gateway, not the origin"
+    );
+    // Other routes are not limited, and carry no rate-limit headers.
+    let r = c.get("/free/x").await;
+    assert_eq!(r.status, 200);
+    assert!(!r.headers.contains_key("ratelimit"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_survive_unrelated_reloads_and_bad_plugin_configs_are_rejected() {
+    let o = Origin::start("a").await;
+    let g = gateway(&limited(o.addr, 2, ""));
+    let a = addr(&g);
+    let mut c = Client::connect(a).await;
+    assert_eq!(c.get("/limited/1").await.status, 200);
+    assert_eq!(c.get("/limited/2").await.status, 200);
+    assert_eq!(c.get("/limited/3").await.status, 429);
+
+    // An unrelated edit (a new route) keeps the instance and its counts.
+    let edited = limited(
+        o.addr,
+        2,
+        "  - {name: extra, paths: [\"/extra/*\"], service: svc}\n",
+    );
+    g.reload(gatehouse_model::parse_yaml(&edited).unwrap())
+        .unwrap();
+    assert_eq!(c.get("/extra/1").await.status, 200);
+    assert_eq!(c.get("/limited/4").await.status, 429);
+
+    // A bad plugin config is refused with its path; the running config keeps serving.
+    let bad = limited(o.addr, 0, "");
+    let errs = g
+        .reload(gatehouse_model::parse_yaml(&bad).unwrap())
+        .unwrap_err();
+    let errs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    assert_eq!(errs, ["plugins[0] (rate-limit).config.limit: must be > 0"]);
+    assert_eq!(c.get("/extra/2").await.status, 200);
+    assert_eq!(c.get("/limited/5").await.status, 429);
+
+    // Changing the plugin's own config builds a new instance with fresh counts.
+    g.reload(gatehouse_model::parse_yaml(&limited(o.addr, 5, "")).unwrap())
+        .unwrap();
+    assert_eq!(c.get("/limited/6").await.status, 200);
+}

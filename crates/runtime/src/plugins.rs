@@ -1,0 +1,203 @@
+//! Plugin instances of a snapshot, and for each route the precomputed chain saying which
+//! instance of each kind runs (most specific scope wins), so no request resolves scopes.
+
+use gatehouse_model::{Config, ConfigError, PluginInstance};
+use gatehouse_plugin_api::{BuildEnv, Plugin, PluginKind};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The plugins that run for one route, in priority order.
+#[derive(Default)]
+pub struct Chain {
+    pub entries: Box<[ChainEntry]>,
+}
+
+/// One kind of plugin in a chain.
+pub struct ChainEntry {
+    pub kind: &'static str,
+    /// The instance for callers with no consumer-scoped one.
+    pub default: Option<Arc<dyn Plugin>>,
+    /// Consumer-scoped instances, by consumer index, sorted for binary search.
+    pub consumers: Box<[(usize, Arc<dyn Plugin>)]>,
+}
+
+impl ChainEntry {
+    /// The instance that runs for `consumer` (once an authentication plugin has set one).
+    pub fn pick(&self, consumer: Option<usize>) -> Option<&Arc<dyn Plugin>> {
+        if let Some(c) = consumer {
+            if let Ok(i) = self.consumers.binary_search_by_key(&c, |(k, _)| *k) {
+                return self.consumers.get(i).map(|(_, p)| p);
+            }
+        }
+        self.default.as_ref()
+    }
+}
+
+/// Built instances by identity (their whole config entry), so a reload reuses an instance
+/// whose entry did not change and its state (counters) survives unrelated edits.
+pub type Instances = HashMap<String, Arc<dyn Plugin>>;
+
+/// The instances of one config in file order, by their index in `plugins`.
+pub type Built = Vec<(usize, Arc<dyn Plugin>)>;
+
+/// What makes two instances of a kind compete: name, route, service, consumer.
+type Scope<'a> = (&'a str, Option<&'a str>, Option<&'a str>, Option<&'a str>);
+
+/// A built instance with what scope resolution needs.
+struct Resolved<'a> {
+    index: usize,
+    spec: &'a PluginInstance,
+    kind: &'static dyn PluginKind,
+    plugin: Arc<dyn Plugin>,
+}
+
+/// How specific a scope is: consumer > route > service > global, combinations above their
+/// parts (consumer+route+service = 7 ... global = 0).
+fn specificity(p: &PluginInstance) -> u8 {
+    (p.consumer.is_some() as u8) << 2 | (p.route.is_some() as u8) << 1 | p.service.is_some() as u8
+}
+
+/// Builds every plugin instance of `config` (reusing those of `previous` whose entry is
+/// unchanged) and checks them; every problem is reported with its path.
+pub fn build_instances(
+    config: &Config,
+    previous: Option<&Instances>,
+    env: &BuildEnv,
+) -> (Instances, Built, Vec<ConfigError>) {
+    let mut errs = Vec::new();
+    let mut instances = Instances::new();
+    let mut built = Vec::new();
+    let mut scopes: HashMap<Scope<'_>, usize> = HashMap::new();
+    for (i, p) in config.plugins.iter().enumerate() {
+        let Some(kind) = gatehouse_plugins::find(&p.name) else {
+            errs.push(ConfigError::new(
+                format!("plugins[{i}].name"),
+                format!("unknown plugin \"{}\"", p.name),
+            ));
+            continue;
+        };
+        let scope = (
+            p.name.as_str(),
+            p.route.as_deref(),
+            p.service.as_deref(),
+            p.consumer.as_deref(),
+        );
+        if let Some(first) = scopes.insert(scope, i) {
+            errs.push(ConfigError::new(
+                format!("plugins[{i}]"),
+                format!(
+                    "plugins[{first}] is a {} with the same scope; one instance of a kind per scope",
+                    p.name
+                ),
+            ));
+            continue;
+        }
+        let identity = serde_json::to_string(p).unwrap_or_default();
+        let reused = previous.and_then(|prev| prev.get(&identity)).cloned();
+        let plugin = match reused {
+            Some(p) => p,
+            None => match kind.build(&p.config, env) {
+                Ok(p) => p,
+                Err(fields) => {
+                    for f in fields {
+                        let path = if f.path.is_empty() {
+                            format!("plugins[{i}] ({}).config", p.name)
+                        } else {
+                            format!("plugins[{i}] ({}).config.{}", p.name, f.path)
+                        };
+                        errs.push(ConfigError::new(path, f.message));
+                    }
+                    continue;
+                }
+            },
+        };
+        instances.insert(identity, plugin.clone());
+        built.push((i, plugin));
+    }
+    (instances, built, errs)
+}
+
+/// The chain of every route, in `routes` order (route name, service name).
+pub fn chains(
+    config: &Config,
+    built: &[(usize, Arc<dyn Plugin>)],
+    routes: &[(&str, &str)],
+) -> Vec<Chain> {
+    let consumers: HashMap<&str, usize> = config
+        .consumers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.username.as_str(), i))
+        .collect();
+    let built: Vec<Resolved<'_>> = built
+        .iter()
+        .filter_map(|(i, plugin)| {
+            let spec = config.plugins.get(*i)?;
+            Some(Resolved {
+                index: *i,
+                spec,
+                kind: gatehouse_plugins::find(&spec.name)?,
+                plugin: plugin.clone(),
+            })
+        })
+        .filter(|b| b.spec.enabled)
+        .collect();
+    routes
+        .iter()
+        .map(|(route, service)| chain_for(&built, route, service, &consumers))
+        .collect()
+}
+
+fn chain_for(
+    built: &[Resolved<'_>],
+    route: &str,
+    service: &str,
+    consumers: &HashMap<&str, usize>,
+) -> Chain {
+    let applies = |b: &&Resolved<'_>| {
+        b.spec.route.as_deref().is_none_or(|r| r == route)
+            && b.spec.service.as_deref().is_none_or(|s| s == service)
+    };
+    let mut kinds: Vec<&'static dyn PluginKind> = Vec::new();
+    for b in built.iter().filter(applies) {
+        if !kinds.iter().any(|k| k.name() == b.kind.name()) {
+            kinds.push(b.kind);
+        }
+    }
+    kinds.sort_by(|a, b| b.priority().cmp(&a.priority()).then(a.name().cmp(b.name())));
+    let entries = kinds
+        .into_iter()
+        .map(|kind| {
+            let mine: Vec<&Resolved<'_>> = built
+                .iter()
+                .filter(applies)
+                .filter(|b| b.kind.name() == kind.name())
+                .collect();
+            let best = |list: &mut dyn Iterator<Item = &&Resolved<'_>>| {
+                list.max_by_key(|b| (specificity(b.spec), std::cmp::Reverse(b.index)))
+                    .map(|b| b.plugin.clone())
+            };
+            let default = best(&mut mine.iter().filter(|b| b.spec.consumer.is_none()));
+            let mut per_consumer: Vec<(usize, Arc<dyn Plugin>)> = Vec::new();
+            for (name, &ci) in consumers {
+                if let Some(p) = best(
+                    &mut mine
+                        .iter()
+                        .filter(|b| b.spec.consumer.as_deref() == Some(*name)),
+                ) {
+                    per_consumer.push((ci, p));
+                }
+            }
+            per_consumer.sort_by_key(|(c, _)| *c);
+            ChainEntry {
+                kind: kind.name(),
+                default,
+                consumers: per_consumer.into(),
+            }
+        })
+        .collect();
+    Chain { entries }
+}
+
+#[cfg(test)]
+mod tests;
