@@ -2,6 +2,8 @@
 # Candidate for ../shared/bench/peers.sh: one plain route to 127.0.0.1:$2, listening on
 # 127.0.0.1:$1, one worker (the harness pins the proxy to one core). Execs the gateway so
 # its PID is the one measured. GATEHOUSE_BIN picks the binary (default: the fat profile).
+# BENCH_PLUGINS=rate-limit puts a local rate-limit on the route, with a limit no run reaches,
+# so every request pays for the check and none is rejected.
 set -euo pipefail
 port=$1 upstream=$2
 bin=${GATEHOUSE_BIN:-$(dirname "$0")/../target/fat/gatehouse}
@@ -22,5 +24,16 @@ routes:
     paths: ["/*"]
     service: origin
 YAML
+case ${BENCH_PLUGINS:-} in
+  "") ;;
+  rate-limit) cat >> "$cfg" <<'YAML'
+plugins:
+  - name: rate-limit
+    route: all
+    config: {limit: 1000000000, window: 1s, key: ip, algorithm: sliding_window}
+YAML
+  ;;
+  *) echo "unknown BENCH_PLUGINS: $BENCH_PLUGINS" >&2; exit 2 ;;
+esac
 export GATEHOUSE_LOG=${GATEHOUSE_LOG:-warn}
 exec "$bin" run -c "$cfg"
