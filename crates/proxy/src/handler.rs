@@ -20,7 +20,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +29,8 @@ use tokio::time::Instant;
 /// Facts about the client connection, computed once per connection.
 pub struct ConnInfo {
     pub client: SocketAddr,
+    /// The client's address as plugins see it (IPv4-mapped IPv6 as IPv4).
+    pub ip: IpAddr,
     pub client_ip: HeaderValue,
     pub h2: bool,
     /// HTTP/1.1 only: what the framing watcher found, and how many requests came so far.
@@ -41,6 +43,7 @@ impl ConnInfo {
         let ip = client.ip().to_canonical();
         Self {
             client,
+            ip,
             client_ip: HeaderValue::from_str(&ip.to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             h2,
@@ -137,7 +140,7 @@ pub async fn handle(
         let original = parts.uri.clone();
         let mut ctx = RequestCtx {
             parts: &mut parts,
-            client_ip: info.client.ip().to_canonical(),
+            client_ip: info.ip,
             route: &route.name,
             service: &service.name,
             consumer: None,
@@ -214,7 +217,7 @@ pub async fn handle(
                 let (mut parts, body) = req.into_parts();
                 let mut ctx = RequestCtx {
                     parts: &mut parts,
-                    client_ip: info.client.ip().to_canonical(),
+                    client_ip: info.ip,
                     route: &route.name,
                     service: &service.name,
                     consumer: consumer.clone(),
