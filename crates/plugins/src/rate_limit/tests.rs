@@ -84,18 +84,21 @@ impl Req {
         }
     }
 
-    #[allow(clippy::result_large_err)]
-    fn access(&mut self, p: &dyn Plugin) -> Result<HeaderMap, Response<Bytes>> {
-        self.out.clear();
-        let mut ctx = RequestCtx {
+    fn ctx(&mut self) -> RequestCtx<'_> {
+        RequestCtx {
             parts: &mut self.parts,
             client_ip: self.ip,
             route: "r",
             service: "s",
             consumer: self.consumer.clone(),
             response_headers: &mut self.out,
-        };
-        match p.access(&mut ctx) {
+        }
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn access(&mut self, p: &dyn Plugin) -> Result<HeaderMap, Response<Bytes>> {
+        self.out.clear();
+        match p.access(&mut self.ctx()) {
             Flow::Continue => Ok(self.out.clone()),
             Flow::Respond(r) => Err(r),
             Flow::Wait(_) => panic!("unexpected wait"),
@@ -189,19 +192,7 @@ async fn leaky_bucket_delays_then_rejects() {
     .unwrap();
     let mut r = Req::new("10.0.0.1");
     // Five requests at once: decided first, waited for afterwards.
-    let flows: Vec<Flow> = (0..5)
-        .map(|_| {
-            let mut ctx = RequestCtx {
-                parts: &mut r.parts,
-                client_ip: r.ip,
-                route: "r",
-                service: "s",
-                consumer: None,
-                response_headers: &mut r.out,
-            };
-            p.access(&mut ctx)
-        })
-        .collect();
+    let flows: Vec<Flow> = (0..5).map(|_| p.access(&mut r.ctx())).collect();
     let started = std::time::Instant::now();
     let (mut passed, mut waited, mut rejected) = (0, 0, 0);
     for f in flows {
