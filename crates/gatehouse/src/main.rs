@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gatehouse_model::{Config, ConfigErrors};
 use gatehouse_proxy::{Gateway, StartOptions};
-use gatehouse_runtime::{parse_config, NodeContext, Snapshot};
+use gatehouse_runtime::{parse_config, parse_config_for_node, NodeContext, Snapshot};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -69,11 +69,18 @@ enum Command {
         /// This node's index among gateway nodes, for upstream subsetting.
         #[arg(long, env = "GATEHOUSE_NODE_INDEX")]
         node_index: Option<u32>,
+        /// Redis for cluster-wide limits, e.g. redis://127.0.0.1:6379 (replaces the file's
+        /// `redis:`).
+        #[arg(long, env = "GATEHOUSE_REDIS")]
+        redis: Option<String>,
     },
     /// Check a config file: exit 0 when valid, else print `path: message` lines and exit 1.
     Validate {
         #[arg(short = 'c', long = "config")]
         config: PathBuf,
+        /// The Redis address the node will run with (as `run --redis`); not dialled.
+        #[arg(long, env = "GATEHOUSE_REDIS")]
+        redis: Option<String>,
     },
     /// Start a built-in echo upstream and a gateway in front of it, and print what to try.
     Demo {
@@ -107,14 +114,15 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Validate { config } => return validate(&config),
+        Command::Validate { config, redis } => return validate(&config, redis.as_deref()),
         Command::Plugins { what } => return plugins(what),
         Command::Run {
             config,
             listen,
             workers,
             node_index,
-        } => rt.block_on(run(config, listen, workers, node_index)),
+            redis,
+        } => rt.block_on(run(config, listen, workers, node_index, redis)),
         Command::Demo { listen } => rt.block_on(demo(listen)),
     };
     match result {
@@ -136,14 +144,14 @@ fn init_logging() {
         .init();
 }
 
-fn load(path: &Path) -> Result<Config, ConfigErrors> {
+fn load(path: &Path, redis: Option<&str>) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![gatehouse_model::ConfigError::new(
             "",
             format!("cannot read {}: {e}", path.display()),
         )])
     })?;
-    parse_config(&text)
+    parse_config_for_node(&text, redis)
 }
 
 fn node_context(config: &Config, workers: Option<usize>, node_index: Option<u32>) -> NodeContext {
@@ -170,8 +178,8 @@ fn crc32(b: &[u8]) -> u32 {
     })
 }
 
-fn validate(path: &Path) -> ExitCode {
-    let errors = match load(path) {
+fn validate(path: &Path, redis: Option<&str>) -> ExitCode {
+    let errors = match load(path, redis) {
         Ok(config) => {
             let node = node_context(&config, None, None);
             match Snapshot::compile(config, None, node) {
@@ -193,8 +201,10 @@ async fn run(
     listen: Vec<SocketAddr>,
     workers: Option<usize>,
     node_index: Option<u32>,
+    redis: Option<String>,
 ) -> anyhow::Result<()> {
-    let config = load(&path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+    let redis = redis.as_deref();
+    let config = load(&path, redis).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
     let node = node_context(&config, workers, node_index);
     let opts = StartOptions {
         listen,
@@ -217,9 +227,9 @@ async fn run(
                 // Editors write in several steps; let them finish, then read once.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 while changes.try_recv().is_ok() {}
-                reload(&gateway, &path, "file changed");
+                reload(&gateway, &path, redis, "file changed");
             }
-            _ = hup.recv() => reload(&gateway, &path, "SIGHUP"),
+            _ = hup.recv() => reload(&gateway, &path, redis, "SIGHUP"),
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -230,8 +240,8 @@ async fn run(
     Ok(())
 }
 
-fn reload(gateway: &Gateway, path: &Path, why: &str) {
-    let result = load(path).map_err(|e| e.0).and_then(|c| {
+fn reload(gateway: &Gateway, path: &Path, redis: Option<&str>, why: &str) {
+    let result = load(path, redis).map_err(|e| e.0).and_then(|c| {
         if c == gateway.shared().snapshot.load().config {
             return Ok(false);
         }

@@ -21,12 +21,18 @@ fn temp_dir(name: &str) -> PathBuf {
 }
 
 fn validate(yaml: &str) -> (i32, String) {
+    validate_with(yaml, &[])
+}
+
+fn validate_with(yaml: &str, args: &[&str]) -> (i32, String) {
     let dir = temp_dir("validate");
     let file = dir.join("gateway.yaml");
     std::fs::write(&file, yaml).unwrap();
     let out = Command::new(BIN)
         .args(["validate", "-c"])
         .arg(&file)
+        .args(args)
+        .env_remove("GATEHOUSE_REDIS")
         .output()
         .unwrap();
     (
@@ -261,10 +267,8 @@ async fn run_refuses_an_invalid_file_at_start() {
     );
 }
 
-#[test]
-fn validate_names_the_bad_field_of_a_plugin_config() {
-    let (code, out) = validate(
-        r#"
+/// One route `a` to service `s`, then the `plugins:` key for a test to fill.
+const ROUTE_A: &str = r#"
 upstreams:
   - {name: u, targets: [{address: "127.0.0.1:9000"}]}
 services:
@@ -272,11 +276,18 @@ services:
 routes:
   - {name: a, service: s}
 plugins:
+"#;
+
+#[test]
+fn validate_names_the_bad_field_of_a_plugin_config() {
+    let (code, out) = validate(&format!(
+        "{ROUTE_A}{}",
+        r#"
   - {name: rate-limit, route: a, config: {limit: 10}}
   - {name: rate-limit, config: {limit: 0, window: 1s}}
   - {name: rate-limit, service: s, config: {limit: 5, algorithm: magic}}
-"#,
-    );
+"#
+    ));
     assert_eq!(code, 1, "{out}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
@@ -288,6 +299,34 @@ plugins:
         "{out}"
     );
     assert_eq!(lines.len(), 2, "{out}");
+}
+
+#[test]
+fn validate_checks_the_redis_a_redis_policy_needs_without_dialling_it() {
+    let yaml = &format!(
+        "{ROUTE_A}{}",
+        "  - {name: rate-limit, route: a, config: {limit: 10, policy: redis}}\n"
+    );
+    let (code, out) = validate(yaml);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(
+        out.trim(),
+        "plugins[0] (rate-limit).config.policy: policy redis needs the node's Redis address: \
+         set `redis:` in the file or run with --redis URL"
+    );
+    // Nothing listens on port 1: valid all the same, since validate does not connect.
+    let (code, out) = validate_with(yaml, &["--redis", "redis://127.0.0.1:1"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = validate(&format!("redis: http://127.0.0.1:6379\n{yaml}"));
+    assert_eq!(code, 1, "{out}");
+    // The bad address, and the plugin that needs it.
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("plugins[0] (rate-limit).config.policy: "),
+        "{out}"
+    );
+    assert!(lines[1].starts_with("redis: not a Redis address"), "{out}");
+    assert!(lines[1].contains("expected redis://"), "{out}");
 }
 
 #[test]

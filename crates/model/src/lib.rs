@@ -71,6 +71,10 @@ pub struct Config {
     /// Settings of this gateway node.
     #[serde(default)]
     pub node: Node,
+    /// The Redis that cluster-wide state (rate limits with `policy: redis`) lives in, e.g.
+    /// `redis://127.0.0.1:6379/0`; `--redis` on the command line overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<String>,
     #[serde(default)]
     pub routes: Vec<Route>,
     #[serde(default)]
@@ -113,6 +117,14 @@ pub struct Node {
     /// Add `Via: 1.1 gatehouse` to requests and responses.
     #[serde(default)]
     pub via: bool,
+    /// How many gateway nodes share cluster-wide limits: a `policy: redis` limit falls back
+    /// to `limit / cluster_size` on each node while Redis is unreachable.
+    #[serde(default = "one_node")]
+    pub cluster_size: u32,
+}
+
+fn one_node() -> u32 {
+    1
 }
 
 fn default_drain() -> Duration {
@@ -126,6 +138,7 @@ impl Default for Node {
             workers: None,
             drain_timeout: default_drain(),
             via: false,
+            cluster_size: one_node(),
         }
     }
 }
@@ -418,6 +431,7 @@ const TOP_KEYS: &[&str] = &[
     "listen",
     "admin",
     "node",
+    "redis",
     "routes",
     "services",
     "upstreams",
@@ -487,6 +501,7 @@ fn from_mapping(
     }
     let mut take = |k: &str| sections.remove(k);
     let admin = take("admin").and_then(|v| one(v, "admin", errors));
+    let redis = take("redis").and_then(|v| one(v, "redis", errors));
     let node = take("node")
         .and_then(|v| one(v, "node", errors))
         .unwrap_or_default();
@@ -494,6 +509,7 @@ fn from_mapping(
         listen: list(take("listen"), "listen", errors, kept),
         admin,
         node,
+        redis,
         routes: list(take("routes"), "routes", errors, kept),
         services: list(take("services"), "services", errors, kept),
         upstreams: list(take("upstreams"), "upstreams", errors, kept),

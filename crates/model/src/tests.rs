@@ -120,7 +120,7 @@ fn validation_messages() {
         ),
         (
             "routing: []\n",
-            &["routing: unknown key, expected one of: listen, admin, node, routes, services, upstreams, consumers, plugins"],
+            &["routing: unknown key, expected one of: listen, admin, node, redis, routes, services, upstreams, consumers, plugins"],
         ),
         (
             "plugins:\n  - {name: key-auth, route: nope}\n",

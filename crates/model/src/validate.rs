@@ -42,6 +42,9 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
     if config.node.workers == Some(0) {
         err("node.workers".into(), "must be at least 1".into());
     }
+    if config.node.cluster_size == 0 {
+        err("node.cluster_size".into(), "must be at least 1".into());
+    }
 
     let upstreams = names(
         config.upstreams.iter().map(|u| u.name.as_str()),

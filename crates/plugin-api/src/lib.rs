@@ -8,7 +8,12 @@ use serde::de::DeserializeOwned;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+mod redis_store;
+pub use redis;
+pub use redis_store::RedisStore;
 
 /// What a phase hook decided.
 pub enum Flow {
@@ -100,6 +105,19 @@ impl FieldError {
 pub struct BuildEnv {
     /// How many gateway nodes share cluster-wide limits (for local fallbacks).
     pub nodes: u32,
+    /// The node's Redis (`redis:` in the file, `--redis`), for cluster-wide state.
+    pub redis: Option<Arc<RedisStore>>,
+    /// The instance's scope, e.g. `route=api`, `consumer=a,route=api` or `global`: stable
+    /// across nodes and reloads, so cluster-wide state of one instance can be named by it.
+    pub scope: String,
+}
+
+/// Nanoseconds on a process-wide monotonic clock, offset by a day so that 0 is always "long
+/// ago".
+pub fn now_ns() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    start.elapsed().as_nanos() as u64 + 86_400_000_000_000
 }
 
 /// A kind of plugin: its name, where it runs among the others, its config schema, and how an

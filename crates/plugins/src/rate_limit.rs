@@ -2,23 +2,26 @@
 //! header...), answering the rest with 429, `Retry-After` and the IETF `RateLimit` headers.
 
 mod algo;
+mod cluster;
 
 pub use algo::{Algorithm, Decision, Limit, State};
+use cluster::{Cluster, Quick};
 
 use bytes::Bytes;
 use dashmap::DashMap;
 use gatehouse_plugin_api::{
-    cookie, header_name, json_response, parse_config, query_arg, schema_of, BuildEnv, FieldError,
-    Flow, Plugin, PluginKind, RequestCtx,
+    cookie, header_name, json_response, now_ns, parse_config, query_arg, schema_of, BuildEnv,
+    FieldError, Flow, Plugin, PluginKind, RequestCtx,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use regex::Regex;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use std::hash::{BuildHasher, Hash, Hasher};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Rate limiting of requests per key.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -47,9 +50,27 @@ pub struct Config {
     #[serde(default = "one_second", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub max_delay: Duration,
-    /// `local`: each gateway node counts on its own.
+    /// `local`: each gateway node counts on its own. `redis`: one limit shared by every node
+    /// using the same Redis (the node's `redis:` setting or `--redis`).
     #[serde(default)]
     pub policy: Policy,
+    /// redis: the most quota a node leases in one round trip (default: 1 % of `limit`, at
+    /// least 1). Larger batches mean fewer round trips; up to `nodes × redis_batch` leased
+    /// quota can go unused when the window ends, so the cluster may admit that much less.
+    #[serde(default)]
+    pub redis_batch: Option<u64>,
+    /// redis: how long a Redis call may take before Redis counts as down.
+    #[serde(default = "hundred_ms", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub redis_timeout: Duration,
+    /// redis: what happens while Redis is unreachable: `fail_open` (default) limits on this
+    /// node alone at `limit / nodes`; `fail_closed` rejects with 503.
+    #[serde(default)]
+    pub on_redis_failure: OnRedisFailure,
+    /// redis: how many gateway nodes share the limit, for the `fail_open` fallback (default:
+    /// the node setting `node.cluster_size`).
+    #[serde(default)]
+    pub nodes: Option<u32>,
     /// Status of a rejection.
     #[serde(default = "too_many")]
     pub status: u16,
@@ -102,10 +123,22 @@ pub enum AlgorithmName {
 pub enum Policy {
     #[default]
     Local,
+    Redis,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRedisFailure {
+    #[default]
+    FailOpen,
+    FailClosed,
 }
 
 fn one_second() -> Duration {
     Duration::from_secs(1)
+}
+fn hundred_ms() -> Duration {
+    Duration::from_millis(100)
 }
 fn too_many() -> u16 {
     429
@@ -176,13 +209,18 @@ impl PluginKind for Kind {
     fn build(
         &self,
         config: &serde_json::Value,
-        _env: &BuildEnv,
+        env: &BuildEnv,
     ) -> Result<Arc<dyn Plugin>, Vec<FieldError>> {
-        Ok(Arc::new(RateLimit::new(parse_config(config)?)?))
+        Ok(Arc::new(RateLimit::new(parse_config(config)?, env)?))
     }
 }
 
-pub struct RateLimit {
+/// The plugin; its state is shared with requests that wait on Redis.
+pub struct RateLimit(Arc<Inner>);
+
+struct Inner {
+    /// `policy: local`: the limit. `policy: redis`: the fallback while Redis is down (the
+    /// limit divided by the node count).
     limit: Limit,
     key: Vec<KeyPart>,
     ua_classes: Vec<(Box<str>, Regex)>,
@@ -195,13 +233,22 @@ pub struct RateLimit {
     /// 64-bit hashes (sharing one budget) is vanishingly rare.
     counters: DashMap<u64, State, foldhash::fast::FixedState>,
     last_sweep: AtomicU64,
+    cluster: Option<Cluster>,
+    fail_closed: bool,
 }
 
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
+/// One part of a request's key, as read from the request.
+enum Part<'a> {
+    Ip(IpAddr),
+    Text(&'a str),
+    Bytes(&'a [u8]),
+}
+
 impl RateLimit {
-    pub fn new(c: Config) -> Result<Self, Vec<FieldError>> {
+    pub fn new(c: Config, env: &BuildEnv) -> Result<Self, Vec<FieldError>> {
         let mut errs = Vec::new();
         if c.limit == 0 {
             errs.push(FieldError::new("limit", "must be > 0"));
@@ -211,6 +258,15 @@ impl RateLimit {
         }
         if c.burst == Some(0) {
             errs.push(FieldError::new("burst", "must be > 0"));
+        }
+        if c.redis_batch == Some(0) {
+            errs.push(FieldError::new("redis_batch", "must be > 0"));
+        }
+        if c.nodes == Some(0) {
+            errs.push(FieldError::new("nodes", "must be > 0"));
+        }
+        if c.redis_timeout.is_zero() {
+            errs.push(FieldError::new("redis_timeout", "must be > 0"));
         }
         let status = match StatusCode::from_u16(c.status) {
             Ok(s) if (400..600).contains(&c.status) => Some(s),
@@ -277,6 +333,49 @@ impl RateLimit {
                 max_delay_ns: c.max_delay.as_nanos().min(u64::MAX as u128 / 4) as u64,
             },
         };
+        let limit = Limit {
+            algorithm,
+            limit: c.limit,
+            window_ns,
+        };
+        let (cluster, local) = match c.policy {
+            Policy::Local => (None, limit),
+            Policy::Redis => {
+                let nodes = u64::from(c.nodes.unwrap_or(env.nodes).max(1));
+                let fallback = Limit {
+                    limit: c.limit.div_ceil(nodes),
+                    algorithm: match algorithm {
+                        Algorithm::TokenBucket { burst } => Algorithm::TokenBucket {
+                            burst: burst.div_ceil(nodes),
+                        },
+                        a => a,
+                    },
+                    ..limit
+                };
+                match &env.redis {
+                    Some(store) => {
+                        let batch = c.redis_batch.unwrap_or((c.limit / 100).max(1));
+                        let cluster = Cluster::new(
+                            store.clone(),
+                            &env.scope,
+                            &c.policy_name,
+                            limit,
+                            batch,
+                            c.redis_timeout,
+                        );
+                        (Some(cluster), fallback)
+                    }
+                    None => {
+                        errs.push(FieldError::new(
+                            "policy",
+                            "policy redis needs the node's Redis address: set `redis:` in the \
+                             file or run with --redis URL",
+                        ));
+                        (None, fallback)
+                    }
+                }
+            }
+        };
         let policy_value = HeaderValue::from_str(&format!(
             "\"{}\";q={};w={}",
             c.policy_name,
@@ -286,12 +385,8 @@ impl RateLimit {
         let (Some(status), Ok(policy_value), true) = (status, policy_value, errs.is_empty()) else {
             return Err(errs);
         };
-        Ok(RateLimit {
-            limit: Limit {
-                algorithm,
-                limit: c.limit,
-                window_ns,
-            },
+        Ok(RateLimit(Arc::new(Inner {
+            limit: local,
             key,
             ua_classes,
             status,
@@ -300,26 +395,34 @@ impl RateLimit {
             policy_name: c.policy_name.into(),
             counters: DashMap::with_hasher(foldhash::fast::FixedState::default()),
             last_sweep: AtomicU64::new(0),
-        })
+            cluster,
+            fail_closed: c.on_redis_failure == OnRedisFailure::FailClosed,
+        })))
     }
 
-    /// The key of this request: a hash of its parts.
-    fn key_of(&self, ctx: &RequestCtx<'_>) -> u64 {
-        let mut h = foldhash::fast::FixedState::with_seed(0x6761_7465).build_hasher();
+    /// Decides on one request for `key` at `now` (ns) with the node-local counters.
+    pub fn decide(&self, key: u64, now: u64) -> Decision {
+        self.0.decide(key, now)
+    }
+}
+
+impl Inner {
+    /// Feeds each part of this request's key to `f`.
+    fn visit_key(&self, ctx: &RequestCtx<'_>, mut f: impl FnMut(Part<'_>)) {
         for part in &self.key {
             match part {
-                KeyPart::Ip => ctx.client_ip.hash(&mut h),
+                KeyPart::Ip => f(Part::Ip(ctx.client_ip)),
                 KeyPart::Consumer => match &ctx.consumer {
-                    Some(c) => c.username.hash(&mut h),
-                    None => ctx.client_ip.hash(&mut h),
+                    Some(c) => f(Part::Text(&c.username)),
+                    None => f(Part::Ip(ctx.client_ip)),
                 },
                 KeyPart::Credential => match &ctx.consumer {
-                    Some(c) => c.credential.as_deref().unwrap_or(&c.username).hash(&mut h),
-                    None => ctx.client_ip.hash(&mut h),
+                    Some(c) => f(Part::Text(c.credential.as_deref().unwrap_or(&c.username))),
+                    None => f(Part::Ip(ctx.client_ip)),
                 },
-                KeyPart::Route => ctx.route.hash(&mut h),
-                KeyPart::Service => ctx.service.hash(&mut h),
-                KeyPart::UserAgent => header(ctx, &http::header::USER_AGENT).hash(&mut h),
+                KeyPart::Route => f(Part::Text(ctx.route)),
+                KeyPart::Service => f(Part::Text(ctx.service)),
+                KeyPart::UserAgent => f(Part::Bytes(header(ctx, &http::header::USER_AGENT))),
                 KeyPart::UaClass => {
                     let ua =
                         std::str::from_utf8(header(ctx, &http::header::USER_AGENT)).unwrap_or("");
@@ -328,24 +431,61 @@ impl RateLimit {
                         .iter()
                         .find(|(_, r)| r.is_match(ua))
                         .map_or("other", |(n, _)| n);
-                    class.hash(&mut h)
+                    f(Part::Text(class))
                 }
-                KeyPart::Header(name) => header(ctx, name).hash(&mut h),
-                KeyPart::Query(name) => query_arg(ctx.parts.uri.query(), name)
-                    .as_deref()
-                    .unwrap_or("")
-                    .hash(&mut h),
+                KeyPart::Header(name) => f(Part::Bytes(header(ctx, name))),
+                KeyPart::Query(name) => {
+                    f(Part::Text(
+                        query_arg(ctx.parts.uri.query(), name)
+                            .as_deref()
+                            .unwrap_or(""),
+                    ));
+                }
                 KeyPart::Cookie(name) => {
-                    cookie(&ctx.parts.headers, name).unwrap_or("").hash(&mut h)
+                    f(Part::Text(cookie(&ctx.parts.headers, name).unwrap_or("")))
                 }
             }
-            0xffu8.hash(&mut h); // separates parts: ("ab","c") ≠ ("a","bc")
         }
+    }
+
+    /// The key of this request: a hash of its parts.
+    fn key_of(&self, ctx: &RequestCtx<'_>) -> u64 {
+        let mut h = foldhash::fast::FixedState::with_seed(0x6761_7465).build_hasher();
+        self.visit_key(ctx, |p| {
+            match p {
+                Part::Ip(ip) => ip.hash(&mut h),
+                Part::Text(t) => t.hash(&mut h),
+                Part::Bytes(b) => b.hash(&mut h),
+            }
+            0xffu8.hash(&mut h); // separates parts: ("ab","c") ≠ ("a","bc")
+        });
         h.finish()
     }
 
-    /// Decides on one request for `key` at `now` (ns).
-    pub fn decide(&self, key: u64, now: u64) -> Decision {
+    /// The key as text, for naming it in Redis (only when quota is fetched): readable for
+    /// operators, and the same on every node whatever its build. Long keys are hashed.
+    fn key_text(&self, ctx: &RequestCtx<'_>) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        self.visit_key(ctx, |p| {
+            if !s.is_empty() {
+                s.push('|');
+            }
+            match p {
+                Part::Ip(ip) => drop(write!(s, "{ip}")),
+                Part::Text(t) => s.push_str(t),
+                Part::Bytes(b) => s.push_str(&String::from_utf8_lossy(b)),
+            }
+        });
+        if s.len() > 200 {
+            let mut h = std::hash::DefaultHasher::new();
+            s.hash(&mut h);
+            return format!("#{:016x}", h.finish());
+        }
+        s
+    }
+
+    fn decide(&self, key: u64, now: u64) -> Decision {
         self.maybe_sweep(now);
         let mut state = self.counters.entry(key).or_default();
         self.limit.check(&mut state, now)
@@ -367,6 +507,22 @@ impl RateLimit {
         {
             self.counters.retain(|_, s| !self.limit.is_idle(s, now));
         }
+    }
+
+    /// While Redis is down: this node's share of the limit, or None when failing closed.
+    fn fallback(&self, key: u64, now: u64) -> Option<Decision> {
+        (!self.fail_closed).then(|| self.decide(key, now))
+    }
+
+    /// The answer while Redis is down and the limit fails closed.
+    fn closed(&self) -> Response<Bytes> {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "rate limit store unavailable",
+            h,
+        )
     }
 
     /// The `RateLimit` header for a decision.
@@ -396,11 +552,9 @@ impl RateLimit {
         self.add_headers(&mut h, d);
         json_response(self.status, "rate limit exceeded", h)
     }
-}
 
-impl Plugin for RateLimit {
-    fn access(&self, ctx: &mut RequestCtx<'_>) -> Flow {
-        let d = self.decide(self.key_of(ctx), now_ns());
+    /// Applies a decision made without waiting.
+    fn apply(&self, d: Decision, ctx: &mut RequestCtx<'_>) -> Flow {
         if !d.allowed {
             return Flow::Respond(self.reject(&d));
         }
@@ -416,6 +570,69 @@ impl Plugin for RateLimit {
             Ok(h)
         }))
     }
+
+    /// Applies a decision made after waiting.
+    async fn apply_later(&self, d: Decision) -> Result<HeaderMap, Response<Bytes>> {
+        if !d.allowed {
+            return Err(self.reject(&d));
+        }
+        let mut h = HeaderMap::new();
+        self.add_headers(&mut h, &d);
+        if d.delay_ns > 0 {
+            tokio::time::sleep(Duration::from_nanos(d.delay_ns)).await;
+        }
+        Ok(h)
+    }
+
+    /// The rest of a request that found no leased quota: waits for the fetch, then decides
+    /// as if it had just arrived. Others may win the fetched quota, so a few rounds are
+    /// allowed before giving up with a rejection.
+    async fn after_fetch(
+        self: Arc<Self>,
+        key: u64,
+        text: String,
+        mut fetch: cluster::Fetch,
+    ) -> Result<HeaderMap, Response<Bytes>> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(HeaderMap::new());
+        };
+        for _ in 0..8 {
+            fetch.await;
+            let now = now_ns();
+            match cluster.quick(key, now, || text.clone()) {
+                Quick::Decided(d) => return self.apply_later(d).await,
+                Quick::Down => match self.fallback(key, now) {
+                    Some(d) => return self.apply_later(d).await,
+                    None => return Err(self.closed()),
+                },
+                Quick::Fetch(f) => fetch = f,
+            }
+        }
+        let d = cluster.contended(key, now_ns());
+        self.apply_later(d).await
+    }
+}
+
+impl Plugin for RateLimit {
+    fn access(&self, ctx: &mut RequestCtx<'_>) -> Flow {
+        let me = &self.0;
+        let now = now_ns();
+        let key = me.key_of(ctx);
+        let Some(cluster) = &me.cluster else {
+            return me.apply(me.decide(key, now), ctx);
+        };
+        match cluster.quick(key, now, || me.key_text(ctx)) {
+            Quick::Decided(d) => me.apply(d, ctx),
+            Quick::Down => match me.fallback(key, now) {
+                Some(d) => me.apply(d, ctx),
+                None => Flow::Respond(me.closed()),
+            },
+            Quick::Fetch(fetch) => {
+                let text = me.key_text(ctx);
+                Flow::Wait(Box::pin(me.clone().after_fetch(key, text, fetch)))
+            }
+        }
+    }
 }
 
 fn header<'a>(ctx: &'a RequestCtx<'_>, name: &HeaderName) -> &'a [u8] {
@@ -423,14 +640,6 @@ fn header<'a>(ctx: &'a RequestCtx<'_>, name: &HeaderName) -> &'a [u8] {
         .headers
         .get(name)
         .map_or(&[][..], HeaderValue::as_bytes)
-}
-
-/// Nanoseconds on a process-wide monotonic clock.
-fn now_ns() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    let start = *START.get_or_init(Instant::now);
-    // Offset by a day so that "never" (0) is always in the past.
-    start.elapsed().as_nanos() as u64 + 86_400_000_000_000
 }
 
 #[cfg(test)]

@@ -9,4 +9,4 @@ pub mod plugins;
 pub mod snapshot;
 pub mod upstream;
 
-pub use snapshot::{parse_config, NodeContext, Snapshot};
+pub use snapshot::{parse_config, parse_config_for_node, NodeContext, Snapshot};

@@ -51,6 +51,23 @@ struct Resolved<'a> {
     plugin: Arc<dyn Plugin>,
 }
 
+/// An instance's scope as text, e.g. `consumer=a,route=api` or `global`.
+fn scope_name(p: &PluginInstance) -> String {
+    let parts: Vec<String> = [
+        ("consumer", &p.consumer),
+        ("route", &p.route),
+        ("service", &p.service),
+    ]
+    .iter()
+    .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
+    .collect();
+    if parts.is_empty() {
+        "global".into()
+    } else {
+        parts.join(",")
+    }
+}
+
 /// How specific a scope is: consumer > route > service > global, combinations above their
 /// parts (consumer+route+service = 7 ... global = 0).
 fn specificity(p: &PluginInstance) -> u8 {
@@ -92,11 +109,23 @@ pub fn build_instances(
             ));
             continue;
         }
-        let identity = serde_json::to_string(p).unwrap_or_default();
+        // What the instance was built from: its entry and the node facts it was given.
+        let identity = format!(
+            "{}|{}|{}",
+            serde_json::to_string(p).unwrap_or_default(),
+            env.redis.as_ref().map_or("", |r| r.url()),
+            env.nodes
+        );
         let reused = previous.and_then(|prev| prev.get(&identity)).cloned();
         let plugin = match reused {
             Some(p) => p,
-            None => match kind.build(&p.config, env) {
+            None => match kind.build(
+                &p.config,
+                &BuildEnv {
+                    scope: scope_name(p),
+                    ..env.clone()
+                },
+            ) {
                 Ok(p) => p,
                 Err(fields) => {
                     for f in fields {

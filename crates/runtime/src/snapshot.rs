@@ -9,6 +9,7 @@ use crate::upstream::TargetState;
 use gatehouse_model::{
     parse_service_url, Config, ConfigError, HashOn, Keepalive, Timeouts, UpstreamProtocol,
 };
+use gatehouse_plugin_api::{BuildEnv, RedisStore};
 use http::HeaderName;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,6 +31,8 @@ pub struct Snapshot {
     pub drain_timeout: Duration,
     /// Plugin instances by identity, lent to the next snapshot.
     pub plugin_instances: Instances,
+    /// The node's Redis, kept across reloads while its address stays.
+    pub redis: Option<Arc<RedisStore>>,
     /// The config this snapshot was built from (for diffing on reload).
     pub config: Config,
 }
@@ -88,11 +91,10 @@ impl Snapshot {
         node: NodeContext,
     ) -> Result<Snapshot, Vec<ConfigError>> {
         let mut errs = gatehouse_model::validate(&config);
-        let (plugin_instances, built, plugin_errs) = build_instances(
-            &config,
-            previous.map(|p| &p.plugin_instances),
-            &plugin_env(),
-        );
+        let (env, env_errs) = plugin_env(&config, previous);
+        errs.extend(env_errs);
+        let (plugin_instances, built, plugin_errs) =
+            build_instances(&config, previous.map(|p| &p.plugin_instances), &env);
         errs.extend(plugin_errs);
         let router = match Router::build(&config.routes) {
             Ok(r) => Some(r),
@@ -235,6 +237,7 @@ impl Snapshot {
                 via: config.node.via,
                 drain_timeout: config.node.drain_timeout,
                 plugin_instances,
+                redis: env.redis,
                 config,
             }),
             _ => Err(errs),
@@ -247,20 +250,59 @@ impl Snapshot {
     }
 }
 
-fn plugin_env() -> gatehouse_plugin_api::BuildEnv {
-    gatehouse_plugin_api::BuildEnv { nodes: 1 }
+/// What plugins are built with: the node's Redis (reused from `previous` while its address
+/// stays, so its connection and health survive reloads) and the cluster size.
+fn plugin_env(config: &Config, previous: Option<&Snapshot>) -> (BuildEnv, Vec<ConfigError>) {
+    let mut errs = Vec::new();
+    let redis = config.redis.as_deref().and_then(|url| {
+        let kept = previous
+            .and_then(|p| p.redis.as_ref())
+            .filter(|r| r.url() == url);
+        match kept {
+            Some(r) => Some(r.clone()),
+            None => RedisStore::open(url)
+                .map_err(|e| errs.push(ConfigError::new("redis", e)))
+                .ok(),
+        }
+    });
+    let env = BuildEnv {
+        nodes: config.node.cluster_size,
+        redis,
+        scope: String::new(),
+    };
+    (env, errs)
 }
 
 /// Parses and checks a config file's text as completely as one pass can: structure,
 /// references, and what compiling finds (regexes, plugin names), every problem reported.
 pub fn parse_config(text: &str) -> Result<Config, gatehouse_model::ConfigErrors> {
-    gatehouse_model::parse_yaml_with(text, &|c| {
-        let (_, _, mut errs) = build_instances(c, None, &plugin_env());
+    parse_config_for_node(text, None)
+}
+
+/// [`parse_config`], with the Redis address given on the command line (`--redis`), which
+/// replaces the file's `redis:`.
+pub fn parse_config_for_node(
+    text: &str,
+    redis: Option<&str>,
+) -> Result<Config, gatehouse_model::ConfigErrors> {
+    let with_node = |c: &Config| {
+        let mut c = c.clone();
+        if let Some(url) = redis {
+            c.redis = Some(url.to_owned());
+        }
+        c
+    };
+    let config = gatehouse_model::parse_yaml_with(text, &|c| {
+        let c = with_node(c);
+        let (env, mut errs) = plugin_env(&c, None);
+        let (_, _, plugin_errs) = build_instances(&c, None, &env);
+        errs.extend(plugin_errs);
         if let Err(e) = Router::build(&c.routes) {
             errs.extend(e);
         }
         errs
-    })
+    })?;
+    Ok(with_node(&config))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -35,7 +35,9 @@ fn label(s: &Snapshot, route: usize, consumer: Option<usize>) -> Option<usize> {
         .iter()
         .find(|(_, p)| Arc::ptr_eq(p, picked))
         .and_then(|(id, _)| {
-            let v: serde_json::Value = serde_json::from_str(id).ok()?;
+            // The identity is the entry's JSON, then `|redis-url|nodes`.
+            let entry = id.rsplitn(3, '|').nth(2)?;
+            let v: serde_json::Value = serde_json::from_str(entry).ok()?;
             v["config"]["limit"].as_u64().map(|l| l as usize)
         })
 }
