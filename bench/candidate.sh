@@ -2,8 +2,10 @@
 # Candidate for ../shared/bench/peers.sh: one plain route to 127.0.0.1:$2, listening on
 # 127.0.0.1:$1, one worker (the harness pins the proxy to one core). Execs the gateway so
 # its PID is the one measured. GATEHOUSE_BIN picks the binary (default: the fat profile).
-# BENCH_PLUGINS=rate-limit puts a local rate-limit on the route, with a limit no run reaches,
-# so every request pays for the check and none is rejected.
+# BENCH_PLUGINS=rate-limit puts a local rate-limit on the route, with a limit no run reaches
+# (BENCH_LIMIT, default 10^9), so every request pays for the check and none is rejected.
+# BENCH_PLUGINS=rate-limit-redis: the same limit with policy redis on BENCH_REDIS, leasing
+# BENCH_BATCH at a time (default: the plugin's, 1 % of the limit).
 set -euo pipefail
 port=$1 upstream=$2
 bin=${GATEHOUSE_BIN:-$(dirname "$0")/../target/fat/gatehouse}
@@ -26,11 +28,25 @@ routes:
 YAML
 case ${BENCH_PLUGINS:-} in
   "") ;;
-  rate-limit) cat >> "$cfg" <<'YAML'
+  rate-limit) cat >> "$cfg" <<YAML
 plugins:
   - name: rate-limit
     route: all
-    config: {limit: 1000000000, window: 1s, key: ip, algorithm: sliding_window}
+    config: {limit: ${BENCH_LIMIT:-1000000000}, window: 1s, key: ip, algorithm: sliding_window}
+YAML
+  ;;
+  rate-limit-redis) cat >> "$cfg" <<YAML
+redis: ${BENCH_REDIS:?BENCH_REDIS=redis://... is needed}
+plugins:
+  - name: rate-limit
+    route: all
+    config:
+      limit: ${BENCH_LIMIT:-1000000000}
+      window: 1s
+      key: ip
+      algorithm: sliding_window
+      policy: redis
+$( [[ -n ${BENCH_BATCH:-} ]] && echo "      redis_batch: $BENCH_BATCH" )
 YAML
   ;;
   *) echo "unknown BENCH_PLUGINS: $BENCH_PLUGINS" >&2; exit 2 ;;

@@ -88,3 +88,65 @@ async fn counters_survive_unrelated_reloads_and_bad_plugin_configs_are_rejected(
         .unwrap();
     assert_eq!(c.get("/limited/6").await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_limit_holds_a_slot_until_the_response_ends() {
+    use std::time::{Duration, Instant};
+    let o = Origin::start("a").await;
+    let yaml = upstream_yaml(&[o.addr], "")
+        + "routes:
+  - {name: one, paths: [\"/stall\"], service: svc}
+  - {name: queued, paths: [\"/delay/*\"], service: svc}
+plugins:
+  - name: concurrency-limit
+    route: one
+    config: {max: 1}
+  - name: concurrency-limit
+    route: queued
+    config: {max: 1, queue: 1, queue_timeout: 2s}
+";
+    let g = gateway(&yaml);
+    let a = addr(&g);
+
+    // A response whose body never ends holds the only slot while it streams...
+    let mut streaming = Client::connect(a).await;
+    let head = tokio::time::timeout(Duration::from_secs(5), streaming.head_only("/stall"))
+        .await
+        .expect("head arrives");
+    assert_eq!(head, 200);
+    let r = get(a, "/stall").await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"], "too many requests in flight");
+    assert_eq!(r.headers["retry-after"], "1");
+    // ...and the client going away frees it.
+    drop(streaming);
+    let t = Instant::now();
+    let status = loop {
+        let s = tokio::time::timeout(Duration::from_millis(300), async {
+            Client::connect(a).await.head_only("/stall").await
+        })
+        .await
+        .unwrap_or(0);
+        if s == 200 || t.elapsed() > Duration::from_secs(2) {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status, 200, "the slot came back");
+
+    // A short queue: the second request waits for the first instead of being rejected; a
+    // third finds the queue full.
+    let first = tokio::spawn(async move { get(a, "/delay/400/a").await.status });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t = Instant::now();
+    let second = tokio::spawn(async move { get(a, "/delay/0/b").await.status });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(get(a, "/delay/0/c").await.status, 503);
+    assert_eq!(first.await.unwrap(), 200);
+    assert_eq!(second.await.unwrap(), 200);
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        t.elapsed()
+    );
+}

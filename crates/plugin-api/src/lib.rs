@@ -26,9 +26,31 @@ pub enum Flow {
     Wait(Deferred),
 }
 
-/// The outcome of a [`Flow::Wait`]: continue (adding these headers to the client's response)
-/// or respond.
-pub type Deferred = Pin<Box<dyn Future<Output = Result<HeaderMap, Response<Bytes>>> + Send>>;
+/// The outcome of a [`Flow::Wait`]: continue (with [`Later`]) or respond.
+pub type Deferred = Pin<Box<dyn Future<Output = Result<Later, Response<Bytes>>> + Send>>;
+
+/// What a hook that waited hands back when the request goes on.
+#[derive(Default)]
+pub struct Later {
+    /// Headers to add to the client's response.
+    pub headers: HeaderMap,
+    /// Something to keep until the request ends (see [`RequestCtx::holds`]).
+    pub hold: Option<Hold>,
+}
+
+impl From<HeaderMap> for Later {
+    fn from(headers: HeaderMap) -> Self {
+        Later {
+            headers,
+            hold: None,
+        }
+    }
+}
+
+/// Something a plugin keeps alive until the request has ended: its response body sent (or
+/// its tunnel closed), or the client gone. Dropping it is the release, e.g. of a
+/// concurrency slot, so no path can leak one.
+pub type Hold = Box<dyn std::any::Any + Send + Sync>;
 
 /// The request as plugins see it, from the `rewrite` phase to `upstream_request`.
 pub struct RequestCtx<'a> {
@@ -43,6 +65,8 @@ pub struct RequestCtx<'a> {
     /// Headers to add to the response the client gets, whatever produces it (e.g. the
     /// rate-limit headers on an admitted request).
     pub response_headers: &'a mut HeaderMap,
+    /// Kept until the request has ended, then dropped (see [`Hold`]).
+    pub holds: &'a mut Vec<Hold>,
 }
 
 /// A caller identified by an authentication plugin.

@@ -7,18 +7,16 @@ mod cluster;
 pub use algo::{Algorithm, Decision, Limit, State};
 use cluster::{Cluster, Quick};
 
+use crate::key::{Key, KeySpec, UaClass};
 use bytes::Bytes;
 use dashmap::DashMap;
 use gatehouse_plugin_api::{
-    cookie, header_name, json_response, now_ns, parse_config, query_arg, schema_of, BuildEnv,
-    FieldError, Flow, Plugin, PluginKind, RequestCtx,
+    json_response, now_ns, parse_config, schema_of, BuildEnv, FieldError, Flow, Later, Plugin,
+    PluginKind, RequestCtx,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
-use regex::Regex;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use std::hash::{BuildHasher, Hash, Hasher};
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +35,7 @@ pub struct Config {
     /// `user_agent`, `ua_class`, `header:NAME`, `query:NAME`, `cookie:NAME`; or a list of
     /// these for a composite key. `consumer` and `credential` fall back to the client ip
     /// when the caller is anonymous.
-    #[serde(default)]
+    #[serde(default = "KeySpec::ip")]
     pub key: KeySpec,
     /// `fixed_window`, `sliding_window` (default), `token_bucket` (GCRA) or `leaky_bucket`
     /// (delays early requests instead of rejecting them, up to `max_delay`).
@@ -86,27 +84,6 @@ pub struct Config {
     pub ua_classes: Vec<UaClass>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UaClass {
-    pub name: String,
-    pub regex: String,
-}
-
-/// One key part, or several.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(untagged)]
-pub enum KeySpec {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl Default for KeySpec {
-    fn default() -> Self {
-        KeySpec::One("ip".into())
-    }
-}
-
 #[derive(Debug, Default, Clone, Copy, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AlgorithmName {
@@ -150,50 +127,6 @@ fn default_name() -> String {
     "default".into()
 }
 
-/// A part of the limit key.
-#[derive(Debug)]
-enum KeyPart {
-    Ip,
-    Consumer,
-    Credential,
-    Route,
-    Service,
-    UserAgent,
-    UaClass,
-    Header(HeaderName),
-    Query(Box<str>),
-    Cookie(Box<str>),
-}
-
-fn key_part(s: &str) -> Result<KeyPart, String> {
-    let (kind, arg) = match s.split_once(':') {
-        Some((k, a)) => (k, Some(a)),
-        None => (s, None),
-    };
-    let need = |what: &str| {
-        arg.filter(|a| !a.is_empty())
-            .ok_or_else(|| format!("\"{kind}\" needs a {what}: \"{kind}:NAME\""))
-    };
-    Ok(match kind {
-        "ip" => KeyPart::Ip,
-        "consumer" => KeyPart::Consumer,
-        "credential" => KeyPart::Credential,
-        "route" => KeyPart::Route,
-        "service" => KeyPart::Service,
-        "user_agent" => KeyPart::UserAgent,
-        "ua_class" => KeyPart::UaClass,
-        "header" => KeyPart::Header(header_name(need("header name")?)?),
-        "query" => KeyPart::Query(need("query argument")?.into()),
-        "cookie" => KeyPart::Cookie(need("cookie name")?.into()),
-        other => {
-            return Err(format!(
-                "unknown key \"{other}\"; expected ip, consumer, credential, route, service, \
-                 user_agent, ua_class, header:NAME, query:NAME or cookie:NAME"
-            ))
-        }
-    })
-}
-
 pub struct Kind;
 
 impl PluginKind for Kind {
@@ -222,8 +155,7 @@ struct Inner {
     /// `policy: local`: the limit. `policy: redis`: the fallback while Redis is down (the
     /// limit divided by the node count).
     limit: Limit,
-    key: Vec<KeyPart>,
-    ua_classes: Vec<(Box<str>, Regex)>,
+    key: Key,
     status: StatusCode,
     headers: bool,
     /// `"name";q=100;w=60`, made once.
@@ -239,13 +171,6 @@ struct Inner {
 
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-
-/// One part of a request's key, as read from the request.
-enum Part<'a> {
-    Ip(IpAddr),
-    Text(&'a str),
-    Bytes(&'a [u8]),
-}
 
 impl RateLimit {
     pub fn new(c: Config, env: &BuildEnv) -> Result<Self, Vec<FieldError>> {
@@ -278,40 +203,7 @@ impl RateLimit {
                 None
             }
         };
-        let specs: Vec<&str> = match &c.key {
-            KeySpec::One(s) => vec![s.as_str()],
-            KeySpec::Many(v) => v.iter().map(String::as_str).collect(),
-        };
-        if specs.is_empty() {
-            errs.push(FieldError::new("key", "must name at least one key part"));
-        }
-        let mut key = Vec::new();
-        for (i, s) in specs.iter().enumerate() {
-            let path = match c.key {
-                KeySpec::One(_) => "key".to_string(),
-                KeySpec::Many(_) => format!("key[{i}]"),
-            };
-            match key_part(s) {
-                Ok(k) => key.push(k),
-                Err(e) => errs.push(FieldError::new(path, e)),
-            }
-        }
-        let mut ua_classes = Vec::new();
-        for (i, u) in c.ua_classes.iter().enumerate() {
-            match Regex::new(&u.regex) {
-                Ok(r) => ua_classes.push((u.name.as_str().into(), r)),
-                Err(e) => errs.push(FieldError::new(
-                    format!("ua_classes[{i}].regex"),
-                    format!("regex does not compile: {e}"),
-                )),
-            }
-        }
-        if key.iter().any(|k| matches!(k, KeyPart::UaClass)) && c.ua_classes.is_empty() {
-            errs.push(FieldError::new(
-                "ua_classes",
-                "a ua_class key needs at least one class",
-            ));
-        }
+        let key = Key::new(&c.key, &c.ua_classes, &mut errs);
         let name_ok = !c.policy_name.is_empty()
             && c.policy_name
                 .bytes()
@@ -388,7 +280,6 @@ impl RateLimit {
         Ok(RateLimit(Arc::new(Inner {
             limit: local,
             key,
-            ua_classes,
             status,
             headers: c.headers,
             policy_value,
@@ -407,84 +298,6 @@ impl RateLimit {
 }
 
 impl Inner {
-    /// Feeds each part of this request's key to `f`.
-    fn visit_key(&self, ctx: &RequestCtx<'_>, mut f: impl FnMut(Part<'_>)) {
-        for part in &self.key {
-            match part {
-                KeyPart::Ip => f(Part::Ip(ctx.client_ip)),
-                KeyPart::Consumer => match &ctx.consumer {
-                    Some(c) => f(Part::Text(&c.username)),
-                    None => f(Part::Ip(ctx.client_ip)),
-                },
-                KeyPart::Credential => match &ctx.consumer {
-                    Some(c) => f(Part::Text(c.credential.as_deref().unwrap_or(&c.username))),
-                    None => f(Part::Ip(ctx.client_ip)),
-                },
-                KeyPart::Route => f(Part::Text(ctx.route)),
-                KeyPart::Service => f(Part::Text(ctx.service)),
-                KeyPart::UserAgent => f(Part::Bytes(header(ctx, &http::header::USER_AGENT))),
-                KeyPart::UaClass => {
-                    let ua =
-                        std::str::from_utf8(header(ctx, &http::header::USER_AGENT)).unwrap_or("");
-                    let class = self
-                        .ua_classes
-                        .iter()
-                        .find(|(_, r)| r.is_match(ua))
-                        .map_or("other", |(n, _)| n);
-                    f(Part::Text(class))
-                }
-                KeyPart::Header(name) => f(Part::Bytes(header(ctx, name))),
-                KeyPart::Query(name) => {
-                    f(Part::Text(
-                        query_arg(ctx.parts.uri.query(), name)
-                            .as_deref()
-                            .unwrap_or(""),
-                    ));
-                }
-                KeyPart::Cookie(name) => {
-                    f(Part::Text(cookie(&ctx.parts.headers, name).unwrap_or("")))
-                }
-            }
-        }
-    }
-
-    /// The key of this request: a hash of its parts.
-    fn key_of(&self, ctx: &RequestCtx<'_>) -> u64 {
-        let mut h = foldhash::fast::FixedState::with_seed(0x6761_7465).build_hasher();
-        self.visit_key(ctx, |p| {
-            match p {
-                Part::Ip(ip) => ip.hash(&mut h),
-                Part::Text(t) => t.hash(&mut h),
-                Part::Bytes(b) => b.hash(&mut h),
-            }
-            0xffu8.hash(&mut h); // separates parts: ("ab","c") ≠ ("a","bc")
-        });
-        h.finish()
-    }
-
-    /// The key as text, for naming it in Redis (only when quota is fetched): readable for
-    /// operators, and the same on every node whatever its build. Long keys are hashed.
-    fn key_text(&self, ctx: &RequestCtx<'_>) -> String {
-        use std::fmt::Write;
-        let mut s = String::new();
-        self.visit_key(ctx, |p| {
-            if !s.is_empty() {
-                s.push('|');
-            }
-            match p {
-                Part::Ip(ip) => drop(write!(s, "{ip}")),
-                Part::Text(t) => s.push_str(t),
-                Part::Bytes(b) => s.push_str(&String::from_utf8_lossy(b)),
-            }
-        });
-        if s.len() > 200 {
-            let mut h = std::hash::DefaultHasher::new();
-            s.hash(&mut h);
-            return format!("#{:016x}", h.finish());
-        }
-        s
-    }
-
     fn decide(&self, key: u64, now: u64) -> Decision {
         self.maybe_sweep(now);
         let mut state = self.counters.entry(key).or_default();
@@ -567,12 +380,12 @@ impl Inner {
         let delay = Duration::from_nanos(d.delay_ns);
         Flow::Wait(Box::pin(async move {
             tokio::time::sleep(delay).await;
-            Ok(h)
+            Ok(h.into())
         }))
     }
 
     /// Applies a decision made after waiting.
-    async fn apply_later(&self, d: Decision) -> Result<HeaderMap, Response<Bytes>> {
+    async fn apply_later(&self, d: Decision) -> Result<Later, Response<Bytes>> {
         if !d.allowed {
             return Err(self.reject(&d));
         }
@@ -581,35 +394,40 @@ impl Inner {
         if d.delay_ns > 0 {
             tokio::time::sleep(Duration::from_nanos(d.delay_ns)).await;
         }
-        Ok(h)
+        Ok(h.into())
     }
 
     /// The rest of a request that found no leased quota: waits for the fetch, then decides
     /// as if it had just arrived. Others may win the fetched quota, so a few rounds are
-    /// allowed before giving up with a rejection.
+    /// allowed; a request still without an answer then is decided by the local fallback, as
+    /// if Redis were too slow, rather than rejected while quota may remain (failing closed,
+    /// it is rejected with a one-second `Retry-After`).
     async fn after_fetch(
         self: Arc<Self>,
         key: u64,
         text: String,
         mut fetch: cluster::Fetch,
-    ) -> Result<HeaderMap, Response<Bytes>> {
+    ) -> Result<Later, Response<Bytes>> {
         let Some(cluster) = &self.cluster else {
-            return Ok(HeaderMap::new());
+            return Ok(Later::default());
         };
+        let mut down = false;
         for _ in 0..8 {
             fetch.await;
-            let now = now_ns();
-            match cluster.quick(key, now, || text.clone()) {
+            match cluster.quick(key, now_ns(), || text.clone()) {
                 Quick::Decided(d) => return self.apply_later(d).await,
-                Quick::Down => match self.fallback(key, now) {
-                    Some(d) => return self.apply_later(d).await,
-                    None => return Err(self.closed()),
-                },
+                Quick::Down => {
+                    down = true;
+                    break;
+                }
                 Quick::Fetch(f) => fetch = f,
             }
         }
-        let d = cluster.contended(key, now_ns());
-        self.apply_later(d).await
+        match self.fallback(key, now_ns()) {
+            Some(d) => self.apply_later(d).await,
+            None if down => Err(self.closed()),
+            None => self.apply_later(cluster.contended(key, now_ns())).await,
+        }
     }
 }
 
@@ -617,29 +435,22 @@ impl Plugin for RateLimit {
     fn access(&self, ctx: &mut RequestCtx<'_>) -> Flow {
         let me = &self.0;
         let now = now_ns();
-        let key = me.key_of(ctx);
+        let key = me.key.hash(ctx);
         let Some(cluster) = &me.cluster else {
             return me.apply(me.decide(key, now), ctx);
         };
-        match cluster.quick(key, now, || me.key_text(ctx)) {
+        match cluster.quick(key, now, || me.key.text(ctx)) {
             Quick::Decided(d) => me.apply(d, ctx),
             Quick::Down => match me.fallback(key, now) {
                 Some(d) => me.apply(d, ctx),
                 None => Flow::Respond(me.closed()),
             },
             Quick::Fetch(fetch) => {
-                let text = me.key_text(ctx);
+                let text = me.key.text(ctx);
                 Flow::Wait(Box::pin(me.clone().after_fetch(key, text, fetch)))
             }
         }
     }
-}
-
-fn header<'a>(ctx: &'a RequestCtx<'_>, name: &HeaderName) -> &'a [u8] {
-    ctx.parts
-        .headers
-        .get(name)
-        .map_or(&[][..], HeaderValue::as_bytes)
 }
 
 #[cfg(test)]

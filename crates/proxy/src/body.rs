@@ -2,6 +2,7 @@
 //! the connection handed back to the pool at a clean end), or a body the gateway made.
 
 use bytes::Bytes;
+use gatehouse_plugin_api::Hold;
 use gatehouse_runtime::upstream::{Sender, TargetState};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -47,6 +48,9 @@ pin_project_lite::pin_project! {
         // The connection, returned to the pool once the body ended cleanly.
         sender: Option<Sender>,
         in_flight: Option<InFlight>,
+        // What plugins keep until the response ends (concurrency slots): dropped with the
+        // body, i.e. once hyper has sent it or the client has gone.
+        holds: Vec<Hold>,
         read_timeout: Duration,
         deadline: Option<Instant>,
         #[pin]
@@ -61,6 +65,7 @@ impl UpstreamBody {
         inner: Incoming,
         sender: Option<Sender>,
         in_flight: InFlight,
+        holds: Vec<Hold>,
         first: Instant,
         read_timeout: Duration,
         deadline: Option<Instant>,
@@ -70,6 +75,7 @@ impl UpstreamBody {
             inner,
             sender,
             in_flight: Some(in_flight),
+            holds,
             read_timeout,
             deadline,
             timer: tokio::time::sleep_until(at),

@@ -10,7 +10,7 @@ use crate::headers::{
 };
 use crate::Shared;
 use bytes::Bytes;
-use gatehouse_plugin_api::{Flow, RequestCtx, ResponseCtx};
+use gatehouse_plugin_api::{Flow, Hold, RequestCtx, ResponseCtx};
 use gatehouse_runtime::plugins::Chain;
 use gatehouse_runtime::router::{cookie, query_arg, RequestView, RouteMatch};
 use gatehouse_runtime::snapshot::{HashSource, Piece, RouteEntry, ServiceEntry};
@@ -134,6 +134,7 @@ pub async fn handle(
     let client_version = parts.version;
     let chain = &route.plugins;
     let mut plugin_headers = HeaderMap::new();
+    let mut holds: Vec<Hold> = Vec::new();
     let mut consumer = None;
     let mut new_path = new_path;
     if !chain.entries.is_empty() {
@@ -145,6 +146,7 @@ pub async fn handle(
             service: &service.name,
             consumer: None,
             response_headers: &mut plugin_headers,
+            holds: &mut holds,
         };
         let verdict = run_phase(chain, &mut ctx, Phase::Rewrite).await;
         let verdict = match verdict {
@@ -222,6 +224,7 @@ pub async fn handle(
                     service: &service.name,
                     consumer: consumer.clone(),
                     response_headers: &mut plugin_headers,
+                    holds: &mut holds,
                 };
                 if let Err(resp) = run_phase(chain, &mut ctx, Phase::UpstreamRequest).await {
                     let c = consumer.as_ref().map(|c| c.index);
@@ -265,7 +268,8 @@ pub async fn handle(
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                 if let Some(down) = on_upgrade {
                     let up = hyper::upgrade::on(&mut resp);
-                    tokio::spawn(tunnel(down, up, in_flight, target.address.clone()));
+                    let holds = std::mem::take(&mut holds);
+                    tokio::spawn(tunnel(down, up, in_flight, holds, target.address.clone()));
                     return resp.map(|_| RespBody::empty());
                 }
             }
@@ -289,6 +293,7 @@ pub async fn handle(
                     b,
                     Some(sender),
                     in_flight,
+                    holds,
                     head_at + read_timeout,
                     read_timeout,
                     total_deadline,
@@ -324,7 +329,11 @@ async fn run_phase(
         match flow {
             Flow::Continue => {}
             Flow::Respond(resp) => return Err(resp),
-            Flow::Wait(later) => append_all(ctx.response_headers, later.await?),
+            Flow::Wait(later) => {
+                let later = later.await?;
+                append_all(ctx.response_headers, later.headers);
+                ctx.holds.extend(later.hold);
+            }
         }
     }
     Ok(())
@@ -540,6 +549,7 @@ async fn tunnel(
     down: hyper::upgrade::OnUpgrade,
     up: hyper::upgrade::OnUpgrade,
     in_flight: InFlight,
+    holds: Vec<Hold>,
     target: Box<str>,
 ) {
     let (down, up) = match tokio::try_join!(down, up) {
@@ -555,6 +565,7 @@ async fn tunnel(
         tracing::debug!(%target, error = %e, "upgraded connection ended");
     }
     drop(in_flight);
+    drop(holds);
 }
 
 #[cfg(test)]

@@ -221,6 +221,8 @@ impl Reply {
 pub struct Client {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     addr: SocketAddr,
+    /// Bodies left unread by [`Client::head_only`], open until the client is dropped.
+    unread: Vec<Incoming>,
 }
 
 impl Client {
@@ -232,7 +234,11 @@ impl Client {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        Client { sender, addr }
+        Client {
+            sender,
+            addr,
+            unread: Vec::new(),
+        }
     }
 
     pub async fn request(
@@ -261,6 +267,21 @@ impl Client {
             headers: parts.headers,
             body,
         })
+    }
+
+    /// Sends a GET and returns the status once the head arrives, leaving the body unread and
+    /// the exchange open until the client is dropped.
+    pub async fn head_only(&mut self, path: &str) -> u16 {
+        let req = hyper::Request::builder()
+            .uri(path)
+            .header("host", self.addr.to_string())
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        self.sender.ready().await.expect("ready");
+        let resp = self.sender.send_request(req).await.expect("response head");
+        let status = resp.status().as_u16();
+        self.unread.push(resp.into_body());
+        status
     }
 
     pub async fn get(&mut self, path: &str) -> Reply {

@@ -222,8 +222,10 @@ impl Cluster {
             return Quick::Fetch(f.clone());
         }
         // Twice the recent demand: the batch grows quickly under load up to `batch`, and
-        // stays small (little quota stranded on this node) for a quiet key.
-        let want = (2 * lease.demand).clamp(1, st.batch);
+        // stays small (little quota stranded on this node) for a quiet key. Never less than
+        // the requests already waiting: they spend it at once, so none is stranded, and a
+        // small `batch` cannot starve a crowd of waiters.
+        let want = (2 * lease.demand).min(st.batch).max(lease.demand);
         lease.demand = 0;
         let f = st.clone().fetch(key, text(), want).boxed().shared();
         lease.fetch = Some(f.clone());

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use super::*;
+use crate::test_support::Req;
 use gatehouse_plugin_api::Consumer;
 use serde_json::json;
 
@@ -59,51 +60,6 @@ fn bad_configs_name_the_field() {
     let e = errors(json!({"limit": 1, "limits": 2}));
     assert!(e[0].starts_with("limits: unknown field `limits`"), "{e:?}");
     assert!(errors(json!({"limit": 5, "window": "1m", "algorithm": "gcra"})).is_empty());
-}
-
-struct Req {
-    parts: http::request::Parts,
-    out: HeaderMap,
-    ip: std::net::IpAddr,
-    consumer: Option<Consumer>,
-}
-
-impl Req {
-    fn new(ip: &str) -> Self {
-        let (parts, ()) = http::Request::builder()
-            .uri("/a?tenant=t1")
-            .header("user-agent", "Mozilla/5.0")
-            .body(())
-            .unwrap()
-            .into_parts();
-        Req {
-            parts,
-            out: HeaderMap::new(),
-            ip: ip.parse().unwrap(),
-            consumer: None,
-        }
-    }
-
-    fn ctx(&mut self) -> RequestCtx<'_> {
-        RequestCtx {
-            parts: &mut self.parts,
-            client_ip: self.ip,
-            route: "r",
-            service: "s",
-            consumer: self.consumer.clone(),
-            response_headers: &mut self.out,
-        }
-    }
-
-    #[allow(clippy::result_large_err)]
-    fn access(&mut self, p: &dyn Plugin) -> Result<HeaderMap, Response<Bytes>> {
-        self.out.clear();
-        match p.access(&mut self.ctx()) {
-            Flow::Continue => Ok(self.out.clone()),
-            Flow::Respond(r) => Err(r),
-            Flow::Wait(_) => panic!("unexpected wait"),
-        }
-    }
 }
 
 #[test]
@@ -199,8 +155,8 @@ async fn leaky_bucket_delays_then_rejects() {
         match f {
             Flow::Continue => passed += 1,
             Flow::Wait(f) => {
-                let h = f.await.unwrap();
-                assert!(h.contains_key("ratelimit"));
+                let later = f.await.unwrap();
+                assert!(later.headers.contains_key("ratelimit"));
                 waited += 1;
             }
             Flow::Respond(resp) => {
