@@ -150,3 +150,58 @@ plugins:
         t.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_size_limit_refuses_large_bodies_declared_or_streamed() {
+    let o = Origin::start("a").await;
+    let yaml = upstream_yaml(&[o.addr], "")
+        + "routes:
+  - {name: up, service: svc}
+plugins:
+  - name: request-size-limit
+    route: up
+    config: {max_body: 1KiB, max_header_bytes: 2KiB}
+";
+    let g = gateway(&yaml);
+    let a = addr(&g);
+    let chunked = |sizes: &[usize]| {
+        let mut req =
+            b"POST /up HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .to_vec();
+        for n in sizes {
+            req.extend(format!("{n:x}\r\n").as_bytes());
+            req.extend(std::iter::repeat_n(b'z', *n));
+            req.extend(b"\r\n");
+        }
+        req.extend(b"0\r\n\r\n");
+        req
+    };
+
+    // Declared too large: refused before anything goes upstream.
+    let head = format!(
+        "POST /up HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        1025
+    );
+    let mut req = head.into_bytes();
+    req.extend(std::iter::repeat_n(b'z', 1025));
+    let out = raw(a, &req).await;
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    assert!(out.contains("request body too large"), "{out}");
+    assert!(!out.contains("\"origin\""), "{out}");
+
+    // Chunked, so nothing declared: counted while it streams, refused once past 1 KiB.
+    let out = raw(a, &chunked(&[600, 600])).await;
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    assert!(out.contains("request body too large"), "{out}");
+
+    // Within the limit, chunked or not, it passes whole.
+    let out = raw(a, &chunked(&[600, 424])).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("\"body_bytes\":1024"), "{out}");
+
+    // Headers over 2 KiB in total: 431.
+    let big = "v".repeat(2100);
+    let r = get_with(a, "/up", &[("x-big", big.as_str())]).await;
+    assert_eq!(r.status, 431);
+    assert_eq!(r.json()["error"], "request headers too large");
+}

@@ -67,6 +67,17 @@ pub struct RequestCtx<'a> {
     pub response_headers: &'a mut HeaderMap,
     /// Kept until the request has ended, then dropped (see [`Hold`]).
     pub holds: &'a mut Vec<Hold>,
+    /// The most request-body bytes that may go upstream; past it the exchange is aborted and
+    /// the client gets 413. Set with [`RequestCtx::limit_body`].
+    pub body_limit: Option<u64>,
+}
+
+impl RequestCtx<'_> {
+    /// Caps the request body at `max` bytes (the smallest cap set by any plugin wins). Checked
+    /// as the body streams, so it also catches chunked bodies and lying `Content-Length`s.
+    pub fn limit_body(&mut self, max: u64) {
+        self.body_limit = Some(self.body_limit.map_or(max, |l| l.min(max)));
+    }
 }
 
 /// A caller identified by an authentication plugin.

@@ -6,12 +6,17 @@ use gatehouse_plugin_api::PluginKind;
 pub mod concurrency_limit;
 pub mod key;
 pub mod rate_limit;
+pub mod request_size_limit;
 
 #[cfg(test)]
 mod test_support;
 
 /// Every plugin kind the gateway knows, by name.
-pub static REGISTRY: &[&dyn PluginKind] = &[&rate_limit::Kind, &concurrency_limit::Kind];
+pub static REGISTRY: &[&dyn PluginKind] = &[
+    &rate_limit::Kind,
+    &concurrency_limit::Kind,
+    &request_size_limit::Kind,
+];
 
 /// The registered kind called `name`.
 pub fn find(name: &str) -> Option<&'static dyn PluginKind> {

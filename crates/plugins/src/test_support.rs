@@ -39,6 +39,7 @@ impl Req {
             consumer: self.consumer.clone(),
             response_headers: &mut self.out,
             holds: &mut self.holds,
+            body_limit: None,
         }
     }
 

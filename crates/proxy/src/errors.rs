@@ -19,6 +19,7 @@ pub enum Failure {
     UpstreamTimeout,
     UpstreamError,
     ConnectionLimit,
+    BodyTooLarge,
 }
 
 impl Failure {
@@ -29,6 +30,7 @@ impl Failure {
             Failure::NoTarget | Failure::ConnectionLimit => StatusCode::SERVICE_UNAVAILABLE,
             Failure::ConnectFailed | Failure::UpstreamError => StatusCode::BAD_GATEWAY,
             Failure::ConnectTimeout | Failure::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Failure::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
@@ -42,6 +44,7 @@ impl Failure {
             Failure::UpstreamTimeout => "upstream timed out",
             Failure::UpstreamError => "upstream error",
             Failure::ConnectionLimit => "upstream connection limit reached",
+            Failure::BodyTooLarge => "request body too large",
         }
     }
 }

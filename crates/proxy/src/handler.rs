@@ -21,7 +21,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -135,6 +135,7 @@ pub async fn handle(
     let chain = &route.plugins;
     let mut plugin_headers = HeaderMap::new();
     let mut holds: Vec<Hold> = Vec::new();
+    let mut body_limit = None;
     let mut consumer = None;
     let mut new_path = new_path;
     if !chain.entries.is_empty() {
@@ -147,6 +148,7 @@ pub async fn handle(
             consumer: None,
             response_headers: &mut plugin_headers,
             holds: &mut holds,
+            body_limit: None,
         };
         let verdict = run_phase(chain, &mut ctx, Phase::Rewrite).await;
         let verdict = match verdict {
@@ -154,6 +156,7 @@ pub async fn handle(
             Err(r) => Err(r),
         };
         consumer = ctx.consumer.take();
+        body_limit = ctx.body_limit;
         if let Err(resp) = verdict {
             let c = consumer.as_ref().map(|c| c.index);
             return plugin_response(resp, plugin_headers, chain, c, &route.name, &request_id);
@@ -182,7 +185,14 @@ pub async fn handle(
     if snap.via {
         parts.headers.append(VIA.clone(), VIA_VALUE.clone());
     }
-    let mut request = Some(Request::from_parts(parts, ProxyBody::Incoming(body)));
+    // Allocated only when a plugin limits the body.
+    let body_limit = body_limit.map(|n| (n, Arc::new(AtomicBool::new(false))));
+    let tripped = body_limit.as_ref().map(|(_, t)| t.clone());
+    let over_limit = || tripped.as_ref().is_some_and(|t| t.load(Ordering::Acquire));
+    let mut request = Some(Request::from_parts(
+        parts,
+        ProxyBody::client(body, body_limit),
+    ));
 
     let upstream = &service.upstream;
     let timeouts = &service.timeouts;
@@ -225,6 +235,7 @@ pub async fn handle(
                     consumer: consumer.clone(),
                     response_headers: &mut plugin_headers,
                     holds: &mut holds,
+                    body_limit: None,
                 };
                 if let Err(resp) = run_phase(chain, &mut ctx, Phase::UpstreamRequest).await {
                     let c = consumer.as_ref().map(|c| c.index);
@@ -254,6 +265,10 @@ pub async fn handle(
                         request = Some(unsent);
                         stale += 1;
                         continue;
+                    }
+                    _ if over_limit() => {
+                        tracing::info!(route = %route.name, "request body over its limit");
+                        return respond(Failure::BodyTooLarge, &request_id);
                     }
                     _ => {
                         tracing::warn!(route = %route.name, target = %target.address, error = %e.error(), "upstream exchange failed");

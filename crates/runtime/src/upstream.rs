@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -39,38 +39,80 @@ pub fn worker() -> usize {
 pub enum ProxyBody {
     Incoming(Incoming),
     Bytes(Option<Bytes>),
+    /// The client's body with a size limit (a plugin's): past `left` bytes it fails, which
+    /// aborts the upstream exchange, and `tripped` tells the handler to answer 413.
+    Limited {
+        body: Incoming,
+        left: u64,
+        tripped: Arc<AtomicBool>,
+    },
 }
+
+/// A request body went over its limit while it streamed.
+#[derive(Debug, thiserror::Error)]
+#[error("request body over its size limit")]
+pub struct BodyTooLarge;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl ProxyBody {
     pub fn empty() -> Self {
         ProxyBody::Bytes(None)
     }
+
+    /// The client's body, limited to `limit` bytes when a plugin asked for a limit.
+    pub fn client(body: Incoming, limit: Option<(u64, Arc<AtomicBool>)>) -> Self {
+        match limit {
+            None => ProxyBody::Incoming(body),
+            Some((left, tripped)) => ProxyBody::Limited {
+                body,
+                left,
+                tripped,
+            },
+        }
+    }
 }
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ProxyBody::Incoming(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             ProxyBody::Bytes(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Limited {
+                body,
+                left,
+                tripped,
+            } => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                    if len > *left {
+                        tripped.store(true, Ordering::Release);
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                    }
+                    *left -= len;
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                other => other.map_err(Into::into),
+            },
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Incoming(b) => b.is_end_stream(),
+            ProxyBody::Incoming(b) | ProxyBody::Limited { body: b, .. } => b.is_end_stream(),
             ProxyBody::Bytes(b) => b.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Incoming(b) => b.size_hint(),
+            ProxyBody::Incoming(b) | ProxyBody::Limited { body: b, .. } => b.size_hint(),
             ProxyBody::Bytes(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }
