@@ -105,8 +105,25 @@ struct Running {
 
 impl Running {
     fn start(config: &Path) -> (Running, std::net::SocketAddr) {
-        let mut child = Command::new(BIN)
-            .args(["run", "--listen", "127.0.0.1:0", "--workers", "2", "-c"])
+        Running::start_with(Command::new(BIN), config, 2)
+    }
+
+    /// Started through `taskset -c CPU`: one core, one worker.
+    fn start_pinned(config: &Path, cpu: &str) -> (Running, std::net::SocketAddr) {
+        let mut cmd = Command::new("taskset");
+        cmd.args(["-c", cpu, BIN]);
+        Running::start_with(cmd, config, 1)
+    }
+
+    fn start_with(
+        mut cmd: Command,
+        config: &Path,
+        workers: usize,
+    ) -> (Running, std::net::SocketAddr) {
+        let mut child = cmd
+            .args(["run", "--listen", "127.0.0.1:0", "--workers"])
+            .arg(workers.to_string())
+            .arg("-c")
             .arg(config)
             .env("GATEHOUSE_LOG", "info")
             .env("NO_COLOR", "1")
@@ -348,4 +365,87 @@ fn plugins_lists_kinds_and_prints_schemas() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown plugin \"nope\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adaptive_shed_keeps_critical_routes_serving_on_an_overloaded_one_core_gateway() {
+    let o = Origin::start("a").await;
+    let dir = temp_dir("shed");
+    let file = dir.join("gateway.yaml");
+    let yaml = upstream_yaml(&[o.addr], "")
+        + "routes:
+  - {name: checkout, paths: [\"/pay/*\"], service: svc, strip_prefix: true, priority_class: critical}
+  - {name: feed, paths: [\"/feed/*\"], service: svc, strip_prefix: true, priority_class: sheddable}
+plugins:
+  - name: adaptive-shed
+    config: {cpu_threshold: 0.6}
+";
+    std::fs::write(&file, yaml).unwrap();
+    let (_gw, addr) = Running::start_pinned(&file, "0");
+
+    // Far more than one core can carry: 96 connections on the sheddable route, 8 on the
+    // critical one, each sending back to back for 4 s.
+    let until = Instant::now() + Duration::from_secs(4);
+    let run = |path: &'static str, clients: usize| {
+        (0..clients)
+            .map(move |_| {
+                tokio::spawn(async move {
+                    let mut c = Client::connect(addr).await;
+                    let mut seen = Vec::new();
+                    while Instant::now() < until {
+                        let t = Instant::now();
+                        let status = match c.request("GET", path, &[], b"").await {
+                            Ok(r) => {
+                                if r.status == 503 {
+                                    assert_eq!(r.headers["retry-after"], "1");
+                                }
+                                r.status
+                            }
+                            Err(_) => 0,
+                        };
+                        seen.push((status, t.elapsed()));
+                    }
+                    seen
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let (feed, pay) = (run("/feed/delay/5/x", 96), run("/pay/delay/5/x", 8));
+    let mut results = Vec::new();
+    for tasks in [feed, pay] {
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        results.push(all);
+    }
+    let summary = |v: &[(u16, Duration)]| {
+        let ok = v.iter().filter(|(s, _)| *s == 200).count();
+        let shed = v.iter().filter(|(s, _)| *s == 503).count();
+        let mut lat: Vec<Duration> = v.iter().map(|(_, d)| *d).collect();
+        lat.sort();
+        let p99 = lat.get(lat.len() * 99 / 100).copied().unwrap_or_default();
+        (v.len(), ok, shed, ok as f64 / v.len().max(1) as f64, p99)
+    };
+    let (feed, pay) = (summary(&results[0]), summary(&results[1]));
+    println!("sheddable (sent, ok, shed, ok-rate, p99): {feed:?}\ncritical: {pay:?}");
+    for (v, name) in [(&results[0], "sheddable"), (&results[1], "critical")] {
+        assert!(
+            v.iter().all(|(s, _)| *s == 200 || *s == 503),
+            "{name}: only 200 and 503 expected"
+        );
+    }
+    assert!(feed.2 > 0, "the sheddable route was shed: {feed:?}");
+    assert!(pay.3 >= 0.95, "critical success rate {:.3}", pay.3);
+    assert!(
+        pay.3 > feed.3,
+        "critical {:.3} vs sheddable {:.3}",
+        pay.3,
+        feed.3
+    );
+    assert!(
+        pay.4 < Duration::from_millis(500),
+        "critical p99 {:?}",
+        pay.4
+    );
 }

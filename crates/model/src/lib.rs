@@ -178,6 +178,19 @@ pub struct Route {
     /// Send the client's Host header upstream instead of the target's address.
     #[serde(default)]
     pub preserve_host: bool,
+    /// How important this route's requests are when the gateway sheds load (`adaptive-shed`):
+    /// `sheddable` requests are shed before any `critical` one.
+    #[serde(default)]
+    pub priority_class: PriorityClass,
+}
+
+/// A route's importance under overload.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PriorityClass {
+    #[default]
+    Critical,
+    Sheddable,
 }
 
 /// A condition on a header, query argument or cookie: exactly one of `equals`, `regex`,

@@ -60,6 +60,8 @@ pub struct RequestCtx<'a> {
     pub client_ip: IpAddr,
     pub route: &'a str,
     pub service: &'a str,
+    /// The route's importance under overload (its `priority_class`).
+    pub priority_class: PriorityClass,
     /// Set by an authentication plugin once it identified the caller.
     pub consumer: Option<Consumer>,
     /// Headers to add to the response the client gets, whatever produces it (e.g. the
@@ -78,6 +80,15 @@ impl RequestCtx<'_> {
     pub fn limit_body(&mut self, max: u64) {
         self.body_limit = Some(self.body_limit.map_or(max, |l| l.min(max)));
     }
+}
+
+/// How important a request is when load is shed: every sheddable request goes before any
+/// critical one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PriorityClass {
+    #[default]
+    Critical,
+    Sheddable,
 }
 
 /// A caller identified by an authentication plugin.

@@ -3,7 +3,9 @@
 
 use gatehouse_plugin_api::PluginKind;
 
+pub mod adaptive_shed;
 pub mod concurrency_limit;
+mod cpu;
 pub mod key;
 pub mod rate_limit;
 pub mod request_size_limit;
@@ -16,6 +18,7 @@ pub static REGISTRY: &[&dyn PluginKind] = &[
     &rate_limit::Kind,
     &concurrency_limit::Kind,
     &request_size_limit::Kind,
+    &adaptive_shed::Kind,
 ];
 
 /// The registered kind called `name`.

@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bytes::Bytes;
-use gatehouse_plugin_api::{Consumer, Flow, Hold, Plugin, RequestCtx};
+use gatehouse_plugin_api::{Consumer, Flow, Hold, Plugin, PriorityClass, RequestCtx};
 use http::{HeaderMap, Response};
 
 pub struct Req {
@@ -11,6 +11,7 @@ pub struct Req {
     pub holds: Vec<Hold>,
     pub ip: std::net::IpAddr,
     pub consumer: Option<Consumer>,
+    pub class: PriorityClass,
 }
 
 impl Req {
@@ -27,6 +28,7 @@ impl Req {
             holds: Vec::new(),
             ip: ip.parse().unwrap(),
             consumer: None,
+            class: PriorityClass::Critical,
         }
     }
 
@@ -36,6 +38,7 @@ impl Req {
             client_ip: self.ip,
             route: "r",
             service: "s",
+            priority_class: self.class,
             consumer: self.consumer.clone(),
             response_headers: &mut self.out,
             holds: &mut self.holds,

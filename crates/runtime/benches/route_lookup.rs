@@ -21,6 +21,7 @@ fn route(i: usize, path: String) -> Route {
         strip_prefix: false,
         rewrite: None,
         preserve_host: false,
+        priority_class: Default::default(),
     }
 }
 

@@ -43,6 +43,7 @@ pub struct RouteEntry {
     pub strip_prefix: bool,
     pub rewrite: Option<Vec<Piece>>,
     pub preserve_host: bool,
+    pub priority_class: gatehouse_plugin_api::PriorityClass,
     /// The plugins that run for this route, resolved across scopes.
     pub plugins: Chain,
 }
@@ -213,6 +214,14 @@ impl Snapshot {
                 strip_prefix: r.strip_prefix,
                 rewrite: r.rewrite.as_deref().map(parse_template),
                 preserve_host: r.preserve_host,
+                priority_class: match r.priority_class {
+                    gatehouse_model::PriorityClass::Critical => {
+                        gatehouse_plugin_api::PriorityClass::Critical
+                    }
+                    gatehouse_model::PriorityClass::Sheddable => {
+                        gatehouse_plugin_api::PriorityClass::Sheddable
+                    }
+                },
                 plugins: Chain::default(),
             });
         }
