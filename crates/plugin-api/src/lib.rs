@@ -127,6 +127,26 @@ pub trait Plugin: Send + Sync + 'static {
     }
     /// On the response head, from the upstream or made by the gateway.
     fn response(&self, _ctx: &mut ResponseCtx<'_>) {}
+    /// Once the request has ended: its response body sent, or the client gone. Runs only if
+    /// [`Plugin::wants_log`] says so (most plugins do not, and then the request carries
+    /// nothing for this phase), on the worker that served the request: it must not block.
+    fn log(&self, _ctx: &LogCtx<'_>) {}
+    /// Whether [`Plugin::log`] should run.
+    fn wants_log(&self) -> bool {
+        false
+    }
+}
+
+/// The finished request as the `log` phase sees it.
+pub struct LogCtx<'a> {
+    pub route: &'a str,
+    pub service: &'a str,
+    pub client_ip: IpAddr,
+    pub consumer: Option<&'a Consumer>,
+    /// The status the client was sent.
+    pub status: StatusCode,
+    /// From the start of the plugin phases to the end of the request.
+    pub duration: std::time::Duration,
 }
 
 /// A problem in a plugin's config: `path` is relative to `config` (`limit`, `key[1]`), empty

@@ -50,7 +50,7 @@ pin_project_lite::pin_project! {
         in_flight: Option<InFlight>,
         // What plugins keep until the response ends (concurrency slots): dropped with the
         // body, i.e. once hyper has sent it or the client has gone.
-        holds: Vec<Hold>,
+        pub(crate) holds: Vec<Hold>,
         read_timeout: Duration,
         deadline: Option<Instant>,
         #[pin]
@@ -150,16 +150,31 @@ pin_project_lite::pin_project! {
     #[project = RespBodyProj]
     pub enum RespBody {
         Upstream { #[pin] body: UpstreamBody },
-        Full { bytes: Option<Bytes> },
+        // `holds` live as long as the body (see `with_hold`).
+        Full { bytes: Option<Bytes>, holds: Vec<Hold> },
     }
 }
 
 impl RespBody {
     pub fn full(b: Bytes) -> Self {
-        RespBody::Full { bytes: Some(b) }
+        RespBody::Full {
+            bytes: Some(b),
+            holds: Vec::new(),
+        }
     }
     pub fn empty() -> Self {
-        RespBody::Full { bytes: None }
+        RespBody::Full {
+            bytes: None,
+            holds: Vec::new(),
+        }
+    }
+    /// Keeps `h` until this body is dropped: sent in full, or abandoned by the client.
+    pub fn with_hold(mut self, h: Hold) -> Self {
+        match &mut self {
+            RespBody::Upstream { body } => body.holds.push(h),
+            RespBody::Full { holds, .. } => holds.push(h),
+        }
+        self
     }
     pub fn upstream(body: UpstreamBody) -> Self {
         RespBody::Upstream { body }
@@ -176,21 +191,23 @@ impl Body for RespBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
             RespBodyProj::Upstream { body } => body.poll_frame(cx),
-            RespBodyProj::Full { bytes } => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            RespBodyProj::Full { bytes, .. } => {
+                Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b))))
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             RespBody::Upstream { body } => body.is_end_stream(),
-            RespBody::Full { bytes } => bytes.is_none(),
+            RespBody::Full { bytes, .. } => bytes.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             RespBody::Upstream { body } => body.size_hint(),
-            RespBody::Full { bytes } => {
+            RespBody::Full { bytes, .. } => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
         }

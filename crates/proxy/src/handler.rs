@@ -10,10 +10,10 @@ use crate::headers::{
 };
 use crate::Shared;
 use bytes::Bytes;
-use gatehouse_plugin_api::{Flow, Hold, RequestCtx, ResponseCtx};
+use gatehouse_plugin_api::{Consumer, Flow, Hold, LogCtx, Plugin, RequestCtx, ResponseCtx};
 use gatehouse_runtime::plugins::Chain;
 use gatehouse_runtime::router::{cookie, query_arg, RequestView, RouteMatch};
-use gatehouse_runtime::snapshot::{HashSource, Piece, RouteEntry, ServiceEntry};
+use gatehouse_runtime::snapshot::{HashSource, Piece, RouteEntry, ServiceEntry, Snapshot};
 use gatehouse_runtime::upstream::{ConnectError, ProxyBody, Sender, TargetState};
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -68,7 +68,61 @@ const STALE_RETRIES: usize = 3;
 pub async fn handle(
     shared: Arc<Shared>,
     info: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Response<RespBody> {
+    let mut log = None;
+    let resp = handle_inner(shared, info, req, &mut log).await;
+    match log {
+        // The log phase runs when the body (and so the guard) is dropped.
+        Some(mut guard) => {
+            guard.status = resp.status();
+            resp.map(|b| b.with_hold(Box::new(guard)))
+        }
+        None => resp,
+    }
+}
+
+/// Runs the `log` phase of the plugins that want it when dropped, i.e. once the request has
+/// ended. Made only for routes with such plugins.
+struct LogGuard {
+    snap: Arc<Snapshot>,
+    route: usize,
+    client_ip: IpAddr,
+    consumer: Option<Consumer>,
+    status: StatusCode,
+    started: Instant,
+    plugins: Vec<Arc<dyn Plugin>>,
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        let Some(route) = self.snap.routes.get(self.route) else {
+            return;
+        };
+        let service = self
+            .snap
+            .services
+            .get(route.service)
+            .map_or("", |s| &*s.name);
+        let ctx = LogCtx {
+            route: &route.name,
+            service,
+            client_ip: self.client_ip,
+            consumer: self.consumer.as_ref(),
+            status: self.status,
+            duration: self.started.elapsed(),
+        };
+        for p in &self.plugins {
+            p.log(&ctx);
+        }
+    }
+}
+
+async fn handle_inner(
+    shared: Arc<Shared>,
+    info: Arc<ConnInfo>,
     mut req: Request<Incoming>,
+    log: &mut Option<LogGuard>,
 ) -> Response<RespBody> {
     let snap = shared.snapshot.load_full();
     let request_id = match req.headers().get(&X_REQUEST_ID) {
@@ -139,6 +193,7 @@ pub async fn handle(
     let mut consumer = None;
     let mut new_path = new_path;
     if !chain.entries.is_empty() {
+        let plugins_started = Instant::now();
         let original = parts.uri.clone();
         let mut ctx = RequestCtx {
             parts: &mut parts,
@@ -158,6 +213,25 @@ pub async fn handle(
         };
         consumer = ctx.consumer.take();
         body_limit = ctx.body_limit;
+        let c = consumer.as_ref().map(|c| c.index);
+        let loggers: Vec<Arc<dyn Plugin>> = chain
+            .entries
+            .iter()
+            .filter_map(|e| e.pick(c))
+            .filter(|p| p.wants_log())
+            .cloned()
+            .collect();
+        if !loggers.is_empty() {
+            *log = Some(LogGuard {
+                snap: snap.clone(),
+                route: route_index,
+                client_ip: info.ip,
+                consumer: consumer.clone(),
+                status: StatusCode::OK,
+                started: plugins_started,
+                plugins: loggers,
+            });
+        }
         if let Err(resp) = verdict {
             let c = consumer.as_ref().map(|c| c.index);
             return plugin_response(resp, plugin_headers, chain, c, &route.name, &request_id);
@@ -586,8 +660,62 @@ async fn tunnel(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
-    use super::strip_port;
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A plugin that writes down what its log phase saw.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl Plugin for Recorder {
+        fn wants_log(&self) -> bool {
+            true
+        }
+        fn log(&self, ctx: &LogCtx<'_>) {
+            let who = ctx.consumer.map_or("-", |c| &c.username);
+            self.0.lock().unwrap().push(format!(
+                "{} {} {} {} {}",
+                ctx.route, ctx.service, ctx.client_ip, who, ctx.status
+            ));
+        }
+    }
+
+    #[test]
+    fn the_log_phase_runs_when_the_response_body_is_dropped() {
+        let yaml = "upstreams: [{name: u, targets: [{address: \"127.0.0.1:9\"}]}]
+services: [{name: s, upstream: u}]
+routes: [{name: r, service: s}]
+";
+        let config = gatehouse_model::parse_yaml(yaml).unwrap();
+        let node = gatehouse_runtime::NodeContext {
+            workers: 1,
+            node_index: 0,
+        };
+        let snap = Arc::new(Snapshot::compile(config, None, node).unwrap());
+        let recorder = Arc::new(Recorder::default());
+        let guard = LogGuard {
+            snap,
+            route: 0,
+            client_ip: "10.1.2.3".parse().unwrap(),
+            consumer: Some(Consumer {
+                index: 0,
+                username: "alice".into(),
+                credential: None,
+            }),
+            status: StatusCode::IM_A_TEAPOT,
+            started: Instant::now(),
+            plugins: vec![recorder.clone()],
+        };
+        let body = RespBody::full(Bytes::from_static(b"hi")).with_hold(Box::new(guard));
+        assert!(recorder.0.lock().unwrap().is_empty(), "not before the end");
+        drop(body);
+        assert_eq!(
+            *recorder.0.lock().unwrap(),
+            ["r s 10.1.2.3 alice 418 I'm a teapot"]
+        );
+    }
 
     #[test]
     fn ports_are_stripped() {
