@@ -203,6 +203,21 @@ pub trait PluginKind: Send + Sync + 'static {
     ) -> Result<Arc<dyn Plugin>, Vec<FieldError>>;
 }
 
+/// The status of a rejection, from config field `field`: an error status (400-599), or a
+/// [`FieldError`] saying so.
+pub fn rejection_status(field: &str, code: u16, errs: &mut Vec<FieldError>) -> Option<StatusCode> {
+    match StatusCode::from_u16(code) {
+        Ok(s) if (400..600).contains(&code) => Some(s),
+        _ => {
+            errs.push(FieldError::new(
+                field,
+                "must be an HTTP status from 400 to 599",
+            ));
+            None
+        }
+    }
+}
+
 /// Deserializes a plugin's typed config, naming the field that is wrong. A `null` config (the
 /// key left out) is read as `{}` so that defaults apply.
 pub fn parse_config<C: DeserializeOwned>(value: &serde_json::Value) -> Result<C, Vec<FieldError>> {

@@ -7,8 +7,8 @@
 
 use crate::cpu;
 use gatehouse_plugin_api::{
-    header_name, json_response, now_ns, parse_config, schema_of, BuildEnv, FieldError, Flow,
-    Plugin, PluginKind, PriorityClass, RequestCtx,
+    header_name, json_response, now_ns, parse_config, rejection_status, schema_of, BuildEnv,
+    FieldError, Flow, Plugin, PluginKind, PriorityClass, RequestCtx,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use schemars::JsonSchema;
@@ -197,16 +197,7 @@ impl Shed {
             }
             None => None,
         };
-        let status = match StatusCode::from_u16(c.status) {
-            Ok(s) if (400..600).contains(&c.status) => Some(s),
-            _ => {
-                errs.push(FieldError::new(
-                    "status",
-                    "must be an HTTP status from 400 to 599",
-                ));
-                None
-            }
-        };
+        let status = rejection_status("status", c.status, &mut errs);
         let (Some(status), true) = (status, errs.is_empty()) else {
             return Err(errs);
         };

@@ -6,8 +6,8 @@ use crate::key::{Key, KeySpec, UaClass};
 use bytes::Bytes;
 use dashmap::DashMap;
 use gatehouse_plugin_api::{
-    json_response, now_ns, parse_config, schema_of, BuildEnv, FieldError, Flow, Later, Plugin,
-    PluginKind, RequestCtx,
+    json_response, now_ns, parse_config, rejection_status, schema_of, BuildEnv, FieldError, Flow,
+    Later, Plugin, PluginKind, RequestCtx,
 };
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use schemars::JsonSchema;
@@ -112,16 +112,7 @@ impl ConcurrencyLimit {
                 "must be > 0 when there is a queue",
             ));
         }
-        let status = match StatusCode::from_u16(c.status) {
-            Ok(s) if (400..600).contains(&c.status) => Some(s),
-            _ => {
-                errs.push(FieldError::new(
-                    "status",
-                    "must be an HTTP status from 400 to 599",
-                ));
-                None
-            }
-        };
+        let status = rejection_status("status", c.status, &mut errs);
         let key = Key::new(&c.key, &c.ua_classes, &mut errs);
         let (Some(status), true) = (status, errs.is_empty()) else {
             return Err(errs);

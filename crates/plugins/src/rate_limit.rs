@@ -11,8 +11,8 @@ use crate::key::{Key, KeySpec, UaClass};
 use bytes::Bytes;
 use dashmap::DashMap;
 use gatehouse_plugin_api::{
-    json_response, now_ns, parse_config, schema_of, BuildEnv, FieldError, Flow, Later, Plugin,
-    PluginKind, RequestCtx,
+    json_response, now_ns, parse_config, rejection_status, schema_of, BuildEnv, FieldError, Flow,
+    Later, Plugin, PluginKind, RequestCtx,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use schemars::JsonSchema;
@@ -193,16 +193,7 @@ impl RateLimit {
         if c.redis_timeout.is_zero() {
             errs.push(FieldError::new("redis_timeout", "must be > 0"));
         }
-        let status = match StatusCode::from_u16(c.status) {
-            Ok(s) if (400..600).contains(&c.status) => Some(s),
-            _ => {
-                errs.push(FieldError::new(
-                    "status",
-                    "must be an HTTP status from 400 to 599",
-                ));
-                None
-            }
-        };
+        let status = rejection_status("status", c.status, &mut errs);
         let key = Key::new(&c.key, &c.ua_classes, &mut errs);
         let name_ok = !c.policy_name.is_empty()
             && c.policy_name
