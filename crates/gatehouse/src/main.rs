@@ -5,12 +5,14 @@ mod echo;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use gatehouse_admin::{Control, Source};
 use gatehouse_model::{Config, ConfigErrors};
 use gatehouse_proxy::{Gateway, StartOptions};
 use gatehouse_runtime::{parse_config, parse_config_for_node, NodeContext, Snapshot};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -73,6 +75,10 @@ enum Command {
         /// `redis:`).
         #[arg(long, env = "GATEHOUSE_REDIS")]
         redis: Option<String>,
+        /// Where the admin API listens (default: the file's admin.address, else
+        /// 127.0.0.1:9180); a loopback address.
+        #[arg(long)]
+        admin: Option<SocketAddr>,
     },
     /// Check a config file: exit 0 when valid, else print `path: message` lines and exit 1.
     Validate {
@@ -122,7 +128,8 @@ fn main() -> ExitCode {
             workers,
             node_index,
             redis,
-        } => rt.block_on(run(config, listen, workers, node_index, redis)),
+            admin,
+        } => rt.block_on(run(config, listen, workers, node_index, redis, admin)),
         Command::Demo { listen } => rt.block_on(demo(listen)),
     };
     match result {
@@ -202,9 +209,18 @@ async fn run(
     workers: Option<usize>,
     node_index: Option<u32>,
     redis: Option<String>,
+    admin: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
     let redis = redis.as_deref();
     let config = load(&path, redis).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+    let admin_addr = match admin {
+        Some(a) => a,
+        None => match &config.admin {
+            Some(a) => a.address.parse()?,
+            None => SocketAddr::from(([127, 0, 0, 1], 9180)),
+        },
+    };
+    gatehouse_admin::check_address(admin_addr).map_err(|e| anyhow::anyhow!(e))?;
     let node = node_context(&config, workers, node_index);
     let opts = StartOptions {
         listen,
@@ -212,6 +228,19 @@ async fn run(
         node_index: node.node_index,
     };
     let gateway = Gateway::start(config, &opts)?;
+    let admin_listener = tokio::net::TcpListener::bind(admin_addr)
+        .await
+        .with_context(|| format!("cannot listen for the admin API on {admin_addr}"))?;
+    let shared = gateway.shared().clone();
+    let control = Arc::new(Control::new(Source::File(path.clone()), move || {
+        shared.snapshot.load().config.clone()
+    }));
+    tracing::info!(address = %admin_listener.local_addr()?, "admin API listening");
+    let admin_task = tokio::spawn(gatehouse_admin::serve(
+        admin_listener,
+        control.clone(),
+        std::future::pending(),
+    ));
     let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
     let _watcher = watch_file(&path, tx).context("cannot watch the config file")?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -227,26 +256,32 @@ async fn run(
                 // Editors write in several steps; let them finish, then read once.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 while changes.try_recv().is_ok() {}
-                reload(&gateway, &path, redis, "file changed");
+                reload(&gateway, &control, &path, redis, "file changed");
             }
-            _ = hup.recv() => reload(&gateway, &path, redis, "SIGHUP"),
+            _ = hup.recv() => reload(&gateway, &control, &path, redis, "SIGHUP"),
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
+    admin_task.abort();
     tracing::info!("shutting down: draining in-flight requests");
     gateway.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-fn reload(gateway: &Gateway, path: &Path, redis: Option<&str>, why: &str) {
+fn reload(gateway: &Gateway, control: &Control, path: &Path, redis: Option<&str>, why: &str) {
     let result = load(path, redis).map_err(|e| e.0).and_then(|c| {
         if c == gateway.shared().snapshot.load().config {
             return Ok(false);
         }
         gateway.reload(c).map(|()| true)
     });
+    match &result {
+        Ok(true) => control.reloaded(true),
+        Err(_) => control.reloaded(false),
+        Ok(false) => {}
+    }
     match result {
         Ok(true) => tracing::info!(reason = why, "configuration reloaded"),
         Ok(false) => tracing::debug!(reason = why, "configuration unchanged"),

@@ -1,0 +1,448 @@
+//! The admin REST API (axum) on the admin address: the running config's entities, `/status`,
+//! Prometheus `/metrics`, and its own OpenAPI spec (`/openapi.json`, UI at `/docs`). While
+//! the gateway runs from a file (DB-less mode) the file is the source of truth and the API is
+//! read-only.
+
+mod metrics;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use gatehouse_model::Config;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use utoipa::{OpenApi, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+pub use metrics::Metrics;
+
+/// Where the running config comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// DB-less mode: a YAML file, watched and reloaded.
+    File(std::path::PathBuf),
+}
+
+/// What the admin API reads from the running gateway, and what the gateway reports to it.
+pub struct Control {
+    started: Instant,
+    source: Source,
+    revision: AtomicU64,
+    /// The config being served (the last one that compiled).
+    current: Box<dyn Fn() -> Config + Send + Sync>,
+    pub metrics: Metrics,
+}
+
+impl Control {
+    /// `current` reads the config being served; the revision starts at 1 for it.
+    pub fn new(source: Source, current: impl Fn() -> Config + Send + Sync + 'static) -> Self {
+        let metrics = Metrics::new();
+        metrics.revision.set(1);
+        Control {
+            started: Instant::now(),
+            source,
+            revision: AtomicU64::new(1),
+            current: Box::new(current),
+            metrics,
+        }
+    }
+
+    /// A reload was tried: applied (a new revision) or rejected (the old one keeps serving).
+    pub fn reloaded(&self, applied: bool) {
+        if applied {
+            let rev = self.revision.fetch_add(1, Ordering::AcqRel) + 1;
+            self.metrics.revision.set(rev as i64);
+        }
+        self.metrics.reload(applied);
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.revision.load(Ordering::Acquire)
+    }
+}
+
+type Shared = Arc<Control>;
+
+/// The error body of every failed admin call.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: String,
+    /// Per-field problems, by path (e.g. `routes.paths[0]`), for invalid input.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub fields: BTreeMap<String, String>,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    let body = ErrorBody {
+        error: message.into(),
+        fields: BTreeMap::new(),
+    };
+    (status, Json(body)).into_response()
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Status {
+    /// The gateway's version.
+    pub version: &'static str,
+    /// Increases by one with every config that goes live.
+    pub revision: u64,
+    pub uptime_seconds: u64,
+    /// `file` (DB-less mode).
+    pub mode: &'static str,
+    pub store: StoreStatus,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StoreStatus {
+    pub kind: &'static str,
+    /// For `file`: the config file's path.
+    pub location: String,
+    pub healthy: bool,
+}
+
+#[utoipa::path(get, path = "/status", tag = "status",
+    responses((status = 200, description = "Version, config revision, uptime and store health", body = Status)))]
+async fn status(State(c): State<Shared>) -> Json<Status> {
+    let Source::File(path) = &c.source;
+    Json(Status {
+        version: env!("CARGO_PKG_VERSION"),
+        revision: c.revision(),
+        uptime_seconds: c.started.elapsed().as_secs(),
+        mode: "file",
+        store: StoreStatus {
+            kind: "file",
+            location: path.display().to_string(),
+            healthy: true,
+        },
+    })
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "status",
+    responses((status = 200, description = "Prometheus metrics (OpenMetrics text)", content_type = "application/openmetrics-text", body = String)))]
+async fn metrics(State(c): State<Shared>) -> Response {
+    match c.metrics.encode() {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+#[utoipa::path(get, path = "/config", tag = "config",
+    responses((status = 200, description = "The whole config being served, as the YAML file holds it (JSON)", body = Object)))]
+async fn config(State(c): State<Shared>) -> Response {
+    Json((c.current)()).into_response()
+}
+
+/// A page of entities.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Page {
+    /// Entities as in the YAML file.
+    #[schema(value_type = Vec<Object>)]
+    pub items: Vec<serde_json::Value>,
+    /// How many match the filters, over all pages.
+    pub total: usize,
+    pub offset: usize,
+    pub limit: usize,
+}
+
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1000;
+
+/// Pagination plus filters: any other query argument must equal the entity's field of that
+/// name (`/routes?service=users`, `/plugins?name=rate-limit&route=api`).
+fn page(items: Vec<serde_json::Value>, query: &BTreeMap<String, String>) -> Result<Page, String> {
+    let number = |key: &str, default: usize| match query.get(key) {
+        None => Ok(default),
+        // Integers too large for usize are still integers: they saturate (an offset past the
+        // end is an empty page, a limit over 1000 is refused below).
+        Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
+            Ok(v.parse::<usize>().unwrap_or(usize::MAX))
+        }
+        Some(v) => Err(format!(
+            "query argument {key}: not a non-negative integer: {v:?}"
+        )),
+    };
+    let offset = number("offset", 0)?;
+    let limit = number("limit", DEFAULT_LIMIT)?;
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(format!(
+            "query argument limit: must be from 1 to {MAX_LIMIT}"
+        ));
+    }
+    let filters: Vec<(&String, &String)> = query
+        .iter()
+        .filter(|(k, _)| *k != "offset" && *k != "limit")
+        .collect();
+    let matching: Vec<serde_json::Value> = items
+        .into_iter()
+        .filter(|item| {
+            filters
+                .iter()
+                .all(|(k, v)| item.get(k.as_str()).and_then(|f| f.as_str()) == Some(v.as_str()))
+        })
+        .collect();
+    let total = matching.len();
+    Ok(Page {
+        items: matching.into_iter().skip(offset).take(limit).collect(),
+        total,
+        offset,
+        limit,
+    })
+}
+
+/// A plugin instance's id: its kind and scope, which are unique together, e.g.
+/// `rate-limit:route=api` or `cors:global`.
+fn plugin_id(p: &gatehouse_model::PluginInstance) -> String {
+    let scope: Vec<String> = [
+        ("consumer", &p.consumer),
+        ("route", &p.route),
+        ("service", &p.service),
+    ]
+    .iter()
+    .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
+    .collect();
+    if scope.is_empty() {
+        format!("{}:global", p.name)
+    } else {
+        format!("{}:{}", p.name, scope.join(","))
+    }
+}
+
+/// The entities of one kind, each with the id it is fetched by.
+fn entities(config: &Config, kind: Kind) -> Vec<(String, serde_json::Value)> {
+    fn by<T: Serialize>(
+        items: &[T],
+        id: impl Fn(&T) -> String,
+    ) -> Vec<(String, serde_json::Value)> {
+        items
+            .iter()
+            .filter_map(|i| Some((id(i), serde_json::to_value(i).ok()?)))
+            .collect()
+    }
+    match kind {
+        Kind::Routes => by(&config.routes, |r| r.name.clone()),
+        Kind::Services => by(&config.services, |s| s.name.clone()),
+        Kind::Upstreams => by(&config.upstreams, |u| u.name.clone()),
+        Kind::Consumers => by(&config.consumers, |c| c.username.clone()),
+        Kind::Plugins => config
+            .plugins
+            .iter()
+            .filter_map(|p| {
+                let mut v = serde_json::to_value(p).ok()?;
+                let id = plugin_id(p);
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("id".into(), id.clone().into());
+                }
+                Some((id, v))
+            })
+            .collect(),
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Routes,
+    Services,
+    Upstreams,
+    Consumers,
+    Plugins,
+}
+
+impl Kind {
+    fn singular(self) -> &'static str {
+        match self {
+            Kind::Routes => "route",
+            Kind::Services => "service",
+            Kind::Upstreams => "upstream",
+            Kind::Consumers => "consumer",
+            Kind::Plugins => "plugin instance",
+        }
+    }
+}
+
+fn list(c: &Control, kind: Kind, query: &BTreeMap<String, String>) -> Response {
+    let items = entities(&(c.current)(), kind)
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    match page(items, query) {
+        Ok(p) => Json(p).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+fn one(c: &Control, kind: Kind, id: &str) -> Response {
+    match entities(&(c.current)(), kind)
+        .into_iter()
+        .find(|(i, _)| i == id)
+    {
+        Some((_, v)) => Json(v).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("no {} named {id:?}", kind.singular()),
+        ),
+    }
+}
+
+/// The list and get-one handlers of one entity kind, with their OpenAPI descriptions.
+macro_rules! entity_handlers {
+    ($list:ident, $one:ident, $kind:expr, $path:literal, $one_path:literal, $tag:literal, $id:literal) => {
+        #[utoipa::path(get, path = $path, tag = $tag,
+            params(
+                ("offset" = Option<usize>, Query, description = "Entities to skip (default 0)"),
+                ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000, description = "Page size, 1 to 1000 (default 100)"),
+            ),
+            responses(
+                (status = 200, description = "A page of entities; other query arguments filter on equal fields", body = Page),
+                (status = 400, description = "Bad pagination", body = ErrorBody),
+            ))]
+        async fn $list(
+            State(c): State<Shared>,
+            Query(q): Query<BTreeMap<String, String>>,
+        ) -> Response {
+            list(&c, $kind, &q)
+        }
+
+        #[utoipa::path(get, path = $one_path, tag = $tag,
+            params(("id" = String, Path, description = $id)),
+            responses(
+                (status = 200, description = "The entity, as in the YAML file", body = Object),
+                (status = 404, description = "No such entity", body = ErrorBody),
+            ))]
+        async fn $one(State(c): State<Shared>, Path(id): Path<String>) -> Response {
+            one(&c, $kind, &id)
+        }
+    };
+}
+
+entity_handlers!(
+    list_routes,
+    get_route,
+    Kind::Routes,
+    "/routes",
+    "/routes/{id}",
+    "routes",
+    "The route's name"
+);
+entity_handlers!(
+    list_services,
+    get_service,
+    Kind::Services,
+    "/services",
+    "/services/{id}",
+    "services",
+    "The service's name"
+);
+entity_handlers!(
+    list_upstreams,
+    get_upstream,
+    Kind::Upstreams,
+    "/upstreams",
+    "/upstreams/{id}",
+    "upstreams",
+    "The upstream's name"
+);
+entity_handlers!(
+    list_consumers,
+    get_consumer,
+    Kind::Consumers,
+    "/consumers",
+    "/consumers/{id}",
+    "consumers",
+    "The consumer's username"
+);
+entity_handlers!(
+    list_plugins,
+    get_plugin,
+    Kind::Plugins,
+    "/plugins",
+    "/plugins/{id}",
+    "plugins",
+    "The instance's kind and scope, e.g. `rate-limit:route=api` or `cors:global`"
+);
+
+#[derive(OpenApi)]
+#[openapi(info(
+    title = "Gatehouse admin API",
+    description = "The running gateway's config entities, status and metrics. Entities have the fields they have in the YAML file."
+))]
+struct ApiDoc;
+
+/// Writes while the file is the source of truth.
+async fn read_only() -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "the admin API is read-only while the gateway runs from a config file (DB-less mode): \
+         edit the file instead",
+    )
+}
+
+/// The admin API's router and OpenAPI spec.
+pub fn router(control: Arc<Control>) -> axum::Router {
+    let (router, spec) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(status))
+        .routes(routes!(metrics))
+        .routes(routes!(config))
+        .routes(routes!(list_routes))
+        .routes(routes!(get_route))
+        .routes(routes!(list_services))
+        .routes(routes!(get_service))
+        .routes(routes!(list_upstreams))
+        .routes(routes!(get_upstream))
+        .routes(routes!(list_consumers))
+        .routes(routes!(get_consumer))
+        .routes(routes!(list_plugins))
+        .routes(routes!(get_plugin))
+        .with_state(control)
+        .split_for_parts();
+    let spec_json = Arc::new(spec.clone());
+    router
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let spec = spec_json.clone();
+                async move { Json(spec.as_ref().clone()) }
+            }),
+        )
+        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/docs/openapi.json", spec))
+        .method_not_allowed_fallback(read_only)
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such admin endpoint") })
+}
+
+/// Serves the admin API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    control: Arc<Control>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(control))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Refuses admin addresses that are not loopback: without admin tokens (a later milestone)
+/// anyone who can reach the address could read the whole config.
+pub fn check_address(addr: SocketAddr) -> Result<(), String> {
+    if addr.ip().is_loopback() {
+        Ok(())
+    } else {
+        Err(format!(
+            "admin API on {addr}: a non-loopback address needs admin tokens, which this version \
+             cannot configure yet; use a loopback address such as 127.0.0.1:9180"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,65 @@
+//! The admin API's Prometheus metrics: a registry owned by the gateway (no global state, so
+//! tests each build their own), with the config revision and reload outcomes. The full data
+//! plane metric set comes with the observability milestone.
+
+use prometheus_client::encoding::{text::encode, EncodeLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    result: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub revision: Gauge,
+    reloads: Family<ReloadLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("gatehouse");
+        let revision = Gauge::default();
+        registry.register(
+            "config_revision",
+            "Revision of the config being served",
+            revision.clone(),
+        );
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Config reloads tried, by result (applied or rejected)",
+            reloads.clone(),
+        );
+        // Both series exist from the start, so alerts on `rejected` have a baseline.
+        for result in ["applied", "rejected"] {
+            drop(reloads.get_or_create(&ReloadLabels { result }));
+        }
+        Metrics {
+            registry,
+            revision,
+            reloads,
+        }
+    }
+
+    pub fn reload(&self, applied: bool) {
+        let result = if applied { "applied" } else { "rejected" };
+        self.reloads.get_or_create(&ReloadLabels { result }).inc();
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> Result<String, String> {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
