@@ -204,19 +204,7 @@ fn page(items: Vec<serde_json::Value>, query: &BTreeMap<String, String>) -> Resu
 /// A plugin instance's id: its kind and scope, which are unique together, e.g.
 /// `rate-limit:route=api` or `cors:global`.
 fn plugin_id(p: &gatehouse_model::PluginInstance) -> String {
-    let scope: Vec<String> = [
-        ("consumer", &p.consumer),
-        ("route", &p.route),
-        ("service", &p.service),
-    ]
-    .iter()
-    .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
-    .collect();
-    if scope.is_empty() {
-        format!("{}:global", p.name)
-    } else {
-        format!("{}:{}", p.name, scope.join(","))
-    }
+    format!("{}:{}", p.name, p.scope())
 }
 
 /// The entities of one kind, each with the id it is fetched by.

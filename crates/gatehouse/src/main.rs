@@ -1,7 +1,9 @@
 //! The `gatehouse` binary: `run` a gateway from a YAML file (hot-reloaded on change and on
 //! SIGHUP), `validate` a file, or start a `demo` with a built-in echo upstream.
 
+mod config_cmd;
 mod echo;
+mod explain;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -93,11 +95,50 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
+    /// Work with a running gateway's config through its admin API.
+    Config {
+        #[command(subcommand)]
+        what: ConfigCommand,
+        /// The admin API's URL.
+        #[arg(
+            long,
+            env = "GATEHOUSE_ADMIN",
+            default_value = "http://127.0.0.1:9180",
+            global = true
+        )]
+        admin: String,
+    },
+    /// Show what the gateway would do with a request: the route that matches, the plugins
+    /// that run in order with their scopes, the upstream path and targets. Nothing is sent.
+    Explain {
+        /// e.g. GET
+        method: String,
+        /// `http://HOST/PATH?QUERY`, or `/PATH?QUERY` (host from `-H 'Host: ...'`).
+        url: String,
+        /// Request headers, `Name: value` (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// Explain against this config file...
+        #[arg(short = 'c', long = "config", conflicts_with = "admin")]
+        config: Option<PathBuf>,
+        /// ...or against the config a running gateway serves (its admin API URL).
+        #[arg(long, env = "GATEHOUSE_ADMIN")]
+        admin: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the plugins this build knows, or print one plugin's config schema.
     Plugins {
         #[command(subcommand)]
         what: Option<PluginsCommand>,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the running config as YAML, ready for `gatehouse run -c`.
+    Export,
 }
 
 #[derive(Subcommand)]
@@ -122,6 +163,31 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate { config, redis } => return validate(&config, redis.as_deref()),
         Command::Plugins { what } => return plugins(what),
+        Command::Explain {
+            method,
+            url,
+            headers,
+            config,
+            admin,
+            json,
+        } => rt.block_on(async {
+            let config = match (config, admin) {
+                (Some(path), _) => load(&path, None).map_err(|e| anyhow::anyhow!("{e}"))?,
+                (None, Some(admin)) => config_cmd::fetch_config(&admin).await?,
+                (None, None) => anyhow::bail!("say which config: -c FILE or --admin URL"),
+            };
+            let text = explain::run(config, &method, &url, &headers, json)?;
+            print!("{text}");
+            Ok(())
+        }),
+        Command::Config {
+            what: ConfigCommand::Export,
+            admin,
+        } => rt.block_on(async {
+            let yaml = config_cmd::export(&admin).await?;
+            print!("{yaml}");
+            Ok(())
+        }),
         Command::Run {
             config,
             listen,

@@ -392,6 +392,26 @@ fn default_true() -> bool {
     true
 }
 
+impl PluginInstance {
+    /// The instance's scope as text, e.g. `route=api`, `consumer=a,route=api` or `global`:
+    /// with the kind it names the instance (one instance of a kind per scope).
+    pub fn scope(&self) -> String {
+        let parts: Vec<String> = [
+            ("consumer", &self.consumer),
+            ("route", &self.route),
+            ("service", &self.service),
+        ]
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
+        .collect();
+        if parts.is_empty() {
+            "global".into()
+        } else {
+            parts.join(",")
+        }
+    }
+}
+
 /// Parses YAML (JSON is YAML too) into a [`Config`] and validates it, reporting every problem
 /// found. Each list item is parsed on its own so that one bad route does not hide the others.
 pub fn parse_yaml(text: &str) -> Result<Config, ConfigErrors> {

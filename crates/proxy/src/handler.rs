@@ -12,8 +12,8 @@ use crate::Shared;
 use bytes::Bytes;
 use gatehouse_plugin_api::{Consumer, Flow, Hold, LogCtx, Plugin, RequestCtx, ResponseCtx};
 use gatehouse_runtime::plugins::Chain;
-use gatehouse_runtime::router::{cookie, query_arg, RequestView, RouteMatch};
-use gatehouse_runtime::snapshot::{HashSource, Piece, RouteEntry, ServiceEntry, Snapshot};
+use gatehouse_runtime::router::{cookie, query_arg, RequestView};
+use gatehouse_runtime::snapshot::{upstream_path, HashSource, RouteEntry, Snapshot};
 use gatehouse_runtime::upstream::{ConnectError, ProxyBody, Sender, TargetState};
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -561,51 +561,6 @@ fn prepare_for_target(
             req.headers_mut().remove(HOST);
         }
     }
-}
-
-/// The path (and query) to send upstream, or `None` when the client's can go as it is.
-fn upstream_path(
-    route: &RouteEntry,
-    service: &ServiceEntry,
-    m: &RouteMatch<'_, '_>,
-    view: &RequestView<'_>,
-    absolute_uri: bool,
-) -> Option<String> {
-    let path = view.path;
-    if route.rewrite.is_none()
-        && !route.strip_prefix
-        && service.path_prefix.is_empty()
-        && !absolute_uri
-    {
-        return None;
-    }
-    let mut out = String::with_capacity(service.path_prefix.len() + path.len() + 16);
-    out.push_str(&service.path_prefix);
-    let rest = path.get(m.matched_len..).unwrap_or("");
-    if let Some(pieces) = &route.rewrite {
-        for p in pieces {
-            match p {
-                Piece::Literal(s) => out.push_str(s),
-                Piece::Param(name) => out.push_str(m.param(name).unwrap_or("")),
-                Piece::Rest => out.push_str(rest.strip_prefix('/').unwrap_or(rest)),
-            }
-        }
-    } else if route.strip_prefix {
-        if !rest.starts_with('/') {
-            out.push('/');
-        }
-        out.push_str(rest);
-    } else {
-        out.push_str(path);
-    }
-    if out.is_empty() {
-        out.push('/');
-    }
-    if let Some(q) = view.query {
-        out.push('?');
-        out.push_str(q);
-    }
-    Some(out)
 }
 
 fn hash_key(source: &HashSource, view: &RequestView<'_>, info: &ConnInfo) -> Vec<u8> {

@@ -5,6 +5,7 @@ pub mod router;
 
 pub use router::{RequestView, RouteMatch, Router};
 pub mod balance;
+pub mod explain;
 pub mod plugins;
 pub mod snapshot;
 pub mod upstream;

@@ -17,6 +17,8 @@ pub struct ChainEntry {
     pub kind: &'static str,
     /// The instance for callers with no consumer-scoped one.
     pub default: Option<Arc<dyn Plugin>>,
+    /// Its index in the config's `plugins` (to name its scope, e.g. in `explain`).
+    pub default_index: Option<usize>,
     /// Consumer-scoped instances, by consumer index, sorted for binary search.
     pub consumers: Box<[(usize, Arc<dyn Plugin>)]>,
 }
@@ -49,23 +51,6 @@ struct Resolved<'a> {
     spec: &'a PluginInstance,
     kind: &'static dyn PluginKind,
     plugin: Arc<dyn Plugin>,
-}
-
-/// An instance's scope as text, e.g. `consumer=a,route=api` or `global`.
-fn scope_name(p: &PluginInstance) -> String {
-    let parts: Vec<String> = [
-        ("consumer", &p.consumer),
-        ("route", &p.route),
-        ("service", &p.service),
-    ]
-    .iter()
-    .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
-    .collect();
-    if parts.is_empty() {
-        "global".into()
-    } else {
-        parts.join(",")
-    }
 }
 
 /// How specific a scope is: consumer > route > service > global, combinations above their
@@ -122,7 +107,7 @@ pub fn build_instances(
             None => match kind.build(
                 &p.config,
                 &BuildEnv {
-                    scope: scope_name(p),
+                    scope: p.scope(),
                     ..env.clone()
                 },
             ) {
@@ -204,7 +189,7 @@ fn chain_for(
                 .collect();
             let best = |list: &mut dyn Iterator<Item = &&Resolved<'_>>| {
                 list.max_by_key(|b| (specificity(b.spec), std::cmp::Reverse(b.index)))
-                    .map(|b| b.plugin.clone())
+                    .map(|b| (b.index, b.plugin.clone()))
             };
             let default = best(&mut mine.iter().filter(|b| b.spec.consumer.is_none()));
             let mut per_consumer: Vec<(usize, Arc<dyn Plugin>)> = Vec::new();
@@ -214,13 +199,14 @@ fn chain_for(
                         .iter()
                         .filter(|b| b.spec.consumer.as_deref() == Some(*name)),
                 ) {
-                    per_consumer.push((ci, p));
+                    per_consumer.push((ci, p.1));
                 }
             }
             per_consumer.sort_by_key(|(c, _)| *c);
             ChainEntry {
                 kind: kind.name(),
-                default,
+                default_index: default.as_ref().map(|d| d.0),
+                default: default.map(|d| d.1),
                 consumers: per_consumer.into(),
             }
         })

@@ -4,7 +4,7 @@
 
 use crate::balance::{subset, Balancer};
 use crate::plugins::{build_instances, chains, Chain, Instances};
-use crate::router::Router;
+use crate::router::{RequestView, RouteMatch, Router};
 use crate::upstream::TargetState;
 use gatehouse_model::{
     parse_service_url, Config, ConfigError, HashOn, Keepalive, Timeouts, UpstreamProtocol,
@@ -375,6 +375,51 @@ pub fn parse_template(t: &str) -> Vec<Piece> {
         out.push(Piece::Literal(rest.into()));
     }
     out
+}
+
+/// The path (and query) to send upstream, or `None` when the client's can go as it is.
+pub fn upstream_path(
+    route: &RouteEntry,
+    service: &ServiceEntry,
+    m: &RouteMatch<'_, '_>,
+    view: &RequestView<'_>,
+    absolute_uri: bool,
+) -> Option<String> {
+    let path = view.path;
+    if route.rewrite.is_none()
+        && !route.strip_prefix
+        && service.path_prefix.is_empty()
+        && !absolute_uri
+    {
+        return None;
+    }
+    let mut out = String::with_capacity(service.path_prefix.len() + path.len() + 16);
+    out.push_str(&service.path_prefix);
+    let rest = path.get(m.matched_len..).unwrap_or("");
+    if let Some(pieces) = &route.rewrite {
+        for p in pieces {
+            match p {
+                Piece::Literal(s) => out.push_str(s),
+                Piece::Param(name) => out.push_str(m.param(name).unwrap_or("")),
+                Piece::Rest => out.push_str(rest.strip_prefix('/').unwrap_or(rest)),
+            }
+        }
+    } else if route.strip_prefix {
+        if !rest.starts_with('/') {
+            out.push('/');
+        }
+        out.push_str(rest);
+    } else {
+        out.push_str(path);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    if let Some(q) = view.query {
+        out.push('?');
+        out.push_str(q);
+    }
+    Some(out)
 }
 
 #[cfg(test)]
