@@ -1,0 +1,234 @@
+//! Config stores: SQLite (embedded default) and PostgreSQL (several nodes, one config), one
+//! code path through sqlx's `Any` driver. The store keeps revisions: each committed change is
+//! the whole config after it plus the audit record of the change (who, when, what, before and
+//! after), so history, diff and rollback need nothing else.
+
+use gatehouse_model::Config;
+use serde::Serialize;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    Unreachable(String),
+    #[error(
+        "the store at {url} was written by a newer gatehouse (its schema has migration {version}, \
+         which this version does not know); upgrade gatehouse, or point it at another store"
+    )]
+    TooNew { url: String, version: i64 },
+    #[error("revision {0} is not the latest any more: someone else committed first; retry")]
+    Conflict(i64),
+    #[error("store: {0}")]
+    Other(String),
+}
+
+fn other(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Other(e.to_string())
+}
+
+/// One committed change.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Revision {
+    pub id: i64,
+    /// Seconds since the Unix epoch.
+    pub created_at: i64,
+    pub author: String,
+    pub message: String,
+    /// `create`, `update`, `delete`, `apply`, `rollback`...
+    pub action: String,
+    /// What changed, e.g. `routes/api`, or `config` for a whole-config change.
+    pub entity: String,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+}
+
+/// What a writer records with a change.
+#[derive(Debug, Clone)]
+pub struct Change<'a> {
+    pub author: &'a str,
+    pub message: &'a str,
+    pub action: &'a str,
+    pub entity: &'a str,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+}
+
+pub struct Store {
+    pool: AnyPool,
+    url: String,
+}
+
+impl Store {
+    /// Opens (creating it for SQLite) the store at `url` (`sqlite://PATH` or
+    /// `postgres://...`) and brings its schema up to date.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let connect_url = if let Some(path) = url.strip_prefix("sqlite://") {
+            let path = std::path::Path::new(path.split('?').next().unwrap_or(path));
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Unreachable(format!("cannot create {}: {e}", dir.display()))
+                })?;
+            }
+            if url.contains('?') {
+                url.to_owned()
+            } else {
+                format!("{url}?mode=rwc")
+            }
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            url.to_owned()
+        } else {
+            return Err(StoreError::Other(format!(
+                "--store {url:?}: expected sqlite://PATH or postgres://..."
+            )));
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect(&connect_url)
+            .await
+            .map_err(|e| StoreError::Unreachable(format!("cannot open the store {url}: {e}")))?;
+        match MIGRATOR.run(&pool).await {
+            Ok(()) => {}
+            Err(sqlx::migrate::MigrateError::VersionMissing(version)) => {
+                return Err(StoreError::TooNew {
+                    url: url.to_owned(),
+                    version,
+                })
+            }
+            Err(e) => return Err(StoreError::Other(format!("migrating {url}: {e}"))),
+        }
+        Ok(Store {
+            pool,
+            url: url.to_owned(),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The latest revision's id and config; `(0, empty)` for a new store.
+    pub async fn latest(&self) -> Result<(i64, Config), StoreError> {
+        let row = sqlx::query("SELECT id, config FROM revisions ORDER BY id DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unreachable)?;
+        match row {
+            None => Ok((0, Config::default())),
+            Some(r) => Ok((r.try_get("id").map_err(other)?, config_of(&r)?)),
+        }
+    }
+
+    /// The latest revision id alone (cheap: for polling).
+    pub async fn latest_id(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COALESCE(MAX(id), 0) AS id FROM revisions")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unreachable)?;
+        row.try_get("id").map_err(other)
+    }
+
+    /// Commits `config` as the revision after `parent`, which must still be the latest.
+    pub async fn commit(
+        &self,
+        parent: i64,
+        config: &Config,
+        change: Change<'_>,
+    ) -> Result<i64, StoreError> {
+        let id = parent + 1;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let json = |v: &Option<serde_json::Value>| v.as_ref().map(|v| v.to_string());
+        let result = sqlx::query(
+            "INSERT INTO revisions (id, created_at, author, message, action, entity, before_json, \
+             after_json, config) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(change.author)
+        .bind(change.message)
+        .bind(change.action)
+        .bind(change.entity)
+        .bind(json(&change.before))
+        .bind(json(&change.after))
+        .bind(serde_json::to_string(config).map_err(other)?)
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(id),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(StoreError::Conflict(parent))
+            }
+            Err(e) => Err(unreachable(e)),
+        }
+    }
+
+    /// Revisions newest first, without their configs.
+    pub async fn revisions(
+        &self,
+        limit: i64,
+        before: Option<i64>,
+    ) -> Result<Vec<Revision>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, created_at, author, message, action, entity, before_json, after_json \
+             FROM revisions WHERE id < $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unreachable)?;
+        rows.iter().map(revision_of).collect()
+    }
+
+    /// One revision and the config it holds.
+    pub async fn revision(&self, id: i64) -> Result<Option<(Revision, Config)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, created_at, author, message, action, entity, before_json, after_json, \
+             config FROM revisions WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unreachable)?;
+        match row {
+            None => Ok(None),
+            Some(r) => Ok(Some((revision_of(&r)?, config_of(&r)?))),
+        }
+    }
+}
+
+fn unreachable(e: sqlx::Error) -> StoreError {
+    StoreError::Unreachable(e.to_string())
+}
+
+fn config_of(r: &AnyRow) -> Result<Config, StoreError> {
+    let text: String = r.try_get("config").map_err(other)?;
+    serde_json::from_str(&text).map_err(|e| other(format!("a stored config does not parse: {e}")))
+}
+
+fn revision_of(r: &AnyRow) -> Result<Revision, StoreError> {
+    let json = |col: &str| -> Result<Option<serde_json::Value>, StoreError> {
+        let text: Option<String> = r.try_get(col).map_err(other)?;
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+    };
+    Ok(Revision {
+        id: r.try_get("id").map_err(other)?,
+        created_at: r.try_get("created_at").map_err(other)?,
+        author: r.try_get("author").map_err(other)?,
+        message: r.try_get("message").map_err(other)?,
+        action: r.try_get("action").map_err(other)?,
+        entity: r.try_get("entity").map_err(other)?,
+        before: json("before_json")?,
+        after: json("after_json")?,
+    })
+}
+
+#[cfg(test)]
+mod tests;
