@@ -4,12 +4,13 @@
 //! read-only.
 
 mod metrics;
+mod write;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use gatehouse_model::Config;
+use gatehouse_model::{Config, ConfigError};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -22,10 +23,23 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 pub use metrics::Metrics;
 
 /// Where the running config comes from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Source {
-    /// DB-less mode: a YAML file, watched and reloaded.
+    /// DB-less mode: a YAML file, watched and reloaded; the API is read-only.
     File(std::path::PathBuf),
+    /// A store (SQLite or PostgreSQL): the API writes to it.
+    Store(Arc<gatehouse_store::Store>),
+}
+
+/// Every problem compiling a config would find; nothing is swapped.
+pub type Validate = Box<dyn Fn(&Config) -> Vec<ConfigError> + Send + Sync>;
+/// Compiles and swaps in a config, committed as the given revision.
+pub type Apply = Box<dyn Fn(Config, i64) -> Result<(), Vec<ConfigError>> + Send + Sync>;
+
+/// How the gateway checks and takes a new config (store mode).
+pub struct Live {
+    pub validate: Validate,
+    pub apply: Apply,
 }
 
 /// What the admin API reads from the running gateway, and what the gateway reports to it.
@@ -35,21 +49,52 @@ pub struct Control {
     revision: AtomicU64,
     /// The config being served (the last one that compiled).
     current: Box<dyn Fn() -> Config + Send + Sync>,
+    live: Option<Live>,
+    writes: tokio::sync::Mutex<()>,
     pub metrics: Metrics,
 }
 
 impl Control {
-    /// `current` reads the config being served; the revision starts at 1 for it.
+    /// File mode: `current` reads the config being served; the revision starts at 1 for it.
     pub fn new(source: Source, current: impl Fn() -> Config + Send + Sync + 'static) -> Self {
+        Control::build(source, current, None, 1)
+    }
+
+    /// Store mode: writes go through `live`; `revision` is the store's revision being served.
+    pub fn with_store(
+        store: Arc<gatehouse_store::Store>,
+        current: impl Fn() -> Config + Send + Sync + 'static,
+        live: Live,
+        revision: i64,
+    ) -> Self {
+        Control::build(Source::Store(store), current, Some(live), revision)
+    }
+
+    fn build(
+        source: Source,
+        current: impl Fn() -> Config + Send + Sync + 'static,
+        live: Option<Live>,
+        revision: i64,
+    ) -> Self {
         let metrics = Metrics::new();
-        metrics.revision.set(1);
+        metrics.revision.set(revision);
         Control {
             started: Instant::now(),
             source,
-            revision: AtomicU64::new(1),
+            revision: AtomicU64::new(revision.max(0) as u64),
             current: Box::new(current),
+            live,
+            writes: tokio::sync::Mutex::new(()),
             metrics,
         }
+    }
+
+    /// Store mode: revision `revision` is now served (written here or seen in the store).
+    pub fn serving(&self, revision: i64) {
+        self.revision
+            .store(revision.max(0) as u64, Ordering::Release);
+        self.metrics.revision.set(revision);
+        self.metrics.reload(true);
     }
 
     /// A reload was tried: applied (a new revision) or rejected (the old one keeps serving).
@@ -92,15 +137,16 @@ pub struct Status {
     /// Increases by one with every config that goes live.
     pub revision: u64,
     pub uptime_seconds: u64,
-    /// `file` (DB-less mode).
+    /// `file` (DB-less mode) or `store`.
     pub mode: &'static str,
     pub store: StoreStatus,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct StoreStatus {
+    /// `file`, `sqlite` or `postgres`.
     pub kind: &'static str,
-    /// For `file`: the config file's path.
+    /// The file's path, or the store's URL without credentials.
     pub location: String,
     pub healthy: bool,
 }
@@ -108,18 +154,43 @@ pub struct StoreStatus {
 #[utoipa::path(get, path = "/status", tag = "status",
     responses((status = 200, description = "Version, config revision, uptime and store health", body = Status)))]
 async fn status(State(c): State<Shared>) -> Json<Status> {
-    let Source::File(path) = &c.source;
+    let (mode, store) = match &c.source {
+        Source::File(path) => (
+            "file",
+            StoreStatus {
+                kind: "file",
+                location: path.display().to_string(),
+                healthy: true,
+            },
+        ),
+        Source::Store(s) => (
+            "store",
+            StoreStatus {
+                kind: if s.url().starts_with("sqlite:") {
+                    "sqlite"
+                } else {
+                    "postgres"
+                },
+                location: without_credentials(s.url()),
+                healthy: s.latest_id().await.is_ok(),
+            },
+        ),
+    };
     Json(Status {
         version: env!("CARGO_PKG_VERSION"),
         revision: c.revision(),
         uptime_seconds: c.started.elapsed().as_secs(),
-        mode: "file",
-        store: StoreStatus {
-            kind: "file",
-            location: path.display().to_string(),
-            healthy: true,
-        },
+        mode,
+        store,
     })
+}
+
+/// `postgres://user:secret@host/db` → `postgres://host/db`.
+fn without_credentials(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => format!("{scheme}://{}", &url[at + 1..]),
+        _ => url.to_owned(),
+    }
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "status",
@@ -203,7 +274,7 @@ fn page(items: Vec<serde_json::Value>, query: &BTreeMap<String, String>) -> Resu
 
 /// A plugin instance's id: its kind and scope, which are unique together, e.g.
 /// `rate-limit:route=api` or `cors:global`.
-fn plugin_id(p: &gatehouse_model::PluginInstance) -> String {
+pub(crate) fn plugin_id(p: &gatehouse_model::PluginInstance) -> String {
     format!("{}:{}", p.name, p.scope())
 }
 
@@ -248,6 +319,16 @@ enum Kind {
 }
 
 impl Kind {
+    fn plural(self) -> &'static str {
+        match self {
+            Kind::Routes => "routes",
+            Kind::Services => "services",
+            Kind::Upstreams => "upstreams",
+            Kind::Consumers => "consumers",
+            Kind::Plugins => "plugins",
+        }
+    }
+
     fn singular(self) -> &'static str {
         match self {
             Kind::Routes => "route",
@@ -285,7 +366,49 @@ fn one(c: &Control, kind: Kind, id: &str) -> Response {
 
 /// The list and get-one handlers of one entity kind, with their OpenAPI descriptions.
 macro_rules! entity_handlers {
-    ($list:ident, $one:ident, $kind:expr, $path:literal, $one_path:literal, $tag:literal, $id:literal) => {
+    ($list:ident, $one:ident, $create:ident, $put:ident, $delete:ident, $kind:expr, $path:literal, $one_path:literal, $tag:literal, $id:literal) => {
+        #[utoipa::path(post, path = $path, tag = $tag,
+            request_body(content = Object, description = "The entity, as one item of its list in the YAML file"),
+            responses(
+                (status = 201, description = "Created and live", body = Object),
+                (status = 400, description = "Invalid: `fields` names each problem by path", body = ErrorBody),
+                (status = 405, description = "Read-only (the gateway runs from a file)", body = ErrorBody),
+                (status = 409, description = "The name is taken, or another write won the race", body = ErrorBody),
+            ))]
+        async fn $create(State(c): State<Shared>, body: axum::body::Bytes) -> Response {
+            write::write(&c, $kind, write::Op::Create, &body, "admin-api").await
+        }
+
+        #[utoipa::path(put, path = $one_path, tag = $tag,
+            params(("id" = String, Path, description = $id)),
+            request_body(content = Object, description = "The entity; its name must be the path's"),
+            responses(
+                (status = 200, description = "Replaced and live", body = Object),
+                (status = 201, description = "Created and live", body = Object),
+                (status = 400, description = "Invalid: `fields` names each problem by path", body = ErrorBody),
+                (status = 405, description = "Read-only (the gateway runs from a file)", body = ErrorBody),
+                (status = 409, description = "Another write won the race", body = ErrorBody),
+            ))]
+        async fn $put(
+            State(c): State<Shared>,
+            Path(id): Path<String>,
+            body: axum::body::Bytes,
+        ) -> Response {
+            write::write(&c, $kind, write::Op::Put(id), &body, "admin-api").await
+        }
+
+        #[utoipa::path(delete, path = $one_path, tag = $tag,
+            params(("id" = String, Path, description = $id)),
+            responses(
+                (status = 204, description = "Deleted"),
+                (status = 404, description = "No such entity", body = ErrorBody),
+                (status = 405, description = "Read-only (the gateway runs from a file)", body = ErrorBody),
+                (status = 409, description = "Others still refer to it (`fields` says where)", body = ErrorBody),
+            ))]
+        async fn $delete(State(c): State<Shared>, Path(id): Path<String>) -> Response {
+            write::write(&c, $kind, write::Op::Delete(id), &[], "admin-api").await
+        }
+
         #[utoipa::path(get, path = $path, tag = $tag,
             params(
                 ("offset" = Option<usize>, Query, description = "Entities to skip (default 0)"),
@@ -317,6 +440,9 @@ macro_rules! entity_handlers {
 entity_handlers!(
     list_routes,
     get_route,
+    create_route,
+    put_route,
+    delete_route,
     Kind::Routes,
     "/routes",
     "/routes/{id}",
@@ -326,6 +452,9 @@ entity_handlers!(
 entity_handlers!(
     list_services,
     get_service,
+    create_service,
+    put_service,
+    delete_service,
     Kind::Services,
     "/services",
     "/services/{id}",
@@ -335,6 +464,9 @@ entity_handlers!(
 entity_handlers!(
     list_upstreams,
     get_upstream,
+    create_upstream,
+    put_upstream,
+    delete_upstream,
     Kind::Upstreams,
     "/upstreams",
     "/upstreams/{id}",
@@ -344,6 +476,9 @@ entity_handlers!(
 entity_handlers!(
     list_consumers,
     get_consumer,
+    create_consumer,
+    put_consumer,
+    delete_consumer,
     Kind::Consumers,
     "/consumers",
     "/consumers/{id}",
@@ -353,6 +488,9 @@ entity_handlers!(
 entity_handlers!(
     list_plugins,
     get_plugin,
+    create_plugin,
+    put_plugin,
+    delete_plugin,
     Kind::Plugins,
     "/plugins",
     "/plugins/{id}",
@@ -368,7 +506,7 @@ entity_handlers!(
 struct ApiDoc;
 
 /// Writes while the file is the source of truth.
-async fn read_only() -> Response {
+pub(crate) async fn read_only() -> Response {
     error(
         StatusCode::METHOD_NOT_ALLOWED,
         "the admin API is read-only while the gateway runs from a config file (DB-less mode): \
@@ -382,16 +520,16 @@ pub fn router(control: Arc<Control>) -> axum::Router {
         .routes(routes!(status))
         .routes(routes!(metrics))
         .routes(routes!(config))
-        .routes(routes!(list_routes))
-        .routes(routes!(get_route))
-        .routes(routes!(list_services))
-        .routes(routes!(get_service))
-        .routes(routes!(list_upstreams))
-        .routes(routes!(get_upstream))
-        .routes(routes!(list_consumers))
-        .routes(routes!(get_consumer))
-        .routes(routes!(list_plugins))
-        .routes(routes!(get_plugin))
+        .routes(routes!(list_routes, create_route))
+        .routes(routes!(get_route, put_route, delete_route))
+        .routes(routes!(list_services, create_service))
+        .routes(routes!(get_service, put_service, delete_service))
+        .routes(routes!(list_upstreams, create_upstream))
+        .routes(routes!(get_upstream, put_upstream, delete_upstream))
+        .routes(routes!(list_consumers, create_consumer))
+        .routes(routes!(get_consumer, put_consumer, delete_consumer))
+        .routes(routes!(list_plugins, create_plugin))
+        .routes(routes!(get_plugin, put_plugin, delete_plugin))
         .with_state(control)
         .split_for_parts();
     let spec_json = Arc::new(spec.clone());

@@ -4,6 +4,7 @@
 mod config_cmd;
 mod echo;
 mod explain;
+mod store_mode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -58,12 +59,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway from a YAML config file (DB-less mode). The file is watched: a valid
-    /// change is applied within a second, an invalid one is logged and ignored. SIGHUP reloads.
+    /// Run the gateway. With `-c FILE` (DB-less mode) the file is watched: a valid change is
+    /// applied within a second, an invalid one is logged and ignored; SIGHUP reloads. Without
+    /// it, config lives in a store (`--store`, default sqlite://./gatehouse-data/gatehouse.db)
+    /// and is changed through the admin API.
     Run {
-        /// The config file.
-        #[arg(short = 'c', long = "config")]
-        config: PathBuf,
+        /// The config file (DB-less mode).
+        #[arg(short = 'c', long = "config", conflicts_with = "store")]
+        config: Option<PathBuf>,
+        /// The config store: sqlite://PATH or postgres://...
+        #[arg(long, env = "GATEHOUSE_STORE")]
+        store: Option<String>,
         /// Listen on these addresses instead of the file's `listen` (repeatable).
         #[arg(long)]
         listen: Vec<SocketAddr>,
@@ -189,13 +195,33 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Command::Run {
-            config,
+            config: Some(config),
             listen,
             workers,
             node_index,
             redis,
             admin,
+            ..
         } => rt.block_on(run(config, listen, workers, node_index, redis, admin)),
+        Command::Run {
+            config: None,
+            store,
+            listen,
+            workers,
+            node_index,
+            redis,
+            admin,
+        } => {
+            let url = store.unwrap_or_else(|| DEFAULT_STORE.to_owned());
+            let node = NodeFlags {
+                listen,
+                workers,
+                node_index,
+                redis,
+                admin,
+            };
+            rt.block_on(store_mode::run(url, node))
+        }
         Command::Demo { listen } => rt.block_on(demo(listen)),
     };
     match result {
@@ -217,6 +243,17 @@ fn init_logging() {
         .init();
 }
 
+const DEFAULT_STORE: &str = "sqlite://./gatehouse-data/gatehouse.db";
+
+/// Node settings from the command line (store mode has no file to hold them).
+pub struct NodeFlags {
+    pub listen: Vec<SocketAddr>,
+    pub workers: Option<usize>,
+    pub node_index: Option<u32>,
+    pub redis: Option<String>,
+    pub admin: Option<SocketAddr>,
+}
+
 fn load(path: &Path, redis: Option<&str>) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![gatehouse_model::ConfigError::new(
@@ -227,7 +264,11 @@ fn load(path: &Path, redis: Option<&str>) -> Result<Config, ConfigErrors> {
     parse_config_for_node(&text, redis)
 }
 
-fn node_context(config: &Config, workers: Option<usize>, node_index: Option<u32>) -> NodeContext {
+pub(crate) fn node_context(
+    config: &Config,
+    workers: Option<usize>,
+    node_index: Option<u32>,
+) -> NodeContext {
     NodeContext {
         workers: workers
             .or(config.node.workers)

@@ -38,6 +38,28 @@ pub struct StartOptions {
 }
 
 /// A running gateway.
+impl Shared {
+    /// Compiles `config` next to the serving snapshot (lending it pools and plugin state) and
+    /// swaps it in; on error nothing changes.
+    pub fn reload(&self, config: Config) -> Result<(), Vec<ConfigError>> {
+        let current = self.snapshot.load();
+        if config.listen != current.config.listen {
+            tracing::warn!("listen addresses changed; they take effect on restart");
+        }
+        let next = Snapshot::compile(config, Some(&current), self.node)?;
+        self.snapshot.store(Arc::new(next));
+        Ok(())
+    }
+
+    /// Every problem compiling `config` would find, without swapping anything.
+    pub fn check(&self, config: Config) -> Vec<ConfigError> {
+        let current = self.snapshot.load();
+        Snapshot::compile(config, Some(&current), self.node)
+            .err()
+            .unwrap_or_default()
+    }
+}
+
 pub struct Gateway {
     shared: Arc<Shared>,
     addrs: Vec<SocketAddr>,
@@ -131,13 +153,7 @@ impl Gateway {
     /// Applies a new config: compiles it against the current snapshot (keeping pools and
     /// state of targets that stay) and swaps it in. On error the current config keeps serving.
     pub fn reload(&self, config: Config) -> Result<(), Vec<ConfigError>> {
-        let current = self.shared.snapshot.load();
-        if config.listen != current.config.listen {
-            tracing::warn!("listen addresses changed; they take effect on restart");
-        }
-        let next = Snapshot::compile(config, Some(&current), self.shared.node)?;
-        self.shared.snapshot.store(Arc::new(next));
-        Ok(())
+        self.shared.reload(config)
     }
 
     /// Stops accepting, lets in-flight requests finish for up to the configured drain

@@ -232,3 +232,6 @@ fn revision_of(r: &AnyRow) -> Result<Revision, StoreError> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support;

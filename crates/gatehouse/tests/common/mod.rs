@@ -269,6 +269,26 @@ impl Client {
         })
     }
 
+    /// A request with an owned body (e.g. JSON for the admin API).
+    pub async fn send(&mut self, method: &str, path: &str, body: String) -> Reply {
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", self.addr.to_string())
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .expect("request");
+        self.sender.ready().await.expect("ready");
+        let resp = self.sender.send_request(req).await.expect("response");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        Reply {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        }
+    }
+
     /// Sends a GET and returns the status once the head arrives, leaving the body unread and
     /// the exchange open until the client is dropped.
     pub async fn head_only(&mut self, path: &str) -> u16 {

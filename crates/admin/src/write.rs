@@ -1,0 +1,260 @@
+//! Admin writes in store mode: create, replace and delete entities. Every write goes the way
+//! a file reload goes (validate → compile → swap) and is committed as a store revision in
+//! between, so an invalid write changes nothing and a committed one is what runs.
+
+use crate::{error, Control, Kind, Source};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use gatehouse_model::{Config, ConfigError};
+use gatehouse_store::{Change, StoreError};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// What a write does to one entity.
+pub(crate) enum Op {
+    /// POST: the entity must not exist yet.
+    Create,
+    /// PUT /kind/{id}: create or replace.
+    Put(String),
+    Delete(String),
+}
+
+/// An answer that ends a write early (boxed: a `Response` is large).
+type Rejected = Box<Response>;
+
+/// An entity's id, and what it was before and is after a change.
+type Before<T> = (String, Option<T>, Option<T>);
+
+/// The error body with per-field problems.
+fn invalid(status: StatusCode, message: String, fields: BTreeMap<String, String>) -> Response {
+    (
+        status,
+        Json(crate::ErrorBody {
+            error: message,
+            fields,
+        }),
+    )
+        .into_response()
+}
+
+/// Parses `body` as one entity, naming the field that is wrong (`routes.paths[0]`).
+fn parse<T: DeserializeOwned>(kind: Kind, body: &[u8]) -> Result<T, Rejected> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let key = if path == "." {
+            kind.plural().to_string()
+        } else {
+            format!("{}.{path}", kind.plural())
+        };
+        let mut fields = BTreeMap::new();
+        fields.insert(key, e.inner().to_string());
+        Box::new(invalid(
+            StatusCode::BAD_REQUEST,
+            format!("invalid {}", kind.singular()),
+            fields,
+        ))
+    })
+}
+
+/// Applies `op` to `list`: returns what the entity was before and is after.
+fn change_list<T: DeserializeOwned + Serialize + Clone>(
+    kind: Kind,
+    list: &mut Vec<T>,
+    id_of: impl Fn(&T) -> String,
+    op: &Op,
+    body: &[u8],
+) -> Result<Before<T>, Rejected> {
+    let position = |list: &Vec<T>, id: &str| list.iter().position(|x| id_of(x) == id);
+    match op {
+        Op::Delete(id) => match position(list, id) {
+            Some(i) => Ok((id.clone(), Some(list.remove(i)), None)),
+            None => Err(Box::new(error(
+                StatusCode::NOT_FOUND,
+                format!("no {} named {id:?}", kind.singular()),
+            ))),
+        },
+        Op::Create => {
+            let item: T = parse(kind, body)?;
+            let id = id_of(&item);
+            if position(list, &id).is_some() {
+                return Err(Box::new(error(
+                    StatusCode::CONFLICT,
+                    format!("a {} named {id:?} already exists", kind.singular()),
+                )));
+            }
+            list.push(item.clone());
+            Ok((id, None, Some(item)))
+        }
+        Op::Put(id) => {
+            let item: T = parse(kind, body)?;
+            if id_of(&item) != *id {
+                return Err(Box::new(error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "the body names {} {:?}, the path {id:?}",
+                        kind.singular(),
+                        id_of(&item)
+                    ),
+                )));
+            }
+            match position(list, id) {
+                Some(i) => {
+                    let before = std::mem::replace(&mut list[i], item.clone());
+                    Ok((id.clone(), Some(before), Some(item)))
+                }
+                None => {
+                    list.push(item.clone());
+                    Ok((id.clone(), None, Some(item)))
+                }
+            }
+        }
+    }
+}
+
+type Changed = (String, Option<serde_json::Value>, Option<serde_json::Value>);
+
+fn apply_op(config: &mut Config, kind: Kind, op: &Op, body: &[u8]) -> Result<Changed, Rejected> {
+    fn json<T: Serialize>(r: (String, Option<T>, Option<T>)) -> Changed {
+        let v = |x: Option<T>| x.and_then(|x| serde_json::to_value(x).ok());
+        (r.0, v(r.1), v(r.2))
+    }
+    Ok(match kind {
+        Kind::Routes => json(change_list(
+            kind,
+            &mut config.routes,
+            |r| r.name.clone(),
+            op,
+            body,
+        )?),
+        Kind::Services => json(change_list(
+            kind,
+            &mut config.services,
+            |s| s.name.clone(),
+            op,
+            body,
+        )?),
+        Kind::Upstreams => json(change_list(
+            kind,
+            &mut config.upstreams,
+            |u| u.name.clone(),
+            op,
+            body,
+        )?),
+        Kind::Consumers => json(change_list(
+            kind,
+            &mut config.consumers,
+            |c| c.username.clone(),
+            op,
+            body,
+        )?),
+        Kind::Plugins => json(change_list(
+            kind,
+            &mut config.plugins,
+            crate::plugin_id,
+            op,
+            body,
+        )?),
+    })
+}
+
+/// Runs one write: in a store, validated, committed, then live.
+pub(crate) async fn write(c: &Control, kind: Kind, op: Op, body: &[u8], who: &str) -> Response {
+    let Source::Store(store) = &c.source else {
+        return crate::read_only().await;
+    };
+    let Some(live) = &c.live else {
+        return crate::read_only().await;
+    };
+    // One write at a time on this node; the store's revision check covers other nodes.
+    let _serial = c.writes.lock().await;
+    let (parent, mut config) = match store.latest().await {
+        Ok(x) => x,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let (id, before, after) = match apply_op(&mut config, kind, &op, body) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let errors = (live.validate)(&config);
+    if !errors.is_empty() {
+        // Problems of the entity written are named relative to it (`routes.paths[0]`);
+        // others (a route left pointing at a deleted service) keep their full path.
+        let index = entity_index(&config, kind, &id);
+        let status = if matches!(op, Op::Delete(_)) {
+            // Deleting something others point at.
+            StatusCode::CONFLICT
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        return invalid(
+            status,
+            format!("the change to {} {id:?} does not validate", kind.singular()),
+            fields_of(&errors, kind, index),
+        );
+    }
+    let action = match (&before, &after) {
+        (None, Some(_)) => "create",
+        (Some(_), Some(_)) => "update",
+        _ => "delete",
+    };
+    let entity = format!("{}/{id}", kind.plural());
+    let message = format!("{action} {entity}");
+    let change = Change {
+        author: who,
+        message: &message,
+        action,
+        entity: &entity,
+        before,
+        after: after.clone(),
+    };
+    let revision = match store.commit(parent, &config, change).await {
+        Ok(r) => r,
+        Err(e @ StoreError::Conflict(_)) => return error(StatusCode::CONFLICT, e.to_string()),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    match (live.apply)(config, revision) {
+        Ok(()) => c.serving(revision),
+        // Validated above, so this is a bug, not bad input: say so loudly.
+        Err(errors) => tracing::error!(revision, ?errors, "a committed revision did not compile"),
+    }
+    let status = if action == "create" {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    match after {
+        Some(v) => (status, Json(v)).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    }
+}
+
+/// Where the entity `id` of `kind` sits in its list.
+fn entity_index(config: &Config, kind: Kind, id: &str) -> Option<usize> {
+    match kind {
+        Kind::Routes => config.routes.iter().position(|r| r.name == id),
+        Kind::Services => config.services.iter().position(|s| s.name == id),
+        Kind::Upstreams => config.upstreams.iter().position(|u| u.name == id),
+        Kind::Consumers => config.consumers.iter().position(|c| c.username == id),
+        Kind::Plugins => config
+            .plugins
+            .iter()
+            .position(|p| crate::plugin_id(p) == id),
+    }
+}
+
+fn fields_of(errors: &[ConfigError], kind: Kind, index: Option<usize>) -> BTreeMap<String, String> {
+    let own = index.map(|i| format!("{}[{i}]", kind.plural()));
+    errors
+        .iter()
+        .map(|e| {
+            let path = match own.as_deref().and_then(|p| e.path.strip_prefix(p)) {
+                Some(rest) => format!("{}{rest}", kind.plural()),
+                None => e.path.clone(),
+            };
+            (path, e.message.clone())
+        })
+        .collect()
+}

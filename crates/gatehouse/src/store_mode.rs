@@ -1,0 +1,132 @@
+//! `gatehouse run` without a file: config comes from a store (SQLite by default, PostgreSQL
+//! for several nodes) and changes through the admin API. Node settings come from flags. Each
+//! node checks the store's revision every second, so a change made through any node is live
+//! on every node within about a second.
+
+use crate::{node_context, NodeFlags};
+use anyhow::Context;
+use gatehouse_admin::{Control, Live};
+use gatehouse_model::Config;
+use gatehouse_proxy::{Gateway, Shared, StartOptions};
+use gatehouse_store::Store;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// How often a node asks the store for a newer revision.
+const POLL: Duration = Duration::from_secs(1);
+
+/// The stored entities with this node's settings: a store holds no node settings.
+fn for_node(mut config: Config, flags: &NodeFlags) -> Config {
+    config.listen.clear();
+    config.admin = None;
+    config.redis = flags.redis.clone();
+    config
+}
+
+pub async fn run(url: String, flags: NodeFlags) -> anyhow::Result<()> {
+    let admin_addr = flags
+        .admin
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9180)));
+    gatehouse_admin::check_address(admin_addr).map_err(|e| anyhow::anyhow!(e))?;
+    let store = Arc::new(Store::open(&url).await?);
+    let (revision, stored) = store.latest().await?;
+    let config = for_node(stored, &flags);
+    let node = node_context(&config, flags.workers, flags.node_index);
+    let listen = if flags.listen.is_empty() {
+        vec![SocketAddr::from(([0, 0, 0, 0], 8080))]
+    } else {
+        flags.listen.clone()
+    };
+    let opts = StartOptions {
+        listen,
+        workers: node.workers,
+        node_index: node.node_index,
+    };
+    let gateway = Gateway::start(config, &opts)
+        .with_context(|| format!("the config in {url} (revision {revision}) does not start"))?;
+    let flags = Arc::new(flags);
+    let shared = gateway.shared().clone();
+    let live = Live {
+        validate: {
+            let (shared, flags) = (shared.clone(), flags.clone());
+            Box::new(move |c: &Config| shared.check(for_node(c.clone(), &flags)))
+        },
+        apply: {
+            let (shared, flags) = (shared.clone(), flags.clone());
+            Box::new(move |c: Config, _revision| shared.reload(for_node(c, &flags)))
+        },
+    };
+    let current = {
+        let shared = shared.clone();
+        move || shared.snapshot.load().config.clone()
+    };
+    let control = Arc::new(Control::with_store(store.clone(), current, live, revision));
+    let admin_listener = tokio::net::TcpListener::bind(admin_addr)
+        .await
+        .with_context(|| format!("cannot listen for the admin API on {admin_addr}"))?;
+    tracing::info!(address = %admin_listener.local_addr()?, "admin API listening");
+    let admin_task = tokio::spawn(gatehouse_admin::serve(
+        admin_listener,
+        control.clone(),
+        std::future::pending(),
+    ));
+    for a in gateway.addrs() {
+        tracing::info!(address = %a, workers = node.workers, store = %url, revision, "gatehouse listening");
+    }
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut poll = tokio::time::interval(POLL);
+    let mut rejected = 0;
+    loop {
+        tokio::select! {
+            _ = poll.tick() => follow(&store, &shared, &control, &flags, &mut rejected).await,
+            _ = hup.recv() => follow(&store, &shared, &control, &flags, &mut rejected).await,
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    admin_task.abort();
+    tracing::info!("shutting down: draining in-flight requests");
+    gateway.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Takes a newer revision from the store, if there is one (written by another node). A store
+/// that cannot be reached keeps the node serving what it has.
+async fn follow(
+    store: &Store,
+    shared: &Shared,
+    control: &Control,
+    flags: &NodeFlags,
+    rejected: &mut i64,
+) {
+    let served = control.revision() as i64;
+    match store.latest_id().await {
+        // A revision this node rejected is not retried until a newer one comes.
+        Ok(latest) if latest > served && latest != *rejected => match store.latest().await {
+            Ok((revision, config)) => match shared.reload(for_node(config, flags)) {
+                Ok(()) => {
+                    control.serving(revision);
+                    tracing::info!(revision, "configuration reloaded from the store");
+                }
+                Err(errors) => {
+                    *rejected = revision;
+                    control.metrics.reload(false);
+                    for e in &errors {
+                        tracing::error!(
+                            revision,
+                            "stored revision rejected, previous one still serving: {e}"
+                        );
+                    }
+                }
+            },
+            Err(e) => tracing::warn!(error = %e, "cannot read the store; still serving"),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot reach the store; still serving"),
+    }
+}
