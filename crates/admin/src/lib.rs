@@ -4,6 +4,7 @@
 //! read-only.
 
 mod metrics;
+mod revisions;
 mod write;
 
 use axum::extract::{Path, Query, State};
@@ -111,7 +112,7 @@ impl Control {
     }
 }
 
-type Shared = Arc<Control>;
+pub(crate) type Shared = Arc<Control>;
 
 /// The error body of every failed admin call.
 #[derive(Debug, Serialize, ToSchema)]
@@ -530,6 +531,10 @@ pub fn router(control: Arc<Control>) -> axum::Router {
         .routes(routes!(get_consumer, put_consumer, delete_consumer))
         .routes(routes!(list_plugins, create_plugin))
         .routes(routes!(get_plugin, put_plugin, delete_plugin))
+        .routes(routes!(revisions::list))
+        .routes(routes!(revisions::audit))
+        .routes(routes!(revisions::one))
+        .routes(routes!(revisions::rollback))
         .with_state(control)
         .split_for_parts();
     let spec_json = Arc::new(spec.clone());

@@ -145,6 +145,13 @@ enum Command {
 enum ConfigCommand {
     /// Print the running config as YAML, ready for `gatehouse run -c`.
     Export,
+    /// List the store's revisions, newest first (store mode).
+    History {
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Make an earlier revision's config live again, as a new revision (store mode).
+    Rollback { revision: i64 },
 }
 
 #[derive(Subcommand)]
@@ -186,12 +193,17 @@ fn main() -> ExitCode {
             print!("{text}");
             Ok(())
         }),
-        Command::Config {
-            what: ConfigCommand::Export,
-            admin,
-        } => rt.block_on(async {
-            let yaml = config_cmd::export(&admin).await?;
-            print!("{yaml}");
+        Command::Config { what, admin } => rt.block_on(async {
+            match what {
+                ConfigCommand::Export => print!("{}", config_cmd::export(&admin).await?),
+                ConfigCommand::History { limit } => {
+                    print!("{}", config_cmd::history(&admin, limit).await?)
+                }
+                ConfigCommand::Rollback { revision } => {
+                    let new = config_cmd::rollback(&admin, revision).await?;
+                    println!("revision {revision}'s config is live again as revision {new}");
+                }
+            }
             Ok(())
         }),
         Command::Run {

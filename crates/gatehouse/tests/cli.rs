@@ -813,3 +813,62 @@ async fn two_nodes_on_one_postgres_see_each_others_writes_within_a_second() {
     drop((a, b));
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_audit_and_rollback_round_trip_in_store_mode() {
+    let o = Origin::start("a").await;
+    let dir = temp_dir("rollback");
+    let (gw, addr) = Running::start_store(&format!("sqlite://{}/g.db", dir.display()));
+    let admin = gw.admin_addr();
+    create_app(admin, o.addr).await; // revisions 1-3
+    let mut c = Client::connect(admin).await;
+    let r = c.send("DELETE", "/routes/r", String::new()).await; // revision 4
+    assert_eq!(r.status, 204);
+    assert_eq!(get(addr, "/app/x").await.status, 404);
+
+    // The audit log says who did what, with the entity before and after.
+    let audit = get(admin, "/audit?entity=routes/r").await.json();
+    let audit = audit.as_array().unwrap();
+    assert_eq!(audit.len(), 2, "{audit:?}");
+    assert_eq!(
+        (audit[0]["action"].as_str(), audit[0]["id"].as_i64()),
+        (Some("delete"), Some(4))
+    );
+    assert_eq!(audit[0]["before"]["paths"][0], "/app/*");
+    assert!(audit[0]["after"].is_null());
+    assert_eq!(audit[1]["author"], "admin-api");
+
+    let cli = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["config"])
+            .args(args)
+            .args(["--admin", &format!("http://{admin}")])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let history = cli(&["history"]);
+    let lines: Vec<&str> = history.lines().collect();
+    assert_eq!(lines.len(), 5, "{history}");
+    assert!(
+        lines[1].trim_start().starts_with("4 ") && lines[1].contains("delete"),
+        "{history}"
+    );
+    assert!(lines[1].contains("routes/r"), "{history}");
+
+    // Back to revision 3: the route is live again, as revision 5.
+    let said = cli(&["rollback", "3"]);
+    assert!(said.contains("live again as revision 5"), "{said}");
+    assert_eq!(get(addr, "/app/x").await.status, 200);
+    assert_eq!(get(admin, "/status").await.json()["revision"], 5);
+    let r = Client::connect(admin)
+        .await
+        .send("POST", "/revisions/99/rollback", String::new())
+        .await;
+    assert_eq!(r.status, 404);
+}

@@ -31,7 +31,7 @@ fn other(e: impl std::fmt::Display) -> StoreError {
 }
 
 /// One committed change.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Revision {
     pub id: i64,
     /// Seconds since the Unix epoch.
