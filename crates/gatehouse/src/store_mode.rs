@@ -1,7 +1,7 @@
 //! `gatehouse run` without a file: config comes from a store (SQLite by default, PostgreSQL
-//! for several nodes) and changes through the admin API. Node settings come from flags. Each
-//! node checks the store's revision every second, so a change made through any node is live
-//! on every node within about a second.
+//! for several nodes) and changes through the admin API. Node settings come from flags. With
+//! PostgreSQL, nodes hear of a new revision at once (LISTEN/NOTIFY); every node also checks
+//! the store's revision every second, as a safety net for lost notifications.
 
 use crate::{node_context, NodeFlags};
 use anyhow::Context;
@@ -80,8 +80,17 @@ pub async fn run(url: String, flags: NodeFlags) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut poll = tokio::time::interval(POLL);
     let mut rejected = 0;
+    // PostgreSQL announces new revisions at once; the poll is the safety net.
+    let mut changes = store.changes();
     loop {
+        let announced = async {
+            match &mut changes {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            Some(_) = announced => follow(&store, &shared, &control, &flags, &mut rejected).await,
             _ = poll.tick() => follow(&store, &shared, &control, &flags, &mut rejected).await,
             _ = hup.recv() => follow(&store, &shared, &control, &flags, &mut rejected).await,
             _ = term.recv() => break,

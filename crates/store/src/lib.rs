@@ -60,7 +60,11 @@ pub struct Change<'a> {
 pub struct Store {
     pool: AnyPool,
     url: String,
+    postgres: bool,
 }
+
+/// The PostgreSQL channel that announces each new revision (payload: its id).
+const CHANNEL: &str = "gatehouse_config";
 
 impl Store {
     /// Opens (creating it for SQLite) the store at `url` (`sqlite://PATH` or
@@ -105,6 +109,7 @@ impl Store {
         Ok(Store {
             pool,
             url: url.to_owned(),
+            postgres: !url.starts_with("sqlite://"),
         })
     }
 
@@ -161,12 +166,48 @@ impl Store {
         .execute(&self.pool)
         .await;
         match result {
-            Ok(_) => Ok(id),
+            Ok(_) => {
+                if self.postgres {
+                    // Other nodes hear of it at once; if this is lost, their poll finds it.
+                    let notify = sqlx::query("SELECT pg_notify($1, $2)")
+                        .bind(CHANNEL)
+                        .bind(id.to_string())
+                        .execute(&self.pool)
+                        .await;
+                    if let Err(e) = notify {
+                        tracing::warn!(error = %e, revision = id, "cannot announce the revision");
+                    }
+                }
+                Ok(id)
+            }
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                 Err(StoreError::Conflict(parent))
             }
             Err(e) => Err(unreachable(e)),
         }
+    }
+
+    /// PostgreSQL: revision ids as other nodes commit them (LISTEN/NOTIFY), reconnecting by
+    /// itself. None for SQLite, whose only writer is this node.
+    pub fn changes(&self) -> Option<tokio::sync::mpsc::Receiver<i64>> {
+        if !self.postgres {
+            return None;
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let url = self.url.clone();
+        tokio::spawn(async move {
+            loop {
+                match listen(&url, &tx).await {
+                    // The receiver is gone: the node stopped following.
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "store notifications lost; retrying (the poll covers the gap)");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        Some(rx)
     }
 
     /// Revisions newest first, without their configs.
@@ -200,6 +241,20 @@ impl Store {
         match row {
             None => Ok(None),
             Some(r) => Ok(Some((revision_of(&r)?, config_of(&r)?))),
+        }
+    }
+}
+
+/// Forwards notifications until the receiver goes away (Ok) or the connection fails (Err).
+async fn listen(url: &str, tx: &tokio::sync::mpsc::Sender<i64>) -> Result<(), sqlx::Error> {
+    let mut listener = sqlx::postgres::PgListener::connect(url).await?;
+    listener.listen(CHANNEL).await?;
+    loop {
+        let n = listener.recv().await?;
+        if let Ok(id) = n.payload().parse::<i64>() {
+            if tx.send(id).await.is_err() {
+                return Ok(());
+            }
         }
     }
 }
