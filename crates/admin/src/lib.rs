@@ -52,6 +52,8 @@ pub struct Control {
     current: Box<dyn Fn() -> Config + Send + Sync>,
     live: Option<Live>,
     writes: tokio::sync::Mutex<()>,
+    /// Serving the on-disk last-known-good snapshot: the store could not be read at start.
+    from_snapshot: std::sync::atomic::AtomicBool,
     pub metrics: Metrics,
 }
 
@@ -86,8 +88,14 @@ impl Control {
             current: Box::new(current),
             live,
             writes: tokio::sync::Mutex::new(()),
+            from_snapshot: std::sync::atomic::AtomicBool::new(false),
             metrics,
         }
+    }
+
+    /// Whether the node serves its last-known-good snapshot instead of what the store holds.
+    pub fn set_from_snapshot(&self, yes: bool) {
+        self.from_snapshot.store(yes, Ordering::Release);
     }
 
     /// Store mode: revision `revision` is now served (written here or seen in the store).
@@ -150,6 +158,9 @@ pub struct StoreStatus {
     /// The file's path, or the store's URL without credentials.
     pub location: String,
     pub healthy: bool,
+    /// True while the node serves its on-disk last-known-good snapshot because the store
+    /// could not be read when it started.
+    pub from_snapshot: bool,
 }
 
 #[utoipa::path(get, path = "/status", tag = "status",
@@ -162,6 +173,7 @@ async fn status(State(c): State<Shared>) -> Json<Status> {
                 kind: "file",
                 location: path.display().to_string(),
                 healthy: true,
+                from_snapshot: false,
             },
         ),
         Source::Store(s) => (
@@ -174,6 +186,7 @@ async fn status(State(c): State<Shared>) -> Json<Status> {
                 },
                 location: without_credentials(s.url()),
                 healthy: s.latest_id().await.is_ok(),
+                from_snapshot: c.from_snapshot.load(Ordering::Acquire),
             },
         ),
     };

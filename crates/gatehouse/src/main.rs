@@ -70,6 +70,9 @@ enum Command {
         /// The config store: sqlite://PATH or postgres://...
         #[arg(long, env = "GATEHOUSE_STORE")]
         store: Option<String>,
+        /// Store mode: where this node keeps its last-known-good config snapshot.
+        #[arg(long, env = "GATEHOUSE_DATA_DIR", default_value = "./gatehouse-data")]
+        data_dir: PathBuf,
         /// Listen on these addresses instead of the file's `listen` (repeatable).
         #[arg(long)]
         listen: Vec<SocketAddr>,
@@ -218,6 +221,7 @@ fn main() -> ExitCode {
         Command::Run {
             config: None,
             store,
+            data_dir,
             listen,
             workers,
             node_index,
@@ -231,6 +235,7 @@ fn main() -> ExitCode {
                 node_index,
                 redis,
                 admin,
+                data_dir,
             };
             rt.block_on(store_mode::run(url, node))
         }
@@ -264,6 +269,7 @@ pub struct NodeFlags {
     pub node_index: Option<u32>,
     pub redis: Option<String>,
     pub admin: Option<SocketAddr>,
+    pub data_dir: PathBuf,
 }
 
 fn load(path: &Path, redis: Option<&str>) -> Result<Config, ConfigErrors> {

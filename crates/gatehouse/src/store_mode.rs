@@ -8,8 +8,9 @@ use anyhow::Context;
 use gatehouse_admin::{Control, Live};
 use gatehouse_model::Config;
 use gatehouse_proxy::{Gateway, Shared, StartOptions};
-use gatehouse_store::Store;
+use gatehouse_store::{Store, StoreError};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
@@ -30,8 +31,24 @@ pub async fn run(url: String, flags: NodeFlags) -> anyhow::Result<()> {
         .admin
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9180)));
     gatehouse_admin::check_address(admin_addr).map_err(|e| anyhow::anyhow!(e))?;
-    let store = Arc::new(Store::open(&url).await?);
-    let (revision, stored) = store.latest().await?;
+    let snapshot = flags.data_dir.join("last-known-good.json");
+    let (store, revision, stored, from_snapshot) = match Store::open(&url).await {
+        Ok(store) => {
+            let (revision, stored) = store.latest().await?;
+            (store, revision, stored, false)
+        }
+        Err(StoreError::Unreachable(why)) => {
+            // Serve what this node last served; the store is followed once it answers.
+            let (revision, stored) = read_snapshot(&snapshot).with_context(|| {
+                format!("{why}, and there is no usable last-known-good snapshot")
+            })?;
+            tracing::warn!(store = %url, revision, snapshot = %snapshot.display(), error = %why,
+                "store unreachable at start; serving the last-known-good snapshot");
+            (Store::open_lazy(&url)?, revision, stored, true)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let store = Arc::new(store);
     let config = for_node(stored, &flags);
     let node = node_context(&config, flags.workers, flags.node_index);
     let listen = if flags.listen.is_empty() {
@@ -63,6 +80,8 @@ pub async fn run(url: String, flags: NodeFlags) -> anyhow::Result<()> {
         move || shared.snapshot.load().config.clone()
     };
     let control = Arc::new(Control::with_store(store.clone(), current, live, revision));
+    control.set_from_snapshot(from_snapshot);
+    let mut snapshot_revision = if from_snapshot { revision } else { -1 };
     let admin_listener = tokio::net::TcpListener::bind(admin_addr)
         .await
         .with_context(|| format!("cannot listen for the admin API on {admin_addr}"))?;
@@ -96,6 +115,14 @@ pub async fn run(url: String, flags: NodeFlags) -> anyhow::Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
+        // Keep the snapshot in step with what is served (a write here, or another node's).
+        let served = control.revision() as i64;
+        if served != snapshot_revision {
+            match write_snapshot(&snapshot, served, &shared.snapshot.load().config) {
+                Ok(()) => snapshot_revision = served,
+                Err(e) => tracing::warn!(error = %e, "cannot write the last-known-good snapshot"),
+            }
+        }
     }
     admin_task.abort();
     tracing::info!("shutting down: draining in-flight requests");
@@ -119,6 +146,7 @@ async fn follow(
         Ok(latest) if latest > served && latest != *rejected => match store.latest().await {
             Ok((revision, config)) => match shared.reload(for_node(config, flags)) {
                 Ok(()) => {
+                    control.set_from_snapshot(false);
                     control.serving(revision);
                     tracing::info!(revision, "configuration reloaded from the store");
                 }
@@ -135,7 +163,40 @@ async fn follow(
             },
             Err(e) => tracing::warn!(error = %e, "cannot read the store; still serving"),
         },
-        Ok(_) => {}
+        // The store answers and has nothing newer: what is served is what it holds.
+        Ok(_) => control.set_from_snapshot(false),
         Err(e) => tracing::warn!(error = %e, "cannot reach the store; still serving"),
     }
+}
+
+/// The snapshot file: the revision and the config (entities) served.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Snapshot {
+    revision: i64,
+    config: Config,
+}
+
+fn read_snapshot(path: &Path) -> anyhow::Result<(i64, Config)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let s: Snapshot = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a snapshot", path.display()))?;
+    Ok((s.revision, s.config))
+}
+
+/// Written to a temporary file and renamed, so a crash never leaves half a snapshot.
+fn write_snapshot(path: &Path, revision: i64, config: &Config) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut stored = config.clone();
+    stored.listen.clear();
+    let text = serde_json::to_string(&Snapshot {
+        revision,
+        config: stored,
+    })?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
 }

@@ -115,9 +115,15 @@ impl Running {
         Running::start_with(cmd, &["-c".as_ref(), config.as_os_str()], 1)
     }
 
-    /// Store mode: config in the store at `url`.
-    fn start_store(url: &str) -> (Running, std::net::SocketAddr) {
-        Running::start_with(Command::new(BIN), &["--store".as_ref(), url.as_ref()], 2)
+    /// Store mode: config in the store at `url`, the node's snapshot under `data`.
+    fn start_store(url: &str, data: &Path) -> (Running, std::net::SocketAddr) {
+        let args = [
+            "--store".as_ref(),
+            url.as_ref(),
+            "--data-dir".as_ref(),
+            data.as_os_str(),
+        ];
+        Running::start_with(Command::new(BIN), &args, 2)
     }
 
     fn start_with(
@@ -577,7 +583,7 @@ plugins: [{name: rate-limit, route: r, config: {limit: 5}}]
         &["--checks", "all", "--include-method", "GET"],
     );
     drop(gw);
-    let (gw, _) = Running::start_store(&format!("sqlite://{}/st.db", dir.display()));
+    let (gw, _) = Running::start_store(&format!("sqlite://{}/st.db", dir.display()), &dir);
     schemathesis(
         gw.admin_addr(),
         &dir,
@@ -712,7 +718,7 @@ async fn store_mode_writes_through_the_admin_api_go_live_and_survive_a_restart()
     let o = Origin::start("a").await;
     let dir = temp_dir("sqlite-store");
     let url = format!("sqlite://{}/data/gatehouse.db", dir.display());
-    let (gw, addr) = Running::start_store(&url);
+    let (gw, addr) = Running::start_store(&url, &dir);
     let admin = gw.admin_addr();
     assert_eq!(get(addr, "/app/x").await.status, 404, "an empty store");
     create_app(admin, o.addr).await;
@@ -767,7 +773,7 @@ async fn store_mode_writes_through_the_admin_api_go_live_and_survive_a_restart()
 
     // A restart serves what the store holds.
     drop(gw);
-    let (gw, addr) = Running::start_store(&url);
+    let (gw, addr) = Running::start_store(&url, &dir);
     assert_eq!(get(addr, "/app/y").await.status, 200);
     assert_eq!(get(gw.admin_addr(), "/status").await.json()["revision"], 3);
     let r = Client::connect(gw.admin_addr())
@@ -782,8 +788,9 @@ async fn store_mode_writes_through_the_admin_api_go_live_and_survive_a_restart()
 async fn two_nodes_on_one_postgres_see_each_others_writes_within_a_second() {
     let o = Origin::start("a").await;
     let db = gatehouse_store::test_support::TempPg::create().await;
-    let (a, a_addr) = Running::start_store(&db.url);
-    let (b, b_addr) = Running::start_store(&db.url);
+    let dir = temp_dir("two-nodes");
+    let (a, a_addr) = Running::start_store(&db.url, &dir.join("a"));
+    let (b, b_addr) = Running::start_store(&db.url, &dir.join("b"));
     create_app(a.admin_addr(), o.addr).await;
     assert_eq!(
         get(a_addr, "/app/x").await.status,
@@ -818,7 +825,7 @@ async fn two_nodes_on_one_postgres_see_each_others_writes_within_a_second() {
 async fn history_audit_and_rollback_round_trip_in_store_mode() {
     let o = Origin::start("a").await;
     let dir = temp_dir("rollback");
-    let (gw, addr) = Running::start_store(&format!("sqlite://{}/g.db", dir.display()));
+    let (gw, addr) = Running::start_store(&format!("sqlite://{}/g.db", dir.display()), &dir);
     let admin = gw.admin_addr();
     create_app(admin, o.addr).await; // revisions 1-3
     let mut c = Client::connect(admin).await;
@@ -871,4 +878,51 @@ async fn history_audit_and_rollback_round_trip_in_store_mode() {
         .send("POST", "/revisions/99/rollback", String::new())
         .await;
     assert_eq!(r.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_store_is_down_at_start_serves_its_last_known_good_snapshot() {
+    let o = Origin::start("a").await;
+    let db = gatehouse_store::test_support::TempPg::create().await;
+    let data = temp_dir("last-known-good");
+    let (gw, _) = Running::start_store(&db.url, &data);
+    create_app(gw.admin_addr(), o.addr).await;
+    let snapshot = data.join("last-known-good.json");
+    let t = Instant::now();
+    while !std::fs::read_to_string(&snapshot).is_ok_and(|s| s.contains("\"revision\":3")) {
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "no snapshot of revision 3"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(gw);
+
+    // The same database behind a port where nothing listens: unreachable at start.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead_url = db.url.replace(":5432/", &format!(":{dead}/"));
+    assert_ne!(dead_url, db.url);
+    let (gw, addr) = Running::start_store(&dead_url, &data);
+    let r = get(addr, "/app/x").await;
+    assert_eq!(
+        (r.status, r.json()["path"].as_str()),
+        (200, Some("/x")),
+        "served from the snapshot"
+    );
+    let status = get(gw.admin_addr(), "/status").await.json();
+    assert_eq!(status["store"]["from_snapshot"], true, "{status}");
+    assert_eq!(status["store"]["healthy"], false, "{status}");
+    assert_eq!(status["revision"], 3);
+    // Writes need the store.
+    let r = Client::connect(gw.admin_addr())
+        .await
+        .send("DELETE", "/routes/r", String::new())
+        .await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    drop(gw);
+    db.drop_db().await;
 }

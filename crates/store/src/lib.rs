@@ -70,26 +70,7 @@ impl Store {
     /// Opens (creating it for SQLite) the store at `url` (`sqlite://PATH` or
     /// `postgres://...`) and brings its schema up to date.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
-        sqlx::any::install_default_drivers();
-        let connect_url = if let Some(path) = url.strip_prefix("sqlite://") {
-            let path = std::path::Path::new(path.split('?').next().unwrap_or(path));
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    StoreError::Unreachable(format!("cannot create {}: {e}", dir.display()))
-                })?;
-            }
-            if url.contains('?') {
-                url.to_owned()
-            } else {
-                format!("{url}?mode=rwc")
-            }
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            url.to_owned()
-        } else {
-            return Err(StoreError::Other(format!(
-                "--store {url:?}: expected sqlite://PATH or postgres://..."
-            )));
-        };
+        let connect_url = connect_url(url)?;
         let pool = AnyPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(3))
@@ -106,6 +87,22 @@ impl Store {
             }
             Err(e) => return Err(StoreError::Other(format!("migrating {url}: {e}"))),
         }
+        Ok(Store {
+            pool,
+            url: url.to_owned(),
+            postgres: !url.starts_with("sqlite://"),
+        })
+    }
+
+    /// A store that could not be reached at start-up: connects on first use and assumes the
+    /// schema it had when this node last served from it (its last-known-good snapshot came
+    /// from there), so no migrations run.
+    pub fn open_lazy(url: &str) -> Result<Store, StoreError> {
+        let pool = AnyPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_lazy(&connect_url(url)?)
+            .map_err(other)?;
         Ok(Store {
             pool,
             url: url.to_owned(),
@@ -256,6 +253,30 @@ async fn listen(url: &str, tx: &tokio::sync::mpsc::Sender<i64>) -> Result<(), sq
                 return Ok(());
             }
         }
+    }
+}
+
+/// The URL sqlx connects to: SQLite files are created (with their directory) when missing.
+fn connect_url(url: &str) -> Result<String, StoreError> {
+    sqlx::any::install_default_drivers();
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        let path = std::path::Path::new(path.split('?').next().unwrap_or(path));
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Unreachable(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        Ok(if url.contains('?') {
+            url.to_owned()
+        } else {
+            format!("{url}?mode=rwc")
+        })
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(url.to_owned())
+    } else {
+        Err(StoreError::Other(format!(
+            "--store {url:?}: expected sqlite://PATH or postgres://..."
+        )))
     }
 }
 
