@@ -3,9 +3,12 @@
 //! the gateway runs from a file (DB-less mode) the file is the source of truth and the API is
 //! read-only.
 
+mod auth;
 mod metrics;
 mod revisions;
 mod write;
+
+pub use auth::{hash_hex, new_token};
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
@@ -54,6 +57,7 @@ pub struct Control {
     writes: tokio::sync::Mutex<()>,
     /// Serving the on-disk last-known-good snapshot: the store could not be read at start.
     from_snapshot: std::sync::atomic::AtomicBool,
+    tokens: Arc<auth::Tokens>,
     pub metrics: Metrics,
 }
 
@@ -89,8 +93,15 @@ impl Control {
             live,
             writes: tokio::sync::Mutex::new(()),
             from_snapshot: std::sync::atomic::AtomicBool::new(false),
+            tokens: Arc::new(auth::Tokens::new(&[])),
             metrics,
         }
+    }
+
+    /// Requires one of `tokens` on every call (viewers read, admins also write).
+    pub fn with_tokens(mut self, tokens: &[gatehouse_model::AdminToken]) -> Self {
+        self.tokens = Arc::new(auth::Tokens::new(tokens));
+        self
     }
 
     /// Whether the node serves its last-known-good snapshot instead of what the store holds.
@@ -226,7 +237,12 @@ async fn metrics(State(c): State<Shared>) -> Response {
 #[utoipa::path(get, path = "/config", tag = "config",
     responses((status = 200, description = "The whole config being served, as the YAML file holds it (JSON)", body = Object)))]
 async fn config(State(c): State<Shared>) -> Response {
-    Json((c.current)()).into_response()
+    let mut config = (c.current)();
+    // Token hashes stay on the node.
+    if let Some(a) = &mut config.admin {
+        a.tokens.clear();
+    }
+    Json(config).into_response()
 }
 
 /// A page of entities.
@@ -389,8 +405,12 @@ macro_rules! entity_handlers {
                 (status = 405, description = "Read-only (the gateway runs from a file)", body = ErrorBody),
                 (status = 409, description = "The name is taken, or another write won the race", body = ErrorBody),
             ))]
-        async fn $create(State(c): State<Shared>, body: axum::body::Bytes) -> Response {
-            write::write(&c, $kind, write::Op::Create, &body, "admin-api").await
+        async fn $create(
+            State(c): State<Shared>,
+            axum::Extension(who): axum::Extension<auth::Who>,
+            body: axum::body::Bytes,
+        ) -> Response {
+            write::write(&c, $kind, write::Op::Create, &body, &who.0).await
         }
 
         #[utoipa::path(put, path = $one_path, tag = $tag,
@@ -405,10 +425,11 @@ macro_rules! entity_handlers {
             ))]
         async fn $put(
             State(c): State<Shared>,
+            axum::Extension(who): axum::Extension<auth::Who>,
             Path(id): Path<String>,
             body: axum::body::Bytes,
         ) -> Response {
-            write::write(&c, $kind, write::Op::Put(id), &body, "admin-api").await
+            write::write(&c, $kind, write::Op::Put(id), &body, &who.0).await
         }
 
         #[utoipa::path(delete, path = $one_path, tag = $tag,
@@ -419,8 +440,12 @@ macro_rules! entity_handlers {
                 (status = 405, description = "Read-only (the gateway runs from a file)", body = ErrorBody),
                 (status = 409, description = "Others still refer to it (`fields` says where)", body = ErrorBody),
             ))]
-        async fn $delete(State(c): State<Shared>, Path(id): Path<String>) -> Response {
-            write::write(&c, $kind, write::Op::Delete(id), &[], "admin-api").await
+        async fn $delete(
+            State(c): State<Shared>,
+            axum::Extension(who): axum::Extension<auth::Who>,
+            Path(id): Path<String>,
+        ) -> Response {
+            write::write(&c, $kind, write::Op::Delete(id), &[], &who.0).await
         }
 
         #[utoipa::path(get, path = $path, tag = $tag,
@@ -530,6 +555,7 @@ pub(crate) async fn read_only() -> Response {
 
 /// The admin API's router and OpenAPI spec.
 pub fn router(control: Arc<Control>) -> axum::Router {
+    let tokens = control.tokens.clone();
     let (router, spec) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(status))
         .routes(routes!(metrics))
@@ -562,6 +588,7 @@ pub fn router(control: Arc<Control>) -> axum::Router {
         .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/docs/openapi.json", spec))
         .method_not_allowed_fallback(read_only)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such admin endpoint") })
+        .layer(axum::middleware::from_fn_with_state(tokens, auth::check))
 }
 
 /// Serves the admin API on `listener` until `shutdown` resolves.
@@ -575,15 +602,16 @@ pub async fn serve(
         .await
 }
 
-/// Refuses admin addresses that are not loopback: without admin tokens (a later milestone)
-/// anyone who can reach the address could read the whole config.
-pub fn check_address(addr: SocketAddr) -> Result<(), String> {
-    if addr.ip().is_loopback() {
+/// Refuses admin addresses that are not loopback unless admin tokens are configured:
+/// without them anyone who can reach the address could read and change the whole config.
+pub fn check_address(addr: SocketAddr, has_tokens: bool) -> Result<(), String> {
+    if addr.ip().is_loopback() || has_tokens {
         Ok(())
     } else {
         Err(format!(
-            "admin API on {addr}: a non-loopback address needs admin tokens, which this version \
-             cannot configure yet; use a loopback address such as 127.0.0.1:9180"
+            "admin API on {addr}: a non-loopback address needs admin tokens \
+             (admin.tokens in the file, or --admin-tokens FILE; gatehouse admin-token makes \
+             one); or use a loopback address such as 127.0.0.1:9180"
         ))
     }
 }

@@ -134,7 +134,11 @@ pub(crate) struct Committed {
         (status = 404, description = "No such revision, or DB-less mode", body = ErrorBody),
         (status = 409, description = "It no longer compiles (e.g. a plugin it used is gone), or another write won the race", body = ErrorBody),
     ))]
-pub(crate) async fn rollback(State(c): State<Shared>, Path(id): Path<String>) -> Response {
+pub(crate) async fn rollback(
+    State(c): State<Shared>,
+    axum::Extension(who): axum::Extension<crate::auth::Who>,
+    Path(id): Path<String>,
+) -> Response {
     let store = match store(&c) {
         Ok(s) => s,
         Err(r) => return *r,
@@ -169,7 +173,7 @@ pub(crate) async fn rollback(State(c): State<Shared>, Path(id): Path<String>) ->
     }
     let message = format!("rollback to revision {id}");
     let change = Change {
-        author: "admin-api",
+        author: &who.0,
         message: &message,
         action: "rollback",
         entity: "config",

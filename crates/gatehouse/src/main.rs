@@ -87,9 +87,21 @@ enum Command {
         #[arg(long, env = "GATEHOUSE_REDIS")]
         redis: Option<String>,
         /// Where the admin API listens (default: the file's admin.address, else
-        /// 127.0.0.1:9180); a loopback address.
+        /// 127.0.0.1:9180). A non-loopback address needs admin tokens.
         #[arg(long)]
         admin: Option<SocketAddr>,
+        /// A YAML list of admin tokens (`{name, role, sha256}`), instead of the file's
+        /// admin.tokens.
+        #[arg(long, env = "GATEHOUSE_ADMIN_TOKENS")]
+        admin_tokens: Option<PathBuf>,
+    },
+    /// Make an admin API token: prints the secret (shown once) and the entry to store.
+    AdminToken {
+        /// Who holds it; recorded as the author of their changes.
+        name: String,
+        /// viewer (reads) or admin (reads and writes).
+        #[arg(long, default_value = "admin")]
+        role: String,
     },
     /// Check a config file: exit 0 when valid, else print `path: message` lines and exit 1.
     Validate {
@@ -209,6 +221,7 @@ fn main() -> ExitCode {
             }
             Ok(())
         }),
+        Command::AdminToken { name, role } => return admin_token(&name, &role),
         Command::Run {
             config: Some(config),
             listen,
@@ -216,8 +229,20 @@ fn main() -> ExitCode {
             node_index,
             redis,
             admin,
+            admin_tokens,
             ..
-        } => rt.block_on(run(config, listen, workers, node_index, redis, admin)),
+        } => rt.block_on(async move {
+            let flags = NodeFlags {
+                listen,
+                workers,
+                node_index,
+                redis,
+                admin,
+                data_dir: PathBuf::new(),
+                admin_tokens: load_tokens(admin_tokens.as_deref())?,
+            };
+            run(config, flags).await
+        }),
         Command::Run {
             config: None,
             store,
@@ -227,7 +252,8 @@ fn main() -> ExitCode {
             node_index,
             redis,
             admin,
-        } => {
+            admin_tokens,
+        } => rt.block_on(async move {
             let url = store.unwrap_or_else(|| DEFAULT_STORE.to_owned());
             let node = NodeFlags {
                 listen,
@@ -236,9 +262,10 @@ fn main() -> ExitCode {
                 redis,
                 admin,
                 data_dir,
+                admin_tokens: load_tokens(admin_tokens.as_deref())?,
             };
-            rt.block_on(store_mode::run(url, node))
-        }
+            store_mode::run(url, node).await
+        }),
         Command::Demo { listen } => rt.block_on(demo(listen)),
     };
     match result {
@@ -270,6 +297,49 @@ pub struct NodeFlags {
     pub redis: Option<String>,
     pub admin: Option<SocketAddr>,
     pub data_dir: PathBuf,
+    /// From `--admin-tokens FILE`; None when not given.
+    pub admin_tokens: Option<Vec<gatehouse_model::AdminToken>>,
+}
+
+/// Reads `--admin-tokens FILE`: a YAML list of `{name, role, sha256}`, checked like the
+/// file's admin.tokens.
+fn load_tokens(path: Option<&Path>) -> anyhow::Result<Option<Vec<gatehouse_model::AdminToken>>> {
+    let Some(path) = path else { return Ok(None) };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let tokens: Vec<gatehouse_model::AdminToken> = yaml_serde::from_str(&text)
+        .with_context(|| format!("{}: not a list of {{name, role, sha256}}", path.display()))?;
+    let check = Config {
+        admin: Some(gatehouse_model::Admin {
+            address: "127.0.0.1:9180".into(),
+            tokens: tokens.clone(),
+        }),
+        ..Config::default()
+    };
+    let errs = gatehouse_model::validate(&check);
+    if let Some(e) = errs.first() {
+        anyhow::bail!("{}: {e}", path.display());
+    }
+    Ok(Some(tokens))
+}
+
+fn admin_token(name: &str, role: &str) -> ExitCode {
+    if role != "admin" && role != "viewer" {
+        eprintln!("error: --role {role:?}: expected admin or viewer");
+        return ExitCode::FAILURE;
+    }
+    match gatehouse_admin::new_token() {
+        Ok((secret, hash)) => {
+            println!("token (shown once; give it to {name}): {secret}");
+            println!("store this entry (admin.tokens in the file, or the --admin-tokens list):");
+            println!("- {{name: {name}, role: {role}, sha256: {hash}}}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn load(path: &Path, redis: Option<&str>) -> Result<Config, ConfigErrors> {
@@ -328,14 +398,16 @@ fn validate(path: &Path, redis: Option<&str>) -> ExitCode {
     ExitCode::FAILURE
 }
 
-async fn run(
-    path: PathBuf,
-    listen: Vec<SocketAddr>,
-    workers: Option<usize>,
-    node_index: Option<u32>,
-    redis: Option<String>,
-    admin: Option<SocketAddr>,
-) -> anyhow::Result<()> {
+async fn run(path: PathBuf, flags: NodeFlags) -> anyhow::Result<()> {
+    let NodeFlags {
+        listen,
+        workers,
+        node_index,
+        redis,
+        admin,
+        admin_tokens,
+        ..
+    } = flags;
     let redis = redis.as_deref();
     let config = load(&path, redis).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
     let admin_addr = match admin {
@@ -345,7 +417,11 @@ async fn run(
             None => SocketAddr::from(([127, 0, 0, 1], 9180)),
         },
     };
-    gatehouse_admin::check_address(admin_addr).map_err(|e| anyhow::anyhow!(e))?;
+    let tokens = admin_tokens
+        .or_else(|| config.admin.as_ref().map(|a| a.tokens.clone()))
+        .unwrap_or_default();
+    gatehouse_admin::check_address(admin_addr, !tokens.is_empty())
+        .map_err(|e| anyhow::anyhow!(e))?;
     let node = node_context(&config, workers, node_index);
     let opts = StartOptions {
         listen,
@@ -357,9 +433,12 @@ async fn run(
         .await
         .with_context(|| format!("cannot listen for the admin API on {admin_addr}"))?;
     let shared = gateway.shared().clone();
-    let control = Arc::new(Control::new(Source::File(path.clone()), move || {
-        shared.snapshot.load().config.clone()
-    }));
+    let control = Arc::new(
+        Control::new(Source::File(path.clone()), move || {
+            shared.snapshot.load().config.clone()
+        })
+        .with_tokens(&tokens),
+    );
     tracing::info!(address = %admin_listener.local_addr()?, "admin API listening");
     let admin_task = tokio::spawn(gatehouse_admin::serve(
         admin_listener,

@@ -30,7 +30,9 @@ pub async fn run(url: String, flags: NodeFlags) -> anyhow::Result<()> {
     let admin_addr = flags
         .admin
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9180)));
-    gatehouse_admin::check_address(admin_addr).map_err(|e| anyhow::anyhow!(e))?;
+    let tokens = flags.admin_tokens.clone().unwrap_or_default();
+    gatehouse_admin::check_address(admin_addr, !tokens.is_empty())
+        .map_err(|e| anyhow::anyhow!(e))?;
     let snapshot = flags.data_dir.join("last-known-good.json");
     let (store, revision, stored, from_snapshot) = match Store::open(&url).await {
         Ok(store) => {
@@ -79,7 +81,8 @@ pub async fn run(url: String, flags: NodeFlags) -> anyhow::Result<()> {
         let shared = shared.clone();
         move || shared.snapshot.load().config.clone()
     };
-    let control = Arc::new(Control::with_store(store.clone(), current, live, revision));
+    let control =
+        Arc::new(Control::with_store(store.clone(), current, live, revision).with_tokens(&tokens));
     control.set_from_snapshot(from_snapshot);
     let mut snapshot_revision = if from_snapshot { revision } else { -1 };
     let admin_listener = tokio::net::TcpListener::bind(admin_addr)

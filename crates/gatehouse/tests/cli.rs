@@ -117,12 +117,21 @@ impl Running {
 
     /// Store mode: config in the store at `url`, the node's snapshot under `data`.
     fn start_store(url: &str, data: &Path) -> (Running, std::net::SocketAddr) {
-        let args = [
+        Running::start_store_with(url, data, &[])
+    }
+
+    fn start_store_with(
+        url: &str,
+        data: &Path,
+        extra: &[&std::ffi::OsStr],
+    ) -> (Running, std::net::SocketAddr) {
+        let mut args = vec![
             "--store".as_ref(),
             url.as_ref(),
             "--data-dir".as_ref(),
             data.as_os_str(),
         ];
+        args.extend_from_slice(extra);
         Running::start_with(Command::new(BIN), &args, 2)
     }
 
@@ -925,4 +934,72 @@ async fn a_node_whose_store_is_down_at_start_serves_its_last_known_good_snapshot
     assert_eq!(r.status, 503, "{}", r.text());
     drop(gw);
     db.drop_db().await;
+}
+
+/// `gatehouse admin-token NAME --role ROLE`: the secret, and the entry to store.
+fn make_token(name: &str, role: &str) -> (String, String) {
+    let out = Command::new(BIN)
+        .args(["admin-token", name, "--role", role])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let secret = text
+        .lines()
+        .next()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    let entry = text.lines().last().unwrap().to_string();
+    assert!(
+        entry.starts_with(&format!("- {{name: {name}, role: {role}, sha256: ")),
+        "{text}"
+    );
+    (secret, entry)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_tokens_gate_the_api_by_role_and_name_the_author() {
+    let o = Origin::start("a").await;
+    let dir = temp_dir("tokens");
+    let (ops, ops_entry) = make_token("ops", "admin");
+    let (ci, ci_entry) = make_token("ci", "viewer");
+    let file = dir.join("tokens.yaml");
+    std::fs::write(&file, format!("{ops_entry}\n{ci_entry}\n")).unwrap();
+    assert!(
+        !std::fs::read_to_string(&file).unwrap().contains(&ops),
+        "only hashes are stored"
+    );
+    let url = format!("sqlite://{}/g.db", dir.display());
+    let (gw, _) =
+        Running::start_store_with(&url, &dir, &["--admin-tokens".as_ref(), file.as_os_str()]);
+    let admin = gw.admin_addr();
+    let mut c = Client::connect(admin).await;
+
+    let r = c.send_as(None, "GET", "/status", String::new()).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.headers["www-authenticate"], "Bearer");
+    let r = c
+        .send_as(Some("gh_not-a-token"), "GET", "/status", String::new())
+        .await;
+    assert_eq!(r.status, 401);
+    let r = c.send_as(Some(&ci), "GET", "/status", String::new()).await;
+    assert_eq!(r.status, 200);
+    let body = format!(
+        r#"{{"name": "u", "targets": [{{"address": "{}"}}]}}"#,
+        o.addr
+    );
+    let r = c
+        .send_as(Some(&ci), "POST", "/upstreams", body.clone())
+        .await;
+    assert_eq!(r.status, 403, "a viewer may not write");
+    let r = c.send_as(Some(&ops), "POST", "/upstreams", body).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let audit = c
+        .send_as(Some(&ci), "GET", "/audit", String::new())
+        .await
+        .json();
+    assert_eq!(audit[0]["author"], "ops", "{audit}");
 }

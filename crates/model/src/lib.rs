@@ -98,6 +98,31 @@ pub struct Listen {
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     pub address: String,
+    /// Who may call the admin API. With none, only a loopback address is allowed and
+    /// anyone who can reach it may call it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<AdminToken>,
+}
+
+/// An admin API token, stored as the SHA-256 of its secret (`gatehouse admin-token` makes
+/// one): the secret itself is never kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminToken {
+    /// Who holds it: written as the author of their changes.
+    pub name: String,
+    pub role: AdminRole,
+    /// Hex SHA-256 of the secret.
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminRole {
+    /// Reads only.
+    Viewer,
+    /// Reads and writes.
+    Admin,
 }
 
 /// Per-node settings. Changing `workers` takes effect on restart; the rest on reload.

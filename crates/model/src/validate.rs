@@ -38,6 +38,21 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
                 format!("{e}: expected ip:port such as 127.0.0.1:9180"),
             );
         }
+        let mut seen = std::collections::HashSet::new();
+        for (i, t) in a.tokens.iter().enumerate() {
+            if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                err(
+                    format!("admin.tokens[{i}].sha256"),
+                    "must be 64 hex digits (gatehouse admin-token makes one)".into(),
+                );
+            }
+            if !seen.insert(t.name.as_str()) {
+                err(
+                    format!("admin.tokens[{i}].name"),
+                    format!("duplicate token name \"{}\"", t.name),
+                );
+            }
+        }
     }
     if config.node.workers == Some(0) {
         err("node.workers".into(), "must be at least 1".into());

@@ -271,13 +271,26 @@ impl Client {
 
     /// A request with an owned body (e.g. JSON for the admin API).
     pub async fn send(&mut self, method: &str, path: &str, body: String) -> Reply {
-        let req = hyper::Request::builder()
+        self.send_as(None, method, path, body).await
+    }
+
+    /// [`Client::send`] with an admin token.
+    pub async fn send_as(
+        &mut self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: String,
+    ) -> Reply {
+        let mut b = hyper::Request::builder()
             .method(method)
             .uri(path)
             .header("host", self.addr.to_string())
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .expect("request");
+            .header("content-type", "application/json");
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        let req = b.body(Full::new(Bytes::from(body))).expect("request");
         self.sender.ready().await.expect("ready");
         let resp = self.sender.send_request(req).await.expect("response");
         let (parts, body) = resp.into_parts();
