@@ -234,6 +234,22 @@ async fn metrics(State(c): State<Shared>) -> Response {
     }
 }
 
+#[utoipa::path(put, path = "/config", tag = "config",
+    request_body(content = Object, description = "A whole config, as the YAML file holds it; its node settings are ignored"),
+    responses(
+        (status = 200, description = "Committed as one revision and live: {revision}", body = Object),
+        (status = 400, description = "Invalid: `fields` names each problem by path", body = ErrorBody),
+        (status = 405, description = "Read-only (the gateway runs from a file)", body = ErrorBody),
+        (status = 409, description = "Another write won the race", body = ErrorBody),
+    ))]
+async fn put_config(
+    State(c): State<Shared>,
+    axum::Extension(who): axum::Extension<auth::Who>,
+    body: axum::body::Bytes,
+) -> Response {
+    write::replace_all(&c, &body, &who.0).await
+}
+
 #[utoipa::path(get, path = "/config", tag = "config",
     responses((status = 200, description = "The whole config being served, as the YAML file holds it (JSON)", body = Object)))]
 async fn config(State(c): State<Shared>) -> Response {
@@ -559,7 +575,7 @@ pub fn router(control: Arc<Control>) -> axum::Router {
     let (router, spec) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(status))
         .routes(routes!(metrics))
-        .routes(routes!(config))
+        .routes(routes!(config, put_config))
         .routes(routes!(list_routes, create_route))
         .routes(routes!(get_route, put_route, delete_route))
         .routes(routes!(list_services, create_service))

@@ -258,3 +258,68 @@ fn fields_of(errors: &[ConfigError], kind: Kind, index: Option<usize>) -> BTreeM
         })
         .collect()
 }
+
+/// Replaces every entity at once (`gatehouse config apply`): one revision for the whole
+/// change. Node settings in the body (listen, admin, node, redis) are ignored: a store holds
+/// entities only.
+pub(crate) async fn replace_all(c: &Control, body: &[u8], who: &str) -> Response {
+    let Source::Store(store) = &c.source else {
+        return crate::read_only().await;
+    };
+    let Some(live) = &c.live else {
+        return crate::read_only().await;
+    };
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    let new: Config = match serde_path_to_error::deserialize(de) {
+        Ok(c) => c,
+        Err(e) => {
+            let mut fields = BTreeMap::new();
+            fields.insert(e.path().to_string(), e.inner().to_string());
+            return invalid(StatusCode::BAD_REQUEST, "invalid config".into(), fields);
+        }
+    };
+    let entities = Config {
+        routes: new.routes,
+        services: new.services,
+        upstreams: new.upstreams,
+        consumers: new.consumers,
+        plugins: new.plugins,
+        ..Config::default()
+    };
+    let _serial = c.writes.lock().await;
+    let (parent, current) = match store.latest().await {
+        Ok(x) => x,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let errors = (live.validate)(&entities);
+    if !errors.is_empty() {
+        let fields = errors.into_iter().map(|e| (e.path, e.message)).collect();
+        return invalid(
+            StatusCode::BAD_REQUEST,
+            "the config does not validate".into(),
+            fields,
+        );
+    }
+    let change = Change {
+        author: who,
+        message: "apply a whole config",
+        action: "apply",
+        entity: "config",
+        before: serde_json::to_value(&current).ok(),
+        after: serde_json::to_value(&entities).ok(),
+    };
+    let revision = match store.commit(parent, &entities, change).await {
+        Ok(r) => r,
+        Err(e @ StoreError::Conflict(_)) => return error(StatusCode::CONFLICT, e.to_string()),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    match (live.apply)(entities, revision) {
+        Ok(()) => c.serving(revision),
+        Err(errors) => tracing::error!(revision, ?errors, "a committed config did not compile"),
+    }
+    (
+        StatusCode::OK,
+        Json(serde_json::json!({ "revision": revision })),
+    )
+        .into_response()
+}

@@ -3,7 +3,7 @@
 
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
 /// The running config as YAML: what a file for `gatehouse run -c` holds.
@@ -15,6 +15,54 @@ pub async fn export(admin: &str) -> anyhow::Result<String> {
 pub async fn fetch_config(admin: &str) -> anyhow::Result<gatehouse_model::Config> {
     let body = get(admin, "/config").await?;
     serde_json::from_slice(&body).context("the admin API's /config is not a config")
+}
+
+/// What applying `file` to the running gateway would change.
+pub async fn diff_file(admin: &str, file: &std::path::Path) -> anyhow::Result<crate::diff::Diff> {
+    let wanted = crate::load(file, None).map_err(|e| anyhow!("{}:\n{e}", file.display()))?;
+    let running = fetch_config(admin).await?;
+    Ok(crate::diff::diff(&running, &wanted))
+}
+
+/// Applies `file` to the running gateway (store mode): shows the diff, warns when it touches
+/// more than `max_share` of what exists, asks unless `yes`, then commits it as one revision.
+pub async fn apply(
+    admin: &str,
+    file: &std::path::Path,
+    yes: bool,
+    max_share: f64,
+) -> anyhow::Result<String> {
+    let wanted = crate::load(file, None).map_err(|e| anyhow!("{}:\n{e}", file.display()))?;
+    let running = fetch_config(admin).await?;
+    let d = crate::diff::diff(&running, &wanted);
+    print!("{d}");
+    if d.is_empty() {
+        return Ok("nothing to apply".into());
+    }
+    if d.disruption() > max_share {
+        eprintln!(
+            "WARNING: this change deletes or modifies {} of {} existing entities ({:.0} %, over \
+             the {:.0} % threshold). Check the diff above.",
+            d.updated + d.deleted,
+            d.existing,
+            100.0 * d.disruption(),
+            100.0 * max_share
+        );
+    }
+    if !yes {
+        use std::io::Write;
+        eprint!("apply it? [y/N] ");
+        std::io::stderr().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            anyhow::bail!("not applied");
+        }
+    }
+    let body = serde_json::to_vec(&wanted)?;
+    let reply = call_with(admin, http::Method::PUT, "/config", body).await?;
+    let v: serde_json::Value = serde_json::from_slice(&reply)?;
+    Ok(format!("applied as revision {}", v["revision"]))
 }
 
 /// The store's revisions, newest first, one line each.
@@ -64,8 +112,17 @@ async fn get(admin: &str, path: &str) -> anyhow::Result<Bytes> {
     call(admin, http::Method::GET, path).await
 }
 
-/// Calls `method path` on the admin API; a non-2xx answer is an error carrying its message.
 async fn call(admin: &str, method: http::Method, path: &str) -> anyhow::Result<Bytes> {
+    call_with(admin, method, path, Vec::new()).await
+}
+
+/// Calls `method path` on the admin API; a non-2xx answer is an error carrying its message.
+async fn call_with(
+    admin: &str,
+    method: http::Method,
+    path: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<Bytes> {
     let uri: http::Uri = admin
         .parse()
         .with_context(|| format!("--admin {admin:?} is not a URL"))?;
@@ -93,8 +150,9 @@ async fn call(admin: &str, method: http::Method, path: &str) -> anyhow::Result<B
     if let Ok(token) = std::env::var("GATEHOUSE_TOKEN") {
         req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
     }
+    let req = req.header(http::header::CONTENT_TYPE, "application/json");
     let resp = sender
-        .send_request(req.body(Empty::<Bytes>::new())?)
+        .send_request(req.body(Full::new(Bytes::from(body)))?)
         .await?;
     let status = resp.status();
     let body = resp.into_body().collect().await?.to_bytes();
@@ -103,7 +161,16 @@ async fn call(admin: &str, method: http::Method, path: &str) -> anyhow::Result<B
             .ok()
             .and_then(|v| v["error"].as_str().map(str::to_owned))
             .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-        bail!("admin API {path}: {status}: {message}");
+        let fields = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["fields"].as_object().cloned())
+            .map(|f| {
+                f.iter()
+                    .map(|(k, v)| format!("\n  {k}: {}", v.as_str().unwrap_or_default()))
+                    .collect::<String>()
+            })
+            .unwrap_or_default();
+        bail!("admin API {path}: {status}: {message}{fields}");
     }
     Ok(body)
 }

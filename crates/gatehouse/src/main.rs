@@ -2,6 +2,7 @@
 //! SIGHUP), `validate` a file, or start a `demo` with a built-in echo upstream.
 
 mod config_cmd;
+mod diff;
 mod echo;
 mod explain;
 mod store_mode;
@@ -167,6 +168,25 @@ enum ConfigCommand {
     },
     /// Make an earlier revision's config live again, as a new revision (store mode).
     Rollback { revision: i64 },
+    /// Show what applying a file would change: entities created, updated (with the fields
+    /// that change) and deleted.
+    Diff {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Make a file's entities the running config (store mode), as one revision: shows the
+    /// diff and asks first.
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+        /// Warn loudly when the change deletes or modifies more than this share of the
+        /// existing entities.
+        #[arg(long, default_value_t = 0.25)]
+        warn_over: f64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -218,6 +238,17 @@ fn main() -> ExitCode {
                     let new = config_cmd::rollback(&admin, revision).await?;
                     println!("revision {revision}'s config is live again as revision {new}");
                 }
+                ConfigCommand::Diff { file } => {
+                    print!("{}", config_cmd::diff_file(&admin, &file).await?)
+                }
+                ConfigCommand::Apply {
+                    file,
+                    yes,
+                    warn_over,
+                } => println!(
+                    "{}",
+                    config_cmd::apply(&admin, &file, yes, warn_over).await?
+                ),
             }
             Ok(())
         }),
@@ -342,7 +373,7 @@ fn admin_token(name: &str, role: &str) -> ExitCode {
     }
 }
 
-fn load(path: &Path, redis: Option<&str>) -> Result<Config, ConfigErrors> {
+pub(crate) fn load(path: &Path, redis: Option<&str>) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![gatehouse_model::ConfigError::new(
             "",

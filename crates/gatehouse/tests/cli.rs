@@ -1003,3 +1003,89 @@ async fn admin_tokens_gate_the_api_by_role_and_name_the_author() {
         .json();
     assert_eq!(audit[0]["author"], "ops", "{audit}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_edit_diff_apply_history_rollback_round_trip() {
+    use std::io::Write;
+    let o = Origin::start("a").await;
+    let dir = temp_dir("round-trip");
+    let (gw, addr) = Running::start_store(&format!("sqlite://{}/g.db", dir.display()), &dir);
+    let admin = format!("http://{}", gw.admin_addr());
+    create_app(gw.admin_addr(), o.addr).await; // revisions 1-3
+    let config = |args: &[&str], stdin: &str| {
+        let mut child = Command::new(BIN)
+            .arg("config")
+            .args(args)
+            .args(["--admin", &admin])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    // Export, then edit: the route moves to /v2/*, a service is added.
+    let (ok, exported, err) = config(&["export"], "");
+    assert!(ok, "{err}");
+    let edited = exported.replace("/app/*", "/v2/*");
+    let mut cfg = gatehouse_model::parse_yaml(&edited).unwrap();
+    let mut s2 = cfg.services[0].clone();
+    s2.name = "s2".into();
+    cfg.services.push(s2);
+    let file = dir.join("edited.yaml");
+    // JSON is YAML too.
+    std::fs::write(&file, serde_json::to_string(&cfg).unwrap()).unwrap();
+
+    let f = file.to_str().unwrap();
+    let (ok, diff, err) = config(&["diff", "-f", f], "");
+    assert!(ok, "{err}");
+    assert!(diff.contains("+ services/s2"), "{diff}");
+    assert!(
+        diff.contains("~ routes/r\n    paths: [\"/app/*\"] → [\"/v2/*\"]"),
+        "{diff}"
+    );
+    assert!(
+        diff.contains("1 to create, 1 to update, 0 to delete"),
+        "{diff}"
+    );
+
+    let (ok, out, err) = config(&["apply", "-f", f, "--yes"], "");
+    assert!(ok, "{err}");
+    assert!(out.contains("applied as revision 4"), "{out}");
+    assert_eq!(get(addr, "/v2/x").await.status, 200);
+    assert_eq!(get(addr, "/app/x").await.status, 404);
+    let (_, history, _) = config(&["history"], "");
+    assert!(
+        history.lines().nth(1).unwrap().contains("apply"),
+        "{history}"
+    );
+
+    // A file that empties the gateway: loud warning, and "n" keeps everything.
+    let empty = dir.join("empty.yaml");
+    std::fs::write(&empty, "routes: []\n").unwrap();
+    let (ok, _, err) = config(&["apply", "-f", empty.to_str().unwrap()], "n\n");
+    assert!(!ok);
+    assert!(
+        err.contains("WARNING: this change deletes or modifies 4 of 4"),
+        "{err}"
+    );
+    assert!(err.contains("not applied"), "{err}");
+    assert_eq!(get(addr, "/v2/x").await.status, 200);
+
+    let (ok, out, err) = config(&["rollback", "3"], "");
+    assert!(ok, "{err}");
+    assert!(out.contains("live again as revision 5"), "{out}");
+    assert_eq!(get(addr, "/app/x").await.status, 200);
+}
