@@ -1089,3 +1089,61 @@ async fn export_edit_diff_apply_history_rollback_round_trip() {
     assert!(out.contains("live again as revision 5"), "{out}");
     assert_eq!(get(addr, "/app/x").await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_postgres_never_stops_proxying_and_a_restart_without_it_serves_the_snapshot() {
+    let o = Origin::start("a").await;
+    let pg = gatehouse_store::test_support::PrivatePg::start();
+    let data = temp_dir("pg-kill");
+    let (gw, addr) = Running::start_store(&pg.url(), &data);
+    create_app(gw.admin_addr(), o.addr).await;
+    let snapshot = data.join("last-known-good.json");
+    let t = Instant::now();
+    while !std::fs::read_to_string(&snapshot).is_ok_and(|s| s.contains("\"revision\":3")) {
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "no snapshot of revision 3"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // PostgreSQL dies under a running node: every request is still served.
+    pg.kill();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(get(addr, "/app/x").await.status, 200);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = Client::connect(gw.admin_addr())
+        .await
+        .send("DELETE", "/routes/r", String::new())
+        .await;
+    assert_eq!(r.status, 503, "writes need the store: {}", r.text());
+
+    // Restarted while PostgreSQL is still down: it serves its snapshot, and says so.
+    drop(gw);
+    let (gw, addr) = Running::start_store(&pg.url(), &data);
+    assert_eq!(get(addr, "/app/x").await.status, 200);
+    let status = get(gw.admin_addr(), "/status").await.json();
+    assert_eq!(status["store"]["from_snapshot"], true, "{status}");
+
+    // PostgreSQL is back: the node follows the store again.
+    pg.resume();
+    let t = Instant::now();
+    loop {
+        let status = get(gw.admin_addr(), "/status").await.json();
+        if status["store"]["from_snapshot"] == false && status["store"]["healthy"] == true {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "never reconnected: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let r = Client::connect(gw.admin_addr())
+        .await
+        .send("DELETE", "/routes/r", String::new())
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+}
