@@ -254,28 +254,7 @@ fn main() -> ExitCode {
         }),
         Command::AdminToken { name, role } => return admin_token(&name, &role),
         Command::Run {
-            config: Some(config),
-            listen,
-            workers,
-            node_index,
-            redis,
-            admin,
-            admin_tokens,
-            ..
-        } => rt.block_on(async move {
-            let flags = NodeFlags {
-                listen,
-                workers,
-                node_index,
-                redis,
-                admin,
-                data_dir: PathBuf::new(),
-                admin_tokens: load_tokens(admin_tokens.as_deref())?,
-            };
-            run(config, flags).await
-        }),
-        Command::Run {
-            config: None,
+            config,
             store,
             data_dir,
             listen,
@@ -285,8 +264,7 @@ fn main() -> ExitCode {
             admin,
             admin_tokens,
         } => rt.block_on(async move {
-            let url = store.unwrap_or_else(|| DEFAULT_STORE.to_owned());
-            let node = NodeFlags {
+            let flags = NodeFlags {
                 listen,
                 workers,
                 node_index,
@@ -295,7 +273,13 @@ fn main() -> ExitCode {
                 data_dir,
                 admin_tokens: load_tokens(admin_tokens.as_deref())?,
             };
-            store_mode::run(url, node).await
+            match config {
+                Some(file) => run(file, flags).await,
+                None => {
+                    let url = store.unwrap_or_else(|| DEFAULT_STORE.to_owned());
+                    store_mode::run(url, flags).await
+                }
+            }
         }),
         Command::Demo { listen } => rt.block_on(demo(listen)),
     };

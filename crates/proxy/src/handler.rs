@@ -193,7 +193,7 @@ async fn handle_inner(
     let mut consumer = None;
     let mut new_path = new_path;
     if !chain.entries.is_empty() {
-        let plugins_started = Instant::now();
+        let plugins_started = chain.logs.then(Instant::now);
         let original = parts.uri.clone();
         let mut ctx = RequestCtx {
             parts: &mut parts,
@@ -214,21 +214,25 @@ async fn handle_inner(
         consumer = ctx.consumer.take();
         body_limit = ctx.body_limit;
         let c = consumer.as_ref().map(|c| c.index);
-        let loggers: Vec<Arc<dyn Plugin>> = chain
-            .entries
-            .iter()
-            .filter_map(|e| e.pick(c))
-            .filter(|p| p.wants_log())
-            .cloned()
-            .collect();
-        if !loggers.is_empty() {
+        let loggers: Vec<Arc<dyn Plugin>> = if chain.logs {
+            chain
+                .entries
+                .iter()
+                .filter_map(|e| e.pick(c))
+                .filter(|p| p.wants_log())
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if let (false, Some(started)) = (loggers.is_empty(), plugins_started) {
             *log = Some(LogGuard {
                 snap: snap.clone(),
                 route: route_index,
                 client_ip: info.ip,
                 consumer: consumer.clone(),
                 status: StatusCode::OK,
-                started: plugins_started,
+                started,
                 plugins: loggers,
             });
         }

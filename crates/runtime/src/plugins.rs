@@ -10,6 +10,9 @@ use std::sync::Arc;
 #[derive(Default)]
 pub struct Chain {
     pub entries: Box<[ChainEntry]>,
+    /// Some instance in this chain (default or consumer-scoped) has a `log` phase: decided
+    /// here so that requests on other routes do not look.
+    pub logs: bool,
 }
 
 /// One kind of plugin in a chain.
@@ -179,7 +182,7 @@ fn chain_for(
         }
     }
     kinds.sort_by(|a, b| b.priority().cmp(&a.priority()).then(a.name().cmp(b.name())));
-    let entries = kinds
+    let entries: Box<[ChainEntry]> = kinds
         .into_iter()
         .map(|kind| {
             let mine: Vec<&Resolved<'_>> = built
@@ -211,7 +214,13 @@ fn chain_for(
             }
         })
         .collect();
-    Chain { entries }
+    let logs = entries.iter().any(|e| {
+        e.default
+            .iter()
+            .chain(e.consumers.iter().map(|(_, p)| p))
+            .any(|p| p.wants_log())
+    });
+    Chain { entries, logs }
 }
 
 #[cfg(test)]
