@@ -6,6 +6,7 @@
 mod auth;
 mod metrics;
 mod revisions;
+mod schema;
 mod write;
 
 pub use auth::{hash_hex, new_token};
@@ -592,6 +593,7 @@ pub fn router(control: Arc<Control>) -> axum::Router {
         .routes(routes!(revisions::rollback))
         .with_state(control)
         .split_for_parts();
+    let spec = schema::with_model_schemas(&spec);
     let spec_json = Arc::new(spec.clone());
     router
         .route(
@@ -601,7 +603,10 @@ pub fn router(control: Arc<Control>) -> axum::Router {
                 async move { Json(spec.as_ref().clone()) }
             }),
         )
-        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/docs/openapi.json", spec))
+        .merge(
+            utoipa_swagger_ui::SwaggerUi::new("/docs")
+                .external_url_unchecked("/docs/openapi.json", spec),
+        )
         .method_not_allowed_fallback(read_only)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such admin endpoint") })
         .layer(axum::middleware::from_fn_with_state(tokens, auth::check))

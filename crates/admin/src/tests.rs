@@ -169,6 +169,19 @@ async fn the_openapi_spec_describes_every_endpoint_and_the_ui_is_served() {
     ] {
         assert!(spec["paths"][p]["get"].is_object(), "{p} missing");
     }
+    // Write bodies are the model's own schemas, not bare objects.
+    assert_eq!(
+        spec["paths"]["/routes"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+            ["$ref"],
+        "#/components/schemas/Route"
+    );
+    let route = &spec["components"]["schemas"]["Route"];
+    assert_eq!(route["additionalProperties"], false);
+    assert_eq!(route["required"], serde_json::json!(["name", "service"]));
+    assert_eq!(
+        spec["components"]["schemas"]["Timeouts"]["properties"]["connect"]["type"],
+        "string"
+    );
     let (s, b) = call(a, "GET", "/docs/").await;
     assert_eq!(s, 200);
     assert!(b.contains("swagger"), "{b}");

@@ -39,24 +39,36 @@ fn invalid(status: StatusCode, message: String, fields: BTreeMap<String, String>
         .into_response()
 }
 
-/// Parses `body` as one entity, naming the field that is wrong (`routes.paths[0]`).
+/// Parses `body` as one entity: first against the schema the spec publishes, then into the
+/// model, naming the field that is wrong (`routes.paths[0]`).
 fn parse<T: DeserializeOwned>(kind: Kind, body: &[u8]) -> Result<T, Rejected> {
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let reject = |fields: BTreeMap<String, String>| {
+        Box::new(invalid(
+            StatusCode::BAD_REQUEST,
+            format!("invalid {}", kind.singular()),
+            fields,
+        ))
+    };
+    let value = json_body(body).map_err(&reject)?;
+    let broken = crate::schema::violations(Some(kind), &value);
+    if !broken.is_empty() {
+        return Err(reject(broken));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let key = if path == "." {
             kind.plural().to_string()
         } else {
             format!("{}.{path}", kind.plural())
         };
-        let mut fields = BTreeMap::new();
-        fields.insert(key, e.inner().to_string());
-        Box::new(invalid(
-            StatusCode::BAD_REQUEST,
-            format!("invalid {}", kind.singular()),
-            fields,
-        ))
+        reject(BTreeMap::from([(key, e.inner().to_string())]))
     })
+}
+
+/// The body as JSON, or the field map that says it is not.
+fn json_body(body: &[u8]) -> Result<serde_json::Value, BTreeMap<String, String>> {
+    serde_json::from_slice(body)
+        .map_err(|e| BTreeMap::from([("body".to_owned(), format!("not JSON: {e}"))]))
 }
 
 /// Applies `op` to `list`: returns what the entity was before and is after.
@@ -269,8 +281,15 @@ pub(crate) async fn replace_all(c: &Control, body: &[u8], who: &str) -> Response
     let Some(live) = &c.live else {
         return crate::read_only().await;
     };
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    let new: Config = match serde_path_to_error::deserialize(de) {
+    let value = match json_body(body) {
+        Ok(v) => v,
+        Err(fields) => return invalid(StatusCode::BAD_REQUEST, "invalid config".into(), fields),
+    };
+    let broken = crate::schema::violations(None, &value);
+    if !broken.is_empty() {
+        return invalid(StatusCode::BAD_REQUEST, "invalid config".into(), broken);
+    }
+    let new: Config = match serde_path_to_error::deserialize(value) {
         Ok(c) => c,
         Err(e) => {
             let mut fields = BTreeMap::new();

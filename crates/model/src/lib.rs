@@ -4,6 +4,7 @@
 //! This crate is pure data: no I/O, no sockets. The same structs are what the admin API will
 //! accept and return, so files, API and CLI speak one model.
 
+use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -59,7 +60,7 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 /// The whole configuration of one gateway: node settings and all entities.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Addresses the data plane listens on. Default: `0.0.0.0:8080`.
@@ -87,14 +88,14 @@ pub struct Config {
     pub plugins: Vec<PluginInstance>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Listen {
     /// `ip:port`, e.g. `0.0.0.0:8080` or `[::1]:8080`.
     pub address: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     pub address: String,
@@ -106,7 +107,7 @@ pub struct Admin {
 
 /// An admin API token, stored as the SHA-256 of its secret (`gatehouse admin-token` makes
 /// one): the secret itself is never kept.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminToken {
     /// Who holds it: written as the author of their changes.
@@ -116,7 +117,7 @@ pub struct AdminToken {
     pub sha256: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AdminRole {
     /// Reads only.
@@ -126,7 +127,7 @@ pub enum AdminRole {
 }
 
 /// Per-node settings. Changing `workers` takes effect on restart; the rest on reload.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Node {
     /// This node's position among the gateway nodes (0, 1, 2, ...), used by `subset_size` so
@@ -138,6 +139,7 @@ pub struct Node {
     pub workers: Option<usize>,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     #[serde(default = "default_drain", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub drain_timeout: Duration,
     /// Add `Via: 1.1 gatehouse` to requests and responses.
     #[serde(default)]
@@ -170,9 +172,10 @@ impl Default for Node {
 
 /// A route: which requests (hosts, paths, methods, header/query/cookie predicates) go to which
 /// service, and how the path is rewritten on the way.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
+    #[schemars(regex(pattern = r"^[A-Za-z0-9._~-]{1,128}$"))]
     pub name: String,
     /// Exact (`api.example.com`) or wildcard (`*.example.com`). Empty: any host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -189,6 +192,7 @@ pub struct Route {
     pub query: Vec<Predicate>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cookies: Vec<Predicate>,
+    #[schemars(regex(pattern = r"^[A-Za-z0-9._~-]{1,128}$"))]
     pub service: String,
     /// Breaks ties between routes whose paths match equally well; higher wins.
     #[serde(default)]
@@ -210,7 +214,7 @@ pub struct Route {
 }
 
 /// A route's importance under overload.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PriorityClass {
     #[default]
@@ -220,7 +224,7 @@ pub enum PriorityClass {
 
 /// A condition on a header, query argument or cookie: exactly one of `equals`, `regex`,
 /// `present`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Predicate {
     pub name: String,
@@ -233,9 +237,10 @@ pub struct Predicate {
 }
 
 /// A service: where matched requests go (an upstream or a URL) and how patiently.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Service {
+    #[schemars(regex(pattern = r"^[A-Za-z0-9._~-]{1,128}$"))]
     pub name: String,
     /// Name of an upstream. Exactly one of `upstream` and `url`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -255,14 +260,16 @@ fn default_retries() -> u32 {
     1
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Timeouts {
     /// TCP connect to a target.
     #[serde(default = "default_connect", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub connect: Duration,
     /// Longest wait for the response head and between two reads of the response body.
     #[serde(default = "default_read", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub read: Duration,
     /// Whole exchange, from sending the request to the end of the response body. Default: none.
     #[serde(
@@ -270,6 +277,7 @@ pub struct Timeouts {
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(with = "Option<String>")]
     pub total: Option<Duration>,
 }
 
@@ -290,9 +298,10 @@ impl Default for Timeouts {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
+    #[schemars(regex(pattern = r"^[A-Za-z0-9._~-]{1,128}$"))]
     pub name: String,
     #[serde(default)]
     pub balance: Balance,
@@ -312,7 +321,7 @@ pub struct Upstream {
     pub keepalive: Keepalive,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Balance {
     #[default]
@@ -323,7 +332,7 @@ pub enum Balance {
     ConsistentHash,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HashOn {
     Ip,
@@ -332,7 +341,7 @@ pub enum HashOn {
     Query,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum UpstreamProtocol {
     /// HTTP/1.1 with keep-alive.
@@ -342,7 +351,7 @@ pub enum UpstreamProtocol {
     H2c,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
     /// `host:port`.
@@ -357,7 +366,7 @@ fn default_weight() -> u32 {
 }
 
 /// Connection pool limits per target (defaults as in Bilibili's gateway).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Keepalive {
     /// Open connections to one target, busy and idle together.
@@ -368,6 +377,7 @@ pub struct Keepalive {
     pub max_idle: usize,
     /// An idle connection unused this long is closed.
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub idle_timeout: Duration,
 }
 
@@ -388,16 +398,17 @@ impl Default for Keepalive {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Consumer {
+    #[schemars(regex(pattern = r"^[A-Za-z0-9._~-]{1,128}$"))]
     pub username: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom_id: Option<String>,
 }
 
 /// A plugin instance, scoped globally or to a route, service or consumer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PluginInstance {
     pub name: String,
