@@ -554,6 +554,76 @@ entity_handlers!(
     "The instance's kind and scope, e.g. `rate-limit:route=api` or `cors:global`"
 );
 
+#[utoipa::path(get, path = "/upstreams/{id}/targets", tag = "upstreams",
+    params(
+        ("id" = String, Path, description = "The upstream's name"),
+        ("offset" = Option<usize>, Query, description = "Targets to skip (default 0)"),
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000, description = "Page size, 1 to 1000 (default 100)"),
+    ),
+    responses(
+        (status = 200, description = "A page of the upstream's targets", body = Page),
+        (status = 400, description = "Bad pagination", body = ErrorBody),
+        (status = 404, description = "No such upstream", body = ErrorBody),
+    ))]
+async fn list_targets(
+    State(c): State<Shared>,
+    Path(id): Path<String>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Response {
+    let config = (c.current)();
+    let Some(u) = config.upstreams.iter().find(|u| u.name == id) else {
+        return error(StatusCode::NOT_FOUND, format!("no upstream named {id:?}"));
+    };
+    let items = u
+        .targets
+        .iter()
+        .filter_map(|t| serde_json::to_value(t).ok())
+        .collect();
+    match page(items, &q) {
+        Ok(p) => Json(p).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+#[utoipa::path(post, path = "/upstreams/{id}/targets", tag = "upstreams",
+    params(("id" = String, Path, description = "The upstream's name")),
+    request_body(content = Object, description = "One target: `{address, weight}`"),
+    responses(
+        (status = 201, description = "Added and live", body = Object),
+        (status = 400, description = "Invalid: `fields` names each problem by path", body = ErrorBody),
+        (status = 404, description = "No such upstream", body = ErrorBody),
+        (status = 405, description = "Read-only (the gateway runs from a file)", body = ErrorBody),
+        (status = 409, description = "The address is already a target, or another write won the race", body = ErrorBody),
+    ))]
+async fn add_target(
+    State(c): State<Shared>,
+    axum::Extension(who): axum::Extension<auth::Who>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    write::write(&c, Kind::Upstreams, write::Op::AddTarget(id), &body, &who.0).await
+}
+
+#[utoipa::path(delete, path = "/upstreams/{id}/targets/{address}", tag = "upstreams",
+    params(
+        ("id" = String, Path, description = "The upstream's name"),
+        ("address" = String, Path, description = "The target's `host:port`"),
+    ),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "No such upstream or target", body = ErrorBody),
+        (status = 405, description = "Read-only (the gateway runs from a file)", body = ErrorBody),
+        (status = 409, description = "The upstream would be left invalid (`fields` says why)", body = ErrorBody),
+    ))]
+async fn remove_target(
+    State(c): State<Shared>,
+    axum::Extension(who): axum::Extension<auth::Who>,
+    Path((id, address)): Path<(String, String)>,
+) -> Response {
+    let op = write::Op::RemoveTarget(id, address);
+    write::write(&c, Kind::Upstreams, op, &[], &who.0).await
+}
+
 #[derive(OpenApi)]
 #[openapi(info(
     title = "Gatehouse admin API",
@@ -583,6 +653,8 @@ pub fn router(control: Arc<Control>) -> axum::Router {
         .routes(routes!(get_service, put_service, delete_service))
         .routes(routes!(list_upstreams, create_upstream))
         .routes(routes!(get_upstream, put_upstream, delete_upstream))
+        .routes(routes!(list_targets, add_target))
+        .routes(routes!(remove_target))
         .routes(routes!(list_consumers, create_consumer))
         .routes(routes!(get_consumer, put_consumer, delete_consumer))
         .routes(routes!(list_plugins, create_plugin))

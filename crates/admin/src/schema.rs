@@ -7,7 +7,7 @@
 //! schemas go in as they are, their `$ref`s pointed at `#/components/schemas/`.
 
 use crate::Kind;
-use gatehouse_model::{Config, Consumer, PluginInstance, Route, Service, Upstream};
+use gatehouse_model::{Config, Consumer, PluginInstance, Route, Service, Target, Upstream};
 use jsonschema::error::ValidationErrorKind;
 use jsonschema::paths::LocationSegment;
 use jsonschema::Validator;
@@ -87,6 +87,29 @@ pub(crate) fn with_model_schemas(spec: &utoipa::openapi::OpenApi) -> Value {
             }
         }
     }
+    let target = generator.subschema_for::<Target>().to_value();
+    if let Some(paths) = spec.get_mut("paths") {
+        let body = "/~1upstreams~1{id}~1targets/post/requestBody/content/application~1json/schema";
+        let created =
+            "/~1upstreams~1{id}~1targets/post/responses/201/content/application~1json/schema";
+        let listed =
+            "/~1upstreams~1{id}~1targets/get/responses/200/content/application~1json/schema";
+        for (at, value) in [
+            (body, target.clone()),
+            (created, target.clone()),
+            (
+                listed,
+                json!({
+                    "allOf": [{"$ref": "#/components/schemas/Page"}],
+                    "properties": {"items": {"type": "array", "items": target}},
+                }),
+            ),
+        ] {
+            if let Some(s) = paths.pointer_mut(at) {
+                *s = value;
+            }
+        }
+    }
     let Some(paths) = spec.get_mut("paths") else {
         return spec;
     };
@@ -146,6 +169,15 @@ struct Bodies {
     upstreams: Validator,
     consumers: Validator,
     plugins: Validator,
+    targets: Validator,
+}
+
+/// Which published schema a body must fit.
+#[derive(Clone, Copy)]
+pub(crate) enum Body {
+    Config,
+    Entity(Kind),
+    Target,
 }
 
 static BODIES: OnceLock<Option<Bodies>> = OnceLock::new();
@@ -166,32 +198,34 @@ fn bodies() -> Option<&'static Bodies> {
                 upstreams: build::<Upstream>()?,
                 consumers: build::<Consumer>()?,
                 plugins: build::<PluginInstance>()?,
+                targets: build::<Target>()?,
             })
         })
         .as_ref()
 }
 
-/// Where `body` breaks the published schema of `kind` (`None`: a whole config), as
-/// `(field path, why)` with paths as the model names them (`routes.paths[0]`).
+/// Where `body` breaks the published schema `of`, as `(field path, why)` with paths as the
+/// model names them (`routes.paths[0]`, `targets.weight`).
 ///
 /// serde alone is laxer than the spec: a derived struct also accepts a JSON array of its
 /// fields, so `"node": [null, null]` would parse. Checking the schema first makes the API
 /// accept exactly what it documents.
-pub(crate) fn violations(kind: Option<Kind>, body: &Value) -> BTreeMap<String, String> {
+pub(crate) fn violations(of: Body, body: &Value) -> BTreeMap<String, String> {
     let mut found = BTreeMap::new();
     let Some(b) = bodies() else {
         return found;
     };
-    let validator = match kind {
-        None => &b.config,
-        Some(Kind::Routes) => &b.routes,
-        Some(Kind::Services) => &b.services,
-        Some(Kind::Upstreams) => &b.upstreams,
-        Some(Kind::Consumers) => &b.consumers,
-        Some(Kind::Plugins) => &b.plugins,
+    let (validator, prefix) = match of {
+        Body::Config => (&b.config, ""),
+        Body::Entity(Kind::Routes) => (&b.routes, "routes"),
+        Body::Entity(Kind::Services) => (&b.services, "services"),
+        Body::Entity(Kind::Upstreams) => (&b.upstreams, "upstreams"),
+        Body::Entity(Kind::Consumers) => (&b.consumers, "consumers"),
+        Body::Entity(Kind::Plugins) => (&b.plugins, "plugins"),
+        Body::Target => (&b.targets, "targets"),
     };
     for e in validator.iter_errors(body) {
-        let mut path = kind.map(Kind::plural).unwrap_or_default().to_owned();
+        let mut path = prefix.to_owned();
         for segment in e.instance_path().iter() {
             match segment {
                 LocationSegment::Property(p) => {

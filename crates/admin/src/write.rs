@@ -2,6 +2,7 @@
 //! a file reload goes (validate → compile → swap) and is committed as a store revision in
 //! between, so an invalid write changes nothing and a committed one is what runs.
 
+use crate::schema::Body;
 use crate::{error, Control, Kind, Source};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -19,6 +20,10 @@ pub(crate) enum Op {
     /// PUT /kind/{id}: create or replace.
     Put(String),
     Delete(String),
+    /// POST /upstreams/{id}/targets: add one target (its address must be new).
+    AddTarget(String),
+    /// DELETE /upstreams/{id}/targets/{address}.
+    RemoveTarget(String, String),
 }
 
 /// An answer that ends a write early (boxed: a `Response` is large).
@@ -42,24 +47,35 @@ fn invalid(status: StatusCode, message: String, fields: BTreeMap<String, String>
 /// Parses `body` as one entity: first against the schema the spec publishes, then into the
 /// model, naming the field that is wrong (`routes.paths[0]`).
 fn parse<T: DeserializeOwned>(kind: Kind, body: &[u8]) -> Result<T, Rejected> {
+    parse_as(Body::Entity(kind), kind.plural(), kind.singular(), body)
+}
+
+/// [`parse`] for any body: `of` picks the schema, `prefix` starts the field paths, `what`
+/// names the thing in the error.
+fn parse_as<T: DeserializeOwned>(
+    of: Body,
+    prefix: &str,
+    what: &str,
+    body: &[u8],
+) -> Result<T, Rejected> {
     let reject = |fields: BTreeMap<String, String>| {
         Box::new(invalid(
             StatusCode::BAD_REQUEST,
-            format!("invalid {}", kind.singular()),
+            format!("invalid {what}"),
             fields,
         ))
     };
     let value = json_body(body).map_err(&reject)?;
-    let broken = crate::schema::violations(Some(kind), &value);
+    let broken = crate::schema::violations(of, &value);
     if !broken.is_empty() {
         return Err(reject(broken));
     }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let key = if path == "." {
-            kind.plural().to_string()
+            prefix.to_string()
         } else {
-            format!("{}.{path}", kind.plural())
+            format!("{prefix}.{path}")
         };
         reject(BTreeMap::from([(key, e.inner().to_string())]))
     })
@@ -81,6 +97,10 @@ fn change_list<T: DeserializeOwned + Serialize + Clone>(
 ) -> Result<Before<T>, Rejected> {
     let position = |list: &Vec<T>, id: &str| list.iter().position(|x| id_of(x) == id);
     match op {
+        Op::AddTarget(id) | Op::RemoveTarget(id, _) => Err(Box::new(error(
+            StatusCode::NOT_FOUND,
+            format!("no {} named {id:?} has targets", kind.singular()),
+        ))),
         Op::Delete(id) => match position(list, id) {
             Some(i) => Ok((id.clone(), Some(list.remove(i)), None)),
             None => Err(Box::new(error(
@@ -133,6 +153,9 @@ fn apply_op(config: &mut Config, kind: Kind, op: &Op, body: &[u8]) -> Result<Cha
         let v = |x: Option<T>| x.and_then(|x| serde_json::to_value(x).ok());
         (r.0, v(r.1), v(r.2))
     }
+    if let (Kind::Upstreams, Op::AddTarget(id) | Op::RemoveTarget(id, _)) = (kind, op) {
+        return change_targets(config, id, op, body).map(json);
+    }
     Ok(match kind {
         Kind::Routes => json(change_list(
             kind,
@@ -172,6 +195,47 @@ fn apply_op(config: &mut Config, kind: Kind, op: &Op, body: &[u8]) -> Result<Cha
     })
 }
 
+/// Adds or removes one target of upstream `id` (Kong's `/upstreams/{id}/targets`): the
+/// upstream before and after, so the change is audited and validated as an upstream update.
+fn change_targets(
+    config: &mut Config,
+    id: &str,
+    op: &Op,
+    body: &[u8],
+) -> Result<Before<gatehouse_model::Upstream>, Rejected> {
+    let Some(upstream) = config.upstreams.iter_mut().find(|u| u.name == id) else {
+        return Err(Box::new(error(
+            StatusCode::NOT_FOUND,
+            format!("no upstream named {id:?}"),
+        )));
+    };
+    let before = upstream.clone();
+    match op {
+        Op::AddTarget(_) => {
+            let target: gatehouse_model::Target =
+                parse_as(Body::Target, "targets", "target", body)?;
+            if upstream.targets.iter().any(|t| t.address == target.address) {
+                return Err(Box::new(error(
+                    StatusCode::CONFLICT,
+                    format!("upstream {id:?} already has a target {:?}", target.address),
+                )));
+            }
+            upstream.targets.push(target);
+        }
+        Op::RemoveTarget(_, address) => {
+            let Some(i) = upstream.targets.iter().position(|t| t.address == *address) else {
+                return Err(Box::new(error(
+                    StatusCode::NOT_FOUND,
+                    format!("upstream {id:?} has no target {address:?}"),
+                )));
+            };
+            upstream.targets.remove(i);
+        }
+        _ => {}
+    }
+    Ok((id.to_owned(), Some(before), Some(upstream.clone())))
+}
+
 /// Runs one write: in a store, validated, committed, then live.
 pub(crate) async fn write(c: &Control, kind: Kind, op: Op, body: &[u8], who: &str) -> Response {
     let Source::Store(store) = &c.source else {
@@ -195,7 +259,7 @@ pub(crate) async fn write(c: &Control, kind: Kind, op: Op, body: &[u8], who: &st
         // Problems of the entity written are named relative to it (`routes.paths[0]`);
         // others (a route left pointing at a deleted service) keep their full path.
         let index = entity_index(&config, kind, &id);
-        let status = if matches!(op, Op::Delete(_)) {
+        let status = if matches!(op, Op::Delete(_) | Op::RemoveTarget(..)) {
             // Deleting something others point at.
             StatusCode::CONFLICT
         } else {
@@ -213,7 +277,23 @@ pub(crate) async fn write(c: &Control, kind: Kind, op: Op, body: &[u8], who: &st
         _ => "delete",
     };
     let entity = format!("{}/{id}", kind.plural());
-    let message = format!("{action} {entity}");
+    let message = match &op {
+        Op::AddTarget(_) => {
+            let address = after
+                .as_ref()
+                .and_then(|u| {
+                    u.get("targets")?
+                        .as_array()?
+                        .last()?
+                        .get("address")
+                        .cloned()
+                })
+                .unwrap_or_default();
+            format!("add target {address} to {entity}")
+        }
+        Op::RemoveTarget(_, address) => format!("remove target {address:?} from {entity}"),
+        _ => format!("{action} {entity}"),
+    };
     let change = Change {
         author: who,
         message: &message,
@@ -231,6 +311,17 @@ pub(crate) async fn write(c: &Control, kind: Kind, op: Op, body: &[u8], who: &st
         Ok(()) => c.serving(revision),
         // Validated above, so this is a bug, not bad input: say so loudly.
         Err(errors) => tracing::error!(revision, ?errors, "a committed revision did not compile"),
+    }
+    match op {
+        Op::AddTarget(_) => {
+            // The target as created: the upstream's last.
+            let target = after
+                .as_ref()
+                .and_then(|u| u.get("targets")?.as_array()?.last().cloned());
+            return (StatusCode::CREATED, Json(target)).into_response();
+        }
+        Op::RemoveTarget(..) => return StatusCode::NO_CONTENT.into_response(),
+        _ => {}
     }
     let status = if action == "create" {
         StatusCode::CREATED
@@ -285,7 +376,7 @@ pub(crate) async fn replace_all(c: &Control, body: &[u8], who: &str) -> Response
         Ok(v) => v,
         Err(fields) => return invalid(StatusCode::BAD_REQUEST, "invalid config".into(), fields),
     };
-    let broken = crate::schema::violations(None, &value);
+    let broken = crate::schema::violations(Body::Config, &value);
     if !broken.is_empty() {
         return invalid(StatusCode::BAD_REQUEST, "invalid config".into(), broken);
     }

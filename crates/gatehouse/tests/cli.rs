@@ -795,11 +795,73 @@ async fn store_mode_writes_through_the_admin_api_go_live_and_survive_a_restart()
     );
     assert_eq!(status["store"]["kind"], "sqlite");
 
+    // Targets one at a time, as Kong's /upstreams/{id}/targets: the new one takes traffic,
+    // the removed one gets none, and each change is audited as an upstream update.
+    let b = Origin::start("b").await;
+    let r = c
+        .send(
+            "POST",
+            "/upstreams/u/targets",
+            format!(r#"{{"address": "{}"}}"#, b.addr),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["weight"], 1);
+    let r = c
+        .send(
+            "POST",
+            "/upstreams/u/targets",
+            format!(r#"{{"address": "{}"}}"#, b.addr),
+        )
+        .await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        seen.insert(get(addr, "/app/x").await.json()["origin"].to_string());
+    }
+    assert_eq!(seen.len(), 2, "both targets serve: {seen:?}");
+    let r = c
+        .send(
+            "DELETE",
+            &format!("/upstreams/u/targets/{}", o.addr),
+            String::new(),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    for _ in 0..4 {
+        assert_eq!(get(addr, "/app/x").await.json()["origin"], "b");
+    }
+    let r = c
+        .send(
+            "DELETE",
+            &format!("/upstreams/u/targets/{}", b.addr),
+            String::new(),
+        )
+        .await;
+    assert_eq!(r.status, 409, "the last target stays: {}", r.text());
+    let audit = get(admin, "/audit").await.json();
+    assert_eq!(
+        audit[0]["message"],
+        format!("remove target \"{}\" from upstreams/u", o.addr)
+    );
+    // Back to one target on `a`, as the rest of the test expects.
+    let r = c
+        .send(
+            "PUT",
+            "/upstreams/u",
+            format!(
+                r#"{{"name": "u", "targets": [{{"address": "{}"}}]}}"#,
+                o.addr
+            ),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
     // A restart serves what the store holds.
     drop(gw);
     let (gw, addr) = Running::start_store(&url, &dir);
     assert_eq!(get(addr, "/app/y").await.status, 200);
-    assert_eq!(get(gw.admin_addr(), "/status").await.json()["revision"], 3);
+    assert_eq!(get(gw.admin_addr(), "/status").await.json()["revision"], 6);
     let r = Client::connect(gw.admin_addr())
         .await
         .send("DELETE", "/routes/r", String::new())
