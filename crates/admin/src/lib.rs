@@ -59,7 +59,33 @@ pub struct Control {
     /// Serving the on-disk last-known-good snapshot: the store could not be read at start.
     from_snapshot: std::sync::atomic::AtomicBool,
     tokens: Arc<auth::Tokens>,
+    health: Option<HealthOf>,
     pub metrics: Metrics,
+}
+
+/// The health of one upstream's targets on this node, by upstream name (`None`: no such
+/// upstream is served).
+pub type HealthOf = Box<dyn Fn(&str) -> Option<Vec<TargetHealth>> + Send + Sync>;
+
+/// One target's health as this node sees it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TargetHealth {
+    pub address: String,
+    /// `healthy`, `unhealthy` (failed its active probes) or `ejected` (passive checks).
+    pub state: &'static str,
+    /// For an ejected target: milliseconds until it is tried again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ejected_for_ms: Option<u64>,
+    /// Ejections in a row (each lasts longer).
+    pub ejections: u32,
+}
+
+/// `/upstreams/{id}/health`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UpstreamHealth {
+    pub upstream: String,
+    /// The targets this node uses (after subsetting).
+    pub targets: Vec<TargetHealth>,
 }
 
 impl Control {
@@ -95,6 +121,7 @@ impl Control {
             writes: tokio::sync::Mutex::new(()),
             from_snapshot: std::sync::atomic::AtomicBool::new(false),
             tokens: Arc::new(auth::Tokens::new(&[])),
+            health: None,
             metrics,
         }
     }
@@ -102,6 +129,12 @@ impl Control {
     /// Requires one of `tokens` on every call (viewers read, admins also write).
     pub fn with_tokens(mut self, tokens: &[gatehouse_model::AdminToken]) -> Self {
         self.tokens = Arc::new(auth::Tokens::new(tokens));
+        self
+    }
+
+    /// Where `/upstreams/{id}/health` reads target health from.
+    pub fn with_health(mut self, health: HealthOf) -> Self {
+        self.health = Some(health);
         self
     }
 
@@ -585,6 +618,23 @@ async fn list_targets(
     }
 }
 
+#[utoipa::path(get, path = "/upstreams/{id}/health", tag = "upstreams",
+    params(("id" = String, Path, description = "The upstream's name")),
+    responses(
+        (status = 200, description = "Each target's health on this node", body = UpstreamHealth),
+        (status = 404, description = "No such upstream", body = ErrorBody),
+    ))]
+async fn upstream_health(State(c): State<Shared>, Path(id): Path<String>) -> Response {
+    match c.health.as_ref().and_then(|h| h(&id)) {
+        Some(targets) => Json(UpstreamHealth {
+            upstream: id,
+            targets,
+        })
+        .into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no upstream named {id:?}")),
+    }
+}
+
 #[utoipa::path(post, path = "/upstreams/{id}/targets", tag = "upstreams",
     params(("id" = String, Path, description = "The upstream's name")),
     request_body(content = Object, description = "One target: `{address, weight}`"),
@@ -655,6 +705,7 @@ pub fn router(control: Arc<Control>) -> axum::Router {
         .routes(routes!(get_upstream, put_upstream, delete_upstream))
         .routes(routes!(list_targets, add_target))
         .routes(routes!(remove_target))
+        .routes(routes!(upstream_health))
         .routes(routes!(list_consumers, create_consumer))
         .routes(routes!(get_consumer, put_consumer, delete_consumer))
         .routes(routes!(list_plugins, create_plugin))

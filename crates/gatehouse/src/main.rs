@@ -452,7 +452,8 @@ async fn run(path: PathBuf, flags: NodeFlags) -> anyhow::Result<()> {
         Control::new(Source::File(path.clone()), move || {
             shared.snapshot.load().config.clone()
         })
-        .with_tokens(&tokens),
+        .with_tokens(&tokens)
+        .with_health(health_of(gateway.shared().clone())),
     );
     tracing::info!(address = %admin_listener.local_addr()?, "admin API listening");
     let admin_task = tokio::spawn(gatehouse_admin::serve(
@@ -589,4 +590,22 @@ routes:
     }
     gateway.shutdown().await;
     Ok(())
+}
+
+/// What the admin API's `/upstreams/{id}/health` reads: the serving snapshot's targets.
+pub(crate) fn health_of(shared: Arc<gatehouse_proxy::Shared>) -> gatehouse_admin::HealthOf {
+    Box::new(move |name| {
+        let targets = shared.health_of(name)?;
+        Some(
+            targets
+                .into_iter()
+                .map(|(address, v)| gatehouse_admin::TargetHealth {
+                    address: address.into(),
+                    state: v.state,
+                    ejected_for_ms: v.ejected_for_ms,
+                    ejections: v.ejections,
+                })
+                .collect(),
+        )
+    })
 }

@@ -81,8 +81,11 @@ pub async fn run(url: String, flags: NodeFlags) -> anyhow::Result<()> {
         let shared = shared.clone();
         move || shared.snapshot.load().config.clone()
     };
-    let control =
-        Arc::new(Control::with_store(store.clone(), current, live, revision).with_tokens(&tokens));
+    let control = Arc::new(
+        Control::with_store(store.clone(), current, live, revision)
+            .with_tokens(&tokens)
+            .with_health(crate::health_of(shared.clone())),
+    );
     control.set_from_snapshot(from_snapshot);
     let mut snapshot_revision = if from_snapshot { revision } else { -1 };
     let admin_listener = tokio::net::TcpListener::bind(admin_addr)

@@ -1224,3 +1224,51 @@ async fn killing_postgres_never_stops_proxying_and_a_restart_without_it_serves_t
         .await;
     assert_eq!(r.status, 204, "{}", r.text());
 }
+
+/// `/upstreams/{id}/health` on the real binary: a target nobody listens on fails its TCP
+/// probes and shows as unhealthy, the other stays healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_health_shows_what_the_active_checks_found() {
+    let o = Origin::start("a").await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let dir = temp_dir("health");
+    let file = dir.join("gateway.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "upstreams:
+  - name: u
+    targets: [{{address: \"{}\"}}, {{address: \"{dead}\"}}]
+    health: {{active: {{type: tcp, interval: 100ms, unhealthy_threshold: 1}}}}
+services: [{{name: s, upstream: u}}]
+routes: [{{name: r, service: s}}]
+",
+            o.addr
+        ),
+    )
+    .unwrap();
+    let (gw, addr) = Running::start(&file);
+    let mut states = serde_json::Value::Null;
+    for _ in 0..60 {
+        let h = get(gw.admin_addr(), "/upstreams/u/health").await.json();
+        states = h["targets"].clone();
+        if states[1]["state"] == "unhealthy" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(states[0]["address"], o.addr.to_string());
+    assert_eq!(states[0]["state"], "healthy", "{states}");
+    assert_eq!(states[1]["state"], "unhealthy", "{states}");
+    // Every request now goes to the healthy target.
+    for _ in 0..4 {
+        assert_eq!(get(addr, "/").await.status, 200);
+    }
+    assert_eq!(
+        get(gw.admin_addr(), "/upstreams/nope/health").await.status,
+        404
+    );
+}

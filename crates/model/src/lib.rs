@@ -11,7 +11,10 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
+mod resilience;
 mod validate;
+
+pub use resilience::{ActiveCheck, AllDown, CheckType, Health, PassiveCheck};
 
 pub use validate::{check_path_pattern, is_valid_name, parse_service_url, validate};
 
@@ -319,6 +322,9 @@ pub struct Upstream {
     pub protocol: UpstreamProtocol,
     #[serde(default)]
     pub keepalive: Keepalive,
+    /// Active and passive health checks of the targets. Default: none, every target is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]

@@ -107,6 +107,18 @@ fn validation_messages() {
             &["upstreams[0].balance: unknown variant `fastest`, expected one of `round_robin`, `random`, `least_conn`, `ewma`, `consistent_hash`"],
         ),
         (
+            "upstreams:\n  - name: u2\n    targets: [{address: \"h:1\"}]\n    health:\n      active: {path: health, interval: 0s, unhealthy_threshold: 0, expected_statuses: [99]}\n      passive: {consecutive_failures: 0, max_ejection_percent: 101, base_ejection: 10s, max_ejection: 5s}\n",
+            &[
+                "upstreams[0].health.active.expected_statuses[0]: 99 is not an HTTP status",
+                "upstreams[0].health.active.interval: must be above 0",
+                "upstreams[0].health.active.path: must start with /",
+                "upstreams[0].health.active.unhealthy_threshold: must be at least 1",
+                "upstreams[0].health.passive: ejects nothing: set consecutive_failures above 0 or a failure_ratio",
+                "upstreams[0].health.passive.max_ejection: must be at least base_ejection",
+                "upstreams[0].health.passive.max_ejection_percent: must be from 0 to 100",
+            ],
+        ),
+        (
             "services:\n  - {name: s2, upstream: nope}\n  - {name: s3}\n  - {name: s4, url: \"https://x\"}\n",
             &[
                 "services[0].upstream: no upstream named \"nope\"",

@@ -144,6 +144,9 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
                 format!("must not exceed max_connections ({})", k.max_connections),
             );
         }
+        if let Some(h) = &u.health {
+            crate::resilience::check_health(h, &mut |f, m| err(format!("{p}.health.{f}"), m));
+        }
     }
 
     for (i, s) in config.services.iter().enumerate() {

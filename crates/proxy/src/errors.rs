@@ -14,6 +14,8 @@ pub enum Failure {
     NoRoute,
     BadFraming,
     NoTarget,
+    /// Health checks found every target down and the upstream fails fast.
+    AllTargetsDown,
     ConnectFailed,
     ConnectTimeout,
     UpstreamTimeout,
@@ -27,7 +29,9 @@ impl Failure {
         match self {
             Failure::NoRoute => StatusCode::NOT_FOUND,
             Failure::BadFraming => StatusCode::BAD_REQUEST,
-            Failure::NoTarget | Failure::ConnectionLimit => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::NoTarget | Failure::AllTargetsDown | Failure::ConnectionLimit => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Failure::ConnectFailed | Failure::UpstreamError => StatusCode::BAD_GATEWAY,
             Failure::ConnectTimeout | Failure::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Failure::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -39,6 +43,7 @@ impl Failure {
             Failure::NoRoute => "no route",
             Failure::BadFraming => "ambiguous request framing",
             Failure::NoTarget => "no upstream target available",
+            Failure::AllTargetsDown => "no healthy upstream target",
             Failure::ConnectFailed => "upstream connection failed",
             Failure::ConnectTimeout => "upstream connect timed out",
             Failure::UpstreamTimeout => "upstream timed out",

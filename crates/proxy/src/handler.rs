@@ -13,7 +13,9 @@ use bytes::Bytes;
 use gatehouse_plugin_api::{Consumer, Flow, Hold, LogCtx, Plugin, RequestCtx, ResponseCtx};
 use gatehouse_runtime::plugins::Chain;
 use gatehouse_runtime::router::{cookie, query_arg, RequestView};
-use gatehouse_runtime::snapshot::{upstream_path, HashSource, RouteEntry, Snapshot};
+use gatehouse_runtime::snapshot::{
+    upstream_path, AllTargetsDown, HashSource, RouteEntry, Snapshot,
+};
 use gatehouse_runtime::upstream::{ConnectError, ProxyBody, Sender, TargetState};
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -278,9 +280,24 @@ async fn handle_inner(
     let total_deadline = timeouts.total.map(|t| Instant::now() + t);
     let mut tried: Vec<usize> = Vec::new();
     let mut failure = Failure::NoTarget;
+    let passive = upstream.health.as_ref().and_then(|h| h.passive.as_ref());
+    let report = |idx: usize, failed: bool| {
+        if let Some(p) = passive {
+            let now = gatehouse_runtime::health::now_ns();
+            if let Some(length) = p.report(&upstream.targets, idx, failed, now) {
+                let address = upstream.targets.get(idx).map_or("", |t| &*t.address);
+                tracing::warn!(upstream = %upstream.name, target = address, ?length, "target ejected (passive check)");
+            }
+        }
+    };
     for _attempt in 0..=service.retries {
-        let Some(idx) = upstream.balancer.pick(&upstream.targets, &hash_key, &tried) else {
-            break;
+        let idx = match upstream.pick(&hash_key, &tried) {
+            Ok(Some(i)) => i,
+            Ok(None) => break,
+            Err(AllTargetsDown) => {
+                failure = Failure::AllTargetsDown;
+                break;
+            }
         };
         let Some(target) = upstream.targets.get(idx) else {
             break;
@@ -296,6 +313,10 @@ async fn handle_inner(
                         e if e.is_timeout() => Failure::ConnectTimeout,
                         _ => Failure::ConnectFailed,
                     };
+                    // Our own connection cap is not the target's fault.
+                    if failure != Failure::ConnectionLimit {
+                        report(idx, true);
+                    }
                     tried.push(idx);
                     break;
                 }
@@ -337,6 +358,7 @@ async fn handle_inner(
             let mut resp = match result {
                 Err(_) => {
                     tracing::warn!(route = %route.name, target = %target.address, "upstream response head timed out");
+                    report(idx, true);
                     return respond(Failure::UpstreamTimeout, &request_id);
                 }
                 Ok(Err(mut e)) => match e.take_message() {
@@ -352,11 +374,15 @@ async fn handle_inner(
                     }
                     _ => {
                         tracing::warn!(route = %route.name, target = %target.address, error = %e.error(), "upstream exchange failed");
+                        report(idx, true);
                         return respond(Failure::UpstreamError, &request_id);
                     }
                 },
                 Ok(Ok(resp)) => resp,
             };
+            if let Some(p) = passive {
+                report(idx, p.is_failure(resp.status()));
+            }
             let head_at = Instant::now();
             target.record_latency(head_at - sent_at, head_at.into_std());
             *resp.version_mut() = client_version;

@@ -51,6 +51,22 @@ impl Shared {
         Ok(())
     }
 
+    /// Each target of upstream `name` with its health, as this node sees it now.
+    pub fn health_of(
+        &self,
+        name: &str,
+    ) -> Option<Vec<(Box<str>, gatehouse_runtime::health::HealthView)>> {
+        let snap = self.snapshot.load();
+        let u = snap.upstreams.get(name)?;
+        let now = gatehouse_runtime::health::now_ns();
+        Some(
+            u.targets
+                .iter()
+                .map(|t| (t.address.clone(), t.health.view(now)))
+                .collect(),
+        )
+    }
+
     /// Every problem compiling `config` would find, without swapping anything.
     pub fn check(&self, config: Config) -> Vec<ConfigError> {
         let current = self.snapshot.load();
@@ -207,6 +223,8 @@ async fn worker(
         accept_tasks.push(tokio::spawn(accept_loop(l, shared, stop, alive)));
     }
     let sweeper = tokio::spawn(sweep_idle(shared.clone()));
+    // One worker probes for the whole node.
+    let checks = (upstream::worker() == 0).then(|| tokio::spawn(health_checks(shared.clone())));
     drop(alive);
     while !*stop.borrow_and_update() {
         if stop.changed().await.is_err() {
@@ -224,6 +242,9 @@ async fn worker(
         tracing::warn!(?drain, "drain timeout: closing connections still open");
     }
     sweeper.abort();
+    if let Some(c) = checks {
+        c.abort();
+    }
 }
 
 async fn accept_loop(
@@ -376,5 +397,34 @@ async fn sweep_idle(shared: Arc<Shared>) {
         for t in snap.targets() {
             t.sweep_idle();
         }
+    }
+}
+
+/// Runs the active health checks of the serving snapshot's upstreams, restarting them when a
+/// reload swaps the snapshot. Verdicts live in the targets, so targets that stay keep theirs;
+/// checks a reload removed have their verdicts cleared.
+async fn health_checks(shared: Arc<Shared>) {
+    loop {
+        let snap = shared.snapshot.load_full();
+        let mut probes = tokio::task::JoinSet::new();
+        for u in snap.upstreams.values() {
+            let active = u.health.as_ref().and_then(|h| h.active.clone());
+            let passive = u.health.as_ref().is_some_and(|h| h.passive.is_some());
+            for t in &u.targets {
+                t.health.reset(active.is_some(), passive);
+            }
+            if let Some(check) = active {
+                let name: Arc<str> = u.name.as_ref().into();
+                probes.spawn(gatehouse_runtime::health::run_active(
+                    name,
+                    u.targets.clone(),
+                    check,
+                ));
+            }
+        }
+        while Arc::ptr_eq(&snap, &shared.snapshot.load()) {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        // Dropping the set aborts the old probes.
     }
 }

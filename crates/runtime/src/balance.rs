@@ -56,18 +56,19 @@ impl Weights {
         self.members.get(pos).map(|(i, _)| *i as usize)
     }
 
-    /// A weighted draw that avoids `tried`; falls back to a scan when draws keep hitting it.
-    fn draw_excluding(&self, tried: &[usize]) -> Option<usize> {
+    /// A weighted draw of a member `ok` accepts; falls back to a scan when draws keep
+    /// hitting refused ones.
+    fn draw_where(&self, ok: &impl Fn(usize) -> bool) -> Option<usize> {
         for _ in 0..4 {
             let i = self.draw()?;
-            if !tried.contains(&i) {
+            if ok(i) {
                 return Some(i);
             }
         }
         self.members
             .iter()
             .map(|(i, _)| *i as usize)
-            .find(|i| !tried.contains(i))
+            .find(|i| ok(*i))
     }
 }
 
@@ -150,16 +151,16 @@ impl Ring {
         }
     }
 
-    fn pick(&self, key: &[u8], tried: &[usize]) -> Option<usize> {
+    fn pick(&self, key: &[u8], ok: &impl Fn(usize) -> bool) -> Option<usize> {
         if self.points.is_empty() {
             return None;
         }
         let h = crc32fast::hash(key);
         let start = self.points.partition_point(|p| p.0 < h) % self.points.len();
-        // Walk clockwise to the first target not yet tried by this request.
+        // Walk clockwise to the first target this request may use.
         (0..self.points.len())
             .map(|k| self.points[(start + k) % self.points.len()].1 as usize)
-            .find(|i| !tried.contains(i))
+            .find(|i| ok(*i))
     }
 }
 
@@ -194,6 +195,17 @@ impl Balancer {
         hash_key: &[u8],
         tried: &[usize],
     ) -> Option<usize> {
+        self.pick_where(targets, hash_key, |i| !tried.contains(&i))
+    }
+
+    /// Chooses a target index among those `ok` accepts (not yet tried, healthy...).
+    pub fn pick_where(
+        &self,
+        targets: &[Arc<TargetState>],
+        hash_key: &[u8],
+        ok: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let ok = &ok;
         match self {
             Balancer::RoundRobin { sequence, next } => {
                 if sequence.is_empty() {
@@ -202,16 +214,13 @@ impl Balancer {
                 for _ in 0..sequence.len().min(64) {
                     let n = next.fetch_add(1, Ordering::Relaxed);
                     let i = sequence[n % sequence.len()] as usize;
-                    if !tried.contains(&i) {
+                    if ok(i) {
                         return Some(i);
                     }
                 }
-                sequence
-                    .iter()
-                    .map(|i| *i as usize)
-                    .find(|i| !tried.contains(i))
+                sequence.iter().map(|i| *i as usize).find(|i| ok(*i))
             }
-            Balancer::Random(w) => w.draw_excluding(tried),
+            Balancer::Random(w) => w.draw_where(ok),
             Balancer::LeastConn(w) => {
                 // Fewest in-flight requests per unit of weight; a random start breaks ties
                 // without favouring the first target.
@@ -224,7 +233,7 @@ impl Balancer {
                 for k in 0..n {
                     let (i, weight) = w.members[(start + k) % n];
                     let i = i as usize;
-                    if tried.contains(&i) {
+                    if !ok(i) {
                         continue;
                     }
                     let active = targets
@@ -245,8 +254,8 @@ impl Balancer {
             Balancer::Ewma(w) => {
                 // Power of two choices: two weighted draws, keep the lower
                 // latency × (in-flight + 1) per unit of weight.
-                let a = w.draw_excluding(tried)?;
-                let b = match w.draw_excluding(tried) {
+                let a = w.draw_where(ok)?;
+                let b = match w.draw_where(ok) {
                     Some(b) if b != a => b,
                     _ => return Some(a),
                 };
@@ -262,7 +271,7 @@ impl Balancer {
                 };
                 Some(if cost(b) < cost(a) { b } else { a })
             }
-            Balancer::ConsistentHash(ring) => ring.pick(hash_key, tried),
+            Balancer::ConsistentHash(ring) => ring.pick(hash_key, ok),
         }
     }
 }

@@ -6,8 +6,10 @@ pub mod router;
 pub use router::{RequestView, RouteMatch, Router};
 pub mod balance;
 pub mod explain;
+pub mod health;
 pub mod plugins;
 pub mod snapshot;
 pub mod upstream;
+pub mod window;
 
 pub use snapshot::{parse_config, parse_config_for_node, NodeContext, Snapshot};

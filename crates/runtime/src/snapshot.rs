@@ -3,11 +3,12 @@
 //! names built), and target state is carried over from the previous snapshot.
 
 use crate::balance::{subset, Balancer};
+use crate::health::HealthPolicy;
 use crate::plugins::{build_instances, chains, Chain, Instances};
 use crate::router::{RequestView, RouteMatch, Router};
 use crate::upstream::TargetState;
 use gatehouse_model::{
-    parse_service_url, Config, ConfigError, HashOn, Keepalive, Timeouts, UpstreamProtocol,
+    parse_service_url, AllDown, Config, ConfigError, HashOn, Keepalive, Timeouts, UpstreamProtocol,
 };
 use gatehouse_plugin_api::{BuildEnv, RedisStore};
 use http::HeaderName;
@@ -72,6 +73,37 @@ pub struct UpstreamEntry {
     pub targets: Vec<Arc<TargetState>>,
     pub balancer: Balancer,
     pub hash: HashSource,
+    /// Health checks; `None` (the default) uses every target without looking.
+    pub health: Option<HealthPolicy>,
+}
+
+/// Every target of an upstream is down by its health checks, and it fails fast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AllTargetsDown;
+
+impl UpstreamEntry {
+    /// A target for this request: one not yet `tried` and healthy, or, when health checks
+    /// left none and the upstream says `try_anyway`, any not yet tried.
+    #[inline]
+    pub fn pick(&self, hash_key: &[u8], tried: &[usize]) -> Result<Option<usize>, AllTargetsDown> {
+        let Some(health) = &self.health else {
+            return Ok(self.balancer.pick(&self.targets, hash_key, tried));
+        };
+        let now = crate::health::now_ns();
+        let healthy = self.balancer.pick_where(&self.targets, hash_key, |i| {
+            !tried.contains(&i) && self.targets.get(i).is_some_and(|t| t.health.available(now))
+        });
+        if healthy.is_some() {
+            return Ok(healthy);
+        }
+        let any_up = self.targets.iter().any(|t| t.health.available(now));
+        match health.all_down {
+            // Healthy targets remain, all tried already: nothing left for this request.
+            _ if any_up => Ok(None),
+            AllDown::TryAnyway => Ok(self.balancer.pick(&self.targets, hash_key, tried)),
+            AllDown::FailFast => Err(AllTargetsDown),
+        }
+    }
 }
 
 /// Where a consistent-hash key comes from.
@@ -145,6 +177,7 @@ impl Snapshot {
                 hash,
                 u.protocol,
                 u.keepalive,
+                u.health.as_ref().map(HealthPolicy::new),
                 previous,
                 node,
             ) {
@@ -177,6 +210,7 @@ impl Snapshot {
                         HashSource::None,
                         UpstreamProtocol::Http1,
                         Keepalive::default(),
+                        None,
                         previous,
                         node,
                     ) {
@@ -322,6 +356,7 @@ fn build_upstream(
     hash: HashSource,
     protocol: UpstreamProtocol,
     keepalive: Keepalive,
+    health: Option<HealthPolicy>,
     previous: Option<&Snapshot>,
     node: NodeContext,
 ) -> Result<UpstreamEntry, String> {
@@ -349,6 +384,7 @@ fn build_upstream(
         balancer: Balancer::new(balance, &addrs, &weights),
         targets,
         hash,
+        health,
     })
 }
 

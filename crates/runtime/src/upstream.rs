@@ -239,10 +239,12 @@ pub struct TargetState {
     freed: Arc<Notify>,
     /// Connections opened since start (observability and tests of reuse).
     pub connects: AtomicU64,
+    /// Active and passive health verdicts.
+    pub health: crate::health::TargetHealth,
 }
 
 /// Nanoseconds since the first call, at `at`; 0 is reserved for "never".
-fn clock(at: Instant) -> u64 {
+pub fn clock(at: Instant) -> u64 {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     let start = START.get_or_init(|| at - Duration::from_nanos(1));
     at.saturating_duration_since(*start).as_nanos().max(1) as u64
@@ -275,6 +277,7 @@ impl TargetState {
             open: Arc::new(AtomicUsize::new(0)),
             freed: Arc::new(Notify::new()),
             connects: AtomicU64::new(0),
+            health: Default::default(),
         })
     }
 

@@ -398,3 +398,125 @@ pub fn upstream_yaml_with_service(
         list.join(", ")
     )
 }
+
+/// An origin the test can steer and kill. `/health` answers 200 `ok` while `healthy`, else
+/// 503; every other path answers 200 `{"origin": name, "n": N}`, except that with
+/// `fail_every` = k > 0 every k-th request gets a 503. `kill` closes the listener and every
+/// open connection at once, as a crashed process would.
+pub struct Steered {
+    pub addr: SocketAddr,
+    pub healthy: Arc<std::sync::atomic::AtomicBool>,
+    pub fail_every: Arc<AtomicUsize>,
+    /// Non-health requests answered (any status).
+    pub served: Arc<AtomicUsize>,
+    /// Methods and paths of non-health requests, in order.
+    pub seen: Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Steered {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Steered {
+    pub async fn start(name: &'static str) -> Steered {
+        Self::start_on("127.0.0.1:0".parse().unwrap(), name).await
+    }
+
+    /// Starts on `addr` (e.g. the address of one that was killed), retrying the bind briefly.
+    pub async fn start_on(addr: SocketAddr, name: &'static str) -> Steered {
+        let mut listener = None;
+        for _ in 0..50 {
+            match TcpListener::bind(addr).await {
+                Ok(l) => {
+                    listener = Some(l);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        let listener = listener.expect("bind steered origin");
+        let addr = listener.local_addr().unwrap();
+        let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let fail_every = Arc::new(AtomicUsize::new(0));
+        let served = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (h, f, s, log) = (
+            healthy.clone(),
+            fail_every.clone(),
+            served.clone(),
+            seen.clone(),
+        );
+        let task = tokio::spawn(async move {
+            // Connection tasks live in the set, so aborting this task closes them all.
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (h, f, s, log) = (h.clone(), f.clone(), s.clone(), log.clone());
+                conns.spawn(async move {
+                    let svc = service_fn(move |req: hyper::Request<Incoming>| {
+                        let (h, f, s, log) = (h.clone(), f.clone(), s.clone(), log.clone());
+                        async move {
+                            let resp = |status: u16, body: String| {
+                                Ok::<_, std::convert::Infallible>(
+                                    hyper::Response::builder()
+                                        .status(status)
+                                        .body(Full::new(Bytes::from(body)))
+                                        .unwrap(),
+                                )
+                            };
+                            if req.uri().path() == "/health" {
+                                return if h.load(Ordering::SeqCst) {
+                                    resp(200, "ok".into())
+                                } else {
+                                    resp(503, "down".into())
+                                };
+                            }
+                            log.lock().unwrap().push(format!(
+                                "{} {}",
+                                req.method(),
+                                req.uri().path()
+                            ));
+                            let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                            let n = s.fetch_add(1, Ordering::SeqCst) + 1;
+                            let k = f.load(Ordering::SeqCst);
+                            if k > 0 && n % k == 0 {
+                                return resp(503, format!("{{\"origin\":\"{name}\",\"n\":{n}}}"));
+                            }
+                            let len = body.map(|b| b.len()).unwrap_or(0);
+                            resp(
+                                200,
+                                format!("{{\"origin\":\"{name}\",\"n\":{n},\"body_bytes\":{len}}}"),
+                            )
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+                while conns.try_join_next().is_some() {}
+            }
+        });
+        Steered {
+            addr,
+            healthy,
+            fail_every,
+            served,
+            seen,
+            task,
+        }
+    }
+
+    /// Closes the listener and every connection; returns the address to restart on.
+    pub async fn kill(self) -> SocketAddr {
+        let addr = self.addr;
+        self.task.abort();
+        // Let the runtime run the abort (sockets close when the tasks drop).
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        addr
+    }
+}

@@ -1,0 +1,224 @@
+//! Config of what keeps a route serving when upstreams misbehave: active and passive health
+//! checks of targets, with their validation.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Health checking of an upstream's targets. A target is used only while it is healthy by
+/// every check configured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// Probes sent to every target on a timer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<ActiveCheck>,
+    /// Outlier detection from real traffic: targets that keep failing are ejected for a while.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passive: Option<PassiveCheck>,
+    /// When no target is healthy: `fail_fast` answers 503 at once, `try_anyway` ignores
+    /// health and balances over all targets (the checks may be what is wrong).
+    #[serde(default)]
+    pub all_down: AllDown,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AllDown {
+    #[default]
+    FailFast,
+    TryAnyway,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckType {
+    /// A GET of `path`, judged by status (and body).
+    #[default]
+    Http,
+    /// A TCP connect.
+    Tcp,
+}
+
+/// An active probe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActiveCheck {
+    #[serde(default, rename = "type")]
+    pub kind: CheckType,
+    /// The path probed (`http`).
+    #[serde(default = "default_check_path")]
+    pub path: String,
+    /// Host header of the probe. Default: the target's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Statuses that mean healthy. Default: any 2xx or 3xx.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expected_statuses: Vec<u16>,
+    /// A healthy answer's body must contain this text (only the first 64 KiB are read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_contains: Option<String>,
+    /// Time between two probes of a target; each node adds up to ±10 % of jitter so that
+    /// nodes do not probe in lock-step.
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub interval: Duration,
+    /// A probe that takes longer fails.
+    #[serde(default = "default_check_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub timeout: Duration,
+    /// Consecutive successes that make an unhealthy target healthy again.
+    #[serde(default = "two")]
+    pub healthy_threshold: u32,
+    /// Consecutive failures that make a healthy target unhealthy.
+    #[serde(default = "three")]
+    pub unhealthy_threshold: u32,
+}
+
+/// Passive checks (outlier detection), judged on real requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveCheck {
+    /// Failures in a row that eject a target; 0 turns this test off.
+    #[serde(default = "five")]
+    pub consecutive_failures: u32,
+    /// Response statuses that count as failures, besides connect errors, resets and
+    /// timeouts.
+    #[serde(default = "default_failure_statuses")]
+    pub failure_statuses: Vec<u16>,
+    /// Eject a target whose share of failed requests within `window` reaches this (0 to 1),
+    /// once it has seen `min_requests` there. Default: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_ratio: Option<f64>,
+    #[serde(default = "default_window", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub window: Duration,
+    #[serde(default = "twenty")]
+    pub min_requests: u32,
+    /// How long the first ejection lasts; each ejection in a row lasts one more of these,
+    /// up to `max_ejection`.
+    #[serde(default = "default_base_ejection", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub base_ejection: Duration,
+    #[serde(default = "default_max_ejection", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub max_ejection: Duration,
+    /// At most this share of the upstream's targets (percent) is ejected at once, so that
+    /// passive checks alone never take a whole upstream out.
+    #[serde(default = "fifty")]
+    pub max_ejection_percent: u32,
+}
+
+fn default_check_path() -> String {
+    "/".into()
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_window() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_base_ejection() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_ejection() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_failure_statuses() -> Vec<u16> {
+    vec![502, 503, 504]
+}
+fn two() -> u32 {
+    2
+}
+fn three() -> u32 {
+    3
+}
+fn five() -> u32 {
+    5
+}
+fn twenty() -> u32 {
+    20
+}
+fn fifty() -> u32 {
+    50
+}
+
+/// Problems of an upstream's `health`, as `(field under health, message)`.
+pub(crate) fn check_health(h: &Health, err: &mut dyn FnMut(String, String)) {
+    if let Some(a) = &h.active {
+        if a.kind == CheckType::Http && !a.path.starts_with('/') {
+            err("active.path".into(), "must start with /".into());
+        }
+        statuses("active.expected_statuses", &a.expected_statuses, err);
+        positive("active.interval", a.interval, err);
+        positive("active.timeout", a.timeout, err);
+        if a.healthy_threshold == 0 {
+            err(
+                "active.healthy_threshold".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if a.unhealthy_threshold == 0 {
+            err(
+                "active.unhealthy_threshold".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if a.kind == CheckType::Tcp
+            && (a.body_contains.is_some() || !a.expected_statuses.is_empty())
+        {
+            err(
+                "active.type".into(),
+                "a tcp check has no status or body; use type: http".into(),
+            );
+        }
+    }
+    if let Some(p) = &h.passive {
+        statuses("passive.failure_statuses", &p.failure_statuses, err);
+        if let Some(r) = p.failure_ratio {
+            if !(r > 0.0 && r <= 1.0) {
+                err(
+                    "passive.failure_ratio".into(),
+                    "must be above 0 and at most 1".into(),
+                );
+            }
+        }
+        positive("passive.window", p.window, err);
+        positive("passive.base_ejection", p.base_ejection, err);
+        if p.max_ejection < p.base_ejection {
+            err(
+                "passive.max_ejection".into(),
+                "must be at least base_ejection".into(),
+            );
+        }
+        if p.max_ejection_percent > 100 {
+            err(
+                "passive.max_ejection_percent".into(),
+                "must be from 0 to 100".into(),
+            );
+        }
+        if p.consecutive_failures == 0 && p.failure_ratio.is_none() {
+            err(
+                "passive".into(),
+                "ejects nothing: set consecutive_failures above 0 or a failure_ratio".into(),
+            );
+        }
+    }
+}
+
+pub(crate) fn statuses(path: &str, list: &[u16], err: &mut dyn FnMut(String, String)) {
+    for (i, s) in list.iter().enumerate() {
+        if !(100..=599).contains(s) {
+            err(format!("{path}[{i}]"), format!("{s} is not an HTTP status"));
+        }
+    }
+}
+
+pub(crate) fn positive(path: &str, d: Duration, err: &mut dyn FnMut(String, String)) {
+    if d.is_zero() {
+        err(path.into(), "must be above 0".into());
+    }
+}

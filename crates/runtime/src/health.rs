@@ -1,0 +1,337 @@
+//! Target health: active probes on a timer and passive outlier detection from real traffic.
+//! The verdicts live in each target's [`TargetHealth`] (atomics, kept across reloads with the
+//! target), so the request path reads health with two loads and no lock.
+
+use crate::upstream::{clock, TargetState};
+use crate::window::Window;
+use bytes::Bytes;
+use gatehouse_model::{ActiveCheck, AllDown, CheckType, Health, PassiveCheck, UpstreamProtocol};
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+/// One target's health, shared by every snapshot that keeps the target.
+#[derive(Default)]
+pub struct TargetHealth {
+    /// Set by active probes: failed `unhealthy_threshold` times in a row.
+    probe_down: AtomicBool,
+    probe_ok_streak: AtomicU32,
+    probe_fail_streak: AtomicU32,
+    /// Passive: failures in a row, and the failure window.
+    fail_streak: AtomicU32,
+    window: Window,
+    /// Passive: ejected until this clock time (ns); stays set after it passes, so the next
+    /// ejection can tell whether it follows closely (and lasts longer).
+    ejected_until: AtomicU64,
+    ejections: AtomicU32,
+}
+
+/// What `/upstreams/{name}/health` shows of a target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthView {
+    /// `healthy`, `unhealthy` (active probes) or `ejected` (passive checks).
+    pub state: &'static str,
+    /// For an ejected target: how much longer, in milliseconds.
+    pub ejected_for_ms: Option<u64>,
+    pub ejections: u32,
+}
+
+impl TargetHealth {
+    /// May requests go to this target at `now_ns`?
+    #[inline]
+    pub fn available(&self, now_ns: u64) -> bool {
+        !self.probe_down.load(Ordering::Relaxed)
+            && self.ejected_until.load(Ordering::Relaxed) <= now_ns
+    }
+
+    fn ejected(&self, now_ns: u64) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) > now_ns
+    }
+
+    pub fn view(&self, now_ns: u64) -> HealthView {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        let (state, left) = if self.probe_down.load(Ordering::Relaxed) {
+            ("unhealthy", None)
+        } else if until > now_ns {
+            ("ejected", Some((until - now_ns) / 1_000_000))
+        } else {
+            ("healthy", None)
+        };
+        HealthView {
+            state,
+            ejected_for_ms: left,
+            ejections: self.ejections.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Forgets verdicts of checks that are no longer configured.
+    pub fn reset(&self, active: bool, passive: bool) {
+        if !active {
+            self.probe_down.store(false, Ordering::Relaxed);
+            self.probe_ok_streak.store(0, Ordering::Relaxed);
+            self.probe_fail_streak.store(0, Ordering::Relaxed);
+        }
+        if !passive {
+            self.ejected_until.store(0, Ordering::Relaxed);
+            self.fail_streak.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Records one active probe's result; returns the new verdict when it changed.
+    pub fn probed(&self, ok: bool, check: &ActiveCheck, now_ns: u64) -> Option<bool> {
+        if ok {
+            self.probe_fail_streak.store(0, Ordering::Relaxed);
+            let n = self.probe_ok_streak.fetch_add(1, Ordering::Relaxed) + 1;
+            let down = self.probe_down.load(Ordering::Relaxed);
+            let ejected = self.ejected(now_ns);
+            if (down || ejected) && n >= check.healthy_threshold {
+                // A target the probes find healthy again is re-admitted, ejected or not
+                // (Envoy's successful_active_health_check_uneject_host).
+                self.probe_down.store(false, Ordering::Relaxed);
+                if ejected {
+                    self.ejected_until.store(now_ns, Ordering::Relaxed);
+                }
+                self.fail_streak.store(0, Ordering::Relaxed);
+                self.window.clear();
+                return Some(true);
+            }
+        } else {
+            self.probe_ok_streak.store(0, Ordering::Relaxed);
+            let n = self.probe_fail_streak.fetch_add(1, Ordering::Relaxed) + 1;
+            if !self.probe_down.load(Ordering::Relaxed) && n >= check.unhealthy_threshold {
+                self.probe_down.store(true, Ordering::Relaxed);
+                return Some(false);
+            }
+        }
+        None
+    }
+}
+
+/// An upstream's health checks, compiled.
+pub struct HealthPolicy {
+    pub active: Option<Arc<ActiveCheck>>,
+    pub passive: Option<Passive>,
+    pub all_down: AllDown,
+}
+
+/// Passive checks with durations in clock nanoseconds.
+pub struct Passive {
+    consecutive: u32,
+    failure_statuses: Box<[u16]>,
+    ratio: Option<f64>,
+    window_ns: u64,
+    min_requests: u64,
+    base_ns: u64,
+    max_ns: u64,
+    max_percent: u64,
+}
+
+impl HealthPolicy {
+    pub fn new(h: &Health) -> Self {
+        Self {
+            active: h.active.clone().map(Arc::new),
+            passive: h.passive.as_ref().map(Passive::new),
+            all_down: h.all_down,
+        }
+    }
+}
+
+fn ns(d: Duration) -> u64 {
+    d.as_nanos().min(u128::from(u64::MAX)) as u64
+}
+
+impl Passive {
+    fn new(p: &PassiveCheck) -> Self {
+        Self {
+            consecutive: p.consecutive_failures,
+            failure_statuses: p.failure_statuses.clone().into_boxed_slice(),
+            ratio: p.failure_ratio,
+            window_ns: ns(p.window),
+            min_requests: u64::from(p.min_requests),
+            base_ns: ns(p.base_ejection),
+            max_ns: ns(p.max_ejection),
+            max_percent: u64::from(p.max_ejection_percent),
+        }
+    }
+
+    /// Whether an upstream answer with `status` counts as a failure.
+    pub fn is_failure(&self, status: StatusCode) -> bool {
+        self.failure_statuses.contains(&status.as_u16())
+    }
+
+    /// Records one request's outcome on `targets[idx]`; ejects the target when it failed
+    /// too often, unless that would eject more than `max_ejection_percent` of `targets`.
+    /// Returns how long the target was ejected for, if it was.
+    pub fn report(
+        &self,
+        targets: &[Arc<TargetState>],
+        idx: usize,
+        failed: bool,
+        now_ns: u64,
+    ) -> Option<Duration> {
+        let t = &targets.get(idx)?.health;
+        if !failed {
+            t.fail_streak.store(0, Ordering::Relaxed);
+            if self.ratio.is_some() {
+                t.window.add(now_ns, self.window_ns, [1, 0, 0]);
+            }
+            return None;
+        }
+        let streak = t.fail_streak.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut eject = self.consecutive > 0 && streak >= self.consecutive;
+        if let Some(ratio) = self.ratio {
+            t.window.add(now_ns, self.window_ns, [1, 1, 0]);
+            let [total, failures, _] = t.window.sum(now_ns, self.window_ns).0;
+            eject |= total >= self.min_requests && failures as f64 >= ratio * total as f64;
+        }
+        if !eject || t.ejected(now_ns) {
+            return None;
+        }
+        let ejected = targets.iter().filter(|o| o.health.ejected(now_ns)).count() as u64;
+        if (ejected + 1) * 100 > self.max_percent * targets.len() as u64 {
+            return None;
+        }
+        // An ejection soon after the last one lasts one base time longer.
+        let last = t.ejected_until.load(Ordering::Relaxed);
+        let n = if last != 0 && now_ns.saturating_sub(last) < self.max_ns {
+            t.ejections.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            t.ejections.store(1, Ordering::Relaxed);
+            1
+        };
+        let length = self.base_ns.saturating_mul(u64::from(n)).min(self.max_ns);
+        t.ejected_until
+            .store(now_ns.saturating_add(length), Ordering::Relaxed);
+        t.fail_streak.store(0, Ordering::Relaxed);
+        t.window.clear();
+        Some(Duration::from_nanos(length))
+    }
+}
+
+/// The clock the health checks read, in the nanoseconds [`TargetHealth`] stores.
+pub fn now_ns() -> u64 {
+    clock(Instant::now())
+}
+
+/// Probes every target of an upstream until dropped (aborted on reload).
+pub async fn run_active(
+    upstream: Arc<str>,
+    targets: Vec<Arc<TargetState>>,
+    check: Arc<ActiveCheck>,
+) {
+    let mut set = tokio::task::JoinSet::new();
+    for t in targets {
+        set.spawn(probe_loop(upstream.clone(), t, check.clone()));
+    }
+    while set.join_next().await.is_some() {}
+}
+
+async fn probe_loop(upstream: Arc<str>, target: Arc<TargetState>, check: Arc<ActiveCheck>) {
+    let interval = check.interval;
+    // Spread the first probes over one interval, then ±10 % on every round, so that nodes
+    // (and targets) do not probe in lock-step.
+    tokio::time::sleep(interval.mul_f64(fastrand::f64())).await;
+    loop {
+        let ok = probe(&target, &check).await;
+        match target.health.probed(ok.is_ok(), &check, now_ns()) {
+            Some(true) => {
+                tracing::info!(%upstream, target = %target.address, "target healthy again (active check)");
+            }
+            Some(false) => {
+                let why = ok.err().unwrap_or_default();
+                tracing::warn!(%upstream, target = %target.address, %why, "target unhealthy (active check)");
+            }
+            None => {}
+        }
+        tokio::time::sleep(interval.mul_f64(0.9 + 0.2 * fastrand::f64())).await;
+    }
+}
+
+/// The most of a probe answer's body read for `body_contains`.
+const PROBE_BODY_LIMIT: usize = 64 * 1024;
+
+/// One probe: Ok when the target passes, else why not.
+pub async fn probe(target: &TargetState, check: &ActiveCheck) -> Result<(), String> {
+    match tokio::time::timeout(check.timeout, probe_inner(target, check)).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {:?}", check.timeout)),
+    }
+}
+
+async fn probe_inner(target: &TargetState, check: &ActiveCheck) -> Result<(), String> {
+    let stream = TcpStream::connect(&*target.address)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    if check.kind == CheckType::Tcp {
+        return Ok(());
+    }
+    let _ = stream.set_nodelay(true);
+    let io = TokioIo::new(stream);
+    let host = check.host.as_deref().unwrap_or(&target.address);
+    let mut req =
+        Request::get(&check.path).header(http::header::USER_AGENT, "gatehouse-health-check");
+    let resp = match target.protocol {
+        UpstreamProtocol::Http1 => {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+            tokio::spawn(conn);
+            req = req
+                .header(http::header::HOST, host)
+                .header(http::header::CONNECTION, "close");
+            let req = req
+                .body(Empty::<Bytes>::new())
+                .map_err(|e| format!("request: {e}"))?;
+            sender.send_request(req).await
+        }
+        UpstreamProtocol::H2c => {
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .map_err(|e| format!("handshake: {e}"))?;
+            tokio::spawn(conn);
+            let uri = format!("http://{host}{}", check.path);
+            let req = Request::get(uri)
+                .header(http::header::USER_AGENT, "gatehouse-health-check")
+                .body(Empty::<Bytes>::new())
+                .map_err(|e| format!("request: {e}"))?;
+            sender.send_request(req).await
+        }
+    }
+    .map_err(|e| format!("request: {e}"))?;
+    let status = resp.status().as_u16();
+    let expected = if check.expected_statuses.is_empty() {
+        (200..400).contains(&status)
+    } else {
+        check.expected_statuses.contains(&status)
+    };
+    if !expected {
+        return Err(format!("status {status}"));
+    }
+    let Some(needle) = &check.body_contains else {
+        return Ok(());
+    };
+    let mut body = resp.into_body();
+    let mut seen = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("body: {e}"))?;
+        if let Ok(data) = frame.into_data() {
+            seen.extend_from_slice(&data);
+            if memchr::memmem::find(&seen, needle.as_bytes()).is_some() {
+                return Ok(());
+            }
+            if seen.len() >= PROBE_BODY_LIMIT {
+                break;
+            }
+        }
+    }
+    Err(format!("body does not contain {needle:?}"))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests;
