@@ -135,3 +135,183 @@ async fn passive_checks_eject_a_target_that_keeps_failing_and_readmit_it_later()
     assert_eq!((back["a"], back["b"]), (5, 5), "{back:?}");
     g.shutdown().await;
 }
+
+/// `n` GETs on one connection: how many got 200.
+async fn successes(gw: std::net::SocketAddr, n: usize) -> usize {
+    let mut c = Client::connect(gw).await;
+    let mut ok = 0;
+    for _ in 0..n {
+        if c.get("/x").await.status == 200 {
+            ok += 1;
+        }
+    }
+    ok
+}
+
+fn served(o: &Steered) -> usize {
+    o.served.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_retries_hide_a_flaky_target_within_the_budget_and_fail_fast_past_it() {
+    let a = Steered::start("a").await;
+    let b = Steered::start("b").await;
+    a.fail_every.store(2, std::sync::atomic::Ordering::SeqCst); // half of a's answers: 503
+    let retry = |ratio: &str| {
+        format!(
+            "    retries: 2\n    retry: {{on: [connect_failure, reset, 503], budget_ratio: {ratio}, budget_min_per_second: 0, backoff: 1ms, max_backoff: 2ms}}\n"
+        )
+    };
+    let g = gateway(&(upstream_yaml_with_service(&[a.addr, b.addr], "", &retry("0.5")) + ROUTE));
+    let gw = addr(&g);
+    let n = 400;
+    let ok = successes(gw, n).await;
+    assert!(ok * 100 >= n * 99, "{ok} of {n} succeeded");
+    // Every retry went to the other target, and retries stayed within 50 % of requests.
+    let retries = served(&a) + served(&b) - n;
+    assert!(
+        retries > 0 && retries * 2 <= n,
+        "{retries} retries for {n} requests"
+    );
+    let budget = &g.shared().snapshot.load().services[0].budget;
+    let (requests, counted) = budget.counts(gatehouse_runtime::health::now_ns());
+    assert_eq!((requests, counted), (n as u64, retries as u64));
+
+    // A budget of 2 %: most failures are passed on at once instead of retried.
+    let config = gatehouse_model::parse_yaml(
+        &(upstream_yaml_with_service(&[a.addr, b.addr], "", &retry("0.02")) + ROUTE),
+    );
+    g.reload(config.unwrap()).unwrap();
+    let (before_a, before_b) = (served(&a), served(&b));
+    let ok = successes(gw, n).await;
+    let retries = served(&a) - before_a + served(&b) - before_b - n;
+    // The budget is the service's and survived the reload: its window already holds 400
+    // requests and their retries, so few (if any) more are allowed.
+    assert!(
+        retries <= (0.02 * (2 * n) as f64) as usize,
+        "{retries} retries"
+    );
+    assert!(
+        ok < n * 90 / 100,
+        "failures must show once the budget is spent: {ok} of {n}"
+    );
+    g.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_is_not_retried_after_it_was_sent_but_is_before() {
+    let a = Steered::start("a").await;
+    let b = Steered::start("b").await;
+    a.fail_every.store(1, std::sync::atomic::Ordering::SeqCst);
+    let service = "    retries: 2\n    retry: {on: [connect_failure, 503], methods: [GET, POST]}\n";
+    let g = gateway(
+        &(upstream_yaml_with_service(&[a.addr, b.addr], "", service)
+            + "routes:\n  - {name: r, paths: [\"/*\"], service: svc}\n"),
+    );
+    let gw = addr(&g);
+    let mut c = Client::connect(gw).await;
+    // Round robin from a random start: send POSTs until one lands on `a`.
+    let mut saw_503 = false;
+    for _ in 0..4 {
+        let r = c
+            .request("POST", "/order", &[], b"{\"qty\":1}")
+            .await
+            .unwrap();
+        if r.status == 503 {
+            saw_503 = true;
+        }
+    }
+    assert!(
+        saw_503,
+        "a POST answered 503 by a is passed on, not retried"
+    );
+    let posts_on_a = a.seen.lock().unwrap().len();
+    let posts_on_b = b.seen.lock().unwrap().len();
+    assert_eq!(
+        posts_on_a + posts_on_b,
+        4,
+        "each POST was sent exactly once"
+    );
+    // GETs are retried on the 503: all succeed.
+    assert_eq!(successes(gw, 10).await, 10);
+
+    // Before sending, a POST may go elsewhere: a dead target is skipped.
+    let dead = a.kill().await;
+    for _ in 0..4 {
+        let r = c.request("POST", "/order", &[], b"{}").await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let _ = dead;
+    g.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_target_under_load_is_invisible_to_clients_and_it_is_readmitted() {
+    let a = Steered::start("a").await;
+    let b = Steered::start("b").await;
+    let c = Steered::start("c").await;
+    let extra = "    health:
+      active: {path: /health, interval: 100ms, timeout: 300ms, healthy_threshold: 2, unhealthy_threshold: 2}
+      passive: {consecutive_failures: 3, base_ejection: 30s}
+";
+    let service =
+        "    retries: 2\n    retry: {on: [connect_failure, reset, timeout, 502, 503, 504]}\n";
+    let g =
+        gateway(&(upstream_yaml_with_service(&[a.addr, b.addr, c.addr], extra, service) + ROUTE));
+    let gw = addr(&g);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let stop = stop.clone();
+        clients.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0usize, Vec::new());
+            let mut client = Client::connect(gw).await;
+            // Bounded: the main task stops the load after a few seconds.
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match client.request("GET", "/x", &[], b"").await {
+                    Ok(r) if r.status == 200 => ok += 1,
+                    Ok(r) => failed.push(format!("{} {}", r.status, r.text())),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let a_addr = a.kill().await;
+    assert!(
+        eventually(Duration::from_secs(3), async || state_of(&g, a_addr)
+            != "healthy")
+        .await,
+        "a was not taken out"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Back on the same address: the active checks re-admit it, ejected or not.
+    let a = Steered::start_on(a_addr, "a").await;
+    assert!(
+        eventually(Duration::from_secs(3), async || state_of(&g, a_addr)
+            == "healthy")
+        .await,
+        "a was not re-admitted"
+    );
+    assert!(
+        eventually(Duration::from_secs(3), async || served(&a) > 0).await,
+        "a gets traffic again"
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for t in clients {
+        let (o, f) = t.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(ok > 500, "only {ok} requests in the run");
+    assert!(
+        failed.is_empty(),
+        "{} failed of {}: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    g.shutdown().await;
+}

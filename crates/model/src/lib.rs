@@ -14,7 +14,10 @@ use std::time::Duration;
 mod resilience;
 mod validate;
 
-pub use resilience::{ActiveCheck, AllDown, CheckType, Health, PassiveCheck};
+pub use resilience::{
+    ActiveCheck, AllDown, CheckType, Health, PassiveCheck, RetryEvent, RetryOn, RetryPolicy,
+    IDEMPOTENT,
+};
 
 pub use validate::{check_path_pattern, is_valid_name, parse_service_url, validate};
 
@@ -214,6 +217,12 @@ pub struct Route {
     /// `sheddable` requests are shed before any `critical` one.
     #[serde(default)]
     pub priority_class: PriorityClass,
+    /// Overrides the service's `retries` for this route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// Overrides the service's `retry` policy for this route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
 }
 
 /// A route's importance under overload.
@@ -257,6 +266,10 @@ pub struct Service {
     /// has not been sent then, so this is safe for any method.
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// What is retried and how (conditions, methods, backoff, budget). Default: connect
+    /// failures of idempotent methods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
 }
 
 fn default_retries() -> u32 {

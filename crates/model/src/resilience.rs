@@ -222,3 +222,155 @@ pub(crate) fn positive(path: &str, d: Duration, err: &mut dyn FnMut(String, Stri
         err(path.into(), "must be above 0".into());
     }
 }
+
+/// When and how a failed request is tried again (on a service, or a route to override it).
+/// How many times is the service's (or route's) `retries`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// What is retried: `connect_failure`, `reset` (the connection broke before a response
+    /// head), `timeout` (no response head in time), and response statuses such as 503.
+    #[serde(default = "default_retry_on")]
+    pub on: Vec<RetryOn>,
+    /// Methods that may be retried. Methods that are not idempotent (POST, PATCH) are only
+    /// retried for failures before the request was sent (`connect_failure`), and only when
+    /// listed here.
+    #[serde(default = "default_retry_methods")]
+    pub methods: Vec<String>,
+    /// Each attempt's own limit for the response head (within the service's read and total
+    /// timeouts). Default: none beyond those.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<String>")]
+    pub per_try_timeout: Option<Duration>,
+    /// First backoff; each retry doubles it, up to `max_backoff`, with full jitter.
+    #[serde(default = "default_backoff", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub backoff: Duration,
+    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub max_backoff: Duration,
+    /// Retries may add at most this share of the service's requests over the last 10 s...
+    #[serde(default = "default_budget_ratio")]
+    pub budget_ratio: f64,
+    /// ...plus this many per second. Past the budget, a failure is answered at once.
+    #[serde(default = "ten")]
+    pub budget_min_per_second: u32,
+    /// A request body is kept for a retry only up to this many bytes (declared by
+    /// Content-Length); larger or chunked bodies are streamed and not retried once sent.
+    #[serde(default = "default_max_body")]
+    pub max_body: u64,
+    /// The header that tells the upstream how many milliseconds this attempt has left (set
+    /// when there is a per-try or total timeout). Empty: not sent.
+    #[serde(default = "default_deadline_header")]
+    pub deadline_header: String,
+}
+
+/// A retry condition: an event, or a response status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RetryOn {
+    Status(u16),
+    Event(RetryEvent),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryEvent {
+    ConnectFailure,
+    Reset,
+    Timeout,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            on: default_retry_on(),
+            methods: default_retry_methods(),
+            per_try_timeout: None,
+            backoff: default_backoff(),
+            max_backoff: default_max_backoff(),
+            budget_ratio: default_budget_ratio(),
+            budget_min_per_second: ten(),
+            max_body: default_max_body(),
+            deadline_header: default_deadline_header(),
+        }
+    }
+}
+
+fn default_retry_on() -> Vec<RetryOn> {
+    vec![RetryOn::Event(RetryEvent::ConnectFailure)]
+}
+/// RFC 9110 §9.2.2's idempotent methods.
+pub const IDEMPOTENT: [&str; 6] = ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"];
+fn default_retry_methods() -> Vec<String> {
+    IDEMPOTENT.iter().map(|m| (*m).to_owned()).collect()
+}
+fn default_backoff() -> Duration {
+    Duration::from_millis(25)
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_millis(250)
+}
+fn default_budget_ratio() -> f64 {
+    0.2
+}
+fn ten() -> u32 {
+    10
+}
+fn default_max_body() -> u64 {
+    64 * 1024
+}
+fn default_deadline_header() -> String {
+    "x-gatehouse-deadline-ms".into()
+}
+
+/// Problems of a `retry` policy, as `(field under retry, message)`.
+pub(crate) fn check_retry(r: &RetryPolicy, err: &mut dyn FnMut(String, String)) {
+    for (i, on) in r.on.iter().enumerate() {
+        if let RetryOn::Status(s) = on {
+            if !(100..=599).contains(s) {
+                err(format!("on[{i}]"), format!("{s} is not an HTTP status"));
+            }
+        }
+    }
+    for (i, m) in r.methods.iter().enumerate() {
+        if http_method(m).is_none() {
+            err(
+                format!("methods[{i}]"),
+                format!("unknown method {m:?}, expected one of GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE"),
+            );
+        }
+    }
+    if let Some(t) = r.per_try_timeout {
+        positive("per_try_timeout", t, err);
+    }
+    if r.max_backoff < r.backoff {
+        err("max_backoff".into(), "must be at least backoff".into());
+    }
+    if !(0.0..=10.0).contains(&r.budget_ratio) {
+        err("budget_ratio".into(), "must be from 0 to 10".into());
+    }
+    if !r.deadline_header.is_empty()
+        && !r
+            .deadline_header
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        err(
+            "deadline_header".into(),
+            "must be a header name (letters, digits, - and _)".into(),
+        );
+    }
+}
+
+fn http_method(m: &str) -> Option<&str> {
+    [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE",
+    ]
+    .into_iter()
+    .find(|k| *k == m)
+}

@@ -180,10 +180,20 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
         if s.retries > 10 {
             err(format!("{p}.retries"), "must be at most 10".into());
         }
+        if let Some(r) = &s.retry {
+            crate::resilience::check_retry(r, &mut |f, m| err(format!("{p}.retry.{f}"), m));
+        }
     }
 
     for (i, r) in config.routes.iter().enumerate() {
         check_route(i, r, &services, &mut err);
+        let p = format!("routes[{i}]");
+        if r.retries.is_some_and(|n| n > 10) {
+            err(format!("{p}.retries"), "must be at most 10".into());
+        }
+        if let Some(rp) = &r.retry {
+            crate::resilience::check_retry(rp, &mut |f, m| err(format!("{p}.retry.{f}"), m));
+        }
     }
 
     for (i, pl) in config.plugins.iter().enumerate() {

@@ -22,6 +22,9 @@ pub enum Failure {
     UpstreamError,
     ConnectionLimit,
     BodyTooLarge,
+    /// The client's body broke off while the gateway read it (to keep it for a retry).
+    ClientBody,
+    ClientBodyTimeout,
 }
 
 impl Failure {
@@ -35,6 +38,8 @@ impl Failure {
             Failure::ConnectFailed | Failure::UpstreamError => StatusCode::BAD_GATEWAY,
             Failure::ConnectTimeout | Failure::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Failure::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Failure::ClientBody => StatusCode::BAD_REQUEST,
+            Failure::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -50,6 +55,8 @@ impl Failure {
             Failure::UpstreamError => "upstream error",
             Failure::ConnectionLimit => "upstream connection limit reached",
             Failure::BodyTooLarge => "request body too large",
+            Failure::ClientBody => "request body could not be read",
+            Failure::ClientBodyTimeout => "request body not received in time",
         }
     }
 }

@@ -278,6 +278,27 @@ async fn handle_inner(
     let upstream = &service.upstream;
     let timeouts = &service.timeouts;
     let total_deadline = timeouts.total.map(|t| Instant::now() + t);
+    let retry = &route.retry;
+    let allowed = match &request {
+        Some(r) => retry.allowed(r.method()),
+        None => Default::default(),
+    };
+    if retry.attempts > 0 {
+        retry.count_request(gatehouse_runtime::health::now_ns());
+    }
+    // A copy of what is sent, kept only when a retry after sending is possible and the body
+    // is small enough to hold.
+    let mut replay = None;
+    if allowed.after_send {
+        match keep_for_replay(&mut request, retry.max_body, timeouts.read).await {
+            Ok(r) => replay = r,
+            Err(f) if over_limit() => {
+                tracing::info!(route = %route.name, error = ?f, "request body over its limit");
+                return respond(Failure::BodyTooLarge, &request_id);
+            }
+            Err(f) => return respond(f, &request_id),
+        }
+    }
     let mut tried: Vec<usize> = Vec::new();
     let mut failure = Failure::NoTarget;
     let passive = upstream.health.as_ref().and_then(|h| h.passive.as_ref());
@@ -290,20 +311,23 @@ async fn handle_inner(
             }
         }
     };
-    for _attempt in 0..=service.retries {
+    let mut attempt = 0u32;
+    loop {
+        // Another target when there is one; the same again only when all were tried.
         let idx = match upstream.pick(&hash_key, &tried) {
             Ok(Some(i)) => i,
-            Ok(None) => break,
-            Err(AllTargetsDown) => {
-                failure = Failure::AllTargetsDown;
-                break;
-            }
+            Ok(None) if !tried.is_empty() => match upstream.pick(&hash_key, &[]) {
+                Ok(Some(i)) => i,
+                _ => return respond(failure, &request_id),
+            },
+            Ok(None) => return respond(failure, &request_id),
+            Err(AllTargetsDown) => return respond(Failure::AllTargetsDown, &request_id),
         };
         let Some(target) = upstream.targets.get(idx) else {
-            break;
+            return respond(failure, &request_id);
         };
         let mut stale = 0;
-        loop {
+        let outcome = loop {
             let (mut sender, reused) = match acquire(target, timeouts.connect, stale).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -317,14 +341,32 @@ async fn handle_inner(
                     if failure != Failure::ConnectionLimit {
                         report(idx, true);
                     }
-                    tried.push(idx);
-                    break;
+                    break Outcome::NotSent;
                 }
             };
-            let Some(mut req) = request.take() else {
-                return respond(Failure::UpstreamError, &request_id);
+            let mut req = match (request.take(), &replay) {
+                (Some(r), _) => r,
+                (None, Some(r)) => r.request(),
+                (None, None) => return respond(failure, &request_id),
             };
             prepare_for_target(&mut req, target, &sender, route, host_value.as_ref());
+            let sent_at = Instant::now();
+            let attempt_deadline = earliest(
+                sent_at
+                    + retry
+                        .per_try
+                        .map_or(timeouts.read, |t| t.min(timeouts.read)),
+                total_deadline,
+            );
+            if let Some(h) = &retry.deadline_header {
+                if retry.per_try.is_some() || total_deadline.is_some() {
+                    let left = attempt_deadline
+                        .saturating_duration_since(sent_at)
+                        .as_millis();
+                    req.headers_mut()
+                        .insert(h.clone(), HeaderValue::from(left as u64));
+                }
+            }
             if !chain.entries.is_empty() {
                 let (mut parts, body) = req.into_parts();
                 let mut ctx = RequestCtx {
@@ -352,14 +394,13 @@ async fn handle_inner(
                 req = Request::from_parts(parts, body);
             }
             let in_flight = InFlight::new(target.clone());
-            let sent_at = Instant::now();
-            let head_deadline = earliest(sent_at + timeouts.read, total_deadline);
-            let result = tokio::time::timeout_at(head_deadline, sender.try_send(req)).await;
-            let mut resp = match result {
+            let result = tokio::time::timeout_at(attempt_deadline, sender.try_send(req)).await;
+            let resp = match result {
                 Err(_) => {
                     tracing::warn!(route = %route.name, target = %target.address, "upstream response head timed out");
                     report(idx, true);
-                    return respond(Failure::UpstreamTimeout, &request_id);
+                    failure = Failure::UpstreamTimeout;
+                    break Outcome::Sent(retry.on_timeout());
                 }
                 Ok(Err(mut e)) => match e.take_message() {
                     // Never sent: the pooled connection was already closed. Try again.
@@ -372,57 +413,179 @@ async fn handle_inner(
                         tracing::info!(route = %route.name, "request body over its limit");
                         return respond(Failure::BodyTooLarge, &request_id);
                     }
-                    _ => {
+                    Some(unsent) => {
+                        tracing::warn!(route = %route.name, target = %target.address, error = %e.error(), "upstream connection failed before the request was sent");
+                        report(idx, true);
+                        request = Some(unsent);
+                        failure = Failure::UpstreamError;
+                        break Outcome::NotSent;
+                    }
+                    None => {
                         tracing::warn!(route = %route.name, target = %target.address, error = %e.error(), "upstream exchange failed");
                         report(idx, true);
-                        return respond(Failure::UpstreamError, &request_id);
+                        failure = Failure::UpstreamError;
+                        break Outcome::Sent(retry.on_reset());
                     }
                 },
                 Ok(Ok(resp)) => resp,
             };
+            let head_at = Instant::now();
+            target.record_latency(head_at - sent_at, head_at.into_std());
             if let Some(p) = passive {
                 report(idx, p.is_failure(resp.status()));
             }
-            let head_at = Instant::now();
-            target.record_latency(head_at - sent_at, head_at.into_std());
-            *resp.version_mut() = client_version;
-            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                if let Some(down) = on_upgrade {
-                    let up = hyper::upgrade::on(&mut resp);
-                    let holds = std::mem::take(&mut holds);
-                    tokio::spawn(tunnel(down, up, in_flight, holds, target.address.clone()));
-                    return resp.map(|_| RespBody::empty());
+            if retry.retries_status(resp.status())
+                && allowed.after_send
+                && replay.is_some()
+                && attempt < retry.attempts
+            {
+                if retry.take_budget(gatehouse_runtime::health::now_ns()) {
+                    tracing::info!(route = %route.name, target = %target.address, status = %resp.status(), "retrying on status");
+                    break Outcome::Status;
                 }
+                tracing::info!(route = %route.name, service = %service.name, "retry budget exhausted: passing the failure on");
             }
-            remove_hop_by_hop(resp.headers_mut(), false);
-            if snap.via {
-                resp.headers_mut().append(VIA.clone(), VIA_VALUE.clone());
+            break Outcome::Response(resp, sender, in_flight, head_at);
+        };
+        let (mut resp, sender, in_flight, head_at) = match outcome {
+            Outcome::Response(resp, sender, in_flight, head_at) => {
+                (resp, sender, in_flight, head_at)
             }
-            if !resp.headers().contains_key(&X_REQUEST_ID) {
-                resp.headers_mut()
-                    .insert(X_REQUEST_ID.clone(), request_id.clone());
+            other => {
+                tried.push(idx);
+                let may = match other {
+                    Outcome::NotSent => allowed.before_send,
+                    Outcome::Sent(condition) => condition && allowed.after_send && replay.is_some(),
+                    // Its budget was taken when the status was seen.
+                    _ => true,
+                };
+                let budgeted = matches!(other, Outcome::Status)
+                    || (may
+                        && attempt < retry.attempts
+                        && retry.take_budget(gatehouse_runtime::health::now_ns()));
+                if !may || attempt >= retry.attempts || !budgeted {
+                    if may && attempt < retry.attempts {
+                        tracing::info!(route = %route.name, service = %service.name, "retry budget exhausted: failing fast");
+                    }
+                    return respond(failure, &request_id);
+                }
+                attempt += 1;
+                let pause = Instant::now() + retry.backoff(attempt);
+                if total_deadline.is_some_and(|d| d <= pause) {
+                    return respond(Failure::UpstreamTimeout, &request_id);
+                }
+                tokio::time::sleep_until(pause).await;
+                continue;
             }
-            if !chain.entries.is_empty() {
-                append_all(resp.headers_mut(), std::mem::take(&mut plugin_headers));
-                let status = resp.status();
-                let c = consumer.as_ref().map(|c| c.index);
-                response_phase(chain, c, status, resp.headers_mut(), &route.name);
+        };
+        *resp.version_mut() = client_version;
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(down) = on_upgrade {
+                let up = hyper::upgrade::on(&mut resp);
+                let holds = std::mem::take(&mut holds);
+                tokio::spawn(tunnel(down, up, in_flight, holds, target.address.clone()));
+                return resp.map(|_| RespBody::empty());
             }
-            let read_timeout = timeouts.read;
-            return resp.map(move |b| {
-                RespBody::upstream(UpstreamBody::new(
-                    b,
-                    Some(sender),
-                    in_flight,
-                    holds,
-                    head_at + read_timeout,
-                    read_timeout,
-                    total_deadline,
-                ))
-            });
         }
+        remove_hop_by_hop(resp.headers_mut(), false);
+        if snap.via {
+            resp.headers_mut().append(VIA.clone(), VIA_VALUE.clone());
+        }
+        if !resp.headers().contains_key(&X_REQUEST_ID) {
+            resp.headers_mut()
+                .insert(X_REQUEST_ID.clone(), request_id.clone());
+        }
+        if !chain.entries.is_empty() {
+            append_all(resp.headers_mut(), std::mem::take(&mut plugin_headers));
+            let status = resp.status();
+            let c = consumer.as_ref().map(|c| c.index);
+            response_phase(chain, c, status, resp.headers_mut(), &route.name);
+        }
+        let read_timeout = timeouts.read;
+        return resp.map(move |b| {
+            RespBody::upstream(UpstreamBody::new(
+                b,
+                Some(sender),
+                in_flight,
+                holds,
+                head_at + read_timeout,
+                read_timeout,
+                total_deadline,
+            ))
+        });
     }
-    respond(failure, &request_id)
+}
+
+/// How one attempt ended, when it did not end the request.
+enum Outcome {
+    /// Nothing reached the target (connect failure, or the connection broke before sending).
+    NotSent,
+    /// Sent, then a reset or timeout; whether the policy retries that condition.
+    Sent(bool),
+    /// A response whose status the policy retries (its budget already taken).
+    Status,
+    /// A response to pass on.
+    Response(Response<Incoming>, Sender, InFlight, Instant),
+}
+
+/// What a retry sends again: the request as it was before any target touched it.
+struct Replay {
+    method: http::Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Replay {
+    fn request(&self) -> Request<ProxyBody> {
+        let mut r = Request::new(ProxyBody::Bytes(
+            (!self.body.is_empty()).then(|| self.body.clone()),
+        ));
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.version_mut() = self.version;
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
+}
+
+/// Reads a small request body (declared by Content-Length, at most `max` bytes) so it can be
+/// sent again, and keeps a copy of the head. `Ok(None)`: not replayable (chunked or too
+/// large), and the request streams as it is.
+async fn keep_for_replay(
+    request: &mut Option<Request<ProxyBody>>,
+    max: u64,
+    read_timeout: Duration,
+) -> Result<Option<Replay>, Failure> {
+    use http_body::Body as _;
+    use http_body_util::BodyExt;
+    let Some(req) = request.take() else {
+        return Ok(None);
+    };
+    let (parts, body) = req.into_parts();
+    let replayable = body.is_end_stream() || body.size_hint().exact().is_some_and(|n| n <= max);
+    if !replayable {
+        *request = Some(Request::from_parts(parts, body));
+        return Ok(None);
+    }
+    let bytes = match tokio::time::timeout(read_timeout, body.collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) => return Err(Failure::ClientBody),
+        Err(_) => return Err(Failure::ClientBodyTimeout),
+    };
+    let replay = Replay {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        version: parts.version,
+        headers: parts.headers.clone(),
+        body: bytes.clone(),
+    };
+    *request = Some(Request::from_parts(
+        parts,
+        ProxyBody::Bytes((!bytes.is_empty()).then_some(bytes)),
+    ));
+    Ok(Some(replay))
 }
 
 #[derive(Clone, Copy)]

@@ -22,6 +22,8 @@ fn route(i: usize, path: String) -> Route {
         rewrite: None,
         preserve_host: false,
         priority_class: Default::default(),
+        retries: None,
+        retry: None,
     }
 }
 

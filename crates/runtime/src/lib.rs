@@ -8,6 +8,7 @@ pub mod balance;
 pub mod explain;
 pub mod health;
 pub mod plugins;
+pub mod retry;
 pub mod snapshot;
 pub mod upstream;
 pub mod window;

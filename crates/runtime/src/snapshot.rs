@@ -5,10 +5,12 @@
 use crate::balance::{subset, Balancer};
 use crate::health::HealthPolicy;
 use crate::plugins::{build_instances, chains, Chain, Instances};
+use crate::retry::{Budget, Retry};
 use crate::router::{RequestView, RouteMatch, Router};
 use crate::upstream::TargetState;
 use gatehouse_model::{
-    parse_service_url, AllDown, Config, ConfigError, HashOn, Keepalive, Timeouts, UpstreamProtocol,
+    parse_service_url, AllDown, Config, ConfigError, HashOn, Keepalive, RetryPolicy, Timeouts,
+    UpstreamProtocol,
 };
 use gatehouse_plugin_api::{BuildEnv, RedisStore};
 use http::HeaderName;
@@ -47,6 +49,8 @@ pub struct RouteEntry {
     pub priority_class: gatehouse_plugin_api::PriorityClass,
     /// The plugins that run for this route, resolved across scopes.
     pub plugins: Chain,
+    /// The route's retry policy (its own, else its service's, else the default).
+    pub retry: Retry,
 }
 
 /// A part of a rewrite template.
@@ -65,6 +69,9 @@ pub struct ServiceEntry {
     pub path_prefix: Box<str>,
     pub timeouts: Timeouts,
     pub retries: u32,
+    pub retry: Option<RetryPolicy>,
+    /// Shared by the service's routes and kept across reloads.
+    pub budget: Arc<Budget>,
 }
 
 pub struct UpstreamEntry {
@@ -228,12 +235,17 @@ impl Snapshot {
                 (None, None) => continue,
             };
             service_index.insert(s.name.as_str(), services.len());
+            let budget = previous
+                .and_then(|p| p.services.iter().find(|o| *o.name == *s.name))
+                .map_or_else(Arc::default, |o| o.budget.clone());
             services.push(ServiceEntry {
                 name: s.name.as_str().into(),
                 upstream,
                 path_prefix: path_prefix.into(),
                 timeouts: s.timeouts.clone(),
                 retries: s.retries,
+                retry: s.retry.clone(),
+                budget,
             });
         }
 
@@ -242,7 +254,17 @@ impl Snapshot {
             let Some(&service) = service_index.get(r.service.as_str()) else {
                 continue; // reported by validate
             };
+            let Some(svc) = services.get(service) else {
+                continue;
+            };
+            let policy = r.retry.as_ref().or(svc.retry.as_ref());
+            let retry = Retry::new(
+                r.retries.unwrap_or(svc.retries),
+                policy.unwrap_or(&RetryPolicy::default()),
+                svc.budget.clone(),
+            );
             routes.push(RouteEntry {
+                retry,
                 name: r.name.as_str().into(),
                 service,
                 strip_prefix: r.strip_prefix,

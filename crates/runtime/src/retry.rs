@@ -1,0 +1,192 @@
+//! Retry policies compiled for a route: conditions, methods, backoff with jitter, and the
+//! per-service retry budget that keeps retries from turning an outage into a storm.
+
+use crate::window::Window;
+use gatehouse_model::{RetryEvent, RetryOn, RetryPolicy, IDEMPOTENT};
+use http::{HeaderName, Method, StatusCode};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The window a budget looks back over.
+const BUDGET_WINDOW_NS: u64 = 10_000_000_000;
+const BUDGET_WINDOW_SECS: f64 = 10.0;
+
+/// A service's retry budget: requests and retries over the last 10 s (Finagle's and
+/// linkerd's design). Shared by the service's routes, kept across reloads.
+#[derive(Default)]
+pub struct Budget {
+    window: Window,
+}
+
+impl Budget {
+    /// Retries and original requests in the window (tests and status).
+    pub fn counts(&self, now_ns: u64) -> (u64, u64) {
+        let [requests, retries, _] = self.window.sum(now_ns, BUDGET_WINDOW_NS).0;
+        (requests, retries)
+    }
+}
+
+/// What a route retries, compiled.
+pub struct Retry {
+    /// Extra attempts after the first.
+    pub attempts: u32,
+    on_connect: bool,
+    on_reset: bool,
+    on_timeout: bool,
+    statuses: Box<[u16]>,
+    methods: Box<[Method]>,
+    pub per_try: Option<Duration>,
+    backoff: Duration,
+    max_backoff: Duration,
+    ratio: f64,
+    min_per_second: u32,
+    pub max_body: u64,
+    pub deadline_header: Option<HeaderName>,
+    pub budget: Arc<Budget>,
+}
+
+/// How a request may be retried, decided once per request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Allowed {
+    /// After a failure before anything was sent (connect failure).
+    pub before_send: bool,
+    /// After the request was sent (reset, timeout, status): idempotent methods only.
+    pub after_send: bool,
+}
+
+impl Retry {
+    pub fn new(attempts: u32, p: &RetryPolicy, budget: Arc<Budget>) -> Self {
+        let has = |e: RetryEvent| p.on.contains(&RetryOn::Event(e));
+        Self {
+            attempts,
+            on_connect: has(RetryEvent::ConnectFailure),
+            on_reset: has(RetryEvent::Reset),
+            on_timeout: has(RetryEvent::Timeout),
+            statuses: p
+                .on
+                .iter()
+                .filter_map(|o| match o {
+                    RetryOn::Status(s) => Some(*s),
+                    RetryOn::Event(_) => None,
+                })
+                .collect(),
+            methods: p
+                .methods
+                .iter()
+                .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
+                .collect(),
+            per_try: p.per_try_timeout,
+            backoff: p.backoff,
+            max_backoff: p.max_backoff,
+            ratio: p.budget_ratio,
+            min_per_second: p.budget_min_per_second,
+            max_body: p.max_body,
+            deadline_header: (!p.deadline_header.is_empty())
+                .then(|| {
+                    HeaderName::from_bytes(p.deadline_header.to_ascii_lowercase().as_bytes()).ok()
+                })
+                .flatten(),
+            budget,
+        }
+    }
+
+    /// What this policy allows for `method`.
+    pub fn allowed(&self, method: &Method) -> Allowed {
+        if self.attempts == 0 || !self.methods.contains(method) {
+            return Allowed::default();
+        }
+        let idempotent = IDEMPOTENT.contains(&method.as_str());
+        Allowed {
+            before_send: self.on_connect,
+            after_send: idempotent
+                && (self.on_reset || self.on_timeout || !self.statuses.is_empty()),
+        }
+    }
+
+    pub fn on_reset(&self) -> bool {
+        self.on_reset
+    }
+
+    pub fn on_timeout(&self) -> bool {
+        self.on_timeout
+    }
+
+    pub fn retries_status(&self, status: StatusCode) -> bool {
+        self.statuses.contains(&status.as_u16())
+    }
+
+    /// Counts an original request into the budget.
+    pub fn count_request(&self, now_ns: u64) {
+        self.budget.window.add(now_ns, BUDGET_WINDOW_NS, [1, 0, 0]);
+    }
+
+    /// Takes one retry from the budget if it has one: retries in the window stay under
+    /// `budget_ratio` × requests + `budget_min_per_second` × 10 s.
+    pub fn take_budget(&self, now_ns: u64) -> bool {
+        let (requests, retries) = self.budget.counts(now_ns);
+        let allowed =
+            self.ratio * requests as f64 + f64::from(self.min_per_second) * BUDGET_WINDOW_SECS;
+        if (retries as f64) < allowed {
+            self.budget.window.add(now_ns, BUDGET_WINDOW_NS, [0, 1, 0]);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The pause before retry number `n` (1-based): exponential, capped, full jitter.
+    pub fn backoff(&self, n: u32) -> Duration {
+        let exp = self
+            .backoff
+            .saturating_mul(1u32 << n.saturating_sub(1).min(16));
+        exp.min(self.max_backoff).mul_f64(fastrand::f64())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn policy(yaml: &str) -> Retry {
+        let p: RetryPolicy = yaml_serde::from_str(yaml).unwrap();
+        Retry::new(2, &p, Arc::default())
+    }
+
+    #[test]
+    fn non_idempotent_methods_are_only_retried_before_sending_and_only_when_listed() {
+        let r = policy("{on: [connect_failure, reset, 503]}");
+        let get = r.allowed(&Method::GET);
+        assert_eq!((get.before_send, get.after_send), (true, true));
+        assert_eq!(r.allowed(&Method::POST), Allowed::default(), "not listed");
+        let r = policy("{on: [connect_failure, reset, 503], methods: [GET, POST]}");
+        let post = r.allowed(&Method::POST);
+        assert_eq!((post.before_send, post.after_send), (true, false));
+        assert!(r.retries_status(StatusCode::SERVICE_UNAVAILABLE));
+        assert!(!r.retries_status(StatusCode::INTERNAL_SERVER_ERROR));
+    }
+
+    #[test]
+    fn the_budget_lets_retries_add_a_ratio_of_requests_plus_a_floor() {
+        let r = policy("{budget_ratio: 0.2, budget_min_per_second: 0}");
+        let now = 1_000_000_000;
+        for _ in 0..100 {
+            r.count_request(now);
+        }
+        let granted = (0..100).filter(|_| r.take_budget(now)).count();
+        assert_eq!(granted, 20);
+        // The floor: 1 per second over the 10 s window, even with no requests.
+        let r = policy("{budget_ratio: 0.2, budget_min_per_second: 1}");
+        assert_eq!((0..100).filter(|_| r.take_budget(now)).count(), 10);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let r = policy("{backoff: 10ms, max_backoff: 35ms}");
+        for _ in 0..100 {
+            assert!(r.backoff(1) <= Duration::from_millis(10));
+            assert!(r.backoff(2) <= Duration::from_millis(20));
+            assert!(r.backoff(5) <= Duration::from_millis(35));
+        }
+    }
+}
