@@ -60,7 +60,24 @@ pub struct Control {
     from_snapshot: std::sync::atomic::AtomicBool,
     tokens: Arc<auth::Tokens>,
     health: Option<HealthOf>,
+    breakers: Option<BreakersOf>,
     pub metrics: Metrics,
+}
+
+/// Every configured circuit breaker, as `/status` and `/metrics` show them.
+pub type BreakersOf = Box<dyn Fn() -> Vec<BreakerStatus> + Send + Sync>;
+
+/// One circuit breaker's state.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct BreakerStatus {
+    /// `route` or `target`.
+    pub scope: &'static str,
+    /// The route's name, or `upstream/address` for a target.
+    pub name: String,
+    /// `closed`, `open` or `half_open`.
+    pub state: &'static str,
+    /// Times it opened since the gateway started.
+    pub opened_total: u64,
 }
 
 /// The health of one upstream's targets on this node, by upstream name (`None`: no such
@@ -122,6 +139,7 @@ impl Control {
             from_snapshot: std::sync::atomic::AtomicBool::new(false),
             tokens: Arc::new(auth::Tokens::new(&[])),
             health: None,
+            breakers: None,
             metrics,
         }
     }
@@ -135,6 +153,12 @@ impl Control {
     /// Where `/upstreams/{id}/health` reads target health from.
     pub fn with_health(mut self, health: HealthOf) -> Self {
         self.health = Some(health);
+        self
+    }
+
+    /// Where `/status` and `/metrics` read circuit breakers from.
+    pub fn with_breakers(mut self, breakers: BreakersOf) -> Self {
+        self.breakers = Some(breakers);
         self
     }
 
@@ -194,6 +218,8 @@ pub struct Status {
     /// `file` (DB-less mode) or `store`.
     pub mode: &'static str,
     pub store: StoreStatus,
+    /// Every configured circuit breaker and its state.
+    pub circuit_breakers: Vec<BreakerStatus>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -241,6 +267,7 @@ async fn status(State(c): State<Shared>) -> Json<Status> {
         uptime_seconds: c.started.elapsed().as_secs(),
         mode,
         store,
+        circuit_breakers: c.breakers.as_ref().map(|b| b()).unwrap_or_default(),
     })
 }
 
@@ -255,6 +282,9 @@ fn without_credentials(url: &str) -> String {
 #[utoipa::path(get, path = "/metrics", tag = "status",
     responses((status = 200, description = "Prometheus metrics (OpenMetrics text)", content_type = "application/openmetrics-text", body = String)))]
 async fn metrics(State(c): State<Shared>) -> Response {
+    if let Some(b) = &c.breakers {
+        c.metrics.breakers(&b());
+    }
     match c.metrics.encode() {
         Ok(text) => (
             [(

@@ -13,10 +13,17 @@ struct ReloadLabels {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BreakerLabels {
+    scope: &'static str,
+    name: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub revision: Gauge,
     reloads: Family<ReloadLabels, Counter>,
+    breaker_state: Family<BreakerLabels, Gauge>,
 }
 
 impl Metrics {
@@ -38,10 +45,35 @@ impl Metrics {
         for result in ["applied", "rejected"] {
             drop(reloads.get_or_create(&ReloadLabels { result }));
         }
+        let breaker_state = Family::<BreakerLabels, Gauge>::default();
+        registry.register(
+            "circuit_breaker_state",
+            "Circuit breaker state by scope (route or target) and name: 0 closed, 1 open, 2 half-open",
+            breaker_state.clone(),
+        );
         Metrics {
             registry,
             revision,
             reloads,
+            breaker_state,
+        }
+    }
+
+    /// Sets the breaker gauges to `now` (read at scrape time; breakers a reload removed go).
+    pub fn breakers(&self, now: &[crate::BreakerStatus]) {
+        self.breaker_state.clear();
+        for b in now {
+            let value = match b.state {
+                "open" => 1,
+                "half_open" => 2,
+                _ => 0,
+            };
+            self.breaker_state
+                .get_or_create(&BreakerLabels {
+                    scope: b.scope,
+                    name: b.name.clone(),
+                })
+                .set(value);
         }
     }
 

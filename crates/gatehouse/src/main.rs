@@ -453,7 +453,8 @@ async fn run(path: PathBuf, flags: NodeFlags) -> anyhow::Result<()> {
             shared.snapshot.load().config.clone()
         })
         .with_tokens(&tokens)
-        .with_health(health_of(gateway.shared().clone())),
+        .with_health(health_of(gateway.shared().clone()))
+        .with_breakers(breakers_of(gateway.shared().clone())),
     );
     tracing::info!(address = %admin_listener.local_addr()?, "admin API listening");
     let admin_task = tokio::spawn(gatehouse_admin::serve(
@@ -607,5 +608,23 @@ pub(crate) fn health_of(shared: Arc<gatehouse_proxy::Shared>) -> gatehouse_admin
                 })
                 .collect(),
         )
+    })
+}
+
+/// What `/status` and `/metrics` read of circuit breakers: the serving snapshot's.
+pub(crate) fn breakers_of(shared: Arc<gatehouse_proxy::Shared>) -> gatehouse_admin::BreakersOf {
+    Box::new(move || {
+        shared
+            .breakers()
+            .into_iter()
+            .map(
+                |(scope, name, state, opened_total)| gatehouse_admin::BreakerStatus {
+                    scope,
+                    name,
+                    state,
+                    opened_total,
+                },
+            )
+            .collect()
     })
 }

@@ -1226,7 +1226,8 @@ async fn killing_postgres_never_stops_proxying_and_a_restart_without_it_serves_t
 }
 
 /// `/upstreams/{id}/health` on the real binary: a target nobody listens on fails its TCP
-/// probes and shows as unhealthy, the other stays healthy.
+/// probes and shows as unhealthy, the other stays healthy. Breakers show in `/status` and
+/// `/metrics`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_health_shows_what_the_active_checks_found() {
     let o = Origin::start("a").await;
@@ -1244,13 +1245,24 @@ async fn upstream_health_shows_what_the_active_checks_found() {
     targets: [{{address: \"{}\"}}, {{address: \"{dead}\"}}]
     health: {{active: {{type: tcp, interval: 100ms, unhealthy_threshold: 1}}}}
 services: [{{name: s, upstream: u}}]
-routes: [{{name: r, service: s}}]
+routes: [{{name: r, service: s, circuit_breaker: {{min_calls: 5}}}}]
 ",
             o.addr
         ),
     )
     .unwrap();
     let (gw, addr) = Running::start(&file);
+    // The route's breaker, in /status and /metrics.
+    let status = get(gw.admin_addr(), "/status").await.json();
+    assert_eq!(
+        status["circuit_breakers"],
+        serde_json::json!([{"scope": "route", "name": "r", "state": "closed", "opened_total": 0}])
+    );
+    let metrics = get(gw.admin_addr(), "/metrics").await.text();
+    assert!(
+        metrics.contains("gatehouse_circuit_breaker_state{scope=\"route\",name=\"r\"} 0"),
+        "{metrics}"
+    );
     let mut states = serde_json::Value::Null;
     for _ in 0..60 {
         let h = get(gw.admin_addr(), "/upstreams/u/health").await.json();

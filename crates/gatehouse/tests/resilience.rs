@@ -315,3 +315,66 @@ async fn killing_a_target_under_load_is_invisible_to_clients_and_it_is_readmitte
     );
     g.shutdown().await;
 }
+
+fn breaker_state(g: &Gateway, name: &str) -> &'static str {
+    g.shared()
+        .breakers()
+        .into_iter()
+        .find(|b| b.1 == name)
+        .map(|b| b.2)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_breaker_opens_answers_503_with_retry_after_then_half_opens_and_closes() {
+    let a = Steered::start("a").await;
+    a.fail_every.store(1, std::sync::atomic::Ordering::SeqCst);
+    let route = "routes:
+  - name: r
+    paths: [\"/*\"]
+    service: svc
+    circuit_breaker: {min_calls: 4, failure_ratio: 0.5, open_for: 1s, half_open_probes: 2}
+";
+    let g = gateway(&(upstream_yaml_with_service(&[a.addr], "", "    retries: 0\n") + route));
+    let gw = addr(&g);
+    let mut c = Client::connect(gw).await;
+    for _ in 0..4 {
+        assert_eq!(c.get("/x").await.status, 503);
+    }
+    assert_eq!(breaker_state(&g, "r"), "open");
+    let r = c.get("/x").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"], "circuit breaker open");
+    assert_eq!(r.headers["retry-after"], "1");
+    assert_eq!(served(&a), 4, "an open breaker calls nobody");
+
+    // Healed; after open_for, two probes get through and close it.
+    a.fail_every.store(0, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1050)).await;
+    assert_eq!(breaker_state(&g, "r"), "half_open");
+    assert_eq!(c.get("/x").await.status, 200);
+    assert_eq!(breaker_state(&g, "r"), "half_open");
+    assert_eq!(c.get("/x").await.status, 200);
+    assert_eq!(breaker_state(&g, "r"), "closed");
+    assert_eq!(successes(gw, 5).await, 5);
+    g.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_breaker_takes_a_failing_target_out_of_the_rotation() {
+    let a = Steered::start("a").await;
+    let b = Steered::start("b").await;
+    a.fail_every.store(1, std::sync::atomic::Ordering::SeqCst);
+    let extra = "    circuit_breaker: {min_calls: 2, failure_ratio: 1.0, open_for: 30s}\n";
+    let g = gateway(
+        &(upstream_yaml_with_service(&[a.addr, b.addr], extra, "    retries: 0\n") + ROUTE),
+    );
+    let gw = addr(&g);
+    let first = spread(gw, 4).await;
+    assert_eq!((first["503"], first["b"]), (2, 2), "{first:?}");
+    assert_eq!(breaker_state(&g, &format!("up/{}", a.addr)), "open");
+    assert_eq!(breaker_state(&g, &format!("up/{}", b.addr)), "closed");
+    let then = spread(gw, 10).await;
+    assert_eq!(then.get("b"), Some(&10), "{then:?}");
+    g.shutdown().await;
+}

@@ -15,8 +15,8 @@ mod resilience;
 mod validate;
 
 pub use resilience::{
-    ActiveCheck, AllDown, CheckType, Health, PassiveCheck, RetryEvent, RetryOn, RetryPolicy,
-    IDEMPOTENT,
+    ActiveCheck, AllDown, CheckType, CircuitBreaker, Health, PassiveCheck, RetryEvent, RetryOn,
+    RetryPolicy, IDEMPOTENT,
 };
 
 pub use validate::{check_path_pattern, is_valid_name, parse_service_url, validate};
@@ -223,6 +223,10 @@ pub struct Route {
     /// Overrides the service's `retry` policy for this route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
+    /// Stops calling the upstream for a while when this route's calls keep failing; while
+    /// open, requests get the route's fallback or 503 with Retry-After.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreaker>,
 }
 
 /// A route's importance under overload.
@@ -338,6 +342,9 @@ pub struct Upstream {
     /// Active and passive health checks of the targets. Default: none, every target is used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
+    /// One breaker per target: a target whose breaker is open takes no requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreaker>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]

@@ -374,3 +374,77 @@ fn http_method(m: &str) -> Option<&str> {
     .into_iter()
     .find(|k| *k == m)
 }
+
+/// A circuit breaker: closed → open when too many calls in `window` failed or were slow →
+/// half-open after `open_for`, letting `half_open_probes` calls through → closed when they
+/// all succeed, open again when one fails.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreaker {
+    #[serde(default = "default_window", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub window: Duration,
+    /// Calls in the window before the ratios are judged.
+    #[serde(default = "twenty")]
+    pub min_calls: u32,
+    /// Opens when this share (0-1] of the window's calls failed: a connect error, reset,
+    /// timeout, or a status in `failure_statuses`.
+    #[serde(default = "half")]
+    pub failure_ratio: f64,
+    #[serde(default = "default_breaker_statuses")]
+    pub failure_statuses: Vec<u16>,
+    /// A call whose response head takes longer than this is slow. Default: none is.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<String>")]
+    pub slow_call_duration: Option<Duration>,
+    /// Opens when this share (0-1] of the window's calls were slow.
+    #[serde(default = "one")]
+    pub slow_call_ratio: f64,
+    /// How long it stays open before letting probes through.
+    #[serde(default = "default_open_for", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub open_for: Duration,
+    #[serde(default = "three")]
+    pub half_open_probes: u32,
+}
+
+fn half() -> f64 {
+    0.5
+}
+fn one() -> f64 {
+    1.0
+}
+fn default_open_for() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_breaker_statuses() -> Vec<u16> {
+    vec![500, 502, 503, 504]
+}
+
+/// Problems of a `circuit_breaker`, as `(field under it, message)`.
+pub(crate) fn check_breaker(b: &CircuitBreaker, err: &mut dyn FnMut(String, String)) {
+    positive("window", b.window, err);
+    positive("open_for", b.open_for, err);
+    if b.min_calls == 0 {
+        err("min_calls".into(), "must be at least 1".into());
+    }
+    for (name, r) in [
+        ("failure_ratio", b.failure_ratio),
+        ("slow_call_ratio", b.slow_call_ratio),
+    ] {
+        if !(r > 0.0 && r <= 1.0) {
+            err(name.into(), "must be above 0 and at most 1".into());
+        }
+    }
+    statuses("failure_statuses", &b.failure_statuses, err);
+    if let Some(d) = b.slow_call_duration {
+        positive("slow_call_duration", d, err);
+    }
+    if b.half_open_probes == 0 {
+        err("half_open_probes".into(), "must be at least 1".into());
+    }
+}

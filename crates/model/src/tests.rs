@@ -49,7 +49,7 @@ fn validation_messages() {
         ),
         (
             "routes:\n  - name: r\n    service: echo\n    colour: red\n",
-            &["routes[0].colour: unknown field `colour`, expected one of `name`, `hosts`, `paths`, `methods`, `headers`, `query`, `cookies`, `service`, `priority`, `strip_prefix`, `rewrite`, `preserve_host`, `priority_class`, `retries`, `retry`"],
+            &["routes[0].colour: unknown field `colour`, expected one of `name`, `hosts`, `paths`, `methods`, `headers`, `query`, `cookies`, `service`, `priority`, `strip_prefix`, `rewrite`, `preserve_host`, `priority_class`, `retries`, `retry`, `circuit_breaker`"],
         ),
         (
             "routes:\n  - {name: a, service: echo}\n  - {name: a, service: echo}\n",
@@ -116,6 +116,22 @@ fn validation_messages() {
                 "upstreams[0].health.passive: ejects nothing: set consecutive_failures above 0 or a failure_ratio",
                 "upstreams[0].health.passive.max_ejection: must be at least base_ejection",
                 "upstreams[0].health.passive.max_ejection_percent: must be from 0 to 100",
+            ],
+        ),
+        (
+            "services:\n  - name: s2\n    url: http://a:1\n    retry: {on: [connect_failure, 700], methods: [FETCH], backoff: 1s, max_backoff: 10ms}\n",
+            &[
+                "services[0].retry.max_backoff: must be at least backoff",
+                "services[0].retry.methods[0]: unknown method \"FETCH\", expected one of GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE",
+                "services[0].retry.on[1]: 700 is not an HTTP status",
+            ],
+        ),
+        (
+            "upstreams:\n  - name: u2\n    targets: [{address: \"h:1\"}]\n    circuit_breaker: {min_calls: 0, failure_ratio: 2, half_open_probes: 0}\n",
+            &[
+                "upstreams[0].circuit_breaker.failure_ratio: must be above 0 and at most 1",
+                "upstreams[0].circuit_breaker.half_open_probes: must be at least 1",
+                "upstreams[0].circuit_breaker.min_calls: must be at least 1",
             ],
         ),
         (

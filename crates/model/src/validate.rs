@@ -147,6 +147,11 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
         if let Some(h) = &u.health {
             crate::resilience::check_health(h, &mut |f, m| err(format!("{p}.health.{f}"), m));
         }
+        if let Some(b) = &u.circuit_breaker {
+            crate::resilience::check_breaker(b, &mut |f, m| {
+                err(format!("{p}.circuit_breaker.{f}"), m)
+            });
+        }
     }
 
     for (i, s) in config.services.iter().enumerate() {
@@ -193,6 +198,11 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
         }
         if let Some(rp) = &r.retry {
             crate::resilience::check_retry(rp, &mut |f, m| err(format!("{p}.retry.{f}"), m));
+        }
+        if let Some(b) = &r.circuit_breaker {
+            crate::resilience::check_breaker(b, &mut |f, m| {
+                err(format!("{p}.circuit_breaker.{f}"), m)
+            });
         }
     }
 

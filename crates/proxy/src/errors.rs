@@ -16,6 +16,8 @@ pub enum Failure {
     NoTarget,
     /// Health checks found every target down and the upstream fails fast.
     AllTargetsDown,
+    /// The route's circuit breaker is open.
+    BreakerOpen,
     ConnectFailed,
     ConnectTimeout,
     UpstreamTimeout,
@@ -32,9 +34,10 @@ impl Failure {
         match self {
             Failure::NoRoute => StatusCode::NOT_FOUND,
             Failure::BadFraming => StatusCode::BAD_REQUEST,
-            Failure::NoTarget | Failure::AllTargetsDown | Failure::ConnectionLimit => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Failure::NoTarget
+            | Failure::AllTargetsDown
+            | Failure::BreakerOpen
+            | Failure::ConnectionLimit => StatusCode::SERVICE_UNAVAILABLE,
             Failure::ConnectFailed | Failure::UpstreamError => StatusCode::BAD_GATEWAY,
             Failure::ConnectTimeout | Failure::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Failure::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -49,6 +52,7 @@ impl Failure {
             Failure::BadFraming => "ambiguous request framing",
             Failure::NoTarget => "no upstream target available",
             Failure::AllTargetsDown => "no healthy upstream target",
+            Failure::BreakerOpen => "circuit breaker open",
             Failure::ConnectFailed => "upstream connection failed",
             Failure::ConnectTimeout => "upstream connect timed out",
             Failure::UpstreamTimeout => "upstream timed out",

@@ -73,7 +73,20 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<RespBody> {
     let mut log = None;
-    let resp = handle_inner(shared, info, req, &mut log).await;
+    let mut admitted = None;
+    let resp = handle_inner(shared, info, req, &mut log, &mut admitted).await;
+    if let Some((snap, route, at)) = admitted {
+        // The route's breaker judges what the client got: an upstream answer or our 5xx.
+        if let Some((policy, state)) = snap.routes.get(route).and_then(|r| r.breaker.as_ref()) {
+            let failed = policy.is_failure(resp.status());
+            let slow = policy.is_slow(at.elapsed());
+            let now = gatehouse_runtime::health::now_ns();
+            if let Some(s) = state.record(policy, now, failed, slow) {
+                let name = snap.routes.get(route).map_or("", |r| &*r.name);
+                tracing::warn!(route = name, state = s.as_str(), "route circuit breaker");
+            }
+        }
+    }
     match log {
         // The log phase runs when the body (and so the guard) is dropped.
         Some(mut guard) => {
@@ -125,6 +138,7 @@ async fn handle_inner(
     info: Arc<ConnInfo>,
     mut req: Request<Incoming>,
     log: &mut Option<LogGuard>,
+    admitted: &mut Option<(Arc<Snapshot>, usize, Instant)>,
 ) -> Response<RespBody> {
     let snap = shared.snapshot.load_full();
     let request_id = match req.headers().get(&X_REQUEST_ID) {
@@ -299,15 +313,40 @@ async fn handle_inner(
             Err(f) => return respond(f, &request_id),
         }
     }
+    if let Some((policy, state)) = &route.breaker {
+        match state.admit(policy, gatehouse_runtime::health::now_ns()) {
+            Ok(()) => *admitted = Some((snap.clone(), route_index, Instant::now())),
+            Err(refused) => {
+                let mut resp = respond(Failure::BreakerOpen, &request_id);
+                let secs = refused.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                resp.headers_mut()
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+                return resp;
+            }
+        }
+    }
     let mut tried: Vec<usize> = Vec::new();
     let mut failure = Failure::NoTarget;
     let passive = upstream.health.as_ref().and_then(|h| h.passive.as_ref());
-    let report = |idx: usize, failed: bool| {
+    // What one attempt on `targets[idx]` told: its status (None: no answer) and how long the
+    // head took. Feeds passive health checks and the target's breaker.
+    let report = |idx: usize, status: Option<StatusCode>, took: Option<Duration>| {
+        if passive.is_none() && upstream.breaker.is_none() {
+            return;
+        }
+        let now = gatehouse_runtime::health::now_ns();
+        let address = upstream.targets.get(idx).map_or("", |t| &*t.address);
         if let Some(p) = passive {
-            let now = gatehouse_runtime::health::now_ns();
+            let failed = status.is_none_or(|s| p.is_failure(s));
             if let Some(length) = p.report(&upstream.targets, idx, failed, now) {
-                let address = upstream.targets.get(idx).map_or("", |t| &*t.address);
                 tracing::warn!(upstream = %upstream.name, target = address, ?length, "target ejected (passive check)");
+            }
+        }
+        if let (Some(p), Some(t)) = (&upstream.breaker, upstream.targets.get(idx)) {
+            let failed = status.is_none_or(|s| p.is_failure(s));
+            let slow = took.is_some_and(|d| p.is_slow(d));
+            if let Some(state) = t.breaker.record(p, now, failed, slow) {
+                tracing::warn!(upstream = %upstream.name, target = address, state = state.as_str(), "target circuit breaker");
             }
         }
     };
@@ -339,7 +378,7 @@ async fn handle_inner(
                     };
                     // Our own connection cap is not the target's fault.
                     if failure != Failure::ConnectionLimit {
-                        report(idx, true);
+                        report(idx, None, None);
                     }
                     break Outcome::NotSent;
                 }
@@ -398,7 +437,7 @@ async fn handle_inner(
             let resp = match result {
                 Err(_) => {
                     tracing::warn!(route = %route.name, target = %target.address, "upstream response head timed out");
-                    report(idx, true);
+                    report(idx, None, None);
                     failure = Failure::UpstreamTimeout;
                     break Outcome::Sent(retry.on_timeout());
                 }
@@ -415,14 +454,14 @@ async fn handle_inner(
                     }
                     Some(unsent) => {
                         tracing::warn!(route = %route.name, target = %target.address, error = %e.error(), "upstream connection failed before the request was sent");
-                        report(idx, true);
+                        report(idx, None, None);
                         request = Some(unsent);
                         failure = Failure::UpstreamError;
                         break Outcome::NotSent;
                     }
                     None => {
                         tracing::warn!(route = %route.name, target = %target.address, error = %e.error(), "upstream exchange failed");
-                        report(idx, true);
+                        report(idx, None, None);
                         failure = Failure::UpstreamError;
                         break Outcome::Sent(retry.on_reset());
                     }
@@ -431,9 +470,7 @@ async fn handle_inner(
             };
             let head_at = Instant::now();
             target.record_latency(head_at - sent_at, head_at.into_std());
-            if let Some(p) = passive {
-                report(idx, p.is_failure(resp.status()));
-            }
+            report(idx, Some(resp.status()), Some(head_at - sent_at));
             if retry.retries_status(resp.status())
                 && allowed.after_send
                 && replay.is_some()

@@ -67,6 +67,43 @@ impl Shared {
         )
     }
 
+    /// Every configured circuit breaker: `(scope, name, state, times opened)`, scope `route`
+    /// (named by the route) or `target` (named `upstream/address`).
+    pub fn breakers(&self) -> Vec<(&'static str, String, &'static str, u64)> {
+        let snap = self.snapshot.load();
+        let now = gatehouse_runtime::health::now_ns();
+        let opened = |b: &gatehouse_runtime::breaker::Breaker| {
+            b.opened.load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let mut out = Vec::new();
+        for r in &snap.routes {
+            if let Some((p, b)) = &r.breaker {
+                out.push((
+                    "route",
+                    r.name.to_string(),
+                    b.state(p, now).as_str(),
+                    opened(b),
+                ));
+            }
+        }
+        let mut upstreams: Vec<_> = snap.upstreams.values().collect();
+        upstreams.sort_by(|a, b| a.name.cmp(&b.name));
+        for u in upstreams {
+            if let Some(p) = &u.breaker {
+                for t in &u.targets {
+                    let name = format!("{}/{}", u.name, t.address);
+                    out.push((
+                        "target",
+                        name,
+                        t.breaker.state(p, now).as_str(),
+                        opened(&t.breaker),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
     /// Every problem compiling `config` would find, without swapping anything.
     pub fn check(&self, config: Config) -> Vec<ConfigError> {
         let current = self.snapshot.load();

@@ -24,6 +24,7 @@ fn route(i: usize, path: String) -> Route {
         priority_class: Default::default(),
         retries: None,
         retry: None,
+        circuit_breaker: None,
     }
 }
 

@@ -5,6 +5,7 @@ pub mod router;
 
 pub use router::{RequestView, RouteMatch, Router};
 pub mod balance;
+pub mod breaker;
 pub mod explain;
 pub mod health;
 pub mod plugins;

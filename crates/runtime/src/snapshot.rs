@@ -3,6 +3,7 @@
 //! names built), and target state is carried over from the previous snapshot.
 
 use crate::balance::{subset, Balancer};
+use crate::breaker;
 use crate::health::HealthPolicy;
 use crate::plugins::{build_instances, chains, Chain, Instances};
 use crate::retry::{Budget, Retry};
@@ -51,6 +52,8 @@ pub struct RouteEntry {
     pub plugins: Chain,
     /// The route's retry policy (its own, else its service's, else the default).
     pub retry: Retry,
+    /// The route's circuit breaker; its state is kept across reloads by route name.
+    pub breaker: Option<(breaker::Policy, Arc<breaker::Breaker>)>,
 }
 
 /// A part of a rewrite template.
@@ -82,6 +85,8 @@ pub struct UpstreamEntry {
     pub hash: HashSource,
     /// Health checks; `None` (the default) uses every target without looking.
     pub health: Option<HealthPolicy>,
+    /// Per-target circuit breakers.
+    pub breaker: Option<breaker::Policy>,
 }
 
 /// Every target of an upstream is down by its health checks, and it fails fast.
@@ -93,19 +98,35 @@ impl UpstreamEntry {
     /// left none and the upstream says `try_anyway`, any not yet tried.
     #[inline]
     pub fn pick(&self, hash_key: &[u8], tried: &[usize]) -> Result<Option<usize>, AllTargetsDown> {
-        let Some(health) = &self.health else {
+        if self.health.is_none() && self.breaker.is_none() {
             return Ok(self.balancer.pick(&self.targets, hash_key, tried));
-        };
-        let now = crate::health::now_ns();
-        let healthy = self.balancer.pick_where(&self.targets, hash_key, |i| {
-            !tried.contains(&i) && self.targets.get(i).is_some_and(|t| t.health.available(now))
-        });
-        if healthy.is_some() {
-            return Ok(healthy);
         }
-        let any_up = self.targets.iter().any(|t| t.health.available(now));
-        match health.all_down {
-            // Healthy targets remain, all tried already: nothing left for this request.
+        let now = crate::health::now_ns();
+        let usable = |t: &TargetState| {
+            t.health.available(now)
+                && self
+                    .breaker
+                    .as_ref()
+                    .is_none_or(|p| t.breaker.would_admit(p, now))
+        };
+        let healthy = self.balancer.pick_where(&self.targets, hash_key, |i| {
+            !tried.contains(&i) && self.targets.get(i).is_some_and(|t| usable(t))
+        });
+        if let Some(i) = healthy {
+            if let (Some(p), Some(t)) = (&self.breaker, self.targets.get(i)) {
+                // Takes a half-open probe slot. A race may let one probe more through than
+                // configured; refusing the request for it would be worse.
+                let _ = t.breaker.admit(p, now);
+            }
+            return Ok(Some(i));
+        }
+        let any_up = self.targets.iter().any(|t| usable(t));
+        let all_down = self
+            .health
+            .as_ref()
+            .map_or(AllDown::FailFast, |h| h.all_down);
+        match all_down {
+            // Usable targets remain, all tried already: nothing left for this request.
             _ if any_up => Ok(None),
             AllDown::TryAnyway => Ok(self.balancer.pick(&self.targets, hash_key, tried)),
             AllDown::FailFast => Err(AllTargetsDown),
@@ -185,6 +206,7 @@ impl Snapshot {
                 u.protocol,
                 u.keepalive,
                 u.health.as_ref().map(HealthPolicy::new),
+                u.circuit_breaker.as_ref().map(breaker::Policy::new),
                 previous,
                 node,
             ) {
@@ -217,6 +239,7 @@ impl Snapshot {
                         HashSource::None,
                         UpstreamProtocol::Http1,
                         Keepalive::default(),
+                        None,
                         None,
                         previous,
                         node,
@@ -263,8 +286,16 @@ impl Snapshot {
                 policy.unwrap_or(&RetryPolicy::default()),
                 svc.budget.clone(),
             );
+            let breaker = r.circuit_breaker.as_ref().map(|c| {
+                let state = previous
+                    .and_then(|p| p.routes.iter().find(|o| *o.name == *r.name))
+                    .and_then(|o| o.breaker.as_ref())
+                    .map_or_else(Arc::default, |(_, b)| b.clone());
+                (breaker::Policy::new(c), state)
+            });
             routes.push(RouteEntry {
                 retry,
+                breaker,
                 name: r.name.as_str().into(),
                 service,
                 strip_prefix: r.strip_prefix,
@@ -379,6 +410,7 @@ fn build_upstream(
     protocol: UpstreamProtocol,
     keepalive: Keepalive,
     health: Option<HealthPolicy>,
+    breaker: Option<breaker::Policy>,
     previous: Option<&Snapshot>,
     node: NodeContext,
 ) -> Result<UpstreamEntry, String> {
@@ -407,6 +439,7 @@ fn build_upstream(
         targets,
         hash,
         health,
+        breaker,
     })
 }
 

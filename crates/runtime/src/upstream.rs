@@ -241,6 +241,8 @@ pub struct TargetState {
     pub connects: AtomicU64,
     /// Active and passive health verdicts.
     pub health: crate::health::TargetHealth,
+    /// This target's circuit breaker (used when its upstream configures one).
+    pub breaker: crate::breaker::Breaker,
 }
 
 /// Nanoseconds since the first call, at `at`; 0 is reserved for "never".
@@ -278,6 +280,7 @@ impl TargetState {
             freed: Arc::new(Notify::new()),
             connects: AtomicU64::new(0),
             health: Default::default(),
+            breaker: Default::default(),
         })
     }
 
