@@ -61,8 +61,12 @@ pub struct Control {
     tokens: Arc<auth::Tokens>,
     health: Option<HealthOf>,
     breakers: Option<BreakersOf>,
+    fallbacks: Option<FallbacksOf>,
     pub metrics: Metrics,
 }
+
+/// Fallback answers served, per route with a fallback: `(route, from cache, static)`.
+pub type FallbacksOf = Box<dyn Fn() -> Vec<(String, u64, u64)> + Send + Sync>;
 
 /// Every configured circuit breaker, as `/status` and `/metrics` show them.
 pub type BreakersOf = Box<dyn Fn() -> Vec<BreakerStatus> + Send + Sync>;
@@ -140,6 +144,7 @@ impl Control {
             tokens: Arc::new(auth::Tokens::new(&[])),
             health: None,
             breakers: None,
+            fallbacks: None,
             metrics,
         }
     }
@@ -159,6 +164,12 @@ impl Control {
     /// Where `/status` and `/metrics` read circuit breakers from.
     pub fn with_breakers(mut self, breakers: BreakersOf) -> Self {
         self.breakers = Some(breakers);
+        self
+    }
+
+    /// Where `/metrics` reads fallback counts from.
+    pub fn with_fallbacks(mut self, fallbacks: FallbacksOf) -> Self {
+        self.fallbacks = Some(fallbacks);
         self
     }
 
@@ -284,6 +295,9 @@ fn without_credentials(url: &str) -> String {
 async fn metrics(State(c): State<Shared>) -> Response {
     if let Some(b) = &c.breakers {
         c.metrics.breakers(&b());
+    }
+    if let Some(f) = &c.fallbacks {
+        c.metrics.fallbacks(&f());
     }
     match c.metrics.encode() {
         Ok(text) => (

@@ -19,11 +19,18 @@ struct BreakerLabels {
     name: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FallbackLabels {
+    route: String,
+    source: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub revision: Gauge,
     reloads: Family<ReloadLabels, Counter>,
     breaker_state: Family<BreakerLabels, Gauge>,
+    fallbacks: Family<FallbackLabels, Counter>,
 }
 
 impl Metrics {
@@ -51,11 +58,35 @@ impl Metrics {
             "Circuit breaker state by scope (route or target) and name: 0 closed, 1 open, 2 half-open",
             breaker_state.clone(),
         );
+        let fallbacks = Family::<FallbackLabels, Counter>::default();
+        registry.register(
+            "fallback_responses",
+            "Degraded answers served instead of a failed upstream's, by route and source (cache or static)",
+            fallbacks.clone(),
+        );
         Metrics {
             registry,
             revision,
             reloads,
             breaker_state,
+            fallbacks,
+        }
+    }
+
+    /// Brings the fallback counters up to the data plane's counts (read at scrape time; those
+    /// only grow, so the difference is what was served since the last scrape).
+    pub fn fallbacks(&self, now: &[(String, u64, u64)]) {
+        for (route, cache, fixed) in now {
+            for (source, n) in [("cache", *cache), ("static", *fixed)] {
+                let c = self.fallbacks.get_or_create(&FallbackLabels {
+                    route: route.clone(),
+                    source,
+                });
+                let seen = c.get();
+                if n > seen {
+                    c.inc_by(n - seen);
+                }
+            }
         }
     }
 

@@ -454,7 +454,8 @@ async fn run(path: PathBuf, flags: NodeFlags) -> anyhow::Result<()> {
         })
         .with_tokens(&tokens)
         .with_health(health_of(gateway.shared().clone()))
-        .with_breakers(breakers_of(gateway.shared().clone())),
+        .with_breakers(breakers_of(gateway.shared().clone()))
+        .with_fallbacks(fallbacks_of(gateway.shared().clone())),
     );
     tracing::info!(address = %admin_listener.local_addr()?, "admin API listening");
     let admin_task = tokio::spawn(gatehouse_admin::serve(
@@ -627,4 +628,9 @@ pub(crate) fn breakers_of(shared: Arc<gatehouse_proxy::Shared>) -> gatehouse_adm
             )
             .collect()
     })
+}
+
+/// What `/metrics` reads of fallback answers.
+pub(crate) fn fallbacks_of(shared: Arc<gatehouse_proxy::Shared>) -> gatehouse_admin::FallbacksOf {
+    Box::new(move || shared.fallbacks())
 }

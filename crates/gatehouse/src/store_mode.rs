@@ -85,7 +85,8 @@ pub async fn run(url: String, flags: NodeFlags) -> anyhow::Result<()> {
         Control::with_store(store.clone(), current, live, revision)
             .with_tokens(&tokens)
             .with_health(crate::health_of(shared.clone()))
-            .with_breakers(crate::breakers_of(shared.clone())),
+            .with_breakers(crate::breakers_of(shared.clone()))
+            .with_fallbacks(crate::fallbacks_of(shared.clone())),
     );
     control.set_from_snapshot(from_snapshot);
     let mut snapshot_revision = if from_snapshot { revision } else { -1 };

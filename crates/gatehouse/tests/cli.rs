@@ -1245,7 +1245,7 @@ async fn upstream_health_shows_what_the_active_checks_found() {
     targets: [{{address: \"{}\"}}, {{address: \"{dead}\"}}]
     health: {{active: {{type: tcp, interval: 100ms, unhealthy_threshold: 1}}}}
 services: [{{name: s, upstream: u}}]
-routes: [{{name: r, service: s, circuit_breaker: {{min_calls: 5}}}}]
+routes: [{{name: r, service: s, circuit_breaker: {{min_calls: 5}}, fallback: {{static: {{body: down}}}}}}]
 ",
             o.addr
         ),
@@ -1261,6 +1261,10 @@ routes: [{{name: r, service: s, circuit_breaker: {{min_calls: 5}}}}]
     let metrics = get(gw.admin_addr(), "/metrics").await.text();
     assert!(
         metrics.contains("gatehouse_circuit_breaker_state{scope=\"route\",name=\"r\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gatehouse_fallback_responses_total{route=\"r\",source=\"static\"} 0"),
         "{metrics}"
     );
     let mut states = serde_json::Value::Null;

@@ -378,3 +378,45 @@ async fn a_target_breaker_takes_a_failing_target_out_of_the_rotation() {
     assert_eq!(then.get("b"), Some(&10), "{then:?}");
     g.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_upstream_serves_the_last_good_response_then_the_static_fallback() {
+    let a = Steered::start("a").await;
+    let route = r#"routes:
+  - name: r
+    paths: ["/*"]
+    service: svc
+    fallback:
+      cache: {max_entries: 100, max_age: 1m}
+      static: {status: 200, headers: {content-type: application/json}, body: '{"items":[]}'}
+"#;
+    let g = gateway(&(upstream_yaml_with_service(&[a.addr], "", "    retries: 0\n") + route));
+    let gw = addr(&g);
+    let first = get(gw, "/list?page=1").await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.json()["origin"], "a");
+    assert!(first.headers.get("x-gatehouse-degraded").is_none());
+    // The copy is kept once the body has been sent in full.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let _ = a.kill().await;
+    let kept = get(gw, "/list?page=1").await;
+    assert_eq!(kept.status, 200, "{}", kept.text());
+    assert_eq!(kept.body, first.body, "the last good answer, as it was");
+    assert_eq!(kept.headers["x-gatehouse-degraded"], "cache");
+    assert!(kept.headers.contains_key("age"));
+    assert!(kept.headers.contains_key("x-request-id"));
+
+    // Another query is another key: nothing kept, so the static answer.
+    let other = get(gw, "/list?page=2").await;
+    assert_eq!(other.status, 200);
+    assert_eq!(other.text(), r#"{"items":[]}"#);
+    assert_eq!(other.headers["content-type"], "application/json");
+    assert_eq!(other.headers["x-gatehouse-degraded"], "static");
+    // Only GET/HEAD answers are kept, but any method gets the static one.
+    let mut c = Client::connect(gw).await;
+    let post = c.request("POST", "/list?page=1", &[], b"{}").await.unwrap();
+    assert_eq!(post.headers["x-gatehouse-degraded"], "static");
+    assert_eq!(g.shared().fallbacks(), [("r".to_owned(), 1, 2)]);
+    g.shutdown().await;
+}

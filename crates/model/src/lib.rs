@@ -15,8 +15,8 @@ mod resilience;
 mod validate;
 
 pub use resilience::{
-    ActiveCheck, AllDown, CheckType, CircuitBreaker, Health, PassiveCheck, RetryEvent, RetryOn,
-    RetryPolicy, IDEMPOTENT,
+    ActiveCheck, AllDown, CheckType, CircuitBreaker, Fallback, FallbackCache, Health, PassiveCheck,
+    RetryEvent, RetryOn, RetryPolicy, StaticResponse, IDEMPOTENT,
 };
 
 pub use validate::{check_path_pattern, is_valid_name, parse_service_url, validate};
@@ -227,6 +227,9 @@ pub struct Route {
     /// open, requests get the route's fallback or 503 with Retry-After.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<CircuitBreaker>,
+    /// What to answer when the upstream fails: the last good response, or a static one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Fallback>,
 }
 
 /// A route's importance under overload.

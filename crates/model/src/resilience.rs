@@ -448,3 +448,121 @@ pub(crate) fn check_breaker(b: &CircuitBreaker, err: &mut dyn FnMut(String, Stri
         err("half_open_probes".into(), "must be at least 1".into());
     }
 }
+
+/// What a route answers when its upstream fails ("bottom data"): the last good response for
+/// the same request, else a static response. Such answers carry the `header`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Fallback {
+    /// Upstream answers replaced by the fallback. The gateway's own failures (502 connect
+    /// failed, 503 breaker open or no healthy target, 504 timeout) are among the defaults.
+    #[serde(default = "default_breaker_statuses")]
+    pub statuses: Vec<u16>,
+    /// Keep the last successful response of each GET/HEAD request to serve it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<FallbackCache>,
+    /// The response when nothing better is kept.
+    #[serde(default, rename = "static", skip_serializing_if = "Option::is_none")]
+    pub static_response: Option<StaticResponse>,
+    /// Marks a fallback answer; its value says what it is (`cache` or `static`).
+    #[serde(default = "default_degraded_header")]
+    pub header: String,
+}
+
+/// The bounded store of last good responses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackCache {
+    /// Responses kept (by method class, host, path and query), least recently used first out.
+    #[serde(default = "default_max_entries")]
+    pub max_entries: u64,
+    /// A kept response older than this is not served.
+    #[serde(default = "default_max_age", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub max_age: Duration,
+    /// Larger bodies are not kept (bytes).
+    #[serde(default = "default_fallback_body")]
+    pub max_body: u64,
+}
+
+/// A fixed response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StaticResponse {
+    #[serde(default = "default_static_status")]
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// The body; or `body_file`, read when the config is loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_file: Option<String>,
+}
+
+fn default_degraded_header() -> String {
+    "x-gatehouse-degraded".into()
+}
+fn default_max_entries() -> u64 {
+    10_000
+}
+fn default_max_age() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_fallback_body() -> u64 {
+    256 * 1024
+}
+fn default_static_status() -> u16 {
+    200
+}
+
+/// Problems of a `fallback`, as `(field under it, message)`.
+pub(crate) fn check_fallback(f: &Fallback, err: &mut dyn FnMut(String, String)) {
+    statuses("statuses", &f.statuses, err);
+    if f.cache.is_none() && f.static_response.is_none() {
+        err(
+            "".into(),
+            "serves nothing: give a cache, a static response, or both".into(),
+        );
+    }
+    if let Some(c) = &f.cache {
+        if c.max_entries == 0 {
+            err("cache.max_entries".into(), "must be at least 1".into());
+        }
+        positive("cache.max_age", c.max_age, err);
+    }
+    if let Some(s) = &f.static_response {
+        statuses("static.status", std::slice::from_ref(&s.status), err);
+        if s.body.is_some() && s.body_file.is_some() {
+            err(
+                "static.body_file".into(),
+                "give either body or body_file, not both".into(),
+            );
+        }
+        for (name, value) in &s.headers {
+            let ok_name = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b));
+            if !ok_name {
+                err(format!("static.headers.{name}"), "not a header name".into());
+            } else if value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+                err(
+                    format!("static.headers.{name}"),
+                    "a header value cannot hold control characters".into(),
+                );
+            }
+        }
+    }
+    if f.header.is_empty()
+        || !f
+            .header
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        err(
+            "header".into(),
+            "must be a header name (letters, digits, - and _)".into(),
+        );
+    }
+}

@@ -49,7 +49,7 @@ fn validation_messages() {
         ),
         (
             "routes:\n  - name: r\n    service: echo\n    colour: red\n",
-            &["routes[0].colour: unknown field `colour`, expected one of `name`, `hosts`, `paths`, `methods`, `headers`, `query`, `cookies`, `service`, `priority`, `strip_prefix`, `rewrite`, `preserve_host`, `priority_class`, `retries`, `retry`, `circuit_breaker`"],
+            &["routes[0].colour: unknown field `colour`, expected one of `name`, `hosts`, `paths`, `methods`, `headers`, `query`, `cookies`, `service`, `priority`, `strip_prefix`, `rewrite`, `preserve_host`, `priority_class`, `retries`, `retry`, `circuit_breaker`, `fallback`"],
         ),
         (
             "routes:\n  - {name: a, service: echo}\n  - {name: a, service: echo}\n",
@@ -132,6 +132,14 @@ fn validation_messages() {
                 "upstreams[0].circuit_breaker.failure_ratio: must be above 0 and at most 1",
                 "upstreams[0].circuit_breaker.half_open_probes: must be at least 1",
                 "upstreams[0].circuit_breaker.min_calls: must be at least 1",
+            ],
+        ),
+        (
+            "routes:\n  - name: r\n    service: echo\n    fallback: {statuses: [42], header: \"x y\"}\n",
+            &[
+                "routes[0].fallback: serves nothing: give a cache, a static response, or both",
+                "routes[0].fallback.header: must be a header name (letters, digits, - and _)",
+                "routes[0].fallback.statuses[0]: 42 is not an HTTP status",
             ],
         ),
         (

@@ -204,6 +204,16 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
                 err(format!("{p}.circuit_breaker.{f}"), m)
             });
         }
+        if let Some(f) = &r.fallback {
+            crate::resilience::check_fallback(f, &mut |k, m| {
+                let at = if k.is_empty() {
+                    format!("{p}.fallback")
+                } else {
+                    format!("{p}.fallback.{k}")
+                };
+                err(at, m)
+            });
+        }
     }
 
     for (i, pl) in config.plugins.iter().enumerate() {

@@ -55,6 +55,48 @@ pin_project_lite::pin_project! {
         deadline: Option<Instant>,
         #[pin]
         timer: Sleep,
+        // A copy for the fallback cache, when the response may be kept.
+        tee: Option<Box<Tee>>,
+    }
+}
+
+/// Copies a body as it streams, up to a limit; at its clean end hands the copy to `done`.
+/// Over the limit, or on an error, the copy is dropped and nothing is kept.
+pub struct Tee {
+    parts: Vec<Bytes>,
+    len: u64,
+    limit: u64,
+    done: Option<Box<dyn FnOnce(Bytes) + Send>>,
+}
+
+impl Tee {
+    pub fn new(limit: u64, done: impl FnOnce(Bytes) + Send + 'static) -> Self {
+        Self {
+            parts: Vec::new(),
+            len: 0,
+            limit,
+            done: Some(Box::new(done)),
+        }
+    }
+
+    /// False once over the limit.
+    fn push(&mut self, data: &Bytes) -> bool {
+        self.len += data.len() as u64;
+        if self.len > self.limit {
+            return false;
+        }
+        self.parts.push(data.clone());
+        true
+    }
+
+    fn finish(&mut self) {
+        if let Some(done) = self.done.take() {
+            let body = match self.parts.len() {
+                1 => self.parts.pop().unwrap_or_default(),
+                _ => Bytes::from(self.parts.concat()),
+            };
+            done(body);
+        }
     }
 }
 
@@ -79,6 +121,7 @@ impl UpstreamBody {
             read_timeout,
             deadline,
             timer: tokio::time::sleep_until(at),
+            tee: None,
         }
     }
 }
@@ -94,7 +137,15 @@ impl Body for UpstreamBody {
         let mut this = self.project();
         match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(tee), Some(data)) = (this.tee.as_mut(), frame.data_ref()) {
+                    if !tee.push(data) {
+                        *this.tee = None;
+                    }
+                }
                 if this.inner.is_end_stream() {
+                    if let Some(mut tee) = this.tee.take() {
+                        tee.finish();
+                    }
                     finish(this.sender, this.in_flight);
                 } else {
                     let next = Instant::now() + *this.read_timeout;
@@ -106,9 +157,13 @@ impl Body for UpstreamBody {
             Poll::Ready(Some(Err(e))) => {
                 this.sender.take();
                 this.in_flight.take();
+                this.tee.take();
                 Poll::Ready(Some(Err(e.into())))
             }
             Poll::Ready(None) => {
+                if let Some(mut tee) = this.tee.take() {
+                    tee.finish();
+                }
                 finish(this.sender, this.in_flight);
                 Poll::Ready(None)
             }
@@ -178,6 +233,13 @@ impl RespBody {
     }
     pub fn upstream(body: UpstreamBody) -> Self {
         RespBody::Upstream { body }
+    }
+    /// Copies an upstream body into `tee` as it streams (a body the gateway made is left).
+    pub fn with_tee(mut self, tee: Tee) -> Self {
+        if let RespBody::Upstream { body } = &mut self {
+            body.tee = Some(Box::new(tee));
+        }
+        self
     }
 }
 

@@ -1,7 +1,7 @@
 //! The life of one request: route, rewrite, pick a target, get a pooled connection, forward
 //! with proxy headers, stream the response back (or tunnel an upgrade).
 
-use crate::body::{InFlight, RespBody, UpstreamBody};
+use crate::body::{InFlight, RespBody, Tee, UpstreamBody};
 use crate::errors::{respond, Failure};
 use crate::framing::Findings;
 use crate::headers::{
@@ -11,6 +11,7 @@ use crate::headers::{
 use crate::Shared;
 use bytes::Bytes;
 use gatehouse_plugin_api::{Consumer, Flow, Hold, LogCtx, Plugin, RequestCtx, ResponseCtx};
+use gatehouse_runtime::fallback;
 use gatehouse_runtime::plugins::Chain;
 use gatehouse_runtime::router::{cookie, query_arg, RequestView};
 use gatehouse_runtime::snapshot::{
@@ -73,19 +74,10 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<RespBody> {
     let mut log = None;
-    let mut admitted = None;
-    let resp = handle_inner(shared, info, req, &mut log, &mut admitted).await;
-    if let Some((snap, route, at)) = admitted {
-        // The route's breaker judges what the client got: an upstream answer or our 5xx.
-        if let Some((policy, state)) = snap.routes.get(route).and_then(|r| r.breaker.as_ref()) {
-            let failed = policy.is_failure(resp.status());
-            let slow = policy.is_slow(at.elapsed());
-            let now = gatehouse_runtime::health::now_ns();
-            if let Some(s) = state.record(policy, now, failed, slow) {
-                let name = snap.routes.get(route).map_or("", |r| &*r.name);
-                tracing::warn!(route = name, state = s.as_str(), "route circuit breaker");
-            }
-        }
+    let mut stage = None;
+    let mut resp = handle_inner(shared, info, req, &mut log, &mut stage).await;
+    if let Some(stage) = stage {
+        resp = after_upstream(stage, resp);
     }
     match log {
         // The log phase runs when the body (and so the guard) is dropped.
@@ -138,7 +130,7 @@ async fn handle_inner(
     info: Arc<ConnInfo>,
     mut req: Request<Incoming>,
     log: &mut Option<LogGuard>,
-    admitted: &mut Option<(Arc<Snapshot>, usize, Instant)>,
+    stage: &mut Option<Stage>,
 ) -> Response<RespBody> {
     let snap = shared.snapshot.load_full();
     let request_id = match req.headers().get(&X_REQUEST_ID) {
@@ -198,6 +190,20 @@ async fn handle_inner(
         None => return respond(Failure::NoRoute, &request_id),
     };
 
+    // The fallback cache's key: GET and HEAD of one host, path and query share an entry.
+    let is_get = req.method() == http::Method::GET;
+    let cache_key = route
+        .fallback
+        .as_ref()
+        .filter(|f| f.cache.is_some())
+        .filter(|_| is_get || req.method() == http::Method::HEAD)
+        .map(|_| {
+            let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            let mut k = String::with_capacity(host.len() + pq.len());
+            k.push_str(host);
+            k.push_str(pq);
+            k.into_boxed_str()
+        });
     let upgrade = !info.h2 && wants_upgrade(req.headers());
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
@@ -313,9 +319,22 @@ async fn handle_inner(
             Err(f) => return respond(f, &request_id),
         }
     }
+    if route.breaker.is_some() || route.fallback.is_some() {
+        *stage = Some(Stage {
+            snap: snap.clone(),
+            route: route_index,
+            admitted_at: None,
+            key: cache_key,
+            keep: is_get,
+        });
+    }
     if let Some((policy, state)) = &route.breaker {
         match state.admit(policy, gatehouse_runtime::health::now_ns()) {
-            Ok(()) => *admitted = Some((snap.clone(), route_index, Instant::now())),
+            Ok(()) => {
+                if let Some(s) = stage.as_mut() {
+                    s.admitted_at = Some(Instant::now());
+                }
+            }
             Err(refused) => {
                 let mut resp = respond(Failure::BreakerOpen, &request_id);
                 let secs = refused.retry_after.as_secs_f64().ceil().max(1.0) as u64;
@@ -551,6 +570,93 @@ async fn handle_inner(
             ))
         });
     }
+}
+
+/// What `handle` needs once a request reached the upstream stage of a route with a breaker
+/// or a fallback.
+struct Stage {
+    snap: Arc<Snapshot>,
+    route: usize,
+    /// When the route's breaker let it through.
+    admitted_at: Option<Instant>,
+    /// Its fallback cache key (GET and HEAD on a route with a cache).
+    key: Option<Box<str>>,
+    /// Whether a good answer may be kept (GET only: a HEAD answer has no body).
+    keep: bool,
+}
+
+/// The route's breaker judges the answer; a failed one is replaced by the fallback, a good one
+/// is copied into the fallback cache as it streams.
+fn after_upstream(stage: Stage, resp: Response<RespBody>) -> Response<RespBody> {
+    let Some(route) = stage.snap.routes.get(stage.route) else {
+        return resp;
+    };
+    let status = resp.status();
+    if let (Some((policy, state)), Some(at)) = (&route.breaker, stage.admitted_at) {
+        let failed = policy.is_failure(status);
+        let slow = policy.is_slow(at.elapsed());
+        let now = gatehouse_runtime::health::now_ns();
+        if let Some(s) = state.record(policy, now, failed, slow) {
+            tracing::warn!(route = %route.name, state = s.as_str(), "route circuit breaker");
+        }
+    }
+    let Some(fb) = &route.fallback else {
+        return resp;
+    };
+    if fb.replaces(status) {
+        let kept = match (&fb.cache, &stage.key) {
+            (Some(c), Some(k)) => c.get(k),
+            _ => None,
+        };
+        let mut out = if let Some(kept) = kept {
+            fb.count(true);
+            let mut r = Response::new(RespBody::full(kept.body.clone()));
+            *r.status_mut() = kept.status;
+            *r.headers_mut() = kept.headers.clone();
+            r.headers_mut()
+                .insert(http::header::AGE, fallback::age(kept.at));
+            r.headers_mut()
+                .insert(fb.header.clone(), HeaderValue::from_static("cache"));
+            r
+        } else if let Some((status, headers, body)) = &fb.static_response {
+            fb.count(false);
+            let mut r = Response::new(RespBody::full(body.clone()));
+            *r.status_mut() = *status;
+            *r.headers_mut() = headers.clone();
+            r.headers_mut()
+                .insert(fb.header.clone(), HeaderValue::from_static("static"));
+            r
+        } else {
+            return resp;
+        };
+        tracing::info!(route = %route.name, %status, "served the fallback");
+        *out.version_mut() = resp.version();
+        if let Some(id) = resp.headers().get(&X_REQUEST_ID) {
+            out.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
+        }
+        // Dropping `resp` drops the failed upstream answer's body and its connection.
+        return out;
+    }
+    if let (Some(cache), Some(key), true) = (&fb.cache, stage.key, stage.keep) {
+        if fallback::keepable(status, resp.headers()) {
+            let cache = cache.clone();
+            let headers = fallback::kept_headers(resp.headers());
+            let tee = Tee::new(cache.max_body(), move |body| {
+                let at = std::time::Instant::now();
+                cache.put(
+                    key,
+                    fallback::Stored {
+                        status,
+                        headers,
+                        body,
+                        at,
+                    },
+                );
+            });
+            return resp.map(|b| b.with_tee(tee));
+        }
+    }
+    resp
 }
 
 /// How one attempt ended, when it did not end the request.

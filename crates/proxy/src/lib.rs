@@ -104,6 +104,20 @@ impl Shared {
         out
     }
 
+    /// Fallback answers served per route with a fallback: `(route, from cache, static)`.
+    pub fn fallbacks(&self) -> Vec<(String, u64, u64)> {
+        let snap = self.snapshot.load();
+        snap.routes
+            .iter()
+            .filter_map(|r| {
+                let f = r.fallback.as_ref()?;
+                let n =
+                    |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+                Some((r.name.to_string(), n(&f.served_cache), n(&f.served_static)))
+            })
+            .collect()
+    }
+
     /// Every problem compiling `config` would find, without swapping anything.
     pub fn check(&self, config: Config) -> Vec<ConfigError> {
         let current = self.snapshot.load();

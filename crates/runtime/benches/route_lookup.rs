@@ -25,6 +25,7 @@ fn route(i: usize, path: String) -> Route {
         retries: None,
         retry: None,
         circuit_breaker: None,
+        fallback: None,
     }
 }
 

@@ -7,6 +7,7 @@ pub use router::{RequestView, RouteMatch, Router};
 pub mod balance;
 pub mod breaker;
 pub mod explain;
+pub mod fallback;
 pub mod health;
 pub mod plugins;
 pub mod retry;

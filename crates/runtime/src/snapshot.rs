@@ -54,6 +54,8 @@ pub struct RouteEntry {
     pub retry: Retry,
     /// The route's circuit breaker; its state is kept across reloads by route name.
     pub breaker: Option<(breaker::Policy, Arc<breaker::Breaker>)>,
+    /// What the route answers when its upstream fails.
+    pub fallback: Option<crate::fallback::Compiled>,
 }
 
 /// A part of a rewrite template.
@@ -273,7 +275,7 @@ impl Snapshot {
         }
 
         let mut routes = Vec::with_capacity(config.routes.len());
-        for r in &config.routes {
+        for (ri, r) in config.routes.iter().enumerate() {
             let Some(&service) = service_index.get(r.service.as_str()) else {
                 continue; // reported by validate
             };
@@ -293,9 +295,25 @@ impl Snapshot {
                     .map_or_else(Arc::default, |(_, b)| b.clone());
                 (breaker::Policy::new(c), state)
             });
+            let old_route = previous.and_then(|p| p.routes.iter().find(|o| *o.name == *r.name));
+            let fallback = match &r.fallback {
+                None => None,
+                Some(f) => {
+                    let path = format!("routes[{ri}]");
+                    let old = old_route.and_then(|o| o.fallback.as_ref());
+                    match crate::fallback::Compiled::new(f, &path, old) {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            errs.push(e);
+                            None
+                        }
+                    }
+                }
+            };
             routes.push(RouteEntry {
                 retry,
                 breaker,
+                fallback,
                 name: r.name.as_str().into(),
                 service,
                 strip_prefix: r.strip_prefix,

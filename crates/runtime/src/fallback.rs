@@ -1,0 +1,157 @@
+//! Fallback ("bottom data"): what a route answers when its upstream fails. The last good
+//! response of the same GET/HEAD request, kept in a bounded in-memory cache (moka: concurrent,
+//! size- and age-bounded, no global lock), else a static response from the config.
+
+use bytes::Bytes;
+use gatehouse_model::{ConfigError, Fallback, FallbackCache};
+use http::header::{CACHE_CONTROL, CONNECTION, SET_COOKIE, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A kept response.
+pub struct Stored {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+}
+
+/// The store of last good responses of one route, kept across reloads while its settings
+/// stay.
+pub struct Cache {
+    settings: FallbackCache,
+    entries: moka::sync::Cache<Box<str>, Arc<Stored>>,
+}
+
+impl Cache {
+    fn new(settings: &FallbackCache) -> Self {
+        Self {
+            settings: settings.clone(),
+            entries: moka::sync::Cache::builder()
+                .max_capacity(settings.max_entries)
+                .time_to_live(settings.max_age)
+                .build(),
+        }
+    }
+
+    pub fn max_body(&self) -> u64 {
+        self.settings.max_body
+    }
+
+    pub fn get(&self, key: &str) -> Option<Arc<Stored>> {
+        self.entries.get(key)
+    }
+
+    pub fn put(&self, key: Box<str>, stored: Stored) {
+        self.entries.insert(key, Arc::new(stored));
+    }
+}
+
+/// A route's fallback, compiled.
+pub struct Compiled {
+    statuses: Box<[u16]>,
+    pub cache: Option<Arc<Cache>>,
+    pub static_response: Option<(StatusCode, HeaderMap, Bytes)>,
+    pub header: HeaderName,
+    /// Fallback answers served, by source (metrics).
+    pub served_cache: Arc<AtomicU64>,
+    pub served_static: Arc<AtomicU64>,
+}
+
+impl Compiled {
+    /// Compiles `f` for route `path` (e.g. `routes[3]`), reading a `body_file`; `previous`
+    /// lends its cache and counters.
+    pub fn new(f: &Fallback, path: &str, previous: Option<&Compiled>) -> Result<Self, ConfigError> {
+        let header = HeaderName::from_bytes(f.header.to_ascii_lowercase().as_bytes())
+            .map_err(|e| ConfigError::new(format!("{path}.fallback.header"), e.to_string()))?;
+        let cache = f.cache.as_ref().map(|c| {
+            previous
+                .and_then(|p| p.cache.as_ref())
+                .filter(|old| old.settings == *c)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(Cache::new(c)))
+        });
+        let static_response = match &f.static_response {
+            None => None,
+            Some(s) => {
+                let at = |k: &str| format!("{path}.fallback.static.{k}");
+                let status = StatusCode::from_u16(s.status)
+                    .map_err(|e| ConfigError::new(at("status"), e.to_string()))?;
+                let mut headers = HeaderMap::new();
+                for (k, v) in &s.headers {
+                    let name =
+                        HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).map_err(|e| {
+                            ConfigError::new(at(&format!("headers.{k}")), e.to_string())
+                        })?;
+                    let value = HeaderValue::from_str(v).map_err(|e| {
+                        ConfigError::new(at(&format!("headers.{k}")), e.to_string())
+                    })?;
+                    headers.append(name, value);
+                }
+                let body = match (&s.body, &s.body_file) {
+                    (Some(b), _) => Bytes::from(b.clone()),
+                    (None, Some(file)) => std::fs::read(file).map(Bytes::from).map_err(|e| {
+                        ConfigError::new(at("body_file"), format!("cannot read {file}: {e}"))
+                    })?,
+                    (None, None) => Bytes::new(),
+                };
+                Some((status, headers, body))
+            }
+        };
+        Ok(Self {
+            statuses: f.statuses.clone().into_boxed_slice(),
+            cache,
+            static_response,
+            header,
+            served_cache: previous.map_or_else(Arc::default, |p| p.served_cache.clone()),
+            served_static: previous.map_or_else(Arc::default, |p| p.served_static.clone()),
+        })
+    }
+
+    /// Whether an answer with `status` is replaced.
+    pub fn replaces(&self, status: StatusCode) -> bool {
+        self.statuses.contains(&status.as_u16())
+    }
+
+    /// Counts one fallback answer from `cache` or `static`.
+    pub fn count(&self, from_cache: bool) {
+        let c = if from_cache {
+            &self.served_cache
+        } else {
+            &self.served_static
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Whether a response may be kept to answer other clients later: a success that is not
+/// private to its client (no Set-Cookie, no `private` or `no-store`).
+pub fn keepable(status: StatusCode, headers: &HeaderMap) -> bool {
+    if !matches!(status.as_u16(), 200 | 203 | 204) || headers.contains_key(SET_COOKIE) {
+        return false;
+    }
+    !headers.get_all(CACHE_CONTROL).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',').any(|d| {
+                let d = d.trim();
+                d.eq_ignore_ascii_case("no-store") || d.eq_ignore_ascii_case("private")
+            })
+        })
+    })
+}
+
+/// The headers worth keeping with a body (framing is set again when it is served).
+pub fn kept_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut out = headers.clone();
+    for h in [TRANSFER_ENCODING, CONNECTION] {
+        out.remove(h);
+    }
+    out
+}
+
+/// The age header value of a response kept since `at`.
+pub fn age(at: Instant) -> HeaderValue {
+    HeaderValue::from(at.elapsed().as_secs())
+}
