@@ -65,8 +65,8 @@ pub struct Control {
     pub metrics: Metrics,
 }
 
-/// Fallback answers served, per route with a fallback: `(route, from cache, static)`.
-pub type FallbacksOf = Box<dyn Fn() -> Vec<(String, u64, u64)> + Send + Sync>;
+/// Fallback answers served, per route with a fallback: `(route, [cache, static, upstream])`.
+pub type FallbacksOf = Box<dyn Fn() -> Vec<(String, [u64; 3])> + Send + Sync>;
 
 /// Every configured circuit breaker, as `/status` and `/metrics` show them.
 pub type BreakersOf = Box<dyn Fn() -> Vec<BreakerStatus> + Send + Sync>;

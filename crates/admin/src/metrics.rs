@@ -61,7 +61,7 @@ impl Metrics {
         let fallbacks = Family::<FallbackLabels, Counter>::default();
         registry.register(
             "fallback_responses",
-            "Degraded answers served instead of a failed upstream's, by route and source (cache or static)",
+            "Degraded answers served instead of a failed upstream's, by route and source (cache, static or upstream)",
             fallbacks.clone(),
         );
         Metrics {
@@ -75,9 +75,9 @@ impl Metrics {
 
     /// Brings the fallback counters up to the data plane's counts (read at scrape time; those
     /// only grow, so the difference is what was served since the last scrape).
-    pub fn fallbacks(&self, now: &[(String, u64, u64)]) {
-        for (route, cache, fixed) in now {
-            for (source, n) in [("cache", *cache), ("static", *fixed)] {
+    pub fn fallbacks(&self, now: &[(String, [u64; 3])]) {
+        for (route, counts) in now {
+            for (source, n) in ["cache", "static", "upstream"].into_iter().zip(*counts) {
                 let c = self.fallbacks.get_or_create(&FallbackLabels {
                     route: route.clone(),
                     source,

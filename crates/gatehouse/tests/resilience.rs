@@ -417,6 +417,46 @@ async fn a_down_upstream_serves_the_last_good_response_then_the_static_fallback(
     let mut c = Client::connect(gw).await;
     let post = c.request("POST", "/list?page=1", &[], b"{}").await.unwrap();
     assert_eq!(post.headers["x-gatehouse-degraded"], "static");
-    assert_eq!(g.shared().fallbacks(), [("r".to_owned(), 1, 2)]);
+    assert_eq!(g.shared().fallbacks(), [("r".to_owned(), [1, 2, 0])]);
+    g.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallback_upstream_answers_when_nothing_is_kept() {
+    let a = Steered::start("a").await;
+    let spare = Steered::start("spare").await;
+    let yaml = format!(
+        "upstreams:
+  - name: up
+    targets: [{{address: \"{}\"}}]
+  - name: spare
+    targets: [{{address: \"{}\"}}]
+services:
+  - {{name: svc, upstream: up, retries: 0}}
+routes:
+  - name: r
+    paths: [\"/*\"]
+    service: svc
+    fallback: {{upstream: spare}}
+",
+        a.addr, spare.addr
+    );
+    let g = gateway(&yaml);
+    let gw = addr(&g);
+    assert_eq!(get(gw, "/x").await.json()["origin"], "a");
+    a.fail_every.store(1, std::sync::atomic::Ordering::SeqCst);
+    let r = get(gw, "/x?q=1").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["origin"], "spare");
+    assert_eq!(r.headers["x-gatehouse-degraded"], "upstream");
+    assert_eq!(spare.seen.lock().unwrap().as_slice(), ["GET /x"]);
+    // A small POST body goes to the fallback as it was sent.
+    let mut c = Client::connect(gw).await;
+    let r = c
+        .request("POST", "/orders", &[], b"{\"qty\":2}")
+        .await
+        .unwrap();
+    assert_eq!(r.json()["origin"], "spare");
+    assert_eq!(r.json()["body_bytes"], 9);
     g.shutdown().await;
 }

@@ -464,7 +464,11 @@ pub struct Fallback {
     /// The response when nothing better is kept.
     #[serde(default, rename = "static", skip_serializing_if = "Option::is_none")]
     pub static_response: Option<StaticResponse>,
-    /// Marks a fallback answer; its value says what it is (`cache` or `static`).
+    /// An upstream asked instead when nothing is kept and there is no static response
+    /// (a GET/HEAD, or a request whose small body was kept for a retry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// Marks a fallback answer; its value says what it is (`cache`, `static` or `upstream`).
     #[serde(default = "default_degraded_header")]
     pub header: String,
 }
@@ -519,10 +523,10 @@ fn default_static_status() -> u16 {
 /// Problems of a `fallback`, as `(field under it, message)`.
 pub(crate) fn check_fallback(f: &Fallback, err: &mut dyn FnMut(String, String)) {
     statuses("statuses", &f.statuses, err);
-    if f.cache.is_none() && f.static_response.is_none() {
+    if f.cache.is_none() && f.static_response.is_none() && f.upstream.is_none() {
         err(
             "".into(),
-            "serves nothing: give a cache, a static response, or both".into(),
+            "serves nothing: give a cache, a static response or an upstream".into(),
         );
     }
     if let Some(c) = &f.cache {

@@ -135,9 +135,16 @@ fn validation_messages() {
             ],
         ),
         (
+            "routes:\n  - name: r\n    service: echo\n    fallback: {upstream: nope, static: {body: a, body_file: b}}\n",
+            &[
+                "routes[0].fallback.static.body_file: give either body or body_file, not both",
+                "routes[0].fallback.upstream: no upstream named \"nope\"",
+            ],
+        ),
+        (
             "routes:\n  - name: r\n    service: echo\n    fallback: {statuses: [42], header: \"x y\"}\n",
             &[
-                "routes[0].fallback: serves nothing: give a cache, a static response, or both",
+                "routes[0].fallback: serves nothing: give a cache, a static response or an upstream",
                 "routes[0].fallback.header: must be a header name (letters, digits, - and _)",
                 "routes[0].fallback.statuses[0]: 42 is not an HTTP status",
             ],

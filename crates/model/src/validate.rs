@@ -204,6 +204,14 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
                 err(format!("{p}.circuit_breaker.{f}"), m)
             });
         }
+        if let Some(u) = r.fallback.as_ref().and_then(|f| f.upstream.as_ref()) {
+            if !upstreams.contains_key(u.as_str()) {
+                err(
+                    format!("{p}.fallback.upstream"),
+                    format!("no upstream named \"{u}\""),
+                );
+            }
+        }
         if let Some(f) = &r.fallback {
             crate::resilience::check_fallback(f, &mut |k, m| {
                 let at = if k.is_empty() {

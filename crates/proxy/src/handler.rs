@@ -15,7 +15,7 @@ use gatehouse_runtime::fallback;
 use gatehouse_runtime::plugins::Chain;
 use gatehouse_runtime::router::{cookie, query_arg, RequestView};
 use gatehouse_runtime::snapshot::{
-    upstream_path, AllTargetsDown, HashSource, RouteEntry, Snapshot,
+    upstream_path, AllTargetsDown, HashSource, RouteEntry, ServiceEntry, Snapshot, UpstreamEntry,
 };
 use gatehouse_runtime::upstream::{ConnectError, ProxyBody, Sender, TargetState};
 use http::header::HOST;
@@ -77,7 +77,7 @@ pub async fn handle(
     let mut stage = None;
     let mut resp = handle_inner(shared, info, req, &mut log, &mut stage).await;
     if let Some(stage) = stage {
-        resp = after_upstream(stage, resp);
+        resp = after_upstream(stage, resp).await;
     }
     match log {
         // The log phase runs when the body (and so the guard) is dropped.
@@ -309,9 +309,13 @@ async fn handle_inner(
     // A copy of what is sent, kept only when a retry after sending is possible and the body
     // is small enough to hold.
     let mut replay = None;
-    if allowed.after_send {
+    let fallback_upstream = route
+        .fallback
+        .as_ref()
+        .is_some_and(|f| f.upstream.is_some());
+    if allowed.after_send || fallback_upstream {
         match keep_for_replay(&mut request, retry.max_body, timeouts.read).await {
-            Ok(r) => replay = r,
+            Ok(r) => replay = r.map(Arc::new),
             Err(f) if over_limit() => {
                 tracing::info!(route = %route.name, error = ?f, "request body over its limit");
                 return respond(Failure::BodyTooLarge, &request_id);
@@ -326,6 +330,7 @@ async fn handle_inner(
             admitted_at: None,
             key: cache_key,
             keep: is_get,
+            replay: replay.clone(),
         });
     }
     if let Some((policy, state)) = &route.breaker {
@@ -583,11 +588,13 @@ struct Stage {
     key: Option<Box<str>>,
     /// Whether a good answer may be kept (GET only: a HEAD answer has no body).
     keep: bool,
+    /// The request as sent upstream, for a fallback upstream.
+    replay: Option<Arc<Replay>>,
 }
 
 /// The route's breaker judges the answer; a failed one is replaced by the fallback, a good one
 /// is copied into the fallback cache as it streams.
-fn after_upstream(stage: Stage, resp: Response<RespBody>) -> Response<RespBody> {
+async fn after_upstream(stage: Stage, resp: Response<RespBody>) -> Response<RespBody> {
     let Some(route) = stage.snap.routes.get(stage.route) else {
         return resp;
     };
@@ -609,7 +616,7 @@ fn after_upstream(stage: Stage, resp: Response<RespBody>) -> Response<RespBody> 
             _ => None,
         };
         let mut out = if let Some(kept) = kept {
-            fb.count(true);
+            fb.count(fallback::Source::Cache);
             let mut r = Response::new(RespBody::full(kept.body.clone()));
             *r.status_mut() = kept.status;
             *r.headers_mut() = kept.headers.clone();
@@ -619,13 +626,27 @@ fn after_upstream(stage: Stage, resp: Response<RespBody>) -> Response<RespBody> 
                 .insert(fb.header.clone(), HeaderValue::from_static("cache"));
             r
         } else if let Some((status, headers, body)) = &fb.static_response {
-            fb.count(false);
+            fb.count(fallback::Source::Static);
             let mut r = Response::new(RespBody::full(body.clone()));
             *r.status_mut() = *status;
             *r.headers_mut() = headers.clone();
             r.headers_mut()
                 .insert(fb.header.clone(), HeaderValue::from_static("static"));
             r
+        } else if let (Some(up), Some(replay), Some(service)) = (
+            &fb.upstream,
+            &stage.replay,
+            stage.snap.services.get(route.service),
+        ) {
+            match ask_fallback_upstream(up, replay, route, service).await {
+                Some(mut r) => {
+                    fb.count(fallback::Source::Upstream);
+                    r.headers_mut()
+                        .insert(fb.header.clone(), HeaderValue::from_static("upstream"));
+                    r
+                }
+                None => return resp,
+            }
         } else {
             return resp;
         };
@@ -657,6 +678,63 @@ fn after_upstream(stage: Stage, resp: Response<RespBody>) -> Response<RespBody> 
         }
     }
     resp
+}
+
+/// One try of a route's fallback upstream with the request as it was sent to the failed
+/// one, under the route's service timeouts. `None`: that failed too (the log says how).
+async fn ask_fallback_upstream(
+    up: &UpstreamEntry,
+    replay: &Replay,
+    route: &RouteEntry,
+    service: &ServiceEntry,
+) -> Option<Response<RespBody>> {
+    let idx = match up.pick(&[], &[]) {
+        Ok(Some(i)) => i,
+        _ => {
+            tracing::warn!(route = %route.name, upstream = %up.name, "fallback upstream: no target");
+            return None;
+        }
+    };
+    let target = up.targets.get(idx)?;
+    let timeouts = &service.timeouts;
+    let (mut sender, _) = match acquire(target, timeouts.connect, 0).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(route = %route.name, target = %target.address, error = %e, "fallback upstream: connect failed");
+            return None;
+        }
+    };
+    let mut req = replay.request();
+    // Host as for the failed upstream: the client's with preserve_host, else the target's.
+    let host = replay.headers.get(HOST).cloned();
+    prepare_for_target(&mut req, target, &sender, route, host.as_ref());
+    let in_flight = InFlight::new(target.clone());
+    let deadline = Instant::now() + timeouts.read;
+    let mut resp = match tokio::time::timeout_at(deadline, sender.try_send(req)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::warn!(route = %route.name, target = %target.address, error = %e.error(), "fallback upstream failed");
+            return None;
+        }
+        Err(_) => {
+            tracing::warn!(route = %route.name, target = %target.address, "fallback upstream timed out");
+            return None;
+        }
+    };
+    remove_hop_by_hop(resp.headers_mut(), false);
+    let head_at = Instant::now();
+    let read = timeouts.read;
+    Some(resp.map(move |b| {
+        RespBody::upstream(UpstreamBody::new(
+            b,
+            Some(sender),
+            in_flight,
+            Vec::new(),
+            head_at + read,
+            read,
+            None,
+        ))
+    }))
 }
 
 /// How one attempt ended, when it did not end the request.

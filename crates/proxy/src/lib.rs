@@ -104,8 +104,9 @@ impl Shared {
         out
     }
 
-    /// Fallback answers served per route with a fallback: `(route, from cache, static)`.
-    pub fn fallbacks(&self) -> Vec<(String, u64, u64)> {
+    /// Fallback answers served per route with a fallback: `(route, [cache, static,
+    /// upstream])`.
+    pub fn fallbacks(&self) -> Vec<(String, [u64; 3])> {
         let snap = self.snapshot.load();
         snap.routes
             .iter()
@@ -113,7 +114,12 @@ impl Shared {
                 let f = r.fallback.as_ref()?;
                 let n =
                     |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-                Some((r.name.to_string(), n(&f.served_cache), n(&f.served_static)))
+                let counts = [
+                    n(&f.served_cache),
+                    n(&f.served_static),
+                    n(&f.served_upstream),
+                ];
+                Some((r.name.to_string(), counts))
             })
             .collect()
     }

@@ -1,7 +1,9 @@
 //! Fallback ("bottom data"): what a route answers when its upstream fails. The last good
 //! response of the same GET/HEAD request, kept in a bounded in-memory cache (moka: concurrent,
-//! size- and age-bounded, no global lock), else a static response from the config.
+//! size- and age-bounded, no global lock), else a static response from the config, else
+//! another upstream.
 
+use crate::snapshot::UpstreamEntry;
 use bytes::Bytes;
 use gatehouse_model::{ConfigError, Fallback, FallbackCache};
 use http::header::{CACHE_CONTROL, CONNECTION, SET_COOKIE, TRANSFER_ENCODING};
@@ -54,16 +56,24 @@ pub struct Compiled {
     statuses: Box<[u16]>,
     pub cache: Option<Arc<Cache>>,
     pub static_response: Option<(StatusCode, HeaderMap, Bytes)>,
+    /// Asked when nothing is kept and there is no static response.
+    pub upstream: Option<Arc<UpstreamEntry>>,
     pub header: HeaderName,
     /// Fallback answers served, by source (metrics).
     pub served_cache: Arc<AtomicU64>,
     pub served_static: Arc<AtomicU64>,
+    pub served_upstream: Arc<AtomicU64>,
 }
 
 impl Compiled {
-    /// Compiles `f` for route `path` (e.g. `routes[3]`), reading a `body_file`; `previous`
-    /// lends its cache and counters.
-    pub fn new(f: &Fallback, path: &str, previous: Option<&Compiled>) -> Result<Self, ConfigError> {
+    /// Compiles `f` for route `path` (e.g. `routes[3]`), reading a `body_file`, with its
+    /// fallback `upstream` resolved; `previous` lends its cache and counters.
+    pub fn new(
+        f: &Fallback,
+        path: &str,
+        upstream: Option<Arc<UpstreamEntry>>,
+        previous: Option<&Compiled>,
+    ) -> Result<Self, ConfigError> {
         let header = HeaderName::from_bytes(f.header.to_ascii_lowercase().as_bytes())
             .map_err(|e| ConfigError::new(format!("{path}.fallback.header"), e.to_string()))?;
         let cache = f.cache.as_ref().map(|c| {
@@ -104,9 +114,11 @@ impl Compiled {
             statuses: f.statuses.clone().into_boxed_slice(),
             cache,
             static_response,
+            upstream,
             header,
             served_cache: previous.map_or_else(Arc::default, |p| p.served_cache.clone()),
             served_static: previous.map_or_else(Arc::default, |p| p.served_static.clone()),
+            served_upstream: previous.map_or_else(Arc::default, |p| p.served_upstream.clone()),
         })
     }
 
@@ -115,14 +127,32 @@ impl Compiled {
         self.statuses.contains(&status.as_u16())
     }
 
-    /// Counts one fallback answer from `cache` or `static`.
-    pub fn count(&self, from_cache: bool) {
-        let c = if from_cache {
-            &self.served_cache
-        } else {
-            &self.served_static
+    /// Counts one fallback answer from `source`.
+    pub fn count(&self, source: Source) {
+        let c = match source {
+            Source::Cache => &self.served_cache,
+            Source::Static => &self.served_static,
+            Source::Upstream => &self.served_upstream,
         };
         c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Where a fallback answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Cache,
+    Static,
+    Upstream,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Cache => "cache",
+            Source::Static => "static",
+            Source::Upstream => "upstream",
+        }
     }
 }
 

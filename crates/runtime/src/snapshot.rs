@@ -301,7 +301,11 @@ impl Snapshot {
                 Some(f) => {
                     let path = format!("routes[{ri}]");
                     let old = old_route.and_then(|o| o.fallback.as_ref());
-                    match crate::fallback::Compiled::new(f, &path, old) {
+                    let up = f
+                        .upstream
+                        .as_ref()
+                        .and_then(|u| upstreams.get(u.as_str()).cloned());
+                    match crate::fallback::Compiled::new(f, &path, up, old) {
                         Ok(c) => Some(c),
                         Err(e) => {
                             errs.push(e);
