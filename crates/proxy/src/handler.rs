@@ -303,7 +303,7 @@ async fn handle_inner(
         Some(r) => retry.allowed(r.method()),
         None => Default::default(),
     };
-    if retry.attempts > 0 {
+    if retry.budgeted() {
         retry.count_request(gatehouse_runtime::health::now_ns());
     }
     // A copy of what is sent, kept only when a retry after sending is possible and the body

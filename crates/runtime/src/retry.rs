@@ -43,6 +43,10 @@ pub struct Retry {
     pub max_body: u64,
     pub deadline_header: Option<HeaderName>,
     pub budget: Arc<Budget>,
+    /// Whether retries draw from the budget: with an explicit policy. The default policy
+    /// only retries connect failures (nothing was sent), and a plain route should not pay a
+    /// shared counter per request for that.
+    budgeted: bool,
 }
 
 /// How a request may be retried, decided once per request.
@@ -55,7 +59,8 @@ pub struct Allowed {
 }
 
 impl Retry {
-    pub fn new(attempts: u32, p: &RetryPolicy, budget: Arc<Budget>) -> Self {
+    /// `explicit`: the route or service configured `retry` (else `p` is the default).
+    pub fn new(attempts: u32, p: &RetryPolicy, explicit: bool, budget: Arc<Budget>) -> Self {
         let has = |e: RetryEvent| p.on.contains(&RetryOn::Event(e));
         Self {
             attempts,
@@ -87,6 +92,7 @@ impl Retry {
                 })
                 .flatten(),
             budget,
+            budgeted: explicit,
         }
     }
 
@@ -115,14 +121,24 @@ impl Retry {
         self.statuses.contains(&status.as_u16())
     }
 
+    /// Whether this policy has a budget to count requests into.
+    pub fn budgeted(&self) -> bool {
+        self.budgeted && self.attempts > 0
+    }
+
     /// Counts an original request into the budget.
     pub fn count_request(&self, now_ns: u64) {
-        self.budget.window.add(now_ns, BUDGET_WINDOW_NS, [1, 0, 0]);
+        if self.budgeted {
+            self.budget.window.add(now_ns, BUDGET_WINDOW_NS, [1, 0, 0]);
+        }
     }
 
     /// Takes one retry from the budget if it has one: retries in the window stay under
     /// `budget_ratio` × requests + `budget_min_per_second` × 10 s.
     pub fn take_budget(&self, now_ns: u64) -> bool {
+        if !self.budgeted {
+            return true;
+        }
         let (requests, retries) = self.budget.counts(now_ns);
         let allowed =
             self.ratio * requests as f64 + f64::from(self.min_per_second) * BUDGET_WINDOW_SECS;
@@ -150,7 +166,7 @@ mod tests {
 
     fn policy(yaml: &str) -> Retry {
         let p: RetryPolicy = yaml_serde::from_str(yaml).unwrap();
-        Retry::new(2, &p, Arc::default())
+        Retry::new(2, &p, true, Arc::default())
     }
 
     #[test]

@@ -286,6 +286,7 @@ impl Snapshot {
             let retry = Retry::new(
                 r.retries.unwrap_or(svc.retries),
                 policy.unwrap_or(&RetryPolicy::default()),
+                policy.is_some(),
                 svc.budget.clone(),
             );
             let breaker = r.circuit_breaker.as_ref().map(|c| {
