@@ -52,4 +52,5 @@ YAML
   *) echo "unknown BENCH_PLUGINS: $BENCH_PLUGINS" >&2; exit 2 ;;
 esac
 export GATEHOUSE_LOG=${GATEHOUSE_LOG:-warn}
-exec "$bin" run -c "$cfg"
+# Each candidate gets its own admin port, so two builds can run side by side in one run.
+exec "$bin" run -c "$cfg" --admin "127.0.0.1:${BENCH_ADMIN_PORT:-0}"
