@@ -7,7 +7,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use gatehouse_store::{Change, Revision, Store, StoreError};
+use gatehouse_store::{Change, Revision, Store};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
@@ -180,15 +180,11 @@ pub(crate) async fn rollback(
         before: serde_json::to_value(&current).ok(),
         after: serde_json::to_value(&target).ok(),
     };
-    let revision = match store.commit(parent, &target, change).await {
-        Ok(r) => r,
-        Err(e @ StoreError::Conflict(_)) => return error(StatusCode::CONFLICT, e.to_string()),
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-    };
-    match (live.apply)(target, revision) {
-        Ok(()) => c.serving(revision),
-        Err(errors) => tracing::error!(revision, ?errors, "a committed rollback did not compile"),
-    }
+    let revision =
+        match crate::write::commit_and_apply(&c, store, live, parent, target, change).await {
+            Ok(r) => r,
+            Err(r) => return r,
+        };
     (StatusCode::CREATED, Json(Committed { revision })).into_response()
 }
 

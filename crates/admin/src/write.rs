@@ -236,6 +236,30 @@ fn change_targets(
     Ok((id.to_owned(), Some(before), Some(upstream.clone())))
 }
 
+/// Commits `config` as the revision after `parent` and makes it live: the one way every
+/// admin write (entity, whole config, rollback) ends. `Err`: the answer to give (409 when
+/// another write won the race, 503 when the store is down).
+pub(crate) async fn commit_and_apply(
+    c: &Control,
+    store: &gatehouse_store::Store,
+    live: &crate::Live,
+    parent: i64,
+    config: Config,
+    change: Change<'_>,
+) -> Result<i64, Response> {
+    let revision = match store.commit(parent, &config, change).await {
+        Ok(r) => r,
+        Err(e @ StoreError::Conflict(_)) => return Err(error(StatusCode::CONFLICT, e.to_string())),
+        Err(e) => return Err(error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+    };
+    match (live.apply)(config, revision) {
+        Ok(()) => c.serving(revision),
+        // Validated before the commit, so this is a bug, not bad input: say so loudly.
+        Err(errors) => tracing::error!(revision, ?errors, "a committed revision did not compile"),
+    }
+    Ok(revision)
+}
+
 /// Runs one write: in a store, validated, committed, then live.
 pub(crate) async fn write(c: &Control, kind: Kind, op: Op, body: &[u8], who: &str) -> Response {
     let Source::Store(store) = &c.source else {
@@ -302,15 +326,8 @@ pub(crate) async fn write(c: &Control, kind: Kind, op: Op, body: &[u8], who: &st
         before,
         after: after.clone(),
     };
-    let revision = match store.commit(parent, &config, change).await {
-        Ok(r) => r,
-        Err(e @ StoreError::Conflict(_)) => return error(StatusCode::CONFLICT, e.to_string()),
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-    };
-    match (live.apply)(config, revision) {
-        Ok(()) => c.serving(revision),
-        // Validated above, so this is a bug, not bad input: say so loudly.
-        Err(errors) => tracing::error!(revision, ?errors, "a committed revision did not compile"),
+    if let Err(r) = commit_and_apply(c, store, live, parent, config, change).await {
+        return r;
     }
     match op {
         Op::AddTarget(_) => {
@@ -418,15 +435,10 @@ pub(crate) async fn replace_all(c: &Control, body: &[u8], who: &str) -> Response
         before: serde_json::to_value(&current).ok(),
         after: serde_json::to_value(&entities).ok(),
     };
-    let revision = match store.commit(parent, &entities, change).await {
+    let revision = match commit_and_apply(c, store, live, parent, entities, change).await {
         Ok(r) => r,
-        Err(e @ StoreError::Conflict(_)) => return error(StatusCode::CONFLICT, e.to_string()),
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(r) => return r,
     };
-    match (live.apply)(entities, revision) {
-        Ok(()) => c.serving(revision),
-        Err(errors) => tracing::error!(revision, ?errors, "a committed config did not compile"),
-    }
     (
         StatusCode::OK,
         Json(serde_json::json!({ "revision": revision })),

@@ -548,6 +548,21 @@ fn an_admin_api_off_loopback_is_refused_until_tokens_exist() {
     );
 }
 
+/// Waits (up to 3 s) until the node in `data` has written its last-known-good snapshot of
+/// `revision` to disk.
+async fn wait_for_snapshot(data: &Path, revision: i64) {
+    let snapshot = data.join("last-known-good.json");
+    let want = format!("\"revision\":{revision}");
+    let t = Instant::now();
+    while !std::fs::read_to_string(&snapshot).is_ok_and(|s| s.contains(&want)) {
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "no snapshot of revision {revision}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Runs schemathesis (PyPI; .ci/run installs it) on the admin API at `admin` with `args`.
 fn schemathesis(admin: std::net::SocketAddr, dir: &Path, args: &[&str]) {
     let spec = format!("http://{admin}/openapi.json");
@@ -973,15 +988,7 @@ async fn a_node_whose_store_is_down_at_start_serves_its_last_known_good_snapshot
     let data = temp_dir("last-known-good");
     let (gw, _) = Running::start_store(&db.url, &data);
     create_app(gw.admin_addr(), o.addr).await;
-    let snapshot = data.join("last-known-good.json");
-    let t = Instant::now();
-    while !std::fs::read_to_string(&snapshot).is_ok_and(|s| s.contains("\"revision\":3")) {
-        assert!(
-            t.elapsed() < Duration::from_secs(3),
-            "no snapshot of revision 3"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_snapshot(&data, 3).await;
     drop(gw);
 
     // The same database behind a port where nothing listens: unreachable at start.
@@ -1174,15 +1181,7 @@ async fn killing_postgres_never_stops_proxying_and_a_restart_without_it_serves_t
     let data = temp_dir("pg-kill");
     let (gw, addr) = Running::start_store(&pg.url(), &data);
     create_app(gw.admin_addr(), o.addr).await;
-    let snapshot = data.join("last-known-good.json");
-    let t = Instant::now();
-    while !std::fs::read_to_string(&snapshot).is_ok_and(|s| s.contains("\"revision\":3")) {
-        assert!(
-            t.elapsed() < Duration::from_secs(3),
-            "no snapshot of revision 3"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_snapshot(&data, 3).await;
 
     // PostgreSQL dies under a running node: every request is still served.
     pg.kill();
