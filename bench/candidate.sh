@@ -6,6 +6,9 @@
 # (BENCH_LIMIT, default 10^9), so every request pays for the check and none is rejected.
 # BENCH_PLUGINS=rate-limit-redis: the same limit with policy redis on BENCH_REDIS, leasing
 # BENCH_BATCH at a time (default: the plugin's, 1 % of the limit).
+# BENCH_OBSERVE=off: no metrics, no access log. BENCH_OBSERVE=log: metrics (the default) and a
+# JSON access log line per request to BENCH_LOG (default /tmp/gatehouse-bench-access.log,
+# truncated at start). Unset: the defaults (metrics on, no access log).
 set -euo pipefail
 port=$1 upstream=$2
 bin=${GATEHOUSE_BIN:-$(dirname "$0")/../target/fat/gatehouse}
@@ -26,6 +29,21 @@ routes:
     paths: ["/*"]
     service: origin
 YAML
+case ${BENCH_OBSERVE:-} in
+  "") ;;
+  off) cat >> "$cfg" <<YAML
+observability:
+  metrics: {enabled: false}
+YAML
+  ;;
+  log) log=${BENCH_LOG:-/tmp/gatehouse-bench-access.log}; : > "$log"; cat >> "$cfg" <<YAML
+observability:
+  metrics: {enabled: true}
+  access_log: {path: "$log"}
+YAML
+  ;;
+  *) echo "unknown BENCH_OBSERVE: $BENCH_OBSERVE" >&2; exit 2 ;;
+esac
 case ${BENCH_PLUGINS:-} in
   "") ;;
   rate-limit) cat >> "$cfg" <<YAML

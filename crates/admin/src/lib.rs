@@ -16,7 +16,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use gatehouse_model::{Config, ConfigError};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,8 +62,13 @@ pub struct Control {
     health: Option<HealthOf>,
     breakers: Option<BreakersOf>,
     fallbacks: Option<FallbacksOf>,
+    debug: Option<DebugTokens>,
     pub metrics: Metrics,
 }
+
+/// Issues a decision-trace token valid for the given time: `(token, header to send it in)`.
+pub type DebugTokens =
+    Box<dyn Fn(std::time::Duration) -> Result<(String, String), String> + Send + Sync>;
 
 /// Fallback answers served, per route with a fallback: `(route, [cache, static, upstream])`.
 pub type FallbacksOf = Box<dyn Fn() -> Vec<(String, [u64; 3])> + Send + Sync>;
@@ -145,6 +150,7 @@ impl Control {
             health: None,
             breakers: None,
             fallbacks: None,
+            debug: None,
             metrics,
         }
     }
@@ -170,6 +176,21 @@ impl Control {
     /// Where `/metrics` reads fallback counts from.
     pub fn with_fallbacks(mut self, fallbacks: FallbacksOf) -> Self {
         self.fallbacks = Some(fallbacks);
+        self
+    }
+
+    /// Adds the data plane's metrics (read from the serving snapshot at each scrape).
+    pub fn with_data_plane(
+        mut self,
+        collector: Box<dyn prometheus_client::collector::Collector>,
+    ) -> Self {
+        self.metrics.register_collector(collector);
+        self
+    }
+
+    /// Where `POST /debug/tokens` gets decision-trace tokens from.
+    pub fn with_debug_tokens(mut self, issue: DebugTokens) -> Self {
+        self.debug = Some(issue);
         self
     }
 
@@ -306,6 +327,69 @@ async fn metrics(State(c): State<Shared>) -> Response {
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
             )],
             text,
+        )
+            .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+/// `POST /debug/tokens`: how long the token lives.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct DebugTokenAsk {
+    /// e.g. `10m`; default 10 minutes, at most 24 hours.
+    #[serde(default)]
+    ttl: Option<String>,
+}
+
+/// A decision-trace token.
+#[derive(Debug, Serialize, ToSchema)]
+struct DebugToken {
+    token: String,
+    /// Send the token in this request header to get the decision trace back in the
+    /// `x-gatehouse-decision` response header.
+    header: String,
+    expires_in_seconds: u64,
+}
+
+#[utoipa::path(post, path = "/debug/tokens", tag = "status",
+    request_body(content = Option<DebugTokenAsk>, description = "Optional: {\"ttl\": \"10m\"}"),
+    responses(
+        (status = 201, description = "A token for decision traces", body = DebugToken),
+        (status = 400, description = "`ttl` is not a duration", body = ErrorBody),
+        (status = 403, description = "Viewer tokens may not issue debug tokens", body = ErrorBody),
+    ))]
+async fn debug_token(State(c): State<Shared>, body: axum::body::Bytes) -> Response {
+    let ask: DebugTokenAsk = if body.iter().all(u8::is_ascii_whitespace) {
+        DebugTokenAsk { ttl: None }
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(a) => a,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+        }
+    };
+    let ttl = match ask.ttl.as_deref().map(humantime::parse_duration) {
+        None => std::time::Duration::from_secs(600),
+        Some(Ok(d)) if !d.is_zero() && d <= std::time::Duration::from_secs(86400) => d,
+        Some(Ok(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "ttl: must be more than 0 and at most 24h",
+            )
+        }
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("ttl: {e}")),
+    };
+    let Some(issue) = &c.debug else {
+        return error(StatusCode::NOT_FOUND, "this gateway issues no debug tokens");
+    };
+    match issue(ttl) {
+        Ok((token, header)) => (
+            StatusCode::CREATED,
+            Json(DebugToken {
+                token,
+                header,
+                expires_in_seconds: ttl.as_secs(),
+            }),
         )
             .into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
@@ -740,6 +824,7 @@ pub fn router(control: Arc<Control>) -> axum::Router {
     let (router, spec) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(status))
         .routes(routes!(metrics))
+        .routes(routes!(debug_token))
         .routes(routes!(config, put_config))
         .routes(routes!(list_routes, create_route))
         .routes(routes!(get_route, put_route, delete_route))

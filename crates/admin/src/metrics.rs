@@ -1,6 +1,6 @@
 //! The admin API's Prometheus metrics: a registry owned by the gateway (no global state, so
-//! tests each build their own), with the config revision and reload outcomes. The full data
-//! plane metric set comes with the observability milestone.
+//! tests each build their own), with the config revision and reload outcomes, plus the data
+//! plane's metrics through a collector that reads the serving snapshot at scrape time.
 
 use prometheus_client::encoding::{text::encode, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
@@ -111,6 +111,11 @@ impl Metrics {
     pub fn reload(&self, applied: bool) {
         let result = if applied { "applied" } else { "rejected" };
         self.reloads.get_or_create(&ReloadLabels { result }).inc();
+    }
+
+    /// Adds metrics read at scrape time (the data plane's).
+    pub fn register_collector(&mut self, c: Box<dyn prometheus_client::collector::Collector>) {
+        self.registry.register_collector(c);
     }
 
     /// The OpenMetrics text exposition.

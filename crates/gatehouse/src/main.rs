@@ -455,7 +455,9 @@ async fn run(path: PathBuf, flags: NodeFlags) -> anyhow::Result<()> {
         .with_tokens(&tokens)
         .with_health(health_of(gateway.shared().clone()))
         .with_breakers(breakers_of(gateway.shared().clone()))
-        .with_fallbacks(fallbacks_of(gateway.shared().clone())),
+        .with_fallbacks(fallbacks_of(gateway.shared().clone()))
+        .with_data_plane(data_plane_of(gateway.shared().clone()))
+        .with_debug_tokens(debug_tokens_of(gateway.shared().clone())),
     );
     tracing::info!(address = %admin_listener.local_addr()?, "admin API listening");
     let admin_task = tokio::spawn(gatehouse_admin::serve(
@@ -568,6 +570,11 @@ routes:
     paths: ["/users/{{id}}"]
     rewrite: "/accounts/{{id}}/profile"
     service: echo
+observability:
+  server_timing: true
+  access_log:
+    path: stdout
+    fields: [time, method, path, route, status, duration, upstream_duration]
 "#
     );
     let config = parse_config(&yaml).map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
@@ -584,6 +591,10 @@ routes:
     println!("  curl -s http://{addr}/echo/hello?x=1      # prefix route, prefix stripped");
     println!("  curl -s http://{addr}/users/42            # RESTful route, path rewritten");
     println!("  curl -s http://{addr}/nowhere             # no route: 404 JSON");
+    println!(
+        "  curl -si http://{addr}/echo/x | grep -i server-timing   # gateway vs upstream time"
+    );
+    println!("Each request prints an access log line (JSON) below.");
     println!("Ctrl-C stops it.");
     let mut term = signal(SignalKind::terminate())?;
     tokio::select! {
@@ -633,4 +644,23 @@ pub(crate) fn breakers_of(shared: Arc<gatehouse_proxy::Shared>) -> gatehouse_adm
 /// What `/metrics` reads of fallback answers.
 pub(crate) fn fallbacks_of(shared: Arc<gatehouse_proxy::Shared>) -> gatehouse_admin::FallbacksOf {
     Box::new(move || shared.fallbacks())
+}
+
+/// What `/metrics` reads of the data plane: the serving snapshot's statistics.
+pub(crate) fn data_plane_of(
+    shared: Arc<gatehouse_proxy::Shared>,
+) -> Box<dyn prometheus_client::collector::Collector> {
+    Box::new(gatehouse_runtime::telemetry::SnapshotCollector(move || {
+        shared.snapshot.load_full()
+    }))
+}
+
+/// How `POST /debug/tokens` issues decision-trace tokens: into the data plane's token list.
+pub(crate) fn debug_tokens_of(
+    shared: Arc<gatehouse_proxy::Shared>,
+) -> gatehouse_admin::DebugTokens {
+    Box::new(move |ttl| {
+        let token = shared.debug_tokens.issue(ttl)?;
+        Ok((token, shared.snapshot.load().debug_header.to_string()))
+    })
 }

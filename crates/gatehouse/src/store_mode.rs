@@ -86,7 +86,9 @@ pub async fn run(url: String, flags: NodeFlags) -> anyhow::Result<()> {
             .with_tokens(&tokens)
             .with_health(crate::health_of(shared.clone()))
             .with_breakers(crate::breakers_of(shared.clone()))
-            .with_fallbacks(crate::fallbacks_of(shared.clone())),
+            .with_fallbacks(crate::fallbacks_of(shared.clone()))
+            .with_data_plane(crate::data_plane_of(shared.clone()))
+            .with_debug_tokens(crate::debug_tokens_of(shared.clone())),
     );
     control.set_from_snapshot(from_snapshot);
     let mut snapshot_revision = if from_snapshot { revision } else { -1 };

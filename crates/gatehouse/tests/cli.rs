@@ -493,11 +493,43 @@ async fn the_admin_api_serves_the_running_config_and_counts_reloads() {
     let dir = temp_dir("admin");
     let file = dir.join("gateway.yaml");
     std::fs::write(&file, config_for(o.addr, "/one/*")).unwrap();
-    let (mut gw, _) = Running::start(&file);
+    let (mut gw, data) = Running::start(&file);
     let admin = gw.admin_addr();
     let status = get(admin, "/status").await.json();
     assert_eq!(status["revision"], 1);
     assert_eq!(status["store"]["kind"], "file");
+
+    // The data plane's metrics are on the admin address, and the admin issues debug tokens
+    // that get a request's decision trace back.
+    assert_eq!(get(data, "/one/x").await.status, 200);
+    let token = Client::connect(admin)
+        .await
+        .send("POST", "/debug/tokens", r#"{"ttl": "2m"}"#.into())
+        .await;
+    assert_eq!(token.status, 201, "{}", token.text());
+    assert_eq!(token.json()["header"], "x-gatehouse-debug");
+    assert_eq!(token.json()["expires_in_seconds"], 120);
+    let secret = token.json()["token"].as_str().unwrap().to_owned();
+    let r = get_with(data, "/one/y", &[("x-gatehouse-debug", &secret)]).await;
+    let d: serde_json::Value =
+        serde_json::from_slice(r.headers["x-gatehouse-decision"].as_bytes()).unwrap();
+    assert_eq!(d["plan"]["route"]["name"], "r");
+    let bad = Client::connect(admin)
+        .await
+        .send("POST", "/debug/tokens", r#"{"ttl": "soon"}"#.into())
+        .await;
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    let metrics = get(admin, "/metrics").await.text();
+    assert!(
+        metrics.contains(
+            "gatehouse_http_requests_total{route=\"r\",service=\"s\",method=\"GET\",class=\"2xx\"} 2"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gatehouse_decision_traces_total 1"),
+        "{metrics}"
+    );
 
     // A valid edit is a new revision, visible in the entities; a bad one is counted and
     // changes nothing.

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
+mod observability;
 mod resilience;
 mod validate;
 
@@ -19,6 +20,9 @@ pub use resilience::{
     RetryEvent, RetryOn, RetryPolicy, StaticResponse, IDEMPOTENT,
 };
 
+pub use observability::{
+    default_buckets, AccessLog, LogField, Metrics, Observability, RouteObservability, Tracing,
+};
 pub use validate::{check_path_pattern, is_valid_name, parse_service_url, validate};
 
 /// One problem in a configuration, located by a field path such as `routes[0].paths[1]`.
@@ -92,6 +96,13 @@ pub struct Config {
     pub consumers: Vec<Consumer>,
     #[serde(default)]
     pub plugins: Vec<PluginInstance>,
+    /// Metrics, access log, tracing, `Server-Timing` and the debug decision trace.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub observability: Observability,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -230,6 +241,9 @@ pub struct Route {
     /// What to answer when the upstream fails: the last good response, or a static one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<Fallback>,
+    /// This route's own metrics, access log, tracing and `Server-Timing` choices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observability: Option<RouteObservability>,
 }
 
 /// A route's importance under overload.
@@ -535,6 +549,7 @@ const TOP_KEYS: &[&str] = &[
     "upstreams",
     "consumers",
     "plugins",
+    "observability",
 ];
 
 /// For each section, the file index of every item that parsed. Items that fail to parse are
@@ -603,7 +618,11 @@ fn from_mapping(
     let node = take("node")
         .and_then(|v| one(v, "node", errors))
         .unwrap_or_default();
+    let observability = take("observability")
+        .and_then(|v| one(v, "observability", errors))
+        .unwrap_or_default();
     Config {
+        observability,
         listen: list(take("listen"), "listen", errors, kept),
         admin,
         node,

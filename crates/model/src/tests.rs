@@ -49,7 +49,7 @@ fn validation_messages() {
         ),
         (
             "routes:\n  - name: r\n    service: echo\n    colour: red\n",
-            &["routes[0].colour: unknown field `colour`, expected one of `name`, `hosts`, `paths`, `methods`, `headers`, `query`, `cookies`, `service`, `priority`, `strip_prefix`, `rewrite`, `preserve_host`, `priority_class`, `retries`, `retry`, `circuit_breaker`, `fallback`"],
+            &["routes[0].colour: unknown field `colour`, expected one of `name`, `hosts`, `paths`, `methods`, `headers`, `query`, `cookies`, `service`, `priority`, `strip_prefix`, `rewrite`, `preserve_host`, `priority_class`, `retries`, `retry`, `circuit_breaker`, `fallback`, `observability`"],
         ),
         (
             "routes:\n  - {name: a, service: echo}\n  - {name: a, service: echo}\n",
@@ -163,7 +163,7 @@ fn validation_messages() {
         ),
         (
             "routing: []\n",
-            &["routing: unknown key, expected one of: listen, admin, node, redis, routes, services, upstreams, consumers, plugins"],
+            &["routing: unknown key, expected one of: listen, admin, node, redis, routes, services, upstreams, consumers, plugins, observability"],
         ),
         (
             "plugins:\n  - {name: key-auth, route: nope}\n",
@@ -210,4 +210,46 @@ fn service_url_split() {
         parse_service_url("http://example.com"),
         Ok(("example.com:80".into(), String::new()))
     );
+}
+
+#[test]
+fn observability_messages() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "observability:\n  metrics: {buckets: [0.1, 0.05, -1]}\n",
+            &[
+                "observability.metrics.buckets[1]: bounds must be ascending",
+                "observability.metrics.buckets[2]: bounds must be ascending",
+                "observability.metrics.buckets[2]: must be a positive number of seconds",
+            ],
+        ),
+        (
+            "observability:\n  access_log: {path: \" \", sample: 2, fields: [status, status], rotate_every: 10ms}\n",
+            &[
+                "observability.access_log.fields[1]: listed twice",
+                "observability.access_log.path: must name a file or `stdout`",
+                "observability.access_log.rotate_every: must be at least 1s",
+                "observability.access_log.sample: must be between 0 and 1, not 2",
+            ],
+        ),
+        (
+            "observability:\n  access_log: {path: x, fields: [colour]}\n",
+            &["observability.access_log.fields[0]: unknown variant `colour`, expected one of `time`, `request_id`, `client_ip`, `consumer`, `route`, `service`, `upstream`, `target`, `method`, `host`, `path`, `protocol`, `status`, `bytes_in`, `bytes_out`, `duration`, `upstream_duration`, `gateway_duration`, `retries`, `rejected_by`, `degraded`, `trace_id`, `user_agent`"],
+        ),
+        (
+            "observability:\n  tracing: {endpoint: \"https://collector:4318/v1/traces\", sample_ratio: -0.5}\n  debug_header: \"bad header\"\n",
+            &[
+                "observability.debug_header: not a valid header name",
+                "observability.tracing.endpoint: must be an http:// URL with a host",
+                "observability.tracing.sample_ratio: must be between 0 and 1, not -0.5",
+            ],
+        ),
+        (
+            "routes:\n  - name: r\n    service: echo\n    observability: {log_sample: 1.5}\n",
+            &["routes[0].observability.log_sample: must be between 0 and 1, not 1.5"],
+        ),
+    ];
+    for (extra, want) in cases {
+        assert_eq!(errors_of(extra), *want, "config:\n{extra}");
+    }
 }

@@ -212,6 +212,11 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
                 );
             }
         }
+        if let Some(o) = &r.observability {
+            crate::observability::check_route(o, &mut |k, m| {
+                err(format!("{p}.observability.{k}"), m)
+            });
+        }
         if let Some(f) = &r.fallback {
             crate::resilience::check_fallback(f, &mut |k, m| {
                 let at = if k.is_empty() {
@@ -245,6 +250,9 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
             }
         }
     }
+    crate::observability::check(&config.observability, &mut |k, m| {
+        err(format!("observability.{k}"), m)
+    });
     errs
 }
 

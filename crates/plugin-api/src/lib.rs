@@ -135,6 +135,11 @@ pub trait Plugin: Send + Sync + 'static {
     fn wants_log(&self) -> bool {
         false
     }
+    /// What this instance tells requests apart by when it rejects them (a limit's key, e.g.
+    /// `ip` or `header:x-user`): the `key` label of `gatehouse_plugin_rejections_total`.
+    fn key_class(&self) -> &str {
+        ""
+    }
 }
 
 /// The finished request as the `log` phase sees it.

@@ -156,6 +156,10 @@ impl Inner {
 }
 
 impl Plugin for ConcurrencyLimit {
+    fn key_class(&self) -> &str {
+        self.0.key.class()
+    }
+
     fn access(&self, ctx: &mut RequestCtx<'_>) -> Flow {
         let me = &self.0;
         me.maybe_sweep(now_ns());

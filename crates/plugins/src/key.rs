@@ -88,11 +88,18 @@ enum Part<'a> {
 /// A compiled key: its parts and the User-Agent classes `ua_class` uses.
 #[derive(Debug)]
 pub struct Key {
+    /// The key as configured, parts joined with `+` (the metrics' key class).
+    class: Box<str>,
     parts: Vec<KeyPart>,
     ua_classes: Vec<(Box<str>, Regex)>,
 }
 
 impl Key {
+    /// What this key tells requests apart by, e.g. `ip` or `consumer+header:x-tier`.
+    pub fn class(&self) -> &str {
+        &self.class
+    }
+
     /// Compiles `spec` (field `key`) and `classes` (field `ua_classes`), reporting problems
     /// under those paths.
     pub fn new(spec: &KeySpec, classes: &[UaClass], errs: &mut Vec<FieldError>) -> Key {
@@ -131,6 +138,7 @@ impl Key {
             ));
         }
         Key {
+            class: specs.join("+").into(),
             parts: key,
             ua_classes,
         }

@@ -423,6 +423,10 @@ impl Inner {
 }
 
 impl Plugin for RateLimit {
+    fn key_class(&self) -> &str {
+        self.0.key.class()
+    }
+
     fn access(&self, ctx: &mut RequestCtx<'_>) -> Flow {
         let me = &self.0;
         let now = now_ns();

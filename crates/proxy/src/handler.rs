@@ -8,6 +8,9 @@ use crate::headers::{
     framing_problem, new_request_id, remove_hop_by_hop, set_forwarded, wants_upgrade, VIA,
     VIA_VALUE, X_REQUEST_ID,
 };
+use crate::observe::{
+    Exchange, LogParts, Observed, PluginStep, SpanCtx, DECISION, SERVER_TIMING, TRACEPARENT,
+};
 use crate::Shared;
 use bytes::Bytes;
 use gatehouse_plugin_api::{Consumer, Flow, Hold, LogCtx, Plugin, RequestCtx, ResponseCtx};
@@ -71,22 +74,75 @@ const STALE_RETRIES: usize = 3;
 pub async fn handle(
     shared: Arc<Shared>,
     info: Arc<ConnInfo>,
-    req: Request<Incoming>,
-) -> Response<RespBody> {
+    mut req: Request<Incoming>,
+) -> Response<Observed> {
+    let started = Instant::now();
+    let snap = shared.snapshot.load_full();
+    let mut x = Box::new(Exchange::new(snap.clone(), started, req.method()));
+    let request_id = match req.headers().get(&X_REQUEST_ID) {
+        Some(v) => v.clone(),
+        None => new_request_id(),
+    };
+    // The debug token never goes upstream; only a live one gets the decision trace.
+    if let Some(token) = req.headers_mut().remove(&snap.debug_header) {
+        let node = &snap.telemetry.node;
+        if shared.debug_tokens.check(token.as_bytes()) {
+            node.decision_traces.fetch_add(1, Ordering::Relaxed);
+            x.decision = Some(Box::default());
+        } else {
+            node.decision_trace_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(client = %info.client, "decision trace refused: not a live debug token");
+        }
+    }
+    if snap.telemetry.access_log.is_some() {
+        let h = req.headers();
+        x.log = Some(Box::new(LogParts {
+            request_id: request_id.clone(),
+            client_ip: info.ip,
+            method: req.method().clone(),
+            host: h.get(HOST).cloned(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            user_agent: h.get(http::header::USER_AGENT).cloned(),
+        }));
+    }
+    if let Some(n) = http_body::Body::size_hint(req.body()).exact() {
+        x.bytes_in = n;
+    }
     let mut log = None;
     let mut stage = None;
-    let mut resp = handle_inner(shared, info, req, &mut log, &mut stage).await;
+    let mut resp = handle_inner(
+        shared, snap, info, req, request_id, &mut log, &mut stage, &mut x,
+    )
+    .await;
     if let Some(stage) = stage {
-        resp = after_upstream(stage, resp).await;
+        resp = after_upstream(stage, resp, &mut x).await;
     }
-    match log {
+    x.status = resp.status().as_u16();
+    let route = x.route.and_then(|i| x.snap.routes.get(i));
+    if route.is_some_and(|r| r.observe.server_timing) {
+        if let Some(v) = x.server_timing() {
+            resp.headers_mut().append(SERVER_TIMING.clone(), v);
+        }
+    }
+    if let Some(d) = x.decision.as_mut() {
+        d.status = x.status;
+        d.retries = x.retries;
+        d.fallback = x.degraded;
+        let json = serde_json::to_vec(&**d).unwrap_or_default();
+        if let Ok(v) = HeaderValue::from_bytes(&json) {
+            resp.headers_mut().insert(DECISION.clone(), v);
+        }
+    }
+    let resp = match log {
         // The log phase runs when the body (and so the guard) is dropped.
         Some(mut guard) => {
             guard.status = resp.status();
             resp.map(|b| b.with_hold(Box::new(guard)))
         }
         None => resp,
-    }
+    };
+    resp.map(|b| Observed::new(b, Some(x)))
 }
 
 /// Runs the `log` phase of the plugins that want it when dropped, i.e. once the request has
@@ -125,18 +181,17 @@ impl Drop for LogGuard {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn handle_inner(
-    shared: Arc<Shared>,
+    _shared: Arc<Shared>,
+    snap: Arc<Snapshot>,
     info: Arc<ConnInfo>,
     mut req: Request<Incoming>,
+    request_id: HeaderValue,
     log: &mut Option<LogGuard>,
     stage: &mut Option<Stage>,
+    x: &mut Exchange,
 ) -> Response<RespBody> {
-    let snap = shared.snapshot.load_full();
-    let request_id = match req.headers().get(&X_REQUEST_ID) {
-        Some(v) => v.clone(),
-        None => new_request_id(),
-    };
     let problem = if info.ambiguous_framing() {
         Some("both Content-Length and Transfer-Encoding")
     } else {
@@ -189,6 +244,28 @@ async fn handle_inner(
         Some(x) => x,
         None => return respond(Failure::NoRoute, &request_id),
     };
+    x.route = Some(route_index);
+    if route.observe.trace {
+        if let Some(t) = &snap.telemetry.tracer {
+            x.span = Some(Box::new(SpanCtx::start(
+                req.headers(),
+                || t.sample(),
+                req.method(),
+                req.uri().path(),
+                info.ip,
+            )));
+        }
+    }
+    if let Some(d) = x.decision.as_mut() {
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        d.plan = Some(gatehouse_runtime::explain::explain(
+            &snap,
+            req.method(),
+            host,
+            pq,
+            req.headers(),
+        ));
+    }
 
     // The fallback cache's key: GET and HEAD of one host, path and query share an entry.
     let is_get = req.method() == http::Method::GET;
@@ -228,12 +305,14 @@ async fn handle_inner(
             holds: &mut holds,
             body_limit: None,
         };
-        let verdict = run_phase(chain, &mut ctx, Phase::Rewrite).await;
+        let mut steps = x.decision.as_mut().map(|d| &mut d.plugins);
+        let verdict = run_phase(chain, &mut ctx, Phase::Rewrite, steps.as_deref_mut()).await;
         let verdict = match verdict {
-            Ok(()) => run_phase(chain, &mut ctx, Phase::Access).await,
+            Ok(()) => run_phase(chain, &mut ctx, Phase::Access, steps).await,
             Err(r) => Err(r),
         };
         consumer = ctx.consumer.take();
+        x.consumer = consumer.clone();
         body_limit = ctx.body_limit;
         let c = consumer.as_ref().map(|c| c.index);
         let loggers: Vec<Arc<dyn Plugin>> = if chain.logs {
@@ -258,7 +337,8 @@ async fn handle_inner(
                 plugins: loggers,
             });
         }
-        if let Err(resp) = verdict {
+        if let Err((i, resp)) = verdict {
+            rejected(x, route, i);
             let c = consumer.as_ref().map(|c| c.index);
             return plugin_response(resp, plugin_headers, chain, c, &route.name, &request_id);
         }
@@ -290,9 +370,16 @@ async fn handle_inner(
     let body_limit = body_limit.map(|n| (n, Arc::new(AtomicBool::new(false))));
     let tripped = body_limit.as_ref().map(|(_, t)| t.clone());
     let over_limit = || tripped.as_ref().is_some_and(|t| t.load(Ordering::Acquire));
+    let chunked = {
+        use http_body::Body as _;
+        !body.is_end_stream() && body.size_hint().exact().is_none()
+    };
+    if chunked {
+        x.counted_in = Some(Arc::default());
+    }
     let mut request = Some(Request::from_parts(
         parts,
-        ProxyBody::client(body, body_limit),
+        ProxyBody::client(body, body_limit, x.counted_in.clone()),
     ));
 
     let upstream = &service.upstream;
@@ -391,9 +478,18 @@ async fn handle_inner(
         };
         let mut stale = 0;
         let outcome = loop {
+            let tried_at = Instant::now();
             let (mut sender, reused) = match acquire(target, timeouts.connect, stale).await {
-                Ok(s) => s,
+                Ok(s) => {
+                    if s.1 {
+                        target.count_hit();
+                    }
+                    s
+                }
                 Err(e) => {
+                    x.attempt(None, target, tried_at, None, Some("connect failed"), || {
+                        why_target(upstream, idx, &tried)
+                    });
                     tracing::warn!(route = %route.name, target = %target.address, error = %e, "upstream connect failed");
                     failure = match e {
                         ConnectError::Limit(..) => Failure::ConnectionLimit,
@@ -443,7 +539,11 @@ async fn handle_inner(
                     holds: &mut holds,
                     body_limit: None,
                 };
-                if let Err(resp) = run_phase(chain, &mut ctx, Phase::UpstreamRequest).await {
+                let steps = x.decision.as_mut().map(|d| &mut d.plugins);
+                if let Err((i, resp)) =
+                    run_phase(chain, &mut ctx, Phase::UpstreamRequest, steps).await
+                {
+                    rejected(x, route, i);
                     let c = consumer.as_ref().map(|c| c.index);
                     return plugin_response(
                         resp,
@@ -456,10 +556,18 @@ async fn handle_inner(
                 }
                 req = Request::from_parts(parts, body);
             }
+            let span_id = x.span.as_ref().map(|s| {
+                let (id, parent) = s.next_attempt();
+                req.headers_mut().insert(TRACEPARENT.clone(), parent);
+                id
+            });
             let in_flight = InFlight::new(target.clone());
             let result = tokio::time::timeout_at(attempt_deadline, sender.try_send(req)).await;
             let resp = match result {
                 Err(_) => {
+                    x.attempt(span_id, target, sent_at, None, Some("timeout"), || {
+                        why_target(upstream, idx, &tried)
+                    });
                     tracing::warn!(route = %route.name, target = %target.address, "upstream response head timed out");
                     report(idx, None, None);
                     failure = Failure::UpstreamTimeout;
@@ -477,6 +585,14 @@ async fn handle_inner(
                         return respond(Failure::BodyTooLarge, &request_id);
                     }
                     Some(unsent) => {
+                        x.attempt(
+                            span_id,
+                            target,
+                            sent_at,
+                            None,
+                            Some("connection failed before sending"),
+                            || why_target(upstream, idx, &tried),
+                        );
                         tracing::warn!(route = %route.name, target = %target.address, error = %e.error(), "upstream connection failed before the request was sent");
                         report(idx, None, None);
                         request = Some(unsent);
@@ -484,6 +600,9 @@ async fn handle_inner(
                         break Outcome::NotSent;
                     }
                     None => {
+                        x.attempt(span_id, target, sent_at, None, Some("reset"), || {
+                            why_target(upstream, idx, &tried)
+                        });
                         tracing::warn!(route = %route.name, target = %target.address, error = %e.error(), "upstream exchange failed");
                         report(idx, None, None);
                         failure = Failure::UpstreamError;
@@ -493,6 +612,16 @@ async fn handle_inner(
                 Ok(Ok(resp)) => resp,
             };
             let head_at = Instant::now();
+            x.attempt(
+                span_id,
+                target,
+                sent_at,
+                Some(resp.status().as_u16()),
+                None,
+                || why_target(upstream, idx, &tried),
+            );
+            x.upstream = Some(x.upstream.unwrap_or_default() + (head_at - sent_at));
+            x.target = Some(target.clone());
             target.record_latency(head_at - sent_at, head_at.into_std());
             report(idx, Some(resp.status()), Some(head_at - sent_at));
             if retry.retries_status(resp.status())
@@ -504,6 +633,7 @@ async fn handle_inner(
                     tracing::info!(route = %route.name, target = %target.address, status = %resp.status(), "retrying on status");
                     break Outcome::Status;
                 }
+                x.budget_exhausted = true;
                 tracing::info!(route = %route.name, service = %service.name, "retry budget exhausted: passing the failure on");
             }
             break Outcome::Response(resp, sender, in_flight, head_at);
@@ -526,11 +656,13 @@ async fn handle_inner(
                         && retry.take_budget(gatehouse_runtime::health::now_ns()));
                 if !may || attempt >= retry.attempts || !budgeted {
                     if may && attempt < retry.attempts {
+                        x.budget_exhausted = true;
                         tracing::info!(route = %route.name, service = %service.name, "retry budget exhausted: failing fast");
                     }
                     return respond(failure, &request_id);
                 }
                 attempt += 1;
+                x.retries = attempt;
                 let pause = Instant::now() + retry.backoff(attempt);
                 if total_deadline.is_some_and(|d| d <= pause) {
                     return respond(Failure::UpstreamTimeout, &request_id);
@@ -594,7 +726,11 @@ struct Stage {
 
 /// The route's breaker judges the answer; a failed one is replaced by the fallback, a good one
 /// is copied into the fallback cache as it streams.
-async fn after_upstream(stage: Stage, resp: Response<RespBody>) -> Response<RespBody> {
+async fn after_upstream(
+    stage: Stage,
+    resp: Response<RespBody>,
+    x: &mut Exchange,
+) -> Response<RespBody> {
     let Some(route) = stage.snap.routes.get(stage.route) else {
         return resp;
     };
@@ -617,6 +753,7 @@ async fn after_upstream(stage: Stage, resp: Response<RespBody>) -> Response<Resp
         };
         let mut out = if let Some(kept) = kept {
             fb.count(fallback::Source::Cache);
+            x.degraded = Some("cache");
             let mut r = Response::new(RespBody::full(kept.body.clone()));
             *r.status_mut() = kept.status;
             *r.headers_mut() = kept.headers.clone();
@@ -627,6 +764,7 @@ async fn after_upstream(stage: Stage, resp: Response<RespBody>) -> Response<Resp
             r
         } else if let Some((status, headers, body)) = &fb.static_response {
             fb.count(fallback::Source::Static);
+            x.degraded = Some("static");
             let mut r = Response::new(RespBody::full(body.clone()));
             *r.status_mut() = *status;
             *r.headers_mut() = headers.clone();
@@ -641,6 +779,7 @@ async fn after_upstream(stage: Stage, resp: Response<RespBody>) -> Response<Resp
             match ask_fallback_upstream(up, replay, route, service).await {
                 Some(mut r) => {
                     fb.count(fallback::Source::Upstream);
+                    x.degraded = Some("upstream");
                     r.headers_mut()
                         .insert(fb.header.clone(), HeaderValue::from_static("upstream"));
                     r
@@ -817,31 +956,111 @@ enum Phase {
 }
 
 /// Runs one request phase of every plugin in `chain`; the first that answers ends it.
+/// `Err` names the chain entry that answered. With `steps` (a decision trace), each plugin's
+/// verdict, time and the headers it set are noted.
 async fn run_phase(
     chain: &Chain,
     ctx: &mut RequestCtx<'_>,
     phase: Phase,
-) -> Result<(), Response<Bytes>> {
-    for entry in chain.entries.iter() {
+    mut steps: Option<&mut Vec<PluginStep>>,
+) -> Result<(), (usize, Response<Bytes>)> {
+    for (i, entry) in chain.entries.iter().enumerate() {
         let Some(plugin) = entry.pick(ctx.consumer.as_ref().map(|c| c.index)) else {
             continue;
         };
+        let began = steps
+            .as_ref()
+            .map(|_| (Instant::now(), ctx.response_headers.len()));
         let flow = match phase {
             Phase::Rewrite => plugin.rewrite(ctx),
             Phase::Access => plugin.access(ctx),
             Phase::UpstreamRequest => plugin.upstream_request(ctx),
         };
-        match flow {
-            Flow::Continue => {}
-            Flow::Respond(resp) => return Err(resp),
-            Flow::Wait(later) => {
-                let later = later.await?;
-                append_all(ctx.response_headers, later.headers);
-                ctx.holds.extend(later.hold);
-            }
+        let result = match flow {
+            Flow::Continue => Ok(()),
+            Flow::Respond(resp) => Err(resp),
+            Flow::Wait(later) => match later.await {
+                Ok(later) => {
+                    append_all(ctx.response_headers, later.headers);
+                    ctx.holds.extend(later.hold);
+                    Ok(())
+                }
+                Err(resp) => Err(resp),
+            },
+        };
+        if let (Some(steps), Some((at, before))) = (steps.as_deref_mut(), began) {
+            let headers = match &result {
+                Err(r) => r.headers().iter().collect::<Vec<_>>(),
+                Ok(()) => ctx.response_headers.iter().skip(before).collect(),
+            };
+            steps.push(PluginStep {
+                plugin: entry.kind,
+                phase: phase.name(),
+                verdict: match &result {
+                    Ok(()) => "continue".into(),
+                    Err(r) => format!("respond {}", r.status().as_u16()),
+                },
+                micros: at.elapsed().as_micros() as u64,
+                key: plugin.key_class().to_owned(),
+                headers: headers
+                    .into_iter()
+                    .map(|(k, v)| {
+                        (
+                            k.to_string(),
+                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        )
+                    })
+                    .collect(),
+            });
+        }
+        if let Err(resp) = result {
+            return Err((i, resp));
         }
     }
     Ok(())
+}
+
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Rewrite => "rewrite",
+            Phase::Access => "access",
+            Phase::UpstreamRequest => "upstream_request",
+        }
+    }
+}
+
+/// Counts a rejection by the plugin at `entry` of the route's chain.
+fn rejected(x: &mut Exchange, route: &RouteEntry, entry: usize) {
+    if let Some(r) = route.rejections.get(entry) {
+        r.count.fetch_add(1, Ordering::Relaxed);
+        x.rejected_by = Some(r.plugin);
+    }
+}
+
+/// Why the balancer's pick was `idx`, for the decision trace.
+fn why_target(upstream: &UpstreamEntry, idx: usize, tried: &[usize]) -> String {
+    let now = gatehouse_runtime::health::now_ns();
+    let Some(t) = upstream.targets.get(idx) else {
+        return String::new();
+    };
+    let health = if upstream.health.is_none() {
+        "no health checks".to_string()
+    } else if t.health.available(now) {
+        "healthy".to_string()
+    } else {
+        "unhealthy (all down, trying anyway)".to_string()
+    };
+    let breaker = match &upstream.breaker {
+        Some(p) => format!("breaker {}", t.breaker.state(p, now).as_str()),
+        None => "no breaker".into(),
+    };
+    format!(
+        "{} pick among {} targets; {health}; {breaker}; {} tried before",
+        upstream.balancer.name(),
+        upstream.targets.len(),
+        tried.len()
+    )
 }
 
 /// Runs every plugin's response hook on a response head.

@@ -10,6 +10,7 @@ pub mod errors;
 pub mod framing;
 pub mod handler;
 pub mod headers;
+pub mod observe;
 
 use arc_swap::ArcSwap;
 use gatehouse_model::{Config, ConfigError};
@@ -26,6 +27,8 @@ use tokio::sync::{mpsc, watch};
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub node: NodeContext,
+    /// Tokens the admin API issued for decision traces.
+    pub debug_tokens: gatehouse_runtime::debug::DebugTokens,
 }
 
 /// Settings fixed at start.
@@ -165,6 +168,7 @@ impl Gateway {
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             node,
+            debug_tokens: Default::default(),
         });
 
         // The first worker's sockets fix the ports (port 0 becomes a real one); the other
@@ -360,6 +364,13 @@ async fn serve(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Counted on the snapshot's node statistics, which every snapshot shares.
+    let node = shared.snapshot.load().telemetry.node.clone();
+    node.downstream_accepted
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    node.downstream_connections
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _open = OpenConnection(node);
     let h2 = match is_h2c(&stream).await {
         Ok(h2) => h2,
         Err(_) => return,
@@ -385,6 +396,17 @@ async fn serve(
             .timer(TokioTimer::new())
             .serve_connection(TokioIo::new(stream), svc);
         drive(conn, &mut stop).await;
+    }
+}
+
+/// Counts a client connection as open until dropped.
+struct OpenConnection(Arc<gatehouse_runtime::telemetry::NodeStats>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0
+            .downstream_connections
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

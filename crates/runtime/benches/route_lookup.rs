@@ -26,6 +26,7 @@ fn route(i: usize, path: String) -> Route {
         retry: None,
         circuit_breaker: None,
         fallback: None,
+        observability: None,
     }
 }
 

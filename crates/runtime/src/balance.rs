@@ -165,6 +165,17 @@ impl Ring {
 }
 
 impl Balancer {
+    /// The algorithm's config name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Balancer::RoundRobin { .. } => "round_robin",
+            Balancer::Random(_) => "random",
+            Balancer::LeastConn(_) => "least_conn",
+            Balancer::Ewma(_) => "ewma",
+            Balancer::ConsistentHash(_) => "consistent_hash",
+        }
+    }
+
     pub fn new(kind: Balance, addresses: &[&str], weights: &[u32]) -> Self {
         match kind {
             Balance::RoundRobin => {

@@ -4,14 +4,18 @@
 pub mod router;
 
 pub use router::{RequestView, RouteMatch, Router};
+pub mod access_log;
 pub mod balance;
 pub mod breaker;
+pub mod debug;
 pub mod explain;
 pub mod fallback;
 pub mod health;
 pub mod plugins;
 pub mod retry;
 pub mod snapshot;
+pub mod telemetry;
+pub mod trace;
 pub mod upstream;
 pub mod window;
 

@@ -29,6 +29,8 @@ pub struct NodeContext {
 pub struct Snapshot {
     pub router: Router,
     pub routes: Vec<RouteEntry>,
+    /// Route indices by name (to carry state across reloads without scanning).
+    pub route_index: HashMap<Box<str>, usize>,
     pub services: Vec<ServiceEntry>,
     pub upstreams: HashMap<Box<str>, Arc<UpstreamEntry>>,
     pub via: bool,
@@ -37,8 +39,33 @@ pub struct Snapshot {
     pub plugin_instances: Instances,
     /// The node's Redis, kept across reloads while its address stays.
     pub redis: Option<Arc<RedisStore>>,
+    /// Metric bounds, node-wide counters, the access log writer and the trace exporter.
+    pub telemetry: crate::telemetry::Telemetry,
+    /// Per-consumer request counts, by consumer index (empty unless
+    /// `observability.metrics.consumers`).
+    pub consumer_stats: Vec<(Box<str>, Arc<crate::telemetry::Stats>)>,
+    /// The header that asks for a decision trace.
+    pub debug_header: HeaderName,
     /// The config this snapshot was built from (for diffing on reload).
     pub config: Config,
+}
+
+/// What a route records about its requests.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RouteObserve {
+    /// Log a request when a random u32 falls below this; 0: never.
+    pub log_below: u64,
+    pub trace: bool,
+    pub server_timing: bool,
+}
+
+impl RouteObserve {
+    /// Whether this request gets an access log line.
+    #[inline]
+    pub fn sample_log(&self) -> bool {
+        self.log_below > 0
+            && (self.log_below > u32::MAX as u64 || (fastrand::u32(..) as u64) < self.log_below)
+    }
 }
 
 pub struct RouteEntry {
@@ -56,6 +83,11 @@ pub struct RouteEntry {
     pub breaker: Option<(breaker::Policy, Arc<breaker::Breaker>)>,
     /// What the route answers when its upstream fails.
     pub fallback: Option<crate::fallback::Compiled>,
+    /// Its request statistics (None: metrics off for it), kept across reloads by name.
+    pub stats: Option<Arc<crate::telemetry::Stats>>,
+    /// Rejection counters, one per entry of `plugins`.
+    pub rejections: Box<[crate::telemetry::Rejections]>,
+    pub observe: RouteObserve,
 }
 
 /// A part of a rewrite template.
@@ -291,12 +323,12 @@ impl Snapshot {
             );
             let breaker = r.circuit_breaker.as_ref().map(|c| {
                 let state = previous
-                    .and_then(|p| p.routes.iter().find(|o| *o.name == *r.name))
+                    .and_then(|p| p.route_named(&r.name))
                     .and_then(|o| o.breaker.as_ref())
                     .map_or_else(Arc::default, |(_, b)| b.clone());
                 (breaker::Policy::new(c), state)
             });
-            let old_route = previous.and_then(|p| p.routes.iter().find(|o| *o.name == *r.name));
+            let old_route = previous.and_then(|p| p.route_named(&r.name));
             let fallback = match &r.fallback {
                 None => None,
                 Some(f) => {
@@ -315,7 +347,29 @@ impl Snapshot {
                     }
                 }
             };
+            let o = r.observability.clone().unwrap_or_default();
+            let obs = &config.observability;
+            let stats = o.metrics.unwrap_or(obs.metrics.enabled).then(|| {
+                old_route.and_then(|o| o.stats.clone()).unwrap_or_else(|| {
+                    Arc::new(crate::telemetry::Stats::new(
+                        node.workers,
+                        obs.metrics.buckets.len(),
+                    ))
+                })
+            });
+            let log_sample = match (&obs.access_log, o.access_log) {
+                (None, _) | (_, Some(false)) => 0.0,
+                (Some(l), _) => o.log_sample.unwrap_or(l.sample),
+            };
+            let observe = RouteObserve {
+                log_below: (log_sample.clamp(0.0, 1.0) * (u32::MAX as f64 + 2.0)) as u64,
+                trace: obs.tracing.is_some() && o.tracing.unwrap_or(true),
+                server_timing: o.server_timing.unwrap_or(obs.server_timing),
+            };
             routes.push(RouteEntry {
+                stats,
+                rejections: Box::new([]),
+                observe,
                 retry,
                 breaker,
                 fallback,
@@ -343,12 +397,70 @@ impl Snapshot {
             .collect();
         for (route, chain) in routes.iter_mut().zip(chains(&config, &built, &scopes)) {
             route.plugins = chain;
+            let old = previous.and_then(|p| p.route_named(&route.name));
+            route.rejections = route
+                .plugins
+                .entries
+                .iter()
+                .map(|e| {
+                    let key = e
+                        .default
+                        .as_ref()
+                        .or_else(|| e.consumers.first().map(|(_, p)| p))
+                        .map_or("", |p| p.key_class());
+                    let count = old
+                        .and_then(|o| o.rejections.iter().find(|j| j.plugin == e.kind))
+                        .map_or_else(Arc::default, |j| j.count.clone());
+                    crate::telemetry::Rejections {
+                        plugin: e.kind,
+                        key: key.into(),
+                        count,
+                    }
+                })
+                .collect();
         }
+        let consumer_stats = if config.observability.metrics.consumers {
+            config
+                .consumers
+                .iter()
+                .map(|c| {
+                    let kept = previous.and_then(|p| {
+                        p.consumer_stats
+                            .iter()
+                            .find(|(n, _)| **n == *c.username)
+                            .map(|(_, s)| s.clone())
+                    });
+                    let s = kept
+                        .unwrap_or_else(|| Arc::new(crate::telemetry::Stats::new(node.workers, 0)));
+                    (c.username.as_str().into(), s)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let telemetry = crate::telemetry::Telemetry::new(
+            &config.observability,
+            previous.map(|p| &p.telemetry),
+            &mut errs,
+        );
+        let debug_header = HeaderName::from_bytes(
+            config
+                .observability
+                .debug_header
+                .to_ascii_lowercase()
+                .as_bytes(),
+        )
+        .unwrap_or_else(|_| HeaderName::from_static("x-gatehouse-debug"));
 
         gatehouse_model::sort_errors(&mut errs);
         errs.dedup();
         match router {
             Some(router) if errs.is_empty() => Ok(Snapshot {
+                route_index: routes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (r.name.clone(), i))
+                    .collect(),
                 router,
                 routes,
                 services,
@@ -357,10 +469,18 @@ impl Snapshot {
                 drain_timeout: config.node.drain_timeout,
                 plugin_instances,
                 redis: env.redis,
+                telemetry,
+                consumer_stats,
+                debug_header,
                 config,
             }),
             _ => Err(errs),
         }
+    }
+
+    /// The route called `name`, if this snapshot has one.
+    pub fn route_named(&self, name: &str) -> Option<&RouteEntry> {
+        self.route_index.get(name).and_then(|&i| self.routes.get(i))
     }
 
     /// Every distinct target of this snapshot (for idle sweeping).

@@ -40,11 +40,13 @@ pub enum ProxyBody {
     Incoming(Incoming),
     Bytes(Option<Bytes>),
     /// The client's body with a size limit (a plugin's): past `left` bytes it fails, which
-    /// aborts the upstream exchange, and `tripped` tells the handler to answer 413.
+    /// aborts the upstream exchange, and `tripped` tells the handler to answer 413. And/or
+    /// counted into `seen` as it streams (a chunked body, for metrics and the access log).
     Limited {
         body: Incoming,
         left: u64,
-        tripped: Arc<AtomicBool>,
+        tripped: Option<Arc<AtomicBool>>,
+        seen: Option<Arc<AtomicU64>>,
     },
 }
 
@@ -61,14 +63,25 @@ impl ProxyBody {
     }
 
     /// The client's body, limited to `limit` bytes when a plugin asked for a limit.
-    pub fn client(body: Incoming, limit: Option<(u64, Arc<AtomicBool>)>) -> Self {
-        match limit {
-            None => ProxyBody::Incoming(body),
-            Some((left, tripped)) => ProxyBody::Limited {
-                body,
-                left,
-                tripped,
-            },
+    pub fn client(
+        body: Incoming,
+        limit: Option<(u64, Arc<AtomicBool>)>,
+        seen: Option<Arc<AtomicU64>>,
+    ) -> Self {
+        match (limit, seen) {
+            (None, None) => ProxyBody::Incoming(body),
+            (limit, seen) => {
+                let (left, tripped) = match limit {
+                    Some((l, t)) => (l, Some(t)),
+                    None => (u64::MAX, None),
+                };
+                ProxyBody::Limited {
+                    body,
+                    left,
+                    tripped,
+                    seen,
+                }
+            }
         }
     }
 }
@@ -88,14 +101,20 @@ impl Body for ProxyBody {
                 body,
                 left,
                 tripped,
+                seen,
             } => match Pin::new(body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     let len = frame.data_ref().map_or(0, |d| d.len() as u64);
                     if len > *left {
-                        tripped.store(true, Ordering::Release);
+                        if let Some(t) = tripped {
+                            t.store(true, Ordering::Release);
+                        }
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
                     *left -= len;
+                    if let Some(s) = seen {
+                        s.fetch_add(len, Ordering::Relaxed);
+                    }
                     Poll::Ready(Some(Ok(frame)))
                 }
                 other => other.map_err(Into::into),
@@ -239,11 +258,17 @@ pub struct TargetState {
     freed: Arc<Notify>,
     /// Connections opened since start (observability and tests of reuse).
     pub connects: AtomicU64,
+    /// Requests that found an idle connection, per worker (so workers share no cache line).
+    hits: Box<[PaddedCount]>,
     /// Active and passive health verdicts.
     pub health: crate::health::TargetHealth,
     /// This target's circuit breaker (used when its upstream configures one).
     pub breaker: crate::breaker::Breaker,
 }
+
+#[derive(Default)]
+#[repr(align(128))]
+struct PaddedCount(AtomicU64);
 
 /// Nanoseconds since the first call, at `at`; 0 is reserved for "never".
 pub fn clock(at: Instant) -> u64 {
@@ -279,9 +304,24 @@ impl TargetState {
             open: Arc::new(AtomicUsize::new(0)),
             freed: Arc::new(Notify::new()),
             connects: AtomicU64::new(0),
+            hits: (0..workers).map(|_| PaddedCount::default()).collect(),
             health: Default::default(),
             breaker: Default::default(),
         })
+    }
+
+    /// Counts a request served on a pooled connection.
+    #[inline]
+    pub fn count_hit(&self) {
+        if let Some(c) = self.hits.get(worker()) {
+            // Only this worker writes its slot.
+            c.0.store(c.0.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// Requests served on pooled connections, over all workers.
+    pub fn pool_hits(&self) -> u64 {
+        self.hits.iter().map(|c| c.0.load(Ordering::Relaxed)).sum()
     }
 
     pub fn open_connections(&self) -> usize {

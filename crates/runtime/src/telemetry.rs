@@ -1,0 +1,727 @@
+//! Data-plane statistics: per-route (and opt-in per-consumer) request counts, latency
+//! histograms, bytes and retries, kept as plain atomics in one cache-line-aligned shard per
+//! worker, resolved when the snapshot is built and read only when `/metrics` is scraped.
+//!
+//! Why not prometheus-client's own `Family`/`Histogram` on the request path: a family lookup
+//! hashes the label set under a lock, and its histogram takes a lock per observation. Here a
+//! request finds its route's counters by index, and each worker writes only its own shard, so
+//! the hot path shares no cache line between workers. prometheus-client still does the text
+//! encoding, through a [`Collector`] that sums the shards at scrape time.
+
+use crate::snapshot::Snapshot;
+use crate::upstream::worker;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use std::sync::atomic::{AtomicI64, AtomicU16, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+
+/// Method classes: the common methods by name, everything else as `OTHER` (bounded labels).
+pub const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "OTHER",
+];
+
+pub fn method_class(m: &http::Method) -> u8 {
+    match *m {
+        http::Method::GET => 0,
+        http::Method::HEAD => 1,
+        http::Method::POST => 2,
+        http::Method::PUT => 3,
+        http::Method::DELETE => 4,
+        http::Method::PATCH => 5,
+        http::Method::OPTIONS => 6,
+        _ => 7,
+    }
+}
+
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+
+fn class_of(status: u16) -> usize {
+    match status / 100 {
+        c @ 1..=5 => c as usize - 1,
+        _ => 5,
+    }
+}
+
+/// Distinct status codes a shard counts by code; a route answering with more than this many
+/// different codes counts the rest under `code="other"` (its class is still exact).
+const CODE_SLOTS: usize = 16;
+
+/// Adds `n` to a counter only this shard's worker writes: a load and a store, no locked
+/// read-modify-write. The admin thread only reads.
+#[inline]
+fn bump(a: &AtomicU64, n: u64) {
+    a.store(a.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+/// A latency histogram: one counter per bucket (the last is +Inf), count and sum in ns.
+pub struct Histo {
+    buckets: Box<[AtomicU64]>,
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+}
+
+impl Histo {
+    fn new(bounds: usize) -> Self {
+        Self {
+            buckets: (0..=bounds).map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+
+    #[inline]
+    fn observe(&self, bounds: &[u64], ns: u64) {
+        let i = bounds.partition_point(|b| *b < ns);
+        if let Some(b) = self.buckets.get(i) {
+            bump(b, 1);
+        }
+        bump(&self.count, 1);
+        bump(&self.sum_ns, ns);
+    }
+}
+
+/// One worker's counters for one route.
+#[repr(align(128))]
+pub struct Shard {
+    requests: [[AtomicU64; 6]; 8],
+    code_keys: [AtomicU16; CODE_SLOTS],
+    codes: [AtomicU64; CODE_SLOTS],
+    other_codes: AtomicU64,
+    total: Histo,
+    upstream: Histo,
+    gateway: Histo,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    retries: AtomicU64,
+    budget_exhausted: AtomicU64,
+}
+
+impl Shard {
+    fn new(bounds: usize) -> Self {
+        Self {
+            requests: Default::default(),
+            code_keys: Default::default(),
+            codes: Default::default(),
+            other_codes: AtomicU64::new(0),
+            total: Histo::new(bounds),
+            upstream: Histo::new(bounds),
+            gateway: Histo::new(bounds),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            budget_exhausted: AtomicU64::new(0),
+        }
+    }
+
+    #[inline]
+    fn count_code(&self, status: u16) {
+        for (k, c) in self.code_keys.iter().zip(&self.codes) {
+            let key = k.load(Relaxed);
+            if key == status {
+                bump(c, 1);
+                return;
+            }
+            if key == 0 {
+                // Single writer: claiming a free slot needs no compare-and-swap. The count is
+                // written before the key, so a scrape never sees a key with a stale count.
+                c.store(1, Relaxed);
+                k.store(status, std::sync::atomic::Ordering::Release);
+                return;
+            }
+        }
+        bump(&self.other_codes, 1);
+    }
+}
+
+/// What one finished request adds to its route's statistics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Finished {
+    pub method: u8,
+    pub status: u16,
+    pub total_ns: u64,
+    /// Time to the upstream's response head, over all attempts; None when no upstream answered.
+    pub upstream_ns: Option<u64>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub retries: u32,
+    pub budget_exhausted: bool,
+}
+
+/// A route's (or consumer's) shards, one per worker, each made on its worker's first request.
+pub struct Stats {
+    shards: Box<[OnceLock<Box<Shard>>]>,
+    bounds: usize,
+}
+
+impl Stats {
+    pub fn new(workers: usize, bounds: usize) -> Self {
+        Self {
+            shards: (0..workers.max(1)).map(|_| OnceLock::new()).collect(),
+            bounds,
+        }
+    }
+
+    #[inline]
+    fn shard(&self) -> Option<&Shard> {
+        let n = self.shards.len();
+        let cell = self.shards.get(worker() % n.max(1))?;
+        Some(cell.get_or_init(|| Box::new(Shard::new(self.bounds))))
+    }
+
+    /// Records a finished request; `bounds` are the histogram bounds in ns (the snapshot's).
+    #[inline]
+    pub fn record(&self, bounds: &[u64], f: &Finished) {
+        let Some(s) = self.shard() else { return };
+        if let Some(row) = s.requests.get(f.method as usize) {
+            if let Some(c) = row.get(class_of(f.status)) {
+                bump(c, 1);
+            }
+        }
+        s.count_code(f.status);
+        s.total.observe(bounds, f.total_ns);
+        if let Some(up) = f.upstream_ns {
+            s.upstream.observe(bounds, up);
+            s.gateway.observe(bounds, f.total_ns.saturating_sub(up));
+        } else {
+            s.gateway.observe(bounds, f.total_ns);
+        }
+        if f.bytes_in > 0 {
+            bump(&s.bytes_in, f.bytes_in);
+        }
+        bump(&s.bytes_out, f.bytes_out);
+        if f.retries > 0 {
+            bump(&s.retries, f.retries as u64);
+        }
+        if f.budget_exhausted {
+            bump(&s.budget_exhausted, 1);
+        }
+    }
+
+    /// Requests by status class only (consumers' statistics).
+    #[inline]
+    pub fn record_class(&self, method: u8, status: u16) {
+        let Some(s) = self.shard() else { return };
+        if let Some(c) = s
+            .requests
+            .get(method as usize)
+            .and_then(|r| r.get(class_of(status)))
+        {
+            bump(c, 1);
+        }
+    }
+
+    fn shards(&self) -> impl Iterator<Item = &Shard> {
+        self.shards.iter().filter_map(|s| s.get().map(|b| &**b))
+    }
+
+    fn sum(&self, f: impl Fn(&Shard) -> &AtomicU64) -> u64 {
+        self.shards().map(|s| f(s).load(Relaxed)).sum()
+    }
+
+    fn requests(&self) -> [[u64; 6]; 8] {
+        let mut out = [[0u64; 6]; 8];
+        for s in self.shards() {
+            for (o, r) in out.iter_mut().zip(&s.requests) {
+                for (o, c) in o.iter_mut().zip(r) {
+                    *o += c.load(Relaxed);
+                }
+            }
+        }
+        out
+    }
+
+    fn codes(&self) -> Vec<(u16, u64)> {
+        let mut out: Vec<(u16, u64)> = Vec::new();
+        for s in self.shards() {
+            for (k, c) in s.code_keys.iter().zip(&s.codes) {
+                let key = k.load(std::sync::atomic::Ordering::Acquire);
+                if key == 0 {
+                    break;
+                }
+                let n = c.load(Relaxed);
+                match out.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, m)) => *m += n,
+                    None => out.push((key, n)),
+                }
+            }
+            let other = s.other_codes.load(Relaxed);
+            if other > 0 {
+                match out.iter_mut().find(|(k, _)| *k == 0) {
+                    Some((_, m)) => *m += other,
+                    None => out.push((0, other)),
+                }
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
+    fn histo(
+        &self,
+        which: impl Fn(&Shard) -> &Histo,
+        bounds: &[f64],
+    ) -> (f64, u64, Vec<(f64, u64)>) {
+        let mut buckets: Vec<(f64, u64)> = bounds
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .map(|b| (b, 0))
+            .collect();
+        let (mut sum, mut count) = (0u64, 0u64);
+        for s in self.shards() {
+            let h = which(s);
+            for (o, b) in buckets.iter_mut().zip(h.buckets.iter()) {
+                o.1 += b.load(Relaxed);
+            }
+            count += h.count.load(Relaxed);
+            sum += h.sum_ns.load(Relaxed);
+        }
+        (sum as f64 / 1e9, count, buckets)
+    }
+}
+
+/// Node-wide counters that belong to no route.
+#[derive(Default)]
+pub struct NodeStats {
+    /// Client connections open now.
+    pub downstream_connections: AtomicI64,
+    /// Client connections accepted since start.
+    pub downstream_accepted: AtomicU64,
+    pub access_log_written: AtomicU64,
+    pub access_log_dropped: AtomicU64,
+    pub access_log_errors: AtomicU64,
+    pub spans_exported: AtomicU64,
+    pub spans_dropped: AtomicU64,
+    pub span_export_failures: AtomicU64,
+    pub decision_traces: AtomicU64,
+    pub decision_trace_refused: AtomicU64,
+    /// Requests no route matched (answered 404).
+    pub unrouted: AtomicU64,
+}
+
+/// Where a route's plugin rejections are counted: one per plugin kind in its chain, kept
+/// across reloads by route and kind.
+pub struct Rejections {
+    pub plugin: &'static str,
+    /// What the instance limits by (its key class), as the plugin describes it.
+    pub key: Box<str>,
+    pub count: Arc<AtomicU64>,
+}
+
+/// Encodes the serving snapshot's statistics at scrape time.
+pub struct SnapshotCollector<F>(pub F);
+
+impl<F> std::fmt::Debug for SnapshotCollector<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SnapshotCollector")
+    }
+}
+
+impl<F> prometheus_client::collector::Collector for SnapshotCollector<F>
+where
+    F: Fn() -> Arc<Snapshot> + Send + Sync + 'static,
+{
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let snap = (self.0)();
+        encode(&snap, &mut e)
+    }
+}
+
+fn counter(m: &mut prometheus_client::encoding::MetricEncoder, v: u64) -> std::fmt::Result {
+    m.encode_counter::<NoLabelSet, _, u64>(&v, None)
+}
+
+fn gauge(m: &mut prometheus_client::encoding::MetricEncoder, v: i64) -> std::fmt::Result {
+    m.encode_gauge(&v)
+}
+
+/// Every data-plane metric of `snap`, with the `gatehouse_` prefix.
+pub fn encode(snap: &Snapshot, e: &mut DescriptorEncoder) -> std::fmt::Result {
+    let t = &snap.telemetry;
+    let routes = || {
+        snap.routes.iter().filter_map(|r| {
+            let stats = r.stats.as_ref()?;
+            let service = snap.services.get(r.service).map_or("", |s| &*s.name);
+            Some((&*r.name, service, &**stats))
+        })
+    };
+
+    let mut m = e.encode_descriptor(
+        "gatehouse_http_requests",
+        "Requests by route, service, method class and status class",
+        None,
+        MetricType::Counter,
+    )?;
+    for (route, service, s) in routes() {
+        for (mi, row) in s.requests().iter().enumerate() {
+            for (ci, n) in row.iter().enumerate() {
+                if *n == 0 {
+                    continue;
+                }
+                let labels = [
+                    ("route", route),
+                    ("service", service),
+                    ("method", METHODS.get(mi).copied().unwrap_or("OTHER")),
+                    ("class", CLASSES.get(ci).copied().unwrap_or("other")),
+                ];
+                counter(&mut m.encode_family(&labels)?, *n)?;
+            }
+        }
+    }
+
+    let mut m = e.encode_descriptor(
+        "gatehouse_http_responses",
+        "Responses by route, service and exact status code",
+        None,
+        MetricType::Counter,
+    )?;
+    for (route, service, s) in routes() {
+        for (code, n) in s.codes() {
+            let code = if code == 0 {
+                "other".to_string()
+            } else {
+                code.to_string()
+            };
+            let labels = [("route", route), ("service", service), ("code", &code)];
+            counter(&mut m.encode_family(&labels)?, n)?;
+        }
+    }
+
+    let bounds = &t.bounds_s;
+    for (name, help, which) in [
+        (
+            "gatehouse_request_duration_seconds",
+            "Time from the request's head to the end of its response, by route",
+            (|s: &Shard| &s.total) as fn(&Shard) -> &Histo,
+        ),
+        (
+            "gatehouse_upstream_duration_seconds",
+            "Time the upstream took to send its response head (all attempts), by route",
+            |s: &Shard| &s.upstream,
+        ),
+        (
+            "gatehouse_gateway_duration_seconds",
+            "Time the gateway itself added: total minus upstream, by route",
+            |s: &Shard| &s.gateway,
+        ),
+    ] {
+        let mut m = e.encode_descriptor(name, help, None, MetricType::Histogram)?;
+        for (route, service, s) in routes() {
+            let (sum, count, buckets) = s.histo(which, bounds);
+            if count == 0 {
+                continue;
+            }
+            let labels = [("route", route), ("service", service)];
+            m.encode_family(&labels)?
+                .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+        }
+    }
+
+    for (name, help, which) in [
+        (
+            "gatehouse_http_request_bytes",
+            "Request body bytes received, by route",
+            (|s: &Shard| &s.bytes_in) as fn(&Shard) -> &AtomicU64,
+        ),
+        (
+            "gatehouse_http_response_bytes",
+            "Response body bytes sent, by route",
+            |s: &Shard| &s.bytes_out,
+        ),
+        (
+            "gatehouse_retries",
+            "Upstream attempts after the first, by route",
+            |s: &Shard| &s.retries,
+        ),
+        (
+            "gatehouse_retry_budget_exhausted",
+            "Requests that could not retry because the service's retry budget was spent, by route",
+            |s: &Shard| &s.budget_exhausted,
+        ),
+    ] {
+        let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (route, service, s) in routes() {
+            let labels = [("route", route), ("service", service)];
+            counter(&mut m.encode_family(&labels)?, s.sum(which))?;
+        }
+    }
+
+    let mut m = e.encode_descriptor(
+        "gatehouse_plugin_rejections",
+        "Requests a plugin answered itself (limits, shedding, auth), by route, plugin and key class",
+        None,
+        MetricType::Counter,
+    )?;
+    for r in &snap.routes {
+        for j in r.rejections.iter() {
+            let labels = [("route", &*r.name), ("plugin", j.plugin), ("key", &*j.key)];
+            counter(&mut m.encode_family(&labels)?, j.count.load(Relaxed))?;
+        }
+    }
+
+    if !snap.consumer_stats.is_empty() {
+        let mut m = e.encode_descriptor(
+            "gatehouse_consumer_requests",
+            "Requests by consumer, method class and status class",
+            None,
+            MetricType::Counter,
+        )?;
+        for (consumer, s) in snap.consumer_stats.iter() {
+            for (mi, row) in s.requests().iter().enumerate() {
+                for (ci, n) in row.iter().enumerate() {
+                    if *n == 0 {
+                        continue;
+                    }
+                    let labels = [
+                        ("consumer", &**consumer),
+                        ("method", METHODS.get(mi).copied().unwrap_or("OTHER")),
+                        ("class", CLASSES.get(ci).copied().unwrap_or("other")),
+                    ];
+                    counter(&mut m.encode_family(&labels)?, *n)?;
+                }
+            }
+        }
+    }
+
+    encode_targets(snap, e)?;
+    encode_node(&t.node, e)
+}
+
+fn encode_targets(snap: &Snapshot, e: &mut DescriptorEncoder) -> std::fmt::Result {
+    let mut ups: Vec<_> = snap.upstreams.values().collect();
+    ups.sort_by(|a, b| a.name.cmp(&b.name));
+    let now = crate::health::now_ns();
+    type Read = fn(&crate::upstream::TargetState, u64) -> i64;
+    let gauges: [(&str, &str, Read); 3] = [
+        (
+            "gatehouse_upstream_connections",
+            "Upstream connections open now (busy or idle), by upstream and target",
+            |t, _| t.open_connections() as i64,
+        ),
+        (
+            "gatehouse_upstream_requests_in_flight",
+            "Requests waiting on a target now",
+            |t, _| t.active.load(Relaxed) as i64,
+        ),
+        (
+            "gatehouse_upstream_target_healthy",
+            "1 when health checks let the target take requests, 0 when it is out",
+            |t, now| t.health.available(now) as i64,
+        ),
+    ];
+    for (name, help, read) in gauges {
+        let mut m = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for u in &ups {
+            for t in &u.targets {
+                let labels = [("upstream", &*u.name), ("target", &*t.address)];
+                gauge(&mut m.encode_family(&labels)?, read(t, now))?;
+            }
+        }
+    }
+    type Count = fn(&crate::upstream::TargetState) -> u64;
+    let counters: [(&str, &str, Count); 2] = [
+        (
+            "gatehouse_upstream_pool_hits",
+            "Requests that reused a pooled upstream connection",
+            |t| t.pool_hits(),
+        ),
+        (
+            "gatehouse_upstream_pool_misses",
+            "Upstream connections opened (a request found no idle one)",
+            |t| t.connects.load(Relaxed),
+        ),
+    ];
+    for (name, help, read) in counters {
+        let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for u in &ups {
+            for t in &u.targets {
+                let labels = [("upstream", &*u.name), ("target", &*t.address)];
+                counter(&mut m.encode_family(&labels)?, read(t))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn encode_node(n: &NodeStats, e: &mut DescriptorEncoder) -> std::fmt::Result {
+    let mut m = e.encode_descriptor(
+        "gatehouse_downstream_connections",
+        "Client connections open now",
+        None,
+        MetricType::Gauge,
+    )?;
+    gauge(&mut m, n.downstream_connections.load(Relaxed))?;
+    let counters: [(&str, &str, &AtomicU64); 10] = [
+        (
+            "gatehouse_http_unrouted",
+            "Requests no route matched (answered 404)",
+            &n.unrouted,
+        ),
+        (
+            "gatehouse_downstream_connections_accepted",
+            "Client connections accepted",
+            &n.downstream_accepted,
+        ),
+        (
+            "gatehouse_access_log_lines",
+            "Access log lines written",
+            &n.access_log_written,
+        ),
+        (
+            "gatehouse_access_log_dropped",
+            "Access log lines dropped because the writer's buffer was full",
+            &n.access_log_dropped,
+        ),
+        (
+            "gatehouse_access_log_errors",
+            "Access log writes or rotations that failed",
+            &n.access_log_errors,
+        ),
+        (
+            "gatehouse_trace_spans_exported",
+            "Spans the OTLP collector accepted",
+            &n.spans_exported,
+        ),
+        (
+            "gatehouse_trace_spans_dropped",
+            "Spans dropped: buffer full, or the collector refused or could not be reached",
+            &n.spans_dropped,
+        ),
+        (
+            "gatehouse_trace_export_failures",
+            "OTLP export requests that failed",
+            &n.span_export_failures,
+        ),
+        (
+            "gatehouse_decision_traces",
+            "Requests answered with a decision trace (valid debug token)",
+            &n.decision_traces,
+        ),
+        (
+            "gatehouse_decision_traces_refused",
+            "Requests that asked for a decision trace with a missing, wrong or expired token",
+            &n.decision_trace_refused,
+        ),
+    ];
+    for (name, help, c) in counters {
+        let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+        counter(&mut m, c.load(Relaxed))?;
+    }
+    Ok(())
+}
+
+/// Compiled observability settings of a snapshot, and what outlives reloads.
+pub struct Telemetry {
+    pub node: Arc<NodeStats>,
+    /// Histogram bounds, in ns for recording and in s for encoding.
+    pub bounds_ns: Box<[u64]>,
+    pub bounds_s: Box<[f64]>,
+    pub access_log: Option<Arc<crate::access_log::AccessLog>>,
+    pub tracer: Option<Arc<crate::trace::Tracer>>,
+}
+
+impl Telemetry {
+    /// Compiles `o`, keeping the previous snapshot's counters, and its access log writer and
+    /// exporter while their settings stay. A file that cannot be opened is a config error.
+    pub fn new(
+        o: &gatehouse_model::Observability,
+        previous: Option<&Telemetry>,
+        errs: &mut Vec<gatehouse_model::ConfigError>,
+    ) -> Self {
+        let node: Arc<NodeStats> = previous.map_or_else(Arc::default, |p| p.node.clone());
+        let access_log = o.access_log.as_ref().and_then(|s| {
+            let kept = previous
+                .and_then(|p| p.access_log.as_ref())
+                .filter(|l| l.settings == *s);
+            match kept {
+                Some(l) => Some(l.clone()),
+                None => crate::access_log::AccessLog::open(s, node.clone())
+                    .map_err(|e| {
+                        errs.push(gatehouse_model::ConfigError::new(
+                            "observability.access_log.path",
+                            e,
+                        ))
+                    })
+                    .ok(),
+            }
+        });
+        let tracer = o.tracing.as_ref().and_then(|s| {
+            let kept = previous
+                .and_then(|p| p.tracer.as_ref())
+                .filter(|t| t.settings == *s);
+            match kept {
+                Some(t) => Some(t.clone()),
+                None => crate::trace::Tracer::start(s, node.clone())
+                    .map_err(|e| {
+                        errs.push(gatehouse_model::ConfigError::new(
+                            "observability.tracing",
+                            e,
+                        ))
+                    })
+                    .ok(),
+            }
+        });
+        let buckets = &o.metrics.buckets;
+        Self {
+            node,
+            bounds_ns: buckets.iter().map(|b| (b * 1e9) as u64).collect(),
+            bounds_s: buckets.as_slice().into(),
+            access_log,
+            tracer,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_sum_and_histograms_bucket_by_upper_bound() {
+        let s = Stats::new(2, 3);
+        let bounds = [1_000, 10_000, 100_000];
+        let mut f = Finished {
+            method: 0,
+            status: 200,
+            total_ns: 1_000,
+            upstream_ns: Some(400),
+            bytes_out: 10,
+            ..Default::default()
+        };
+        s.record(&bounds, &f);
+        f.total_ns = 50_000;
+        f.status = 503;
+        s.record(&bounds, &f);
+        f.total_ns = 10_000_000;
+        f.status = 404;
+        f.method = 2;
+        s.record(&bounds, &f);
+        let r = s.requests();
+        assert_eq!(r[0][1], 1);
+        assert_eq!(r[0][4], 1);
+        assert_eq!(r[2][3], 1);
+        assert_eq!(s.codes(), vec![(200, 1), (404, 1), (503, 1)]);
+        let (_, count, b) = s.histo(|s| &s.total, &[1e-6, 1e-5, 1e-4]);
+        assert_eq!(count, 3);
+        // 1 µs lands in `le=1e-6` (upper bound inclusive), 50 µs in 1e-4, 10 ms in +Inf.
+        assert_eq!(b.iter().map(|x| x.1).collect::<Vec<_>>(), vec![1, 0, 1, 1]);
+        assert_eq!(s.sum(|s| &s.bytes_out), 30);
+    }
+
+    #[test]
+    fn codes_past_the_slots_count_as_other() {
+        let s = Stats::new(1, 1);
+        for code in 100..(100 + CODE_SLOTS as u16 + 3) {
+            s.record(
+                &[1],
+                &Finished {
+                    status: code,
+                    ..Default::default()
+                },
+            );
+        }
+        let codes = s.codes();
+        assert_eq!(codes.len(), CODE_SLOTS + 1);
+        assert_eq!(codes.first(), Some(&(0, 3)));
+    }
+}
