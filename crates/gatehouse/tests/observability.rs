@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 /// The data plane's metrics as `/metrics` shows them.
 fn scrape(g: &Gateway) -> String {
     let shared = g.shared().clone();
-    let mut registry = prometheus_client::registry::Registry::default();
+    let mut registry = prometheus_client::registry::Registry::with_prefix("gatehouse");
     registry.register_collector(Box::new(gatehouse_runtime::telemetry::SnapshotCollector(
         move || shared.snapshot.load_full(),
     )));
@@ -173,7 +173,7 @@ plugins:
     );
     assert!(get(&format!("gatehouse_http_response_bytes_total{{{api}}}")) > 100.0);
     assert_eq!(
-        get("gatehouse_plugin_rejections_total{route=\"api\",plugin=\"rate-limit\",key=\"ip\"}"),
+        get("gatehouse_plugin_rejections_total{route=\"api\",plugin=\"rate-limit\",instance=\"route=api\",key=\"ip\"}"),
         1.0
     );
     assert_eq!(get("gatehouse_http_unrouted_total"), 1.0);
@@ -571,6 +571,10 @@ plugins:
     assert_eq!(step["plugin"], "rate-limit");
     assert_eq!(step["verdict"], "continue");
     assert_eq!(step["key"], "ip+header:x-tier");
+    assert_eq!(
+        step["key_value"], "127.0.0.1|",
+        "the client's address, no x-tier header"
+    );
     let remaining = step["headers"]
         .as_array()
         .unwrap()
@@ -607,4 +611,108 @@ plugins:
         sample(&m, "gatehouse_decision_traces_refused_total"),
         Some(3.0)
     );
+}
+
+/// Every metric name the docs, the Grafana dashboard and the alert rules use is one the
+/// gateway exports (as a sample name: counters with `_total`, histograms with `_bucket`,
+/// `_sum`, `_count`, or a histogram's family name), prefixes and all.
+#[test]
+fn the_dashboard_alerts_and_docs_name_only_exported_metrics() {
+    let o = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let yaml = upstream_yaml(&[o.local_addr().unwrap()], "")
+        + ROUTE_ALL
+        + "consumers: [{username: alice}]\nobservability: {metrics: {consumers: true}}\n";
+    let g = gateway(&yaml);
+    let shared = g.shared().clone();
+    let mut metrics = gatehouse_admin::Metrics::new();
+    metrics.register_collector(Box::new(gatehouse_runtime::telemetry::SnapshotCollector(
+        move || shared.snapshot.load_full(),
+    )));
+    metrics.breakers(&[gatehouse_admin::BreakerStatus {
+        scope: "route",
+        name: "r".into(),
+        state: "closed",
+        opened_total: 0,
+    }]);
+    metrics.fallbacks(&[("r".into(), [0, 0, 0])]);
+    let text = metrics.encode().unwrap();
+    let mut exported = std::collections::BTreeSet::new();
+    for l in text.lines() {
+        let mut w = l.split_whitespace().skip(2);
+        if let (Some(name), Some(kind)) = (w.next(), w.next()) {
+            if !l.starts_with("# TYPE ") {
+                continue;
+            }
+            match kind {
+                "counter" => drop(exported.insert(format!("{name}_total"))),
+                "histogram" => {
+                    exported.insert(name.to_owned()); // the family, as docs name it
+                    for s in ["_bucket", "_sum", "_count"] {
+                        exported.insert(format!("{name}{s}"));
+                    }
+                }
+                _ => drop(exported.insert(name.to_owned())),
+            }
+        }
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    for doc in [
+        "docs/grafana-dashboard.json",
+        "docs/prometheus-alerts.yml",
+        "docs/observability.md",
+        "docs/admin-api.md",
+    ] {
+        let mut body = std::fs::read_to_string(root.join(doc)).unwrap();
+        if doc.ends_with("admin-api.md") {
+            // Only its /metrics row names metrics (elsewhere `gatehouse_config` is the
+            // PostgreSQL notification channel).
+            body = body
+                .lines()
+                .filter(|l| l.starts_with("| `GET /metrics`"))
+                .collect();
+        }
+        let mut used = 0;
+        for (i, _) in body.match_indices("gatehouse_") {
+            let name: String = body[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            if name.ends_with('_') {
+                continue; // a prefix in prose
+            }
+            used += 1;
+            assert!(
+                exported.contains(&name),
+                "{doc} uses {name}, which is not exported; exported: {exported:?}"
+            );
+        }
+        assert!(used > 0, "{doc} names no metric");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_files_rotate_by_age() {
+    let o = Origin::start("a").await;
+    let dir = temp_dir("age");
+    let file = dir.join("access.log");
+    let yaml = upstream_yaml(&[o.addr], "")
+        + ROUTE_ALL
+        + &format!(
+            "observability:\n  access_log: {{path: \"{}\", fields: [path], rotate_every: 1s, keep: 1}}\n",
+            file.display()
+        );
+    let g = gateway(&yaml);
+    let a = addr(&g);
+    get(a, "/first").await;
+    let rotated = dir.join("access.log.1");
+    assert!(eventually(Duration::from_secs(3), || rotated.exists()).await);
+    get(a, "/second").await;
+    assert!(
+        eventually(Duration::from_secs(2), || !read_lines(&file).is_empty()).await,
+        "a new file after rotating"
+    );
+    assert_eq!(read_lines(&rotated)[0]["path"], "/first");
+    assert_eq!(read_lines(&file)[0]["path"], "/second");
+    drop(g);
+    let _ = std::fs::remove_dir_all(&dir);
 }

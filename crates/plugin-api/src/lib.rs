@@ -140,6 +140,10 @@ pub trait Plugin: Send + Sync + 'static {
     fn key_class(&self) -> &str {
         ""
     }
+    /// This request's key as text (e.g. `127.0.0.1|gold`), for the decision trace only.
+    fn key_of(&self, _ctx: &RequestCtx<'_>) -> Option<String> {
+        None
+    }
 }
 
 /// The finished request as the `log` phase sees it.

@@ -160,6 +160,10 @@ impl Plugin for ConcurrencyLimit {
         self.0.key.class()
     }
 
+    fn key_of(&self, ctx: &RequestCtx<'_>) -> Option<String> {
+        Some(self.0.key.text(ctx))
+    }
+
     fn access(&self, ctx: &mut RequestCtx<'_>) -> Flow {
         let me = &self.0;
         me.maybe_sweep(now_ns());

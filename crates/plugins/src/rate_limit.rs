@@ -427,6 +427,10 @@ impl Plugin for RateLimit {
         self.0.key.class()
     }
 
+    fn key_of(&self, ctx: &RequestCtx<'_>) -> Option<String> {
+        Some(self.0.key.text(ctx))
+    }
+
     fn access(&self, ctx: &mut RequestCtx<'_>) -> Flow {
         let me = &self.0;
         let now = now_ns();

@@ -78,7 +78,7 @@ pub async fn handle(
 ) -> Response<Observed> {
     let started = Instant::now();
     let snap = shared.snapshot.load_full();
-    let mut x = Box::new(Exchange::new(snap.clone(), started, req.method()));
+    let mut x = Box::new(Exchange::new(started, req.method()));
     let request_id = match req.headers().get(&X_REQUEST_ID) {
         Some(v) => v.clone(),
         None => new_request_id(),
@@ -111,15 +111,13 @@ pub async fn handle(
     }
     let mut log = None;
     let mut stage = None;
-    let mut resp = handle_inner(
-        shared, snap, info, req, request_id, &mut log, &mut stage, &mut x,
-    )
-    .await;
+    drop(shared);
+    let mut resp = handle_inner(&snap, info, req, request_id, &mut log, &mut stage, &mut x).await;
     if let Some(stage) = stage {
         resp = after_upstream(stage, resp, &mut x).await;
     }
     x.status = resp.status().as_u16();
-    let route = x.route.and_then(|i| x.snap.routes.get(i));
+    let route = x.route.and_then(|i| snap.routes.get(i));
     if route.is_some_and(|r| r.observe.server_timing) {
         if let Some(v) = x.server_timing() {
             resp.headers_mut().append(SERVER_TIMING.clone(), v);
@@ -142,6 +140,7 @@ pub async fn handle(
         }
         None => resp,
     };
+    x.snap = Some(snap);
     resp.map(|b| Observed::new(b, Some(x)))
 }
 
@@ -183,8 +182,7 @@ impl Drop for LogGuard {
 
 #[allow(clippy::too_many_arguments)]
 async fn handle_inner(
-    _shared: Arc<Shared>,
-    snap: Arc<Snapshot>,
+    snap: &Arc<Snapshot>,
     info: Arc<ConnInfo>,
     mut req: Request<Incoming>,
     request_id: HeaderValue,
@@ -259,7 +257,7 @@ async fn handle_inner(
     if let Some(d) = x.decision.as_mut() {
         let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
         d.plan = Some(gatehouse_runtime::explain::explain(
-            &snap,
+            snap,
             req.method(),
             host,
             pq,
@@ -1002,6 +1000,7 @@ async fn run_phase(
                 },
                 micros: at.elapsed().as_micros() as u64,
                 key: plugin.key_class().to_owned(),
+                key_value: plugin.key_of(ctx),
                 headers: headers
                     .into_iter()
                     .map(|(k, v)| {

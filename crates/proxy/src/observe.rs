@@ -121,6 +121,9 @@ pub struct PluginStep {
     /// What a limit counts by (its key class), when the plugin has one.
     #[serde(skip_serializing_if = "str::is_empty")]
     pub key: String,
+    /// This request's key under it (e.g. the client's address).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_value: Option<String>,
     /// Headers the plugin set for the client (remaining quota, policy, retry-after).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<(String, String)>,
@@ -139,7 +142,9 @@ pub struct AttemptNote {
 /// Everything observed of one request.
 pub struct Exchange {
     pub started: Instant,
-    pub snap: Arc<Snapshot>,
+    /// The snapshot the request was served with; set once the handler is done with it (so
+    /// the request path shares one `Arc` of it, not two).
+    pub snap: Option<Arc<Snapshot>>,
     pub route: Option<usize>,
     pub method: u8,
     pub status: u16,
@@ -161,10 +166,10 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    pub fn new(snap: Arc<Snapshot>, started: Instant, method: &Method) -> Self {
+    pub fn new(started: Instant, method: &Method) -> Self {
         Self {
             started,
-            snap,
+            snap: None,
             route: None,
             method: gatehouse_runtime::telemetry::method_class(method),
             status: 0,
@@ -235,8 +240,10 @@ impl Exchange {
     }
 
     fn finish(&mut self) {
+        let Some(snap) = self.snap.take() else {
+            return;
+        };
         let total = self.started.elapsed();
-        let snap = self.snap.clone();
         let route = self.route.and_then(|i| snap.routes.get(i));
         let bytes_in = self.bytes_in
             + self
@@ -267,8 +274,11 @@ impl Exchange {
         {
             s.record_class(self.method, self.status);
         }
-        let now = SystemTime::now();
-        let began = now.checked_sub(total).unwrap_or(now);
+        // The wall clock is read only for a log line or a span.
+        let wall = || {
+            let now = SystemTime::now();
+            (now, now.checked_sub(total).unwrap_or(now))
+        };
         if let (Some(parts), Some(log)) = (self.log.take(), &snap.telemetry.access_log) {
             let keep = match route {
                 Some(r) => r.observe.sample_log(),
@@ -277,7 +287,7 @@ impl Exchange {
             if keep {
                 let parts = *parts;
                 log.send(Line {
-                    time: began,
+                    time: wall().1,
                     snap: snap.clone(),
                     route: self.route,
                     target: self.target.take(),
@@ -303,6 +313,7 @@ impl Exchange {
         }
         if let (Some(span), Some(tracer)) = (self.span.take(), &snap.telemetry.tracer) {
             if span.sampled {
+                let (now, began) = wall();
                 let wall = |at: Instant| {
                     began
                         .checked_add(at.saturating_duration_since(self.started))

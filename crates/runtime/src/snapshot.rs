@@ -411,8 +411,13 @@ impl Snapshot {
                     let count = old
                         .and_then(|o| o.rejections.iter().find(|j| j.plugin == e.kind))
                         .map_or_else(Arc::default, |j| j.count.clone());
+                    let instance = e
+                        .default_index
+                        .and_then(|i| config.plugins.get(i))
+                        .map_or_else(|| "consumers".to_string(), |p| p.scope());
                     crate::telemetry::Rejections {
                         plugin: e.kind,
+                        instance: instance.into(),
                         key: key.into(),
                         count,
                     }

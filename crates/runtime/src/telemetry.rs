@@ -303,6 +303,9 @@ pub struct NodeStats {
 /// across reloads by route and kind.
 pub struct Rejections {
     pub plugin: &'static str,
+    /// The scope of the instance that runs for callers without a consumer-scoped one
+    /// (`global`, `route=api`...).
+    pub instance: Box<str>,
     /// What the instance limits by (its key class), as the plugin describes it.
     pub key: Box<str>,
     pub count: Arc<AtomicU64>,
@@ -335,7 +338,8 @@ fn gauge(m: &mut prometheus_client::encoding::MetricEncoder, v: i64) -> std::fmt
     m.encode_gauge(&v)
 }
 
-/// Every data-plane metric of `snap`, with the `gatehouse_` prefix.
+/// Every data-plane metric of `snap`, named without the `gatehouse_` prefix: the registry
+/// it is registered in adds it.
 pub fn encode(snap: &Snapshot, e: &mut DescriptorEncoder) -> std::fmt::Result {
     let t = &snap.telemetry;
     let routes = || {
@@ -347,7 +351,7 @@ pub fn encode(snap: &Snapshot, e: &mut DescriptorEncoder) -> std::fmt::Result {
     };
 
     let mut m = e.encode_descriptor(
-        "gatehouse_http_requests",
+        "http_requests",
         "Requests by route, service, method class and status class",
         None,
         MetricType::Counter,
@@ -370,7 +374,7 @@ pub fn encode(snap: &Snapshot, e: &mut DescriptorEncoder) -> std::fmt::Result {
     }
 
     let mut m = e.encode_descriptor(
-        "gatehouse_http_responses",
+        "http_responses",
         "Responses by route, service and exact status code",
         None,
         MetricType::Counter,
@@ -390,17 +394,17 @@ pub fn encode(snap: &Snapshot, e: &mut DescriptorEncoder) -> std::fmt::Result {
     let bounds = &t.bounds_s;
     for (name, help, which) in [
         (
-            "gatehouse_request_duration_seconds",
+            "request_duration_seconds",
             "Time from the request's head to the end of its response, by route",
             (|s: &Shard| &s.total) as fn(&Shard) -> &Histo,
         ),
         (
-            "gatehouse_upstream_duration_seconds",
+            "upstream_duration_seconds",
             "Time the upstream took to send its response head (all attempts), by route",
             |s: &Shard| &s.upstream,
         ),
         (
-            "gatehouse_gateway_duration_seconds",
+            "gateway_duration_seconds",
             "Time the gateway itself added: total minus upstream, by route",
             |s: &Shard| &s.gateway,
         ),
@@ -419,22 +423,22 @@ pub fn encode(snap: &Snapshot, e: &mut DescriptorEncoder) -> std::fmt::Result {
 
     for (name, help, which) in [
         (
-            "gatehouse_http_request_bytes",
+            "http_request_bytes",
             "Request body bytes received, by route",
             (|s: &Shard| &s.bytes_in) as fn(&Shard) -> &AtomicU64,
         ),
         (
-            "gatehouse_http_response_bytes",
+            "http_response_bytes",
             "Response body bytes sent, by route",
             |s: &Shard| &s.bytes_out,
         ),
         (
-            "gatehouse_retries",
+            "retries",
             "Upstream attempts after the first, by route",
             |s: &Shard| &s.retries,
         ),
         (
-            "gatehouse_retry_budget_exhausted",
+            "retry_budget_exhausted",
             "Requests that could not retry because the service's retry budget was spent, by route",
             |s: &Shard| &s.budget_exhausted,
         ),
@@ -447,21 +451,26 @@ pub fn encode(snap: &Snapshot, e: &mut DescriptorEncoder) -> std::fmt::Result {
     }
 
     let mut m = e.encode_descriptor(
-        "gatehouse_plugin_rejections",
+        "plugin_rejections",
         "Requests a plugin answered itself (limits, shedding, auth), by route, plugin and key class",
         None,
         MetricType::Counter,
     )?;
     for r in &snap.routes {
         for j in r.rejections.iter() {
-            let labels = [("route", &*r.name), ("plugin", j.plugin), ("key", &*j.key)];
+            let labels = [
+                ("route", &*r.name),
+                ("plugin", j.plugin),
+                ("instance", &*j.instance),
+                ("key", &*j.key),
+            ];
             counter(&mut m.encode_family(&labels)?, j.count.load(Relaxed))?;
         }
     }
 
     if !snap.consumer_stats.is_empty() {
         let mut m = e.encode_descriptor(
-            "gatehouse_consumer_requests",
+            "consumer_requests",
             "Requests by consumer, method class and status class",
             None,
             MetricType::Counter,
@@ -494,17 +503,17 @@ fn encode_targets(snap: &Snapshot, e: &mut DescriptorEncoder) -> std::fmt::Resul
     type Read = fn(&crate::upstream::TargetState, u64) -> i64;
     let gauges: [(&str, &str, Read); 3] = [
         (
-            "gatehouse_upstream_connections",
+            "upstream_connections",
             "Upstream connections open now (busy or idle), by upstream and target",
             |t, _| t.open_connections() as i64,
         ),
         (
-            "gatehouse_upstream_requests_in_flight",
+            "upstream_requests_in_flight",
             "Requests waiting on a target now",
             |t, _| t.active.load(Relaxed) as i64,
         ),
         (
-            "gatehouse_upstream_target_healthy",
+            "upstream_target_healthy",
             "1 when health checks let the target take requests, 0 when it is out",
             |t, now| t.health.available(now) as i64,
         ),
@@ -521,12 +530,12 @@ fn encode_targets(snap: &Snapshot, e: &mut DescriptorEncoder) -> std::fmt::Resul
     type Count = fn(&crate::upstream::TargetState) -> u64;
     let counters: [(&str, &str, Count); 2] = [
         (
-            "gatehouse_upstream_pool_hits",
+            "upstream_pool_hits",
             "Requests that reused a pooled upstream connection",
             |t| t.pool_hits(),
         ),
         (
-            "gatehouse_upstream_pool_misses",
+            "upstream_pool_misses",
             "Upstream connections opened (a request found no idle one)",
             |t| t.connects.load(Relaxed),
         ),
@@ -545,7 +554,7 @@ fn encode_targets(snap: &Snapshot, e: &mut DescriptorEncoder) -> std::fmt::Resul
 
 fn encode_node(n: &NodeStats, e: &mut DescriptorEncoder) -> std::fmt::Result {
     let mut m = e.encode_descriptor(
-        "gatehouse_downstream_connections",
+        "downstream_connections",
         "Client connections open now",
         None,
         MetricType::Gauge,
@@ -553,52 +562,52 @@ fn encode_node(n: &NodeStats, e: &mut DescriptorEncoder) -> std::fmt::Result {
     gauge(&mut m, n.downstream_connections.load(Relaxed))?;
     let counters: [(&str, &str, &AtomicU64); 10] = [
         (
-            "gatehouse_http_unrouted",
+            "http_unrouted",
             "Requests no route matched (answered 404)",
             &n.unrouted,
         ),
         (
-            "gatehouse_downstream_connections_accepted",
+            "downstream_connections_accepted",
             "Client connections accepted",
             &n.downstream_accepted,
         ),
         (
-            "gatehouse_access_log_lines",
+            "access_log_lines",
             "Access log lines written",
             &n.access_log_written,
         ),
         (
-            "gatehouse_access_log_dropped",
+            "access_log_dropped",
             "Access log lines dropped because the writer's buffer was full",
             &n.access_log_dropped,
         ),
         (
-            "gatehouse_access_log_errors",
+            "access_log_errors",
             "Access log writes or rotations that failed",
             &n.access_log_errors,
         ),
         (
-            "gatehouse_trace_spans_exported",
+            "trace_spans_exported",
             "Spans the OTLP collector accepted",
             &n.spans_exported,
         ),
         (
-            "gatehouse_trace_spans_dropped",
+            "trace_spans_dropped",
             "Spans dropped: buffer full, or the collector refused or could not be reached",
             &n.spans_dropped,
         ),
         (
-            "gatehouse_trace_export_failures",
+            "trace_export_failures",
             "OTLP export requests that failed",
             &n.span_export_failures,
         ),
         (
-            "gatehouse_decision_traces",
+            "decision_traces",
             "Requests answered with a decision trace (valid debug token)",
             &n.decision_traces,
         ),
         (
-            "gatehouse_decision_traces_refused",
+            "decision_traces_refused",
             "Requests that asked for a decision trace with a missing, wrong or expired token",
             &n.decision_trace_refused,
         ),
