@@ -18,7 +18,7 @@ use opentelemetry_proto::tonic::trace::v1::{
     span, status, ResourceSpans, ScopeSpans, Span, Status,
 };
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -286,43 +286,47 @@ impl Exporter {
                 return;
             }
         };
+        // Drained on a timer, not by blocking on the queue, so that a worker handing over a
+        // span never has to wake this thread (see the access log writer).
+        let tick = self.every.min(Duration::from_millis(50));
         let mut batch: Vec<SpanRecord> = Vec::new();
         let mut due = Instant::now() + self.every;
         loop {
-            let wait = due.saturating_duration_since(Instant::now());
-            let ended = match rx.recv_timeout(wait) {
-                Ok(s) => {
-                    batch.push(s);
-                    while batch.len() < BATCH {
-                        match rx.try_recv() {
-                            Ok(s) => batch.push(s),
-                            Err(_) => break,
+            let ended = loop {
+                match rx.try_recv() {
+                    Ok(s) => {
+                        batch.push(s);
+                        if batch.len() >= BATCH {
+                            self.send(&rt, std::mem::take(&mut batch));
                         }
                     }
-                    false
+                    Err(TryRecvError::Empty) => break false,
+                    Err(TryRecvError::Disconnected) => break true,
                 }
-                Err(RecvTimeoutError::Timeout) => false,
-                Err(RecvTimeoutError::Disconnected) => true,
             };
-            if !batch.is_empty() && (ended || batch.len() >= BATCH || Instant::now() >= due) {
-                let spans = std::mem::take(&mut batch);
-                let n = spans.len() as u64;
-                match rt.block_on(self.export(spans)) {
-                    Ok(()) => {
-                        self.node.spans_exported.fetch_add(n, Relaxed);
-                    }
-                    Err(e) => {
-                        self.node.span_export_failures.fetch_add(1, Relaxed);
-                        self.node.spans_dropped.fetch_add(n, Relaxed);
-                        tracing::warn!(error = %e, endpoint = %self.uri, spans = n, "OTLP export failed");
-                    }
-                }
+            if !batch.is_empty() && (ended || Instant::now() >= due) {
+                self.send(&rt, std::mem::take(&mut batch));
             }
             if Instant::now() >= due {
                 due = Instant::now() + self.every;
             }
             if ended {
                 return;
+            }
+            std::thread::sleep(tick);
+        }
+    }
+
+    fn send(&self, rt: &tokio::runtime::Runtime, spans: Vec<SpanRecord>) {
+        let n = spans.len() as u64;
+        match rt.block_on(self.export(spans)) {
+            Ok(()) => {
+                self.node.spans_exported.fetch_add(n, Relaxed);
+            }
+            Err(e) => {
+                self.node.span_export_failures.fetch_add(1, Relaxed);
+                self.node.spans_dropped.fetch_add(n, Relaxed);
+                tracing::warn!(error = %e, endpoint = %self.uri, spans = n, "OTLP export failed");
             }
         }
     }
