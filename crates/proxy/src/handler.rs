@@ -96,7 +96,7 @@ pub async fn handle(
     }
     if snap.telemetry.access_log.is_some() {
         let h = req.headers();
-        x.log = Some(Box::new(LogParts {
+        x.log = Some(LogParts {
             request_id: request_id.clone(),
             client_ip: info.ip,
             method: req.method().clone(),
@@ -104,7 +104,7 @@ pub async fn handle(
             uri: req.uri().clone(),
             version: req.version(),
             user_agent: h.get(http::header::USER_AGENT).cloned(),
-        }));
+        });
     }
     if let Some(n) = http_body::Body::size_hint(req.body()).exact() {
         x.bytes_in = n;

@@ -160,7 +160,7 @@ pub struct Exchange {
     pub rejected_by: Option<&'static str>,
     pub degraded: Option<&'static str>,
     pub consumer: Option<Consumer>,
-    pub log: Option<Box<LogParts>>,
+    pub log: Option<LogParts>,
     pub span: Option<Box<SpanCtx>>,
     pub decision: Option<Box<Decision>>,
 }
@@ -285,7 +285,6 @@ impl Exchange {
                 None => fastrand::f64() < log.settings.sample,
             };
             if keep {
-                let parts = *parts;
                 log.send(Line {
                     time: wall().1,
                     snap: snap.clone(),

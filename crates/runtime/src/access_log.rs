@@ -8,7 +8,6 @@ use crate::telemetry::NodeStats;
 use crate::upstream::TargetState;
 use gatehouse_model::{AccessLog as Settings, LogField};
 use http::{HeaderValue, Method, Uri, Version};
-use serde::ser::{SerializeMap, Serializer};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::net::IpAddr;
@@ -64,6 +63,7 @@ impl AccessLog {
             settings.fields.clone()
         };
         let writer = Writer {
+            clock: Clock::default(),
             capacity: settings.buffer,
             out,
             fields,
@@ -199,6 +199,7 @@ fn open_append(path: &PathBuf) -> Result<(File, u64), String> {
 const DRAIN_EVERY: Duration = Duration::from_millis(20);
 
 struct Writer {
+    clock: Clock,
     capacity: usize,
     out: Output,
     fields: Vec<LogField>,
@@ -256,73 +257,255 @@ impl Writer {
     }
 
     fn line(&mut self, l: &Line) {
-        let start = self.buf.len();
-        if format(&mut self.buf, &self.fields, l).is_ok() {
-            self.buf.push(b'\n');
-            self.node.access_log_written.fetch_add(1, Relaxed);
-        } else {
-            self.buf.truncate(start);
-            self.node.access_log_errors.fetch_add(1, Relaxed);
-        }
+        format(&mut self.buf, &mut self.clock, &self.fields, l);
+        self.buf.push(b'\n');
+        self.node.access_log_written.fetch_add(1, Relaxed);
     }
 }
 
-fn ms(d: Duration) -> f64 {
-    (d.as_micros() as f64) / 1000.0
+/// A JSON object written straight into the line buffer. Written by hand because
+/// serde_json's map serializer wants owned values: a `String` for each header value, the
+/// time and the protocol, several allocations per line on the writer's thread, which shares
+/// the core with the workers. This writes every value in place and formats a second's time
+/// prefix once.
+struct Obj<'a> {
+    buf: &'a mut Vec<u8>,
+    first: bool,
 }
 
-fn text(v: &HeaderValue) -> String {
-    String::from_utf8_lossy(v.as_bytes()).into_owned()
+impl Obj<'_> {
+    fn key(&mut self, k: &str) {
+        self.buf.push(if self.first { b'{' } else { b',' });
+        self.first = false;
+        self.buf.push(b'"');
+        self.buf.extend_from_slice(k.as_bytes());
+        self.buf.extend_from_slice(b"\":");
+    }
+    fn text(&mut self, k: &str, v: &[u8]) {
+        self.key(k);
+        string(self.buf, v);
+    }
+    fn opt_text(&mut self, k: &str, v: Option<&[u8]>) {
+        match v {
+            Some(v) => self.text(k, v),
+            None => self.null(k),
+        }
+    }
+    fn null(&mut self, k: &str) {
+        self.key(k);
+        self.buf.extend_from_slice(b"null");
+    }
+    fn uint(&mut self, k: &str, n: u64) {
+        self.key(k);
+        self.buf
+            .extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    }
+    /// Milliseconds with three decimals (microsecond resolution).
+    fn ms(&mut self, k: &str, d: Duration) {
+        self.key(k);
+        let us = d.as_micros() as u64;
+        let mut b = itoa::Buffer::new();
+        self.buf.extend_from_slice(b.format(us / 1000).as_bytes());
+        let frac = us % 1000;
+        self.buf.extend_from_slice(&[
+            b'.',
+            b'0' + (frac / 100) as u8,
+            b'0' + (frac / 10 % 10) as u8,
+            b'0' + (frac % 10) as u8,
+        ]);
+    }
+    fn end(self) {
+        if self.first {
+            self.buf.push(b'{');
+        }
+        self.buf.push(b'}');
+    }
+}
+
+/// A JSON string of `v`: escaped, and made valid UTF-8 if the bytes were not (header values
+/// may carry obs-text).
+fn string(buf: &mut Vec<u8>, v: &[u8]) {
+    let lossy;
+    let v = match std::str::from_utf8(v) {
+        Ok(s) => s.as_bytes(),
+        Err(_) => {
+            lossy = String::from_utf8_lossy(v).into_owned();
+            lossy.as_bytes()
+        }
+    };
+    buf.push(b'"');
+    let mut start = 0;
+    for (i, &c) in v.iter().enumerate() {
+        let esc: &[u8] = match c {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f | 0x7f => b"",
+            _ => continue,
+        };
+        buf.extend_from_slice(v.get(start..i).unwrap_or_default());
+        if esc.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            buf.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[(c >> 4) as usize],
+                HEX[(c & 15) as usize],
+            ]);
+        } else {
+            buf.extend_from_slice(esc);
+        }
+        start = i + 1;
+    }
+    buf.extend_from_slice(v.get(start..).unwrap_or_default());
+    buf.push(b'"');
+}
+
+/// The `YYYY-MM-DDTHH:MM:SS` of one second, kept while lines stay in it.
+#[derive(Default)]
+pub struct Clock {
+    second: u64,
+    prefix: Vec<u8>,
+}
+
+impl Clock {
+    fn write(&mut self, buf: &mut Vec<u8>, t: SystemTime) {
+        let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        let second = since.as_secs();
+        if second != self.second || self.prefix.is_empty() {
+            self.second = second;
+            let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(second);
+            self.prefix = humantime::format_rfc3339_seconds(whole)
+                .to_string()
+                .trim_end_matches('Z')
+                .as_bytes()
+                .to_vec();
+        }
+        let ms = since.subsec_millis();
+        buf.push(b'"');
+        buf.extend_from_slice(&self.prefix);
+        buf.extend_from_slice(&[
+            b'.',
+            b'0' + (ms / 100) as u8,
+            b'0' + (ms / 10 % 10) as u8,
+            b'0' + (ms % 10) as u8,
+            b'Z',
+            b'"',
+        ]);
+    }
+}
+
+fn protocol(v: Version) -> &'static [u8] {
+    match v {
+        Version::HTTP_09 => b"HTTP/0.9",
+        Version::HTTP_10 => b"HTTP/1.0",
+        Version::HTTP_11 => b"HTTP/1.1",
+        Version::HTTP_2 => b"HTTP/2.0",
+        Version::HTTP_3 => b"HTTP/3.0",
+        _ => b"HTTP",
+    }
 }
 
 /// One request as a JSON object with the chosen fields, in their order.
-pub fn format(buf: &mut Vec<u8>, fields: &[LogField], l: &Line) -> Result<(), serde_json::Error> {
-    let mut ser = serde_json::Serializer::new(buf);
-    let mut m = ser.serialize_map(Some(fields.len()))?;
+pub fn format(buf: &mut Vec<u8>, clock: &mut Clock, fields: &[LogField], l: &Line) {
     let route = l.route.and_then(|i| l.snap.routes.get(i));
     let service = route.and_then(|r| l.snap.services.get(r.service));
+    let mut o = Obj { buf, first: true };
     for f in fields {
         match f {
-            LogField::Time => m.serialize_entry(
-                "time",
-                &humantime::format_rfc3339_millis(l.time).to_string(),
-            )?,
-            LogField::RequestId => m.serialize_entry("request_id", &text(&l.request_id))?,
-            LogField::ClientIp => m.serialize_entry("client_ip", &l.client_ip)?,
-            LogField::Consumer => m.serialize_entry("consumer", &l.consumer.as_deref())?,
-            LogField::Route => m.serialize_entry("route", &route.map(|r| &*r.name))?,
-            LogField::Service => m.serialize_entry("service", &service.map(|s| &*s.name))?,
+            LogField::Time => {
+                o.key("time");
+                clock.write(o.buf, l.time);
+            }
+            LogField::RequestId => o.text("request_id", l.request_id.as_bytes()),
+            LogField::ClientIp => {
+                o.key("client_ip");
+                let _ = write!(o.buf, "\"{}\"", l.client_ip);
+            }
+            LogField::Consumer => o.opt_text("consumer", l.consumer.as_deref().map(str::as_bytes)),
+            LogField::Route => o.opt_text("route", route.map(|r| r.name.as_bytes())),
+            LogField::Service => o.opt_text("service", service.map(|s| s.name.as_bytes())),
             LogField::Upstream => {
-                m.serialize_entry("upstream", &service.map(|s| &*s.upstream.name))?
+                o.opt_text("upstream", service.map(|s| s.upstream.name.as_bytes()))
             }
             LogField::Target => {
-                m.serialize_entry("target", &l.target.as_ref().map(|t| &*t.address))?
+                o.opt_text("target", l.target.as_ref().map(|t| t.address.as_bytes()))
             }
-            LogField::Method => m.serialize_entry("method", l.method.as_str())?,
-            LogField::Host => m.serialize_entry("host", &l.host.as_ref().map(text))?,
-            LogField::Path => {
-                m.serialize_entry("path", l.uri.path_and_query().map_or("/", |p| p.as_str()))?
-            }
-            LogField::Protocol => m.serialize_entry("protocol", &format!("{:?}", l.version))?,
-            LogField::Status => m.serialize_entry("status", &l.status)?,
-            LogField::BytesIn => m.serialize_entry("bytes_in", &l.bytes_in)?,
-            LogField::BytesOut => m.serialize_entry("bytes_out", &l.bytes_out)?,
-            LogField::Duration => m.serialize_entry("duration_ms", &ms(l.duration))?,
-            LogField::UpstreamDuration => m.serialize_entry("upstream_ms", &l.upstream.map(ms))?,
-            LogField::GatewayDuration => m.serialize_entry(
+            LogField::Method => o.text("method", l.method.as_str().as_bytes()),
+            LogField::Host => o.opt_text("host", l.host.as_ref().map(|h| h.as_bytes())),
+            LogField::Path => o.text(
+                "path",
+                l.uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .as_bytes(),
+            ),
+            LogField::Protocol => o.text("protocol", protocol(l.version)),
+            LogField::Status => o.uint("status", l.status as u64),
+            LogField::BytesIn => o.uint("bytes_in", l.bytes_in),
+            LogField::BytesOut => o.uint("bytes_out", l.bytes_out),
+            LogField::Duration => o.ms("duration_ms", l.duration),
+            LogField::UpstreamDuration => match l.upstream {
+                Some(d) => o.ms("upstream_ms", d),
+                None => o.null("upstream_ms"),
+            },
+            LogField::GatewayDuration => o.ms(
                 "gateway_ms",
-                &ms(l.duration.saturating_sub(l.upstream.unwrap_or_default())),
-            )?,
-            LogField::Retries => m.serialize_entry("retries", &l.retries)?,
-            LogField::RejectedBy => m.serialize_entry("rejected_by", &l.rejected_by)?,
-            LogField::Degraded => m.serialize_entry("degraded", &l.degraded)?,
-            LogField::TraceId => {
-                m.serialize_entry("trace_id", &l.trace_id.map(|t| crate::trace::hex(&t)))?
-            }
+                l.duration.saturating_sub(l.upstream.unwrap_or_default()),
+            ),
+            LogField::Retries => o.uint("retries", l.retries as u64),
+            LogField::RejectedBy => o.opt_text("rejected_by", l.rejected_by.map(str::as_bytes)),
+            LogField::Degraded => o.opt_text("degraded", l.degraded.map(str::as_bytes)),
+            LogField::TraceId => match l.trace_id {
+                Some(t) => o.text("trace_id", crate::trace::hex(&t).as_bytes()),
+                None => o.null("trace_id"),
+            },
             LogField::UserAgent => {
-                m.serialize_entry("user_agent", &l.user_agent.as_ref().map(text))?
+                o.opt_text("user_agent", l.user_agent.as_ref().map(|h| h.as_bytes()))
             }
         }
     }
-    m.end()
+    o.end();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_are_escaped_and_made_utf8() {
+        let mut b = Vec::new();
+        string(&mut b, b"a\"b\\c\nd\x01\x7f\xc3\xa9");
+        assert_eq!(String::from_utf8_lossy(&b), r#""a\"b\\c\nd\u0001\u007fé""#);
+        b.clear();
+        string(&mut b, b"bad \xff byte");
+        let back: String = serde_json::from_slice(&b).unwrap_or_default();
+        assert_eq!(back, "bad \u{fffd} byte");
+    }
+
+    #[test]
+    fn times_and_durations_read_back() {
+        let mut c = Clock::default();
+        let mut b = Vec::new();
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_574_789_042);
+        c.write(&mut b, t);
+        assert_eq!(String::from_utf8_lossy(&b), "\"2025-12-01T07:39:49.042Z\"");
+        let mut b = Vec::new();
+        let mut o = Obj {
+            buf: &mut b,
+            first: true,
+        };
+        o.ms("a", Duration::from_micros(1_234_567));
+        o.ms("b", Duration::from_micros(7));
+        o.uint("c", 42);
+        o.end();
+        assert_eq!(
+            String::from_utf8_lossy(&b),
+            r#"{"a":1234.567,"b":0.007,"c":42}"#
+        );
+    }
 }
