@@ -6,9 +6,10 @@
 # (BENCH_LIMIT, default 10^9), so every request pays for the check and none is rejected.
 # BENCH_PLUGINS=rate-limit-redis: the same limit with policy redis on BENCH_REDIS, leasing
 # BENCH_BATCH at a time (default: the plugin's, 1 % of the limit).
-# BENCH_OBSERVE=off: no metrics, no access log. BENCH_OBSERVE=log: metrics (the default) and a
-# JSON access log line per request to BENCH_LOG (default /tmp/gatehouse-bench-access.log,
-# truncated at start). Unset: the defaults (metrics on, no access log).
+# BENCH_OBSERVE=off: no metrics, no access log. BENCH_OBSERVE=metrics (or unset): the defaults,
+# metrics on and no access log. BENCH_OBSERVE=log: metrics (the default) and a
+# JSON access log line per request to BENCH_LOG (default /tmp/gatehouse-bench-logs/access.log,
+# truncated at start).
 set -euo pipefail
 port=$1 upstream=$2
 bin=${GATEHOUSE_BIN:-$(dirname "$0")/../target/fat/gatehouse}
@@ -30,13 +31,13 @@ routes:
     service: origin
 YAML
 case ${BENCH_OBSERVE:-} in
-  "") ;;
+  ""|metrics) ;;
   off) cat >> "$cfg" <<YAML
 observability:
   metrics: {enabled: false}
 YAML
   ;;
-  log) log=${BENCH_LOG:-/tmp/gatehouse-bench-access.log}; : > "$log"; cat >> "$cfg" <<YAML
+  log) log=${BENCH_LOG:-/tmp/gatehouse-bench-logs/access.log}; mkdir -p "$(dirname "$log")"; : > "$log"; cat >> "$cfg" <<YAML
 observability:
   metrics: {enabled: true}
   access_log: {path: "$log"}
