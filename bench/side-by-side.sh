@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Two gateway builds or settings measured at the same time: both pinned to one core
+# (PROXY_CPU, default 1) and loaded at once by two wrk (-t1 -c50) on the other core, with an
+# nginx origin there too. Each round prints each one's CPU-µs per request (utime+stime from
+# /proc over the round) and B/A. Because A and B share the core and the clock, a noisy
+# neighbour slows both alike; the ratio is far steadier than across peers.sh repetitions.
+#
+#   bench/side-by-side.sh "BENCH_OBSERVE=off" "BENCH_OBSERVE=log" [ROUNDS] [SECONDS]
+#   bench/side-by-side.sh "GATEHOUSE_BIN=/tmp/old" "GATEHOUSE_BIN=/tmp/new" 5
+#
+# A and B are environment assignments for bench/candidate.sh (space-separated). Needs nginx
+# and wrk (apt-get install -y nginx wrk). Run it both ways round (A B, then B A) to see that
+# the order does not matter; an A/A run shows the method's own spread.
+set -euo pipefail
+a=$1 b=$2 rounds=${3:-5} secs=${4:-5}
+here=$(cd "$(dirname "$0")" && pwd)
+proxy_cpu=${PROXY_CPU:-1} load_cpu=${LOAD_CPU:-0}
+dir=$(mktemp -d /tmp/side-by-side.XXXXXX)
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+origin=$(free_port) pa=$(free_port) pb=$(free_port)
+cat > "$dir/origin.conf" <<EOF
+worker_processes 1;
+pid $dir/origin.pid;
+error_log $dir/origin-error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$origin;
+    location / { return 200 "hello hello hello hello hello hello hello hello hello hello hello hello hello hello hello hello hello!!"; }
+  }
+}
+EOF
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [[ -f $dir/origin.pid ]] && kill "$(cat "$dir/origin.pid")" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+taskset -c "$load_cpu" nginx -c "$dir/origin.conf"
+start() { # env-assignments port log-dir
+  env $1 BENCH_LOG="$3/access.log" taskset -c "$proxy_cpu" "$here/candidate.sh" "$2" "$origin" \
+    >"$3.out" 2>&1 &
+  pids+=($!)
+}
+start "$a" "$pa" "$dir/a"
+start "$b" "$pb" "$dir/b"
+pid_a=${pids[0]} pid_b=${pids[1]}
+sleep 1
+cpu() { local s; s=($(sed 's/.*) //' "/proc/$1/stat")); echo $((s[11] + s[12])); }
+load() { # seconds -> requests for A and B
+  taskset -c "$load_cpu" wrk -t1 -c50 -d"$1"s "http://127.0.0.1:$pa/" >"$dir/wa" 2>&1 &
+  local w=$!
+  taskset -c "$load_cpu" wrk -t1 -c50 -d"$1"s "http://127.0.0.1:$pb/" >"$dir/wb" 2>&1
+  wait "$w"
+}
+load 2 # warm-up: pools, caches, branch predictors
+hz=$(getconf CLK_TCK)
+echo "# A: $a   B: $b   ($rounds rounds of ${secs}s, both on CPU $proxy_cpu)"
+for i in $(seq "$rounds"); do
+  ca=$(cpu "$pid_a") cb=$(cpu "$pid_b")
+  load "$secs"
+  da=$(($(cpu "$pid_a") - ca)) db=$(($(cpu "$pid_b") - cb))
+  ra=$(awk '/requests in/ {print $1}' "$dir/wa") rb=$(awk '/requests in/ {print $1}' "$dir/wb")
+  python3 -c "a=$da*1e6/$hz/$ra; b=$db*1e6/$hz/$rb; print(f'round $i: A {a:.2f} us/req ($ra req)  B {b:.2f} us/req ($rb req)  B/A {b/a:.3f}')"
+done
