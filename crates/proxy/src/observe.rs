@@ -264,7 +264,8 @@ impl Exchange {
                     budget_exhausted: self.budget_exhausted,
                 },
             );
-        } else if route.is_none() {
+        } else if route.is_none() && self.status == 404 {
+            // Requests refused before routing (bad framing: 400) are not "no route".
             snap.telemetry.node.unrouted.fetch_add(1, Ordering::Relaxed);
         }
         if let Some((_, s)) = self
