@@ -304,18 +304,33 @@ async fn access_log_writes_a_json_line_per_request_off_the_hot_path() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn access_log_fields_are_selectable_and_files_rotate_by_size() {
+/// One route to a fresh origin, with an access log in a directory of its own: `settings`
+/// are the `access_log` keys after `path`. Returns the origin, the directory, the log file and
+/// the gateway.
+async fn logged_gateway(
+    name: &str,
+    settings: &str,
+) -> (Origin, std::path::PathBuf, std::path::PathBuf, Gateway) {
     let o = Origin::start("a").await;
-    let dir = temp_dir("rotate");
+    let dir = temp_dir(name);
     let file = dir.join("access.log");
     let yaml = upstream_yaml(&[o.addr], "")
         + ROUTE_ALL
         + &format!(
-            "observability:\n  access_log: {{path: \"{}\", fields: [status, route, path], max_size: 2KiB, keep: 2}}\n",
+            "observability:\n  access_log: {{path: \"{}\", {settings}}}\n",
             file.display()
         );
     let g = gateway(&yaml);
+    (o, dir, file, g)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_fields_are_selectable_and_files_rotate_by_size() {
+    let (_o, dir, file, g) = logged_gateway(
+        "rotate",
+        "fields: [status, route, path], max_size: 2KiB, keep: 2",
+    )
+    .await;
     let mut c = Client::connect(addr(&g)).await;
     // About 50 bytes a line: 400 lines are about ten files' worth.
     for i in 0..400 {
@@ -336,6 +351,7 @@ async fn access_log_fields_are_selectable_and_files_rotate_by_size() {
     assert_eq!(read_lines(&rotated)[0].as_object().unwrap().len(), 3);
     assert!(dir.join("access.log.2").exists());
     assert!(!dir.join("access.log.3").exists(), "keep: 2");
+    assert!(file.exists(), "writing goes on in a new file");
     let size = std::fs::metadata(&rotated).unwrap().len();
     assert!((2048..2048 + 64 * 1024).contains(&size), "{size}");
     drop(g);
@@ -692,16 +708,8 @@ fn the_dashboard_alerts_and_docs_name_only_exported_metrics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_files_rotate_by_age() {
-    let o = Origin::start("a").await;
-    let dir = temp_dir("age");
-    let file = dir.join("access.log");
-    let yaml = upstream_yaml(&[o.addr], "")
-        + ROUTE_ALL
-        + &format!(
-            "observability:\n  access_log: {{path: \"{}\", fields: [path], rotate_every: 1s, keep: 1}}\n",
-            file.display()
-        );
-    let g = gateway(&yaml);
+    let (_o, dir, file, g) =
+        logged_gateway("age", "fields: [path], rotate_every: 1s, keep: 1").await;
     let a = addr(&g);
     get(a, "/first").await;
     let rotated = dir.join("access.log.1");
