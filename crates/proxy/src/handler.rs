@@ -619,7 +619,7 @@ async fn handle_inner(
                 || why_target(upstream, idx, &tried),
             );
             x.upstream = Some(x.upstream.unwrap_or_default() + (head_at - sent_at));
-            x.target = Some(target.clone());
+            x.target = Some(idx);
             target.record_latency(head_at - sent_at, head_at.into_std());
             report(idx, Some(resp.status()), Some(head_at - sent_at));
             if retry.retries_status(resp.status())

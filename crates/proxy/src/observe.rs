@@ -154,7 +154,9 @@ pub struct Exchange {
     pub bytes_out: u64,
     /// Time upstreams took to answer (head), over all attempts.
     pub upstream: Option<Duration>,
-    pub target: Option<Arc<TargetState>>,
+    /// The index of the target that answered, in its route's upstream (an index, not an
+    /// `Arc`: no shared reference count to touch per request).
+    pub target: Option<usize>,
     pub retries: u32,
     pub budget_exhausted: bool,
     pub rejected_by: Option<&'static str>,
@@ -199,6 +201,9 @@ impl Exchange {
         error: Option<&'static str>,
         why: impl FnOnce() -> String,
     ) {
+        if self.decision.is_none() && !self.span.as_ref().is_some_and(|s| s.sampled) {
+            return;
+        }
         let end = Instant::now();
         if let (Some(span), Some(id)) = (self.span.as_mut(), span_id) {
             if span.sampled {

@@ -5,7 +5,6 @@
 
 use crate::snapshot::Snapshot;
 use crate::telemetry::NodeStats;
-use crate::upstream::TargetState;
 use gatehouse_model::{AccessLog as Settings, LogField};
 use http::{HeaderValue, Method, Uri, Version};
 use std::fs::{File, OpenOptions};
@@ -23,7 +22,8 @@ pub struct Line {
     pub time: SystemTime,
     pub snap: Arc<Snapshot>,
     pub route: Option<usize>,
-    pub target: Option<Arc<TargetState>>,
+    /// The target that answered: an index into the route's upstream's targets.
+    pub target: Option<usize>,
     pub request_id: HeaderValue,
     pub client_ip: IpAddr,
     pub consumer: Option<Arc<str>>,
@@ -459,7 +459,8 @@ pub fn format(buf: &mut Vec<u8>, clock: &mut Clock, fields: &[LogField], l: &Lin
                 o.opt_text("upstream", service.map(|s| s.upstream.name.as_bytes()))
             }
             LogField::Target => {
-                o.opt_text("target", l.target.as_ref().map(|t| t.address.as_bytes()))
+                let t = l.target.and_then(|i| service?.upstream.targets.get(i));
+                o.opt_text("target", t.map(|t| t.address.as_bytes()))
             }
             LogField::Method => o.text("method", l.method.as_str().as_bytes()),
             LogField::Host => o.opt_text("host", l.host.as_ref().map(|h| h.as_bytes())),
@@ -560,11 +561,7 @@ mod timing {
             time: SystemTime::now(),
             snap: snap.clone(),
             route: Some(0),
-            target: snap
-                .upstreams
-                .values()
-                .next()
-                .and_then(|u| u.targets.first().cloned()),
+            target: Some(0),
             request_id: HeaderValue::from_static("8018868a-3d22-462e-83ec-cd537ebba2a1"),
             client_ip: "127.0.0.1".parse().unwrap_or(IpAddr::from([127, 0, 0, 1])),
             consumer: None,
