@@ -363,8 +363,18 @@ async fn debug_token(State(c): State<Shared>, body: axum::body::Bytes) -> Respon
     let ask: DebugTokenAsk = if body.iter().all(u8::is_ascii_whitespace) {
         DebugTokenAsk { ttl: None }
     } else {
-        match serde_json::from_slice(&body) {
-            Ok(a) => a,
+        // An object only: serde would also take a struct's fields as an array.
+        match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(v @ serde_json::Value::Object(_)) => match serde_json::from_value(v) {
+                Ok(a) => a,
+                Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+            },
+            Ok(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "body: expected a JSON object such as {\"ttl\": \"10m\"}",
+                )
+            }
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
         }
     };

@@ -519,6 +519,11 @@ async fn the_admin_api_serves_the_running_config_and_counts_reloads() {
         .send("POST", "/debug/tokens", r#"{"ttl": "soon"}"#.into())
         .await;
     assert_eq!(bad.status, 400, "{}", bad.text());
+    let array = Client::connect(admin)
+        .await
+        .send("POST", "/debug/tokens", "[]".into())
+        .await;
+    assert_eq!(array.status, 400, "{}", array.text());
     let metrics = get(admin, "/metrics").await.text();
     let has = |line: &str| metrics.lines().any(|l| l == line);
     assert!(
