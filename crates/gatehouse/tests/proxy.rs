@@ -163,6 +163,46 @@ async fn upstream_connections_are_pooled() {
     g.shutdown().await;
 }
 
+/// The keep-alive race: an origin that closes each connection right after its answer, as
+/// one whose idle timeout fires does. Pooled connections it closed must be seen closed, or a
+/// GET that met one must go out again on a fresh connection: no client sees a 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_the_origin_closes_after_answering_fail_no_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = l.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut b = [0u8; 2048];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut b).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&b[..n]),
+                    }
+                }
+                // No `connection: close`: the gateway learns of the close from the socket.
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    let g = gateway_to(origin);
+    let mut c = Client::connect(addr(&g)).await;
+    for i in 0..40 {
+        let r = c.get("/x").await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+    }
+    assert!(accepted.load(Ordering::SeqCst) >= 40);
+    g.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_cap_limits_open_upstream_connections() {
     let o = Origin::start("a").await;

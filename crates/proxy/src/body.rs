@@ -3,9 +3,8 @@
 
 use bytes::Bytes;
 use gatehouse_plugin_api::Hold;
-use gatehouse_runtime::upstream::{Sender, TargetState};
+use gatehouse_runtime::upstream::{Sender, TargetState, UpBody};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -44,8 +43,9 @@ pin_project_lite::pin_project! {
     /// The upstream's response body on its way to the client.
     pub struct UpstreamBody {
         #[pin]
-        inner: Incoming,
-        // The connection, returned to the pool once the body ended cleanly.
+        inner: UpBody,
+        // The connection (h2c), returned to the pool once the body ended cleanly; an HTTP/1.1
+        // connection comes back out of `inner` instead.
         sender: Option<Sender>,
         in_flight: Option<InFlight>,
         // What plugins keep until the response ends (concurrency slots): dropped with the
@@ -104,7 +104,7 @@ impl UpstreamBody {
     /// `first` is when the first frame is due (now + read timeout; passed in because the
     /// caller has just read the clock).
     pub fn new(
-        inner: Incoming,
+        inner: UpBody,
         sender: Option<Sender>,
         in_flight: InFlight,
         holds: Vec<Hold>,
@@ -146,7 +146,7 @@ impl Body for UpstreamBody {
                     if let Some(mut tee) = this.tee.take() {
                         tee.finish();
                     }
-                    finish(this.sender, this.in_flight);
+                    finish(this.inner.get_mut(), this.sender, this.in_flight);
                 } else {
                     let next = Instant::now() + *this.read_timeout;
                     let at = this.deadline.map_or(next, |d| d.min(next));
@@ -158,13 +158,13 @@ impl Body for UpstreamBody {
                 this.sender.take();
                 this.in_flight.take();
                 this.tee.take();
-                Poll::Ready(Some(Err(e.into())))
+                Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
                 if let Some(mut tee) = this.tee.take() {
                     tee.finish();
                 }
-                finish(this.sender, this.in_flight);
+                finish(this.inner.get_mut(), this.sender, this.in_flight);
                 Poll::Ready(None)
             }
             Poll::Pending => match this.timer.poll(cx) {
@@ -192,9 +192,9 @@ impl Body for UpstreamBody {
     }
 }
 
-fn finish(sender: &mut Option<Sender>, in_flight: &mut Option<InFlight>) {
+fn finish(inner: &mut UpBody, sender: &mut Option<Sender>, in_flight: &mut Option<InFlight>) {
     if let Some(flight) = in_flight.take() {
-        if let Some(s) = sender.take() {
+        if let Some(s) = inner.take_reusable().or_else(|| sender.take()) {
             flight.0.put_idle(s);
         }
     }

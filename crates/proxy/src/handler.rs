@@ -15,12 +15,13 @@ use crate::Shared;
 use bytes::Bytes;
 use gatehouse_plugin_api::{Consumer, Flow, Hold, LogCtx, Plugin, RequestCtx, ResponseCtx};
 use gatehouse_runtime::fallback;
+use gatehouse_runtime::h1::Upgraded;
 use gatehouse_runtime::plugins::Chain;
 use gatehouse_runtime::router::{cookie, query_arg, RequestView};
 use gatehouse_runtime::snapshot::{
     upstream_path, AllTargetsDown, HashSource, RouteEntry, ServiceEntry, Snapshot, UpstreamEntry,
 };
-use gatehouse_runtime::upstream::{ConnectError, ProxyBody, Sender, TargetState};
+use gatehouse_runtime::upstream::{ConnectError, ProxyBody, Sender, TargetState, UpBody};
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
@@ -560,7 +561,7 @@ async fn handle_inner(
                 id
             });
             let in_flight = InFlight::new(target.clone());
-            let result = tokio::time::timeout_at(attempt_deadline, sender.try_send(req)).await;
+            let result = tokio::time::timeout_at(attempt_deadline, sender.send(req)).await;
             let resp = match result {
                 Err(_) => {
                     x.attempt(span_id, target, sent_at, None, Some("timeout"), || {
@@ -671,8 +672,7 @@ async fn handle_inner(
         };
         *resp.version_mut() = client_version;
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(down) = on_upgrade {
-                let up = hyper::upgrade::on(&mut resp);
+            if let (Some(down), Some(up)) = (on_upgrade, resp.body_mut().take_upgrade()) {
                 let holds = std::mem::take(&mut holds);
                 tokio::spawn(tunnel(down, up, in_flight, holds, target.address.clone()));
                 return resp.map(|_| RespBody::empty());
@@ -847,7 +847,7 @@ async fn ask_fallback_upstream(
     prepare_for_target(&mut req, target, &sender, route, host.as_ref());
     let in_flight = InFlight::new(target.clone());
     let deadline = Instant::now() + timeouts.read;
-    let mut resp = match tokio::time::timeout_at(deadline, sender.try_send(req)).await {
+    let mut resp = match tokio::time::timeout_at(deadline, sender.send(req)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             tracing::warn!(route = %route.name, target = %target.address, error = %e.error(), "fallback upstream failed");
@@ -883,7 +883,7 @@ enum Outcome {
     /// A response whose status the policy retries (its budget already taken).
     Status,
     /// A response to pass on.
-    Response(Response<Incoming>, Sender, InFlight, Instant),
+    Response(Response<UpBody>, Sender, InFlight, Instant),
 }
 
 /// What a retry sends again: the request as it was before any target touched it.
@@ -1127,7 +1127,7 @@ async fn acquire(
     loop {
         if stale < STALE_RETRIES {
             while let Some(mut s) = target.take_idle() {
-                if s.ready().await.is_ok() {
+                if s.ready().await {
                     return Ok((s, true));
                 }
             }
@@ -1138,7 +1138,7 @@ async fn acquire(
                 // At the cap: reuse any worker's idle connection, else wait for one to be
                 // returned or closed, until the connect timeout.
                 if let Some(mut s) = target.steal_idle() {
-                    if s.ready().await.is_ok() {
+                    if s.ready().await {
                         return Ok((s, true));
                     }
                     continue;
@@ -1225,12 +1225,12 @@ fn strip_port(host: &str) -> &str {
 /// Copies bytes both ways between the client and the upstream after a 101.
 async fn tunnel(
     down: hyper::upgrade::OnUpgrade,
-    up: hyper::upgrade::OnUpgrade,
+    up: Upgraded,
     in_flight: InFlight,
     holds: Vec<Hold>,
     target: Box<str>,
 ) {
-    let (down, up) = match tokio::try_join!(down, up) {
+    let down = match down.await {
         Ok(x) => x,
         Err(e) => {
             tracing::warn!(%target, error = %e, "upgrade failed");
@@ -1238,10 +1238,22 @@ async fn tunnel(
         }
     };
     let mut down = TokioIo::new(down);
-    let mut up = TokioIo::new(up);
+    let Upgraded {
+        io: mut up,
+        read_ahead,
+        slot,
+    } = up;
+    // What the upstream sent right behind its 101 goes to the client first.
+    if !read_ahead.is_empty() {
+        if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut down, &read_ahead).await {
+            tracing::debug!(%target, error = %e, "upgraded connection ended");
+            return;
+        }
+    }
     if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
         tracing::debug!(%target, error = %e, "upgraded connection ended");
     }
+    drop(slot);
     drop(in_flight);
     drop(holds);
 }

@@ -10,6 +10,7 @@ pub mod breaker;
 pub mod debug;
 pub mod explain;
 pub mod fallback;
+pub mod h1;
 pub mod health;
 pub mod plugins;
 pub mod retry;

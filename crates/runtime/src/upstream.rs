@@ -1,16 +1,18 @@
 //! Upstream targets and their keep-alive connection pools: one idle list per worker thread (no
 //! shared lock on the hot path), with per-target caps on total and idle connections.
 //!
-//! We keep our own pool over hyper's low-level `client::conn` instead of hyper-util's legacy
-//! client: shared/reference/perf-levers.md measured that as the largest single CPU saving
-//! (−11 %), and it lets a pool outlive a config reload for targets that stay.
+//! We keep our own pool instead of hyper-util's legacy client: shared/reference/perf-levers.md
+//! measured that as the largest single CPU saving (−11 %), and it lets a pool outlive a config
+//! reload for targets that stay. HTTP/1.1 connections are our own (`crate::h1`); h2c ones are
+//! hyper's `client::conn::http2`, which multiplexes.
 
+use crate::h1;
 use bytes::Bytes;
 use gatehouse_model::{Keepalive, UpstreamProtocol};
 use http::HeaderValue;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -139,75 +141,129 @@ impl Body for ProxyBody {
 
 /// A connection ready to carry a request.
 pub enum Sender {
-    H1(http1::SendRequest<ProxyBody>),
+    /// Gatehouse's own HTTP/1.1 connection (`crate::h1`); `None` once an exchange took it
+    /// (its response body gives it back to the pool).
+    H1(Option<Box<h1::Conn>>),
     H2(http2::SendRequest<ProxyBody>),
+}
+
+/// An exchange that failed; it gives the request back when it never reached the target, so it
+/// can go out on another connection.
+pub struct SendError {
+    error: BoxError,
+    request: Option<http::Request<ProxyBody>>,
+}
+
+impl SendError {
+    pub fn take_message(&mut self) -> Option<http::Request<ProxyBody>> {
+        self.request.take()
+    }
+
+    pub fn error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.error
+    }
 }
 
 impl Sender {
     fn is_closed(&self) -> bool {
         match self {
-            Sender::H1(s) => s.is_closed(),
+            Sender::H1(c) => c.as_ref().is_none_or(|c| c.is_closed()),
             Sender::H2(s) => s.is_closed(),
         }
     }
 
-    /// Waits until the connection can take a request (an HTTP/1 connection just returned to
-    /// the pool may still be finishing the previous exchange).
-    pub async fn ready(&mut self) -> Result<(), hyper::Error> {
+    /// Whether the connection can take a request now (an HTTP/2 connection may first have to
+    /// wait for a stream).
+    pub async fn ready(&mut self) -> bool {
         match self {
-            Sender::H1(s) => s.ready().await,
-            Sender::H2(s) => s.ready().await,
+            Sender::H1(c) => c.as_ref().is_some_and(|c| !c.is_closed()),
+            Sender::H2(s) => s.ready().await.is_ok(),
         }
     }
 
-    /// Sends a request; on failure the error gives the request back when it was never sent
-    /// (so it can go out on another connection).
-    pub fn try_send(
+    /// Sends a request and waits for the response head; on failure the error gives the
+    /// request back when it was never sent (so it can go out on another connection).
+    pub async fn send(
         &mut self,
         req: http::Request<ProxyBody>,
-    ) -> impl std::future::Future<
-        Output = Result<
-            http::Response<Incoming>,
-            hyper::client::conn::TrySendError<http::Request<ProxyBody>>,
-        >,
-    > {
+    ) -> Result<http::Response<UpBody>, SendError> {
         match self {
-            Sender::H1(s) => futures_either::Left(s.try_send_request(req)),
-            Sender::H2(s) => futures_either::Right(s.try_send_request(req)),
+            Sender::H1(c) => {
+                let Some(conn) = c.take() else {
+                    return Err(SendError {
+                        error: "connection already used".into(),
+                        request: Some(req),
+                    });
+                };
+                conn.send(req)
+                    .await
+                    .map(|r| r.map(UpBody::H1))
+                    .map_err(|f| SendError {
+                        error: Box::new(f.error),
+                        request: f.request,
+                    })
+            }
+            Sender::H2(s) => s
+                .try_send_request(req)
+                .await
+                .map(|r| r.map(UpBody::H2))
+                .map_err(|mut e| SendError {
+                    request: e.take_message(),
+                    error: Box::new(e.into_error()),
+                }),
         }
     }
 }
 
-/// A two-armed future without boxing (the two `send_request` futures differ in type).
-mod futures_either {
-    use std::future::Future;
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
+/// An upstream's response body.
+pub enum UpBody {
+    H1(h1::Body),
+    H2(Incoming),
+}
 
-    pin_project_lite::pin_project! {
-        #[project = EitherProj]
-        pub enum Either<A, B> {
-            Left { #[pin] inner: A },
-            Right { #[pin] inner: B },
+impl UpBody {
+    /// The connection to pool again, once an HTTP/1.1 body ended cleanly.
+    pub fn take_reusable(&mut self) -> Option<Sender> {
+        match self {
+            UpBody::H1(b) => b.take_reusable().map(|c| Sender::H1(Some(c))),
+            UpBody::H2(_) => None,
         }
     }
 
-    #[allow(non_snake_case)]
-    pub fn Left<A, B>(inner: A) -> Either<A, B> {
-        Either::Left { inner }
+    /// After a 101 from an HTTP/1.1 upstream: its connection, for the tunnel.
+    pub fn take_upgrade(&mut self) -> Option<h1::Upgraded> {
+        match self {
+            UpBody::H1(b) => b.take_upgrade(),
+            UpBody::H2(_) => None,
+        }
     }
-    #[allow(non_snake_case)]
-    pub fn Right<A, B>(inner: B) -> Either<A, B> {
-        Either::Right { inner }
+}
+
+impl Body for UpBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpBody::H1(b) => Pin::new(b).poll_frame(cx),
+            UpBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
     }
 
-    impl<A: Future, B: Future<Output = A::Output>> Future for Either<A, B> {
-        type Output = A::Output;
-        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<A::Output> {
-            match self.project() {
-                EitherProj::Left { inner } => inner.poll(cx),
-                EitherProj::Right { inner } => inner.poll(cx),
-            }
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpBody::H1(b) => b.is_end_stream(),
+            UpBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpBody::H1(b) => b.size_hint(),
+            UpBody::H2(b) => b.size_hint(),
         }
     }
 }
@@ -457,29 +513,16 @@ impl TargetState {
             .map_err(|_| ConnectError::Timeout(self.address.clone()))?
             .map_err(|e| ConnectError::Io(self.address.clone(), e))?;
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(stream);
         self.connects.fetch_add(1, Ordering::Relaxed);
-        let addr = self.address.clone();
         match self.protocol {
-            UpstreamProtocol::Http1 => {
-                // writev(false): hyper flattens head and body into one buffer and one send;
-                // measured cheaper for small messages (shared/reference/perf-levers.md).
-                let (sender, conn) = http1::Builder::new()
-                    .writev(false)
-                    .handshake(io)
-                    .await
-                    .map_err(|e| ConnectError::Handshake(addr.clone(), e))?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.with_upgrades().await {
-                        tracing::debug!(target = %addr, error = %e, "upstream connection ended");
-                    }
-                    drop(slot);
-                });
-                Ok(Sender::H1(sender))
-            }
+            UpstreamProtocol::Http1 => Ok(Sender::H1(Some(Box::new(h1::Conn::new(
+                stream,
+                Box::new(slot),
+            ))))),
             UpstreamProtocol::H2c => {
+                let addr = self.address.clone();
                 let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                    .handshake(io)
+                    .handshake(TokioIo::new(stream))
                     .await
                     .map_err(|e| ConnectError::Handshake(addr.clone(), e))?;
                 tokio::spawn(async move {
