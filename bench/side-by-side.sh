@@ -8,7 +8,9 @@
 #   bench/side-by-side.sh "BENCH_OBSERVE=off" "BENCH_OBSERVE=log" [ROUNDS] [SECONDS]
 #   bench/side-by-side.sh "GATEHOUSE_BIN=/tmp/old" "GATEHOUSE_BIN=/tmp/new" 5
 #
-# A and B are environment assignments for bench/candidate.sh (space-separated). Needs nginx
+# A and B are environment assignments for bench/candidate.sh (space-separated), or the word
+# `nginx` for nginx's `proxy_pass` as peers.sh configures it (1 process, upstream keep-alive
+# 64): `bench/side-by-side.sh nginx "" 5` gives Gatehouse ÷ nginx on one core. Needs nginx
 # and wrk (apt-get install -y nginx wrk). Run it both ways round (A B, then B A) to see that
 # the order does not matter; an A/A run shows the method's own spread.
 set -euo pipefail
@@ -42,6 +44,25 @@ cleanup() {
 trap cleanup EXIT
 taskset -c "$load_cpu" nginx -c "$dir/origin.conf"
 start() { # env-assignments port log-dir
+  if [[ $1 == nginx ]]; then
+    cat > "$3.conf" <<EOF
+daemon off; master_process off; worker_processes 1;
+pid $3.pid; error_log $3.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000; keepalive_timeout 60s;
+  upstream up { server 127.0.0.1:$origin; keepalive 64; keepalive_requests 1000000; }
+  server {
+    listen 127.0.0.1:$2;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+EOF
+    taskset -c "$proxy_cpu" nginx -c "$3.conf" >"$3.out" 2>&1 &
+    pids+=($!)
+    return
+  fi
   env $1 BENCH_LOG="$3/access.log" taskset -c "$proxy_cpu" "$here/candidate.sh" "$2" "$origin" \
     >"$3.out" 2>&1 &
   pids+=($!)
