@@ -10,7 +10,9 @@
 #
 # A and B are environment assignments for bench/candidate.sh (space-separated), or the word
 # `nginx` for nginx's `proxy_pass` as peers.sh configures it (1 process, upstream keep-alive
-# 64): `bench/side-by-side.sh nginx "" 5` gives Gatehouse ÷ nginx on one core. Needs nginx
+# 64): `bench/side-by-side.sh nginx "" 5` gives Gatehouse ÷ nginx on one core. `nginx-duties`
+# is that nginx doing what Gatehouse does on every request: X-Forwarded-For/Proto/Host and
+# X-Real-IP upstream, and an X-Request-Id made when absent, sent upstream and returned. Needs nginx
 # and wrk (apt-get install -y nginx wrk). Run it both ways round (A B, then B A) to see that
 # the order does not matter; an A/A run shows the method's own spread.
 set -euo pipefail
@@ -44,7 +46,14 @@ cleanup() {
 trap cleanup EXIT
 taskset -c "$load_cpu" nginx -c "$dir/origin.conf"
 start() { # env-assignments port log-dir
-  if [[ $1 == nginx ]]; then
+  if [[ $1 == nginx || $1 == nginx-duties ]]; then
+    local duties=""
+    if [[ $1 == nginx-duties ]]; then
+      duties='proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Real-IP $remote_addr; proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $http_host; proxy_set_header X-Request-Id $rid;
+      add_header X-Request-Id $rid always;'
+    fi
     cat > "$3.conf" <<EOF
 daemon off; master_process off; worker_processes 1;
 pid $3.pid; error_log $3.err warn;
@@ -53,9 +62,11 @@ http {
   access_log off;
   keepalive_requests 1000000; keepalive_timeout 60s;
   upstream up { server 127.0.0.1:$origin; keepalive 64; keepalive_requests 1000000; }
+  map \$http_x_request_id \$rid { "" \$request_id; default \$http_x_request_id; }
   server {
     listen 127.0.0.1:$2;
-    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
+      $duties }
   }
 }
 EOF
