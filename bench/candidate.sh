@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Candidate for ../shared/bench/peers.sh: one plain route to 127.0.0.1:$2, listening on
 # 127.0.0.1:$1, one worker (the harness pins the proxy to one core). Execs the gateway so
-# its PID is the one measured. GATEHOUSE_BIN picks the binary (default: the fat profile).
+# its PID is the one measured. GATEHOUSE_BIN picks the binary (default: the release build).
 # BENCH_PLUGINS=rate-limit puts a local rate-limit on the route, with a limit no run reaches
 # (BENCH_LIMIT, default 10^9), so every request pays for the check and none is rejected.
 # BENCH_PLUGINS=rate-limit-redis: the same limit with policy redis on BENCH_REDIS, leasing
@@ -12,7 +12,7 @@
 # truncated at start).
 set -euo pipefail
 port=$1 upstream=$2
-bin=${GATEHOUSE_BIN:-$(dirname "$0")/../target/fat/gatehouse}
+bin=${GATEHOUSE_BIN:-$(dirname "$0")/../target/release/gatehouse}
 cfg=$(mktemp /tmp/gatehouse-bench.XXXXXX.yaml)
 cat > "$cfg" <<YAML
 listen:

@@ -7,15 +7,15 @@
 # (from /proc, all its threads) and of Redis per request of the Redis runs.
 #
 # Usage: bench/rate-limit-redis.sh            (env: RATE DUR ROUNDS CONNS LIMIT PROXY_CPU LOAD_CPU BASE)
-# Needs the fat build (cargo build --profile fat -p gatehouse); installs nginx, h2load
+# Needs the release build (cargo build --release -p gatehouse); installs nginx, h2load
 # (nghttp2-client) and redis-server with apt-get when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE=${RATE:-20000} DUR=${DUR:-10} ROUNDS=${ROUNDS:-5} CONNS=${CONNS:-50}
 LIMIT=${LIMIT:-25000}   # above the offered rate: every request is admitted, every one checked
 PROXY_CPU=${PROXY_CPU:-1} LOAD_CPU=${LOAD_CPU:-0} BASE=${BASE:-29400}
-BIN=${GATEHOUSE_BIN:-$PWD/target/fat/gatehouse}
-[[ -x $BIN ]] || { echo "build first: cargo build --profile fat -p gatehouse" >&2; exit 2; }
+BIN=${GATEHOUSE_BIN:-$PWD/target/release/gatehouse}
+[[ -x $BIN ]] || { echo "build first: cargo build --release -p gatehouse" >&2; exit 2; }
 missing=()
 command -v nginx >/dev/null || missing+=(nginx)
 command -v h2load >/dev/null || missing+=(nghttp2-client)

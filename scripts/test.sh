@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The whole test suite, as the README and CI run it: installs what a fresh machine of this
+# kind lacks (Debian's redis-server and PostgreSQL, schemathesis from PyPI), starts
+# PostgreSQL when none answers, then runs formatting, lints and every test binary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+apt_updated=""
+apt_install() {
+  if [ -z "$apt_updated" ]; then
+    $SUDO apt-get update -qq
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
+
+# A fresh machine has rustup's toolchain; make sure the lint components are there.
+if command -v rustup >/dev/null 2>&1; then
+  rustup component add rustfmt clippy >/dev/null 2>&1 || true
+fi
+
+# The cluster rate-limit tests start (and kill) their own redis-server on a free port; they
+# need the binary, not a running server.
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "== installing redis-server"
+  apt_install redis-server
+fi
+
+# The store tests use the local PostgreSQL (trust auth on 127.0.0.1:5432), each in a database
+# of its own. Install and start it when this machine has none running.
+if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+  if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+    echo "== installing postgresql"
+    apt_install postgresql
+  fi
+  echo "== starting postgresql"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | tail -1)" main start || true
+  for _ in $(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+fi
+
+# The admin API's spec is fuzzed by schemathesis (PyPI) in the test suite.
+if ! command -v schemathesis >/dev/null 2>&1; then
+  echo "== installing schemathesis"
+  python3 -m pip install -q schemathesis
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# --no-fail-fast: one failing test binary must not hide the others' results.
+echo "== cargo test"
+cargo test --workspace --locked --no-fail-fast
