@@ -8,9 +8,9 @@
 pub mod body;
 pub mod errors;
 pub mod framing;
-pub mod handler;
 pub mod headers;
 pub mod observe;
+pub mod pipeline;
 
 use arc_swap::ArcSwap;
 use gatehouse_model::{Config, ConfigError};
@@ -376,10 +376,10 @@ async fn serve(
         Err(_) => return,
     };
     let findings = (!h2).then(|| Arc::new(framing::Findings::default()));
-    let info = Arc::new(handler::ConnInfo::new(peer, h2, findings.clone()));
+    let info = Arc::new(pipeline::ConnInfo::new(peer, h2, findings.clone()));
     let svc = service_fn(move |req| {
         let (shared, info) = (shared.clone(), info.clone());
-        async move { Ok::<_, std::convert::Infallible>(handler::handle(shared, info, req).await) }
+        async move { Ok::<_, std::convert::Infallible>(pipeline::handle(shared, info, req).await) }
     });
     if let Some(findings) = findings {
         let io = TokioIo::new(framing::Watched::new(stream, findings));

@@ -285,6 +285,19 @@ impl Exchange {
             let now = SystemTime::now();
             (now, now.checked_sub(total).unwrap_or(now))
         };
+        self.write_log(&snap, total, bytes_in, wall);
+        self.send_spans(&snap, wall);
+    }
+
+    /// The access log line, when the log is on and the request is sampled.
+    fn write_log(
+        &mut self,
+        snap: &Arc<Snapshot>,
+        total: Duration,
+        bytes_in: u64,
+        wall: impl Fn() -> (SystemTime, SystemTime),
+    ) {
+        let route = self.route.and_then(|i| snap.routes.get(i));
         if let (Some(parts), Some(log)) = (self.log.take(), &snap.telemetry.access_log) {
             let keep = match route {
                 Some(r) => r.observe.sample_log(),
@@ -316,6 +329,11 @@ impl Exchange {
                 });
             }
         }
+    }
+
+    /// The request's span and its attempts' spans, when sampled.
+    fn send_spans(&mut self, snap: &Snapshot, wall: impl Fn() -> (SystemTime, SystemTime)) {
+        let route = self.route.and_then(|i| snap.routes.get(i));
         if let (Some(span), Some(tracer)) = (self.span.take(), &snap.telemetry.tracer) {
             if span.sampled {
                 let (now, began) = wall();

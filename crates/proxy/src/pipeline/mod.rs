@@ -1,0 +1,251 @@
+//! The request pipeline: short, named stages over one [`RequestState`]. `handle` is the life
+//! of a request as `docs/architecture.md` tells it: begin, route, plugins, prepare, replay,
+//! guard, forward (one upstream exchange per attempt), answer, fallback, finish.
+
+mod answer;
+mod exchange;
+mod phases;
+mod replay;
+mod resilience;
+mod retry;
+mod route;
+mod state;
+mod tunnel;
+mod upstream_request;
+
+pub use state::ConnInfo;
+
+use crate::body::RespBody;
+use crate::errors::{respond, Failure};
+use crate::headers::{new_request_id, wants_upgrade, X_REQUEST_ID};
+use crate::observe::{Exchange, LogParts, Observed, SpanCtx, DECISION, SERVER_TIMING};
+use crate::Shared;
+use gatehouse_runtime::snapshot::Snapshot;
+use http::header::HOST;
+use http::{HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use replay::Outgoing;
+use state::{PluginState, RequestState, Routed};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::time::Instant;
+
+pub async fn handle(
+    shared: Arc<Shared>,
+    info: Arc<ConnInfo>,
+    mut req: Request<Incoming>,
+) -> Response<Observed> {
+    let snap = shared.snapshot.load_full();
+    let mut st = begin(&shared, &snap, info, &mut req);
+    drop(shared);
+    let resp = match route::route(&snap, &st.info, &req) {
+        Ok(routed) => proxy(&mut st, routed, req).await,
+        Err(failure) => st.fail(failure),
+    };
+    let (resp, mut rec) = finish(st, resp);
+    rec.snap = Some(snap);
+    resp.map(|b| Observed::new(b, Some(rec)))
+}
+
+/// The first stage: the request id, the observability record, and the debug token.
+fn begin<'s>(
+    shared: &Shared,
+    snap: &'s Arc<Snapshot>,
+    info: Arc<ConnInfo>,
+    req: &mut Request<Incoming>,
+) -> RequestState<'s> {
+    let mut rec = Box::new(Exchange::new(Instant::now(), req.method()));
+    let request_id = match req.headers().get(&X_REQUEST_ID) {
+        Some(v) => v.clone(),
+        None => new_request_id(),
+    };
+    // The debug token never goes upstream; only a live one gets the decision trace.
+    if let Some(token) = req.headers_mut().remove(&snap.debug_header) {
+        let node = &snap.telemetry.node;
+        if shared.debug_tokens.check(token.as_bytes()) {
+            node.decision_traces.fetch_add(1, Ordering::Relaxed);
+            rec.decision = Some(Box::default());
+        } else {
+            node.decision_trace_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(client = %info.client, "decision trace refused: not a live debug token");
+        }
+    }
+    if snap.telemetry.access_log.is_some() {
+        let h = req.headers();
+        rec.log = Some(LogParts {
+            request_id: request_id.clone(),
+            client_ip: info.ip,
+            method: req.method().clone(),
+            host: h.get(HOST).cloned(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            user_agent: h.get(http::header::USER_AGENT).cloned(),
+        });
+    }
+    if let Some(n) = http_body::Body::size_hint(req.body()).exact() {
+        rec.bytes_in = n;
+    }
+    RequestState {
+        snap,
+        info,
+        request_id,
+        rec,
+        plugins: PluginState::default(),
+        log: None,
+    }
+}
+
+/// The stages of a routed request, from its plugins to its answer (or the fallback's).
+async fn proxy(
+    st: &mut RequestState<'_>,
+    mut routed: Routed<'_>,
+    mut req: Request<Incoming>,
+) -> Response<RespBody> {
+    observe_route(st, &routed, &req);
+    let key = resilience::cache_key(&routed, &req);
+    let keep = req.method() == http::Method::GET;
+    let allowed = routed.route.retry.allowed(req.method());
+    let upgrade = !st.info.h2 && wants_upgrade(req.headers());
+    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let client_version = parts.version;
+    if !routed.route.plugins.entries.is_empty() {
+        let original = parts.uri.clone();
+        if let Err(resp) = plugin_access(st, &routed, &mut parts).await {
+            return resp;
+        }
+        if parts.uri != original {
+            // A plugin rewrote the URI: what it made goes upstream as it is.
+            routed.new_path = None;
+        }
+    }
+    let (request, tripped) = match upstream_request::build(st, &mut routed, parts, body, upgrade) {
+        Ok(r) => r,
+        Err(failure) => return st.fail(failure),
+    };
+    let total = routed.service.timeouts.total.map(|t| Instant::now() + t);
+    let mut out = Outgoing::new(request);
+    let fallback_upstream = routed
+        .route
+        .fallback
+        .as_ref()
+        .is_some_and(|f| f.upstream.is_some());
+    if allowed.after_send || fallback_upstream {
+        let (max, read) = (routed.route.retry.max_body, routed.service.timeouts.read);
+        if let Err(f) = out.keep_for_replay(max, read).await {
+            let over_limit = tripped.as_ref().is_some_and(|t| t.load(Ordering::Acquire));
+            if over_limit {
+                tracing::info!(route = %routed.route.name, error = ?f, "request body over its limit");
+                return st.fail(Failure::BodyTooLarge);
+            }
+            return st.fail(f);
+        }
+    }
+    let (guard, refused) = resilience::admit(st, &routed, key, keep, &out);
+    let resp = match refused {
+        Some(refused) => refused,
+        None => {
+            let f = retry::Forward {
+                allowed,
+                total,
+                body_tripped: tripped.as_deref(),
+            };
+            let down = answer::Downstream {
+                version: client_version,
+                on_upgrade,
+                total,
+            };
+            match retry::forward(st, &routed, &mut out, f).await {
+                Ok(answered) => answer::respond(st, &routed, answered, down),
+                Err(resp) => resp,
+            }
+        }
+    };
+    match guard {
+        Some(g) => resilience::after(g, resp, st, &routed).await,
+        None => resp,
+    }
+}
+
+/// The route's span and the decision trace's plan, when either is on.
+fn observe_route<B>(st: &mut RequestState<'_>, routed: &Routed<'_>, req: &Request<B>) {
+    st.rec.route = Some(routed.index);
+    if routed.route.observe.trace {
+        if let Some(t) = &st.snap.telemetry.tracer {
+            st.rec.span = Some(Box::new(SpanCtx::start(
+                req.headers(),
+                || t.sample(),
+                req.method(),
+                req.uri().path(),
+                st.info.ip,
+            )));
+        }
+    }
+    if let Some(d) = st.rec.decision.as_mut() {
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let host = route::host_name(routed.host.as_ref());
+        d.plan = Some(gatehouse_runtime::explain::explain(
+            st.snap,
+            req.method(),
+            host,
+            pq,
+            req.headers(),
+        ));
+    }
+}
+
+/// The `rewrite` and `access` phases; `Err` is the answer a plugin gave.
+async fn plugin_access(
+    st: &mut RequestState<'_>,
+    routed: &Routed<'_>,
+    parts: &mut http::request::Parts,
+) -> Result<(), Response<RespBody>> {
+    use phases::Phase;
+    let started = routed.route.plugins.logs.then(Instant::now);
+    let phases = [Phase::Rewrite, Phase::Access];
+    let ip = st.info.ip;
+    let verdict = phases::run(&phases, parts, &mut st.plugins, &mut st.rec, ip, routed).await;
+    st.rec.consumer = st.plugins.consumer.clone();
+    if let Some(started) = started {
+        let consumer = st.plugins.consumer.as_ref();
+        st.log = phases::log_guard(st.snap, routed, ip, consumer, started);
+    }
+    verdict.map_err(|answer| phases::answered(st, routed, answer))
+}
+
+/// The last stage: Server-Timing, the decision trace, and the log guard on the body.
+fn finish(
+    mut st: RequestState<'_>,
+    mut resp: Response<RespBody>,
+) -> (Response<RespBody>, Box<Exchange>) {
+    let rec = &mut st.rec;
+    rec.status = resp.status().as_u16();
+    let route = rec.route.and_then(|i| st.snap.routes.get(i));
+    if route.is_some_and(|r| r.observe.server_timing) {
+        if let Some(v) = rec.server_timing() {
+            resp.headers_mut().append(SERVER_TIMING.clone(), v);
+        }
+    }
+    if let Some(d) = rec.decision.as_mut() {
+        d.status = rec.status;
+        d.retries = rec.retries;
+        d.fallback = rec.degraded;
+        let json = serde_json::to_vec(&**d).unwrap_or_default();
+        if let Ok(v) = HeaderValue::from_bytes(&json) {
+            resp.headers_mut().insert(DECISION.clone(), v);
+        }
+    }
+    // The log phase runs when the body (and so the guard) is dropped.
+    if let Some(mut guard) = st.log.take() {
+        guard.status = resp.status();
+        resp = resp.map(|b| b.with_hold(Box::new(guard)));
+    }
+    (resp, st.rec)
+}
+
+impl RequestState<'_> {
+    /// The gateway's own answer for `failure`.
+    pub fn fail(&self, failure: Failure) -> Response<RespBody> {
+        respond(failure, &self.request_id)
+    }
+}

@@ -1,0 +1,107 @@
+//! The routing stage: the request head is checked (framing), its host read, and the router
+//! picks the route; the rest of the pipeline works from the [`Routed`] it returns.
+
+use super::state::{ConnInfo, Routed};
+use crate::errors::Failure;
+use crate::headers::framing_problem;
+use gatehouse_runtime::router::{cookie, query_arg, RequestView};
+use gatehouse_runtime::snapshot::{upstream_path, HashSource, Snapshot};
+use http::header::HOST;
+use http::{HeaderValue, Request};
+
+/// Finds the request's route, or the failure to answer with.
+pub fn route<'s, B>(
+    snap: &'s Snapshot,
+    info: &ConnInfo,
+    req: &Request<B>,
+) -> Result<Routed<'s>, Failure> {
+    let problem = if info.ambiguous_framing() {
+        Some("both Content-Length and Transfer-Encoding")
+    } else {
+        framing_problem(req.headers())
+    };
+    if let Some(problem) = problem {
+        tracing::info!(client = %info.client, problem, "rejected request framing");
+        return Err(Failure::BadFraming);
+    }
+    let host_value = match req.headers().get(HOST) {
+        Some(h) => Some(h.clone()),
+        None => req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
+    let host = host_value
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .map(strip_port)
+        .unwrap_or("");
+    let view = RequestView {
+        method: req.method(),
+        host,
+        path: req.uri().path(),
+        query: req.uri().query(),
+        headers: req.headers(),
+    };
+    let m = snap.router.find(&view).ok_or(Failure::NoRoute)?;
+    let route = snap.routes.get(m.route).ok_or(Failure::NoRoute)?;
+    let service = snap.services.get(route.service).ok_or(Failure::NoRoute)?;
+    let new_path = upstream_path(route, service, &m, &view, info.h2);
+    let hash_key = hash_key(&service.upstream.hash, &view, info);
+    Ok(Routed {
+        index: m.route,
+        route,
+        service,
+        upstream: &service.upstream,
+        new_path,
+        hash_key,
+        host: host_value,
+    })
+}
+
+/// The host name the client asked for, without its port.
+pub fn host_name(host: Option<&HeaderValue>) -> &str {
+    host.and_then(|h| h.to_str().ok())
+        .map(strip_port)
+        .unwrap_or("")
+}
+
+fn hash_key(source: &HashSource, view: &RequestView<'_>, info: &ConnInfo) -> Vec<u8> {
+    match source {
+        HashSource::None => Vec::new(),
+        HashSource::ClientIp => info.client_ip.as_bytes().to_vec(),
+        HashSource::Header(h) => match view.headers.get(h) {
+            Some(v) => v.as_bytes().to_vec(),
+            None => info.client_ip.as_bytes().to_vec(),
+        },
+        HashSource::Cookie(name) => match cookie(view.headers, name) {
+            Some(v) => v.as_bytes().to_vec(),
+            None => info.client_ip.as_bytes().to_vec(),
+        },
+        HashSource::Query(name) => match query_arg(view.query, name) {
+            Some(v) => v.as_bytes().to_vec(),
+            None => info.client_ip.as_bytes().to_vec(),
+        },
+    }
+}
+
+/// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`.
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split_inclusive(']').next().unwrap_or(host);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_stripped() {
+        assert_eq!(strip_port("a.com:80"), "a.com");
+        assert_eq!(strip_port("a.com"), "a.com");
+        assert_eq!(strip_port("[::1]:8080"), "[::1]");
+        assert_eq!(strip_port("127.0.0.1:1"), "127.0.0.1");
+    }
+}

@@ -1,0 +1,95 @@
+//! The per-request state the pipeline's stages share: the connection's facts, what routing
+//! chose, what plugins decided, and the observability record, in one place instead of values
+//! carried beside the request.
+
+use super::phases::LogGuard;
+use crate::framing::Findings;
+use crate::observe::Exchange;
+use gatehouse_plugin_api::{Consumer, Hold};
+use gatehouse_runtime::snapshot::{RouteEntry, ServiceEntry, Snapshot, UpstreamEntry};
+use http::{HeaderMap, HeaderValue};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Facts about the client connection, computed once per connection.
+pub struct ConnInfo {
+    pub client: SocketAddr,
+    /// The client's address as plugins see it (IPv4-mapped IPv6 as IPv4).
+    pub ip: IpAddr,
+    pub client_ip: HeaderValue,
+    pub h2: bool,
+    /// HTTP/1.1 only: what the framing watcher found, and how many requests came so far.
+    framing: Option<Arc<Findings>>,
+    requests: AtomicU64,
+}
+
+impl ConnInfo {
+    pub fn new(client: SocketAddr, h2: bool, framing: Option<Arc<Findings>>) -> Self {
+        let ip = client.ip().to_canonical();
+        Self {
+            client,
+            ip,
+            client_ip: HeaderValue::from_str(&ip.to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            h2,
+            framing,
+            requests: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts this request; true when its head carried both Content-Length and
+    /// Transfer-Encoding.
+    pub(super) fn ambiguous_framing(&self) -> bool {
+        let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        self.framing.as_ref().is_some_and(|f| f.is_ambiguous(n))
+    }
+}
+
+/// The request's state from its first stage to its last.
+pub struct RequestState<'s> {
+    /// The snapshot the request is served with, loaded once.
+    pub snap: &'s Arc<Snapshot>,
+    pub info: Arc<ConnInfo>,
+    pub request_id: HeaderValue,
+    /// What observability records of the request (metrics, access log, spans, decision).
+    pub rec: Box<Exchange>,
+    pub plugins: PluginState,
+    /// Runs the `log` phase when the response body is dropped.
+    pub log: Option<LogGuard>,
+}
+
+/// What routing chose for the request: entries borrowed from the request's snapshot.
+pub struct Routed<'s> {
+    pub index: usize,
+    pub route: &'s RouteEntry,
+    pub service: &'s ServiceEntry,
+    /// Where the request goes: its service's upstream.
+    pub upstream: &'s UpstreamEntry,
+    /// The path and query to send upstream, when routing changed them.
+    pub new_path: Option<String>,
+    /// The consistent-hash key (empty unless the upstream hashes).
+    pub hash_key: Vec<u8>,
+    /// The client's Host (or its URI's authority), as it came.
+    pub host: Option<HeaderValue>,
+}
+
+/// What the request's plugins decided, kept across phases.
+#[derive(Default)]
+pub struct PluginState {
+    /// Set by an authentication plugin once it identified the caller.
+    pub consumer: Option<Consumer>,
+    /// Headers for the client's response, whatever produces it.
+    pub response_headers: HeaderMap,
+    /// Kept until the request has ended.
+    pub holds: Vec<Hold>,
+    /// The smallest request-body cap a plugin set.
+    pub body_limit: Option<u64>,
+}
+
+impl PluginState {
+    /// The consumer's index, by which consumer-scoped instances are picked.
+    pub fn consumer_index(&self) -> Option<usize> {
+        self.consumer.as_ref().map(|c| c.index)
+    }
+}

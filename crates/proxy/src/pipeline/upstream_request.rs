@@ -1,0 +1,61 @@
+//! The request as it goes upstream: the routed path, hop-by-hop headers out, forwarding
+//! headers and the request id in, and the body with a plugin's size cap.
+
+use super::state::{RequestState, Routed};
+use crate::errors::Failure;
+use crate::headers::{remove_hop_by_hop, set_forwarded, VIA, VIA_VALUE, X_REQUEST_ID};
+use bytes::Bytes;
+use gatehouse_runtime::upstream::ProxyBody;
+use http::request::Parts;
+use http::uri::PathAndQuery;
+use http::{Request, Uri};
+use hyper::body::Incoming;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// The request to send, and the flag its body sets when it goes over a plugin's cap.
+pub type Built = (Request<ProxyBody>, Option<Arc<AtomicBool>>);
+
+/// Builds the upstream request from the client's head and body.
+pub fn build(
+    st: &mut RequestState<'_>,
+    routed: &mut Routed<'_>,
+    mut parts: Parts,
+    body: Incoming,
+    upgrade: bool,
+) -> Result<Built, Failure> {
+    if let Some(p) = routed.new_path.take() {
+        match PathAndQuery::from_maybe_shared(Bytes::from(p)) {
+            Ok(pq) => parts.uri = Uri::from(pq),
+            Err(e) => {
+                tracing::warn!(route = %routed.route.name, error = %e, "rewritten path is not a valid URI");
+                return Err(Failure::UpstreamError);
+            }
+        }
+    }
+    remove_hop_by_hop(&mut parts.headers, upgrade);
+    set_forwarded(&mut parts.headers, &st.info.client_ip, routed.host.clone());
+    if !parts.headers.contains_key(&X_REQUEST_ID) {
+        parts
+            .headers
+            .insert(X_REQUEST_ID.clone(), st.request_id.clone());
+    }
+    if st.snap.via {
+        parts.headers.append(VIA.clone(), VIA_VALUE.clone());
+    }
+    // Allocated only when a plugin limits the body.
+    let body_limit = st
+        .plugins
+        .body_limit
+        .map(|n| (n, Arc::new(AtomicBool::new(false))));
+    let tripped = body_limit.as_ref().map(|(_, t)| t.clone());
+    let chunked = {
+        use http_body::Body as _;
+        !body.is_end_stream() && body.size_hint().exact().is_none()
+    };
+    if chunked {
+        st.rec.counted_in = Some(Arc::default());
+    }
+    let body = ProxyBody::client(body, body_limit, st.rec.counted_in.clone());
+    Ok((Request::from_parts(parts, body), tripped))
+}
