@@ -165,6 +165,20 @@ pub struct Node {
     /// to `limit / cluster_size` on each node while Redis is unreachable.
     #[serde(default = "one_node")]
     pub cluster_size: u32,
+    /// What a request path with an encoded slash or backslash (`%2F`, `%5C`) or a raw
+    /// backslash gets: `reject` (400, the default) or `keep` (routed and forwarded as it came,
+    /// for APIs whose ids contain slashes; the upstream must not decode them into separators).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub encoded_slashes: EncodedSlashes,
+}
+
+/// See [`Node::encoded_slashes`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EncodedSlashes {
+    #[default]
+    Reject,
+    Keep,
 }
 
 fn one_node() -> u32 {
@@ -183,6 +197,7 @@ impl Default for Node {
             drain_timeout: default_drain(),
             via: false,
             cluster_size: one_node(),
+            encoded_slashes: EncodedSlashes::Reject,
         }
     }
 }

@@ -13,6 +13,10 @@ static JSON: HeaderValue = HeaderValue::from_static("application/json");
 pub enum Failure {
     NoRoute,
     BadFraming,
+    /// The path is refused by the normalisation policy (`gatehouse_runtime::path`).
+    BadPath,
+    /// No Host on an HTTP/1.1 request, more than one, or one that is not a valid host.
+    BadHost,
     NoTarget,
     /// Health checks found every target down and the upstream fails fast.
     AllTargetsDown,
@@ -33,7 +37,7 @@ impl Failure {
     pub fn status(self) -> StatusCode {
         match self {
             Failure::NoRoute => StatusCode::NOT_FOUND,
-            Failure::BadFraming => StatusCode::BAD_REQUEST,
+            Failure::BadFraming | Failure::BadPath | Failure::BadHost => StatusCode::BAD_REQUEST,
             Failure::NoTarget
             | Failure::AllTargetsDown
             | Failure::BreakerOpen
@@ -50,6 +54,8 @@ impl Failure {
         match self {
             Failure::NoRoute => "no route",
             Failure::BadFraming => "ambiguous request framing",
+            Failure::BadPath => "invalid request path",
+            Failure::BadHost => "missing or invalid Host header",
             Failure::NoTarget => "no upstream target available",
             Failure::AllTargetsDown => "no healthy upstream target",
             Failure::BreakerOpen => "circuit breaker open",

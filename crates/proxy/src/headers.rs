@@ -127,6 +127,74 @@ pub fn framing_problem(headers: &HeaderMap) -> Option<&'static str> {
     None
 }
 
+/// Whether `v` is a valid Host value (RFC 9110 §7.2, RFC 3986 §3.2.2): a registered name,
+/// an IPv4 address or a bracketed IP literal, with an optional port of at most 65535. An
+/// empty value is valid (a request whose target has no authority).
+pub fn valid_host(v: &[u8]) -> bool {
+    let (host, port) = if v.first() == Some(&b'[') {
+        match v.iter().position(|&c| c == b']') {
+            Some(end) => {
+                let literal = &v[1..end];
+                let ok = !literal.is_empty()
+                    && literal
+                        .iter()
+                        .all(|c| c.is_ascii_hexdigit() || matches!(c, b':' | b'.'));
+                if !ok {
+                    return false;
+                }
+                match &v[end + 1..] {
+                    [] => (&v[..0], None),
+                    [b':', port @ ..] => (&v[..0], Some(port)),
+                    _ => return false,
+                }
+            }
+            None => return false,
+        }
+    } else {
+        match v.iter().rposition(|&c| c == b':') {
+            Some(i) => (&v[..i], Some(&v[i + 1..])),
+            None => (v, None),
+        }
+    };
+    // reg-name: unreserved, pct-encoded and sub-delims.
+    let name_ok = host.iter().all(|&c| {
+        c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            )
+    });
+    let port_ok = port.is_none_or(|p| {
+        p.len() <= 5
+            && p.iter().all(u8::is_ascii_digit)
+            && std::str::from_utf8(p)
+                .ok()
+                .and_then(|s| {
+                    if s.is_empty() {
+                        Some(0)
+                    } else {
+                        s.parse::<u32>().ok()
+                    }
+                })
+                .is_some_and(|n| n <= 65_535)
+    });
+    name_ok && port_ok
+}
+
 /// Appends the client address to `X-Forwarded-For` and sets `X-Real-IP`,
 /// `X-Forwarded-Proto` and `X-Forwarded-Host` to what this gateway saw (overwriting what the
 /// client sent, which it could forge).
@@ -218,6 +286,40 @@ mod tests {
             framing_problem(&map(&[("content-length", "5, 6")])),
             Some("conflicting Content-Length values")
         );
+    }
+
+    #[test]
+    fn host_values() {
+        for ok in [
+            "a.com",
+            "a.com:80",
+            "A-b.c_d~",
+            "127.0.0.1:8080",
+            "[::1]",
+            "[::1]:443",
+            "",
+            "x:",
+            "xn--caf-dma.example",
+            "a.com:65535",
+        ] {
+            assert!(valid_host(ok.as_bytes()), "{ok:?} should pass");
+        }
+        for bad in [
+            "a b.com",
+            "a.com:80x",
+            "a.com:99999",
+            "a.com:123456",
+            "[::1",
+            "[zz]",
+            "[::1]x",
+            "a/b",
+            "a@b",
+            "a.com:-1",
+            "a\"b",
+            "a.com:8:8",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad:?} should fail");
+        }
     }
 
     #[test]

@@ -60,14 +60,18 @@ pub fn explain(
         Some((p, q)) => (p, Some(q)),
         None => (path_and_query, None),
     };
+    // Routed as the data plane routes it: on the normalised path, and not at all when the
+    // path is refused (400).
+    let normal = crate::path::normalize(path, snap.config.node.encoded_slashes);
     let view = RequestView {
         method,
         host,
-        path,
+        path: normal.as_deref().unwrap_or(path),
         query,
         headers,
     };
-    let route = snap.router.find(&view).and_then(|m| {
+    let found = normal.is_ok().then(|| snap.router.find(&view)).flatten();
+    let route = found.and_then(|m| {
         let entry = snap.routes.get(m.route)?;
         let service = snap.services.get(entry.service)?;
         let spec = snap.config.routes.iter().find(|r| *r.name == *entry.name)?;

@@ -12,6 +12,7 @@ pub mod explain;
 pub mod fallback;
 pub mod h1;
 pub mod health;
+pub mod path;
 pub mod plugins;
 pub mod retry;
 pub mod snapshot;

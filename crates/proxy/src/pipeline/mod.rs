@@ -38,7 +38,7 @@ pub async fn handle(
     let snap = shared.snapshot.load_full();
     let mut st = begin(&shared, &snap, info, &mut req);
     drop(shared);
-    let resp = match route::route(&snap, &st.info, &req) {
+    let resp = match route::route(&snap, &st.info, &mut req) {
         Ok(routed) => proxy(&mut st, routed, req).await,
         Err(failure) => st.fail(failure),
     };

@@ -3,17 +3,24 @@
 
 use super::state::{ConnInfo, Routed};
 use crate::errors::Failure;
-use crate::headers::framing_problem;
+use crate::headers::{framing_problem, valid_host};
+use bytes::Bytes;
+use gatehouse_model::EncodedSlashes;
+use gatehouse_runtime::path;
 use gatehouse_runtime::router::{cookie, query_arg, RequestView};
 use gatehouse_runtime::snapshot::{upstream_path, HashSource, Snapshot};
 use http::header::HOST;
+use http::uri::PathAndQuery;
 use http::{HeaderValue, Request};
+use http::{Uri, Version};
+use std::borrow::Cow;
 
-/// Finds the request's route, or the failure to answer with.
+/// Checks the request head, normalises its path, and finds its route; or the failure to
+/// answer with.
 pub fn route<'s, B>(
     snap: &'s Snapshot,
     info: &ConnInfo,
-    req: &Request<B>,
+    req: &mut Request<B>,
 ) -> Result<Routed<'s>, Failure> {
     let problem = if info.ambiguous_framing() {
         Some("both Content-Length and Transfer-Encoding")
@@ -24,13 +31,8 @@ pub fn route<'s, B>(
         tracing::info!(client = %info.client, problem, "rejected request framing");
         return Err(Failure::BadFraming);
     }
-    let host_value = match req.headers().get(HOST) {
-        Some(h) => Some(h.clone()),
-        None => req
-            .uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-    };
+    normalize_path(req, snap.config.node.encoded_slashes)?;
+    let host_value = client_host(req)?;
     let host = host_value
         .as_ref()
         .and_then(|h| h.to_str().ok())
@@ -57,6 +59,60 @@ pub fn route<'s, B>(
         hash_key,
         host: host_value,
     })
+}
+
+/// Puts the request's path in normal form (`gatehouse_runtime::path`), or refuses it.
+fn normalize_path<B>(req: &mut Request<B>, slashes: EncodedSlashes) -> Result<(), Failure> {
+    let uri = req.uri();
+    let normal = match path::normalize(uri.path(), slashes) {
+        Ok(Cow::Borrowed(_)) => return Ok(()),
+        Ok(Cow::Owned(p)) => p,
+        Err(e) => {
+            tracing::info!(
+                path = uri.path(),
+                problem = e.as_str(),
+                "refused request path"
+            );
+            return Err(Failure::BadPath);
+        }
+    };
+    let pq = match uri.query() {
+        Some(q) => format!("{normal}?{q}"),
+        None => normal,
+    };
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.path_and_query =
+        Some(PathAndQuery::from_maybe_shared(Bytes::from(pq)).map_err(|_| Failure::BadPath)?);
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| Failure::BadPath)?;
+    Ok(())
+}
+
+/// The host the client asked for (RFC 9112 §3.2): the target's authority when it has one,
+/// else the one Host header. An HTTP/1.1 request without either, with more than one Host,
+/// with an invalid one, or (HTTP/2) with a Host that differs from `:authority` is refused.
+fn client_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, Failure> {
+    let mut all = req.headers().get_all(HOST).iter();
+    let header = all.next();
+    if all.next().is_some() {
+        return Err(Failure::BadHost);
+    }
+    let authority = req
+        .uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+    let host = match (authority, header) {
+        (Some(a), Some(h)) if req.version() == Version::HTTP_2 && a != h => {
+            return Err(Failure::BadHost)
+        }
+        (Some(a), _) => Some(a),
+        (None, Some(h)) => Some(h.clone()),
+        (None, None) if req.version() == Version::HTTP_11 => return Err(Failure::BadHost),
+        (None, None) => None,
+    };
+    match host {
+        Some(h) if !valid_host(h.as_bytes()) => Err(Failure::BadHost),
+        h => Ok(h),
+    }
 }
 
 /// The host name the client asked for, without its port.

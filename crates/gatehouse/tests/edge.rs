@@ -1,0 +1,148 @@
+//! Edge safety through the real gateway: request paths normalised before routing, Host
+//! validated (RFC 9112 §3.2), and what a client may not forge.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+
+/// The status of a raw HTTP/1.1 request for `target`, and the path the origin saw.
+async fn send_path(a: std::net::SocketAddr, target: &str) -> (u16, Option<String>) {
+    let req = format!("GET {target} HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n");
+    parse(&raw(a, req.as_bytes()).await)
+}
+
+fn parse(resp: &str) -> (u16, Option<String>) {
+    let status = resp
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {resp:?}"));
+    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let path = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|j| j["path"].as_str().map(str::to_owned));
+    (status, path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_paths_route_and_go_upstream_in_normal_form_or_are_refused() {
+    let o = Origin::start("a").await;
+    let yaml = format!(
+        r#"{}  - name: based
+    url: "http://{}/base"
+routes:
+  - {{name: public, paths: ["/public/*"], rewrite: "/pub/{{*}}", service: svc}}
+  - {{name: admin, paths: ["/admin", "/admin/*"], service: svc}}
+  - {{name: b, paths: ["/b/*"], strip_prefix: true, service: based}}
+"#,
+        upstream_yaml(&[o.addr], ""),
+        o.addr
+    );
+    let g = gateway(&yaml);
+    let a = addr(&g);
+    let cases: &[(&str, u16, Option<&str>)] = &[
+        // Dot segments, plain and percent-encoded, cannot skip the admin route.
+        ("/public/../admin", 200, Some("/admin")),
+        ("/public/%2e%2e/admin", 200, Some("/admin")),
+        ("/public/%2E%2E/admin", 200, Some("/admin")),
+        ("/public/.%2e/admin", 200, Some("/admin")),
+        ("/public/%2e./admin", 200, Some("/admin")),
+        ("/public/x/../../admin/y", 200, Some("/admin/y")),
+        ("/public/./x", 200, Some("/pub/x")),
+        ("/public/a/..", 200, Some("/pub/")),
+        ("/%61dmin", 200, Some("/admin")),
+        // Empty segments are merged.
+        ("//admin", 200, Some("/admin")),
+        ("/public//x", 200, Some("/pub/x")),
+        ("/public//../admin", 200, Some("/admin")),
+        // The query is not a path.
+        ("/admin/../public/x?q=../a", 200, Some("/pub/x?q=../a")),
+        // Encoded slashes and backslashes, NUL and broken escapes are refused.
+        ("/public/..%2fadmin", 400, None),
+        ("/public/..%2Fadmin", 400, None),
+        ("/public/..%5cadmin", 400, None),
+        ("/public/..%5Cadmin", 400, None),
+        ("/public/../admin%2Fx", 400, None),
+        ("/public/%00", 400, None),
+        ("/public/%zz", 400, None),
+        ("/public/%2", 400, None),
+        // A service URL's base path cannot be climbed out of.
+        ("/b/../../etc/passwd", 404, None),
+        ("/b/%2e%2e/%2e%2e/etc/passwd", 404, None),
+        ("/b/x/../../../base/secret", 404, None),
+        ("/b/ok/../fine", 200, Some("/base/fine")),
+        ("/b/ok/%2e%2e/%2e%2e/b/z", 200, Some("/base/z")),
+        ("/public/%2e%2e", 404, None),
+    ];
+    for (target, status, path) in cases {
+        let (got, seen) = send_path(a, target).await;
+        assert_eq!(got, *status, "{target}");
+        if let Some(p) = path {
+            assert_eq!(seen.as_deref(), Some(*p), "{target}");
+        }
+    }
+    g.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encoded_slashes_can_be_kept_by_policy() {
+    let o = Origin::start("a").await;
+    let yaml = upstream_yaml(&[o.addr], "")
+        + "node: {encoded_slashes: keep}\nroutes:\n  - {name: r, paths: [\"/repos/*\"], service: svc}\n";
+    let g = gateway(&yaml);
+    let a = addr(&g);
+    assert_eq!(
+        send_path(a, "/repos/group%2fproject/x").await,
+        (200, Some("/repos/group%2Fproject/x".into()))
+    );
+    // Kept encoded, `..%2F` is one segment, not a climb.
+    assert_eq!(
+        send_path(a, "/repos/..%2Fsecret").await,
+        (200, Some("/repos/..%2Fsecret".into()))
+    );
+    assert_eq!(send_path(a, "/repos/%00").await.0, 400);
+    g.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_is_required_unique_and_valid() {
+    let o = Origin::start("a").await;
+    let g = gateway_to(o.addr);
+    let a = addr(&g);
+    let status = |resp: String| parse(&resp).0;
+    let send = |head: &'static str| async move {
+        let req = format!("{head}Connection: close\r\n\r\n");
+        raw(a, req.as_bytes()).await
+    };
+    for head in [
+        "GET / HTTP/1.1\r\n",
+        "GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n",
+        "GET / HTTP/1.1\r\nHost: a b.test\r\n",
+        "GET / HTTP/1.1\r\nHost: a.test:99999\r\n",
+        "GET / HTTP/1.1\r\nHost: a.test:80x\r\n",
+        "GET / HTTP/1.1\r\nHost: a.test/evil\r\n",
+        "GET / HTTP/1.1\r\nHost: a@b.test\r\n",
+        "GET / HTTP/1.1\r\nHost: [::1\r\n",
+    ] {
+        let resp = send(head).await;
+        assert_eq!(status(resp.clone()), 400, "{head:?}: {resp}");
+        assert!(resp.contains("missing or invalid Host header"), "{resp}");
+    }
+    // HTTP/1.0 may leave Host out.
+    assert_eq!(status(send("GET / HTTP/1.0\r\n").await), 200);
+    // A valid Host reaches the upstream as X-Forwarded-Host.
+    let resp = send("GET / HTTP/1.1\r\nHost: shop.example.com:8080\r\n").await;
+    assert_eq!(status(resp.clone()), 200);
+    assert!(
+        resp.contains(r#""x-forwarded-host":"shop.example.com:8080""#),
+        "{resp}"
+    );
+    // In absolute form the target's authority is the host (RFC 9112 §3.2.2).
+    let resp = send("GET http://abs.example.com/x HTTP/1.1\r\nHost: other.example.com\r\n").await;
+    assert_eq!(status(resp.clone()), 200);
+    assert!(
+        resp.contains(r#""x-forwarded-host":"abs.example.com""#),
+        "{resp}"
+    );
+    g.shutdown().await;
+}
