@@ -41,7 +41,10 @@ async fn rate_limit_rejects_past_the_limit_with_headers() {
     assert_eq!(r.json()["error"], "rate limit exceeded");
     let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
-    assert!(r.headers.contains_key("x-request-id"));
+    // The gateway's error shape, request id included, as for its own errors.
+    let id = r.headers["x-request-id"].to_str().unwrap();
+    assert_eq!(r.json()["request_id"], id, "{}", r.text());
+    assert_eq!(r.json()["status"], 429);
     assert!(
         r.json().get("origin").is_none(),
         "answered by the gateway, not the origin"

@@ -250,6 +250,8 @@ async fn waiting_at_the_connection_cap_ends_in_503() {
     let r = get(a, "/").await;
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.json()["error"], "upstream connection limit reached");
+    // A gateway-made 503 tells the client when to come back.
+    assert_eq!(r.headers["retry-after"], "1");
     assert!(
         started.elapsed() >= Duration::from_millis(140),
         "{:?}",

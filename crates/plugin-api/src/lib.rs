@@ -244,7 +244,9 @@ pub fn schema_of<C: schemars::JsonSchema>() -> serde_json::Value {
     schemars::schema_for!(C).to_value()
 }
 
-/// A small JSON error response, the shape every gateway-made error has.
+/// A small JSON error response, the shape every gateway-made error has. The gateway adds the
+/// request's id to it (`{"error":..,"status":..,"request_id":..}`) before it goes out; the
+/// [`ErrorMessage`] extension tells it which message to render.
 pub fn json_response(status: StatusCode, error: &str, headers: HeaderMap) -> Response<Bytes> {
     let body = serde_json::json!({ "error": error, "status": status.as_u16() }).to_string();
     let mut resp = Response::new(Bytes::from(body));
@@ -255,8 +257,15 @@ pub fn json_response(status: StatusCode, error: &str, headers: HeaderMap) -> Res
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    resp.extensions_mut()
+        .insert(ErrorMessage(error.to_owned().into_boxed_str()));
     resp
 }
+
+/// Marks a response made by [`json_response`]: its error message, so the gateway can render
+/// it in its own error shape with the request id.
+#[derive(Debug, Clone)]
+pub struct ErrorMessage(pub Box<str>);
 
 /// A header name from config, lower-cased, or a message saying why it is not one.
 pub fn header_name(name: &str) -> Result<HeaderName, String> {

@@ -72,6 +72,25 @@ impl Failure {
 }
 
 pub fn respond(failure: Failure, request_id: &HeaderValue) -> Response<RespBody> {
+    let status = failure.status();
+    let body = error_body(failure.message(), status, request_id);
+    let mut resp = Response::new(RespBody::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, JSON.clone());
+    resp.headers_mut()
+        .insert(crate::headers::X_REQUEST_ID.clone(), request_id.clone());
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        // Every 503 the gateway makes is a passing state (no healthy target, a cap reached):
+        // a well-behaved client waits a moment before it tries again. An open breaker sets
+        // its own, longer value over this one.
+        resp.headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+/// The gateway's error body: `{"error":..,"status":..,"request_id":..}` and a newline.
+pub fn error_body(message: &str, status: StatusCode, request_id: &HeaderValue) -> Bytes {
     // The id is ours (a UUID) or the client's header value; a client value is only echoed if
     // it is plain, so the body stays valid JSON without an escaping pass.
     let id = request_id
@@ -82,16 +101,9 @@ pub fn respond(failure: Failure, request_id: &HeaderValue) -> Response<RespBody>
                 .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
         })
         .unwrap_or("-");
-    let body = format!(
-        "{{\"error\":\"{}\",\"status\":{},\"request_id\":\"{}\"}}\n",
-        failure.message(),
-        failure.status().as_u16(),
-        id
-    );
-    let mut resp = Response::new(RespBody::full(Bytes::from(body)));
-    *resp.status_mut() = failure.status();
-    resp.headers_mut().insert(CONTENT_TYPE, JSON.clone());
-    resp.headers_mut()
-        .insert(crate::headers::X_REQUEST_ID.clone(), request_id.clone());
-    resp
+    let message = serde_json::to_string(message).unwrap_or_else(|_| "\"error\"".into());
+    Bytes::from(format!(
+        "{{\"error\":{message},\"status\":{},\"request_id\":\"{id}\"}}\n",
+        status.as_u16(),
+    ))
 }

@@ -4,10 +4,11 @@
 
 use super::state::{PluginState, RequestState, Routed};
 use crate::body::RespBody;
+use crate::errors::error_body;
 use crate::headers::X_REQUEST_ID;
 use crate::observe::{Exchange, PluginStep};
 use bytes::Bytes;
-use gatehouse_plugin_api::{Consumer, Flow, LogCtx, Plugin, RequestCtx, ResponseCtx};
+use gatehouse_plugin_api::{Consumer, ErrorMessage, Flow, LogCtx, Plugin, RequestCtx, ResponseCtx};
 use gatehouse_runtime::plugins::Chain;
 use gatehouse_runtime::snapshot::Snapshot;
 use http::request::Parts;
@@ -190,6 +191,12 @@ pub fn answered(
         r.count.fetch_add(1, Ordering::Relaxed);
         st.rec.rejected_by = Some(r.plugin);
     }
+    // A plugin's error (json_response) gets the gateway's error shape, with the request id.
+    let status = resp.status();
+    let resp = match resp.extensions().get::<ErrorMessage>().cloned() {
+        Some(ErrorMessage(m)) => resp.map(|_| error_body(&m, status, &st.request_id)),
+        None => resp,
+    };
     let mut resp = resp.map(RespBody::full);
     append_all(
         resp.headers_mut(),
@@ -198,7 +205,6 @@ pub fn answered(
     resp.headers_mut()
         .entry(X_REQUEST_ID.clone())
         .or_insert_with(|| st.request_id.clone());
-    let status = resp.status();
     let chain = &routed.route.plugins;
     let consumer = st.plugins.consumer_index();
     response_phase(
