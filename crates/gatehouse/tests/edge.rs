@@ -146,3 +146,41 @@ async fn host_is_required_unique_and_valid() {
     );
     g.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_chunked_body_is_the_clients_fault_and_the_connection_is_not_reused() {
+    let o = Origin::start("a").await;
+    let config = gatehouse_model::parse_yaml(&(upstream_yaml(&[o.addr], "") + ROUTE_ALL)).unwrap();
+    // One worker, so every request meets the same upstream pool.
+    let opts = StartOptions {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        workers: 1,
+        node_index: 0,
+    };
+    let g = Gateway::start(config, &opts).unwrap();
+    let a = addr(&g);
+    let head = "POST /x HTTP/1.1\r\nHost: gw.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    let good = format!("{head}5\r\nhello\r\n0\r\n\r\n");
+    let (status, _) = parse(&raw(a, good.as_bytes()).await);
+    assert_eq!(status, 200);
+    assert_eq!(o.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    for body in [
+        "5\r\nhello\r\nzz\r\nxx\r\n0\r\n\r\n", // a chunk size that is not hex
+        "3\r\nhello\r\n0\r\n\r\n",             // data longer than its size
+        "5\nhello\n0\n\n",                     // bare LF line endings
+    ] {
+        let resp = raw(a, format!("{head}{body}").as_bytes()).await;
+        let (status, _) = parse(&resp);
+        assert_eq!(status, 400, "{body:?}: {resp}");
+        assert!(resp.contains("request body could not be read"), "{resp}");
+    }
+    // The connections those broken bodies used were not handed back to the pool.
+    let (status, _) = parse(&raw(a, good.as_bytes()).await);
+    assert_eq!(status, 200);
+    assert_eq!(
+        o.accepted.load(std::sync::atomic::Ordering::SeqCst),
+        4,
+        "the first broken body took the pooled connection; each later request needed a new one"
+    );
+    g.shutdown().await;
+}

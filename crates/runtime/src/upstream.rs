@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -42,14 +42,47 @@ pub enum ProxyBody {
     Incoming(Incoming),
     Bytes(Option<Bytes>),
     /// The client's body with a size limit (a plugin's): past `left` bytes it fails, which
-    /// aborts the upstream exchange, and `tripped` tells the handler to answer 413. And/or
-    /// counted into `seen` as it streams (a chunked body, for metrics and the access log).
+    /// aborts the upstream exchange. And/or counted into `seen` as it streams (a chunked
+    /// body, for metrics and the access log). `fault` tells the pipeline whose fault a failed
+    /// exchange was: over the limit (413), or a body the client broke (400), not the
+    /// upstream's (502).
     Limited {
         body: Incoming,
         left: u64,
-        tripped: Option<Arc<AtomicBool>>,
+        fault: Arc<BodyFault>,
         seen: Option<Arc<AtomicU64>>,
     },
+}
+
+/// What went wrong with the client's body while it streamed upstream, if anything.
+#[derive(Debug, Default)]
+pub struct BodyFault(AtomicU8);
+
+/// See [`BodyFault`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFault {
+    /// Over a plugin's size limit.
+    OverLimit,
+    /// The client's body could not be read: malformed chunking, or the client went away.
+    Broken,
+}
+
+impl BodyFault {
+    fn set(&self, f: ClientFault) {
+        let v = match f {
+            ClientFault::OverLimit => 1,
+            ClientFault::Broken => 2,
+        };
+        self.0.store(v, Ordering::Release);
+    }
+
+    pub fn get(&self) -> Option<ClientFault> {
+        match self.0.load(Ordering::Acquire) {
+            1 => Some(ClientFault::OverLimit),
+            2 => Some(ClientFault::Broken),
+            _ => None,
+        }
+    }
 }
 
 /// A request body went over its limit while it streamed.
@@ -64,26 +97,22 @@ impl ProxyBody {
         ProxyBody::Bytes(None)
     }
 
-    /// The client's body, limited to `limit` bytes when a plugin asked for a limit.
+    /// The client's body, limited to `limit` bytes when a plugin asked for a limit, and
+    /// watched for faults when `fault` is given (a limit, or a chunked body).
     pub fn client(
         body: Incoming,
-        limit: Option<(u64, Arc<AtomicBool>)>,
+        limit: Option<u64>,
         seen: Option<Arc<AtomicU64>>,
+        fault: Option<Arc<BodyFault>>,
     ) -> Self {
-        match (limit, seen) {
-            (None, None) => ProxyBody::Incoming(body),
-            (limit, seen) => {
-                let (left, tripped) = match limit {
-                    Some((l, t)) => (l, Some(t)),
-                    None => (u64::MAX, None),
-                };
-                ProxyBody::Limited {
-                    body,
-                    left,
-                    tripped,
-                    seen,
-                }
-            }
+        match fault {
+            None => ProxyBody::Incoming(body),
+            Some(fault) => ProxyBody::Limited {
+                body,
+                left: limit.unwrap_or(u64::MAX),
+                fault,
+                seen,
+            },
         }
     }
 }
@@ -102,15 +131,13 @@ impl Body for ProxyBody {
             ProxyBody::Limited {
                 body,
                 left,
-                tripped,
+                fault,
                 seen,
             } => match Pin::new(body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     let len = frame.data_ref().map_or(0, |d| d.len() as u64);
                     if len > *left {
-                        if let Some(t) = tripped {
-                            t.store(true, Ordering::Release);
-                        }
+                        fault.set(ClientFault::OverLimit);
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
                     *left -= len;
@@ -118,6 +145,10 @@ impl Body for ProxyBody {
                         s.fetch_add(len, Ordering::Relaxed);
                     }
                     Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    fault.set(ClientFault::Broken);
+                    Poll::Ready(Some(Err(e.into())))
                 }
                 other => other.map_err(Into::into),
             },

@@ -12,12 +12,13 @@ use crate::errors::Failure;
 use crate::observe::{Exchange, TRACEPARENT};
 use bytes::Bytes;
 use gatehouse_runtime::snapshot::{AllTargetsDown, UpstreamEntry};
-use gatehouse_runtime::upstream::{ConnectError, ProxyBody, Sender, TargetState, UpBody};
+use gatehouse_runtime::upstream::{
+    BodyFault, ClientFault, ConnectError, ProxyBody, Sender, TargetState, UpBody,
+};
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -42,8 +43,8 @@ pub struct Call<'a> {
     pub host: Option<&'a HeaderValue>,
     /// Where to tell the upstream how many milliseconds it has left.
     pub deadline_header: Option<&'a HeaderName>,
-    /// Set when the request body went over a plugin's limit while it streamed.
-    pub body_tripped: Option<&'a AtomicBool>,
+    /// Where the client's body tells of its own faults while it streams.
+    pub body_fault: Option<&'a BodyFault>,
     /// For the log: who is asking (a route's name).
     pub label: &'a str,
 }
@@ -67,8 +68,9 @@ pub enum Attempt {
     Broken(Failure, Cause, usize),
     /// A plugin answered in the `upstream_request` phase.
     Refused(Answer),
-    /// The client's body went over a plugin's limit.
-    BodyTooLarge,
+    /// The client's body went over a plugin's limit, or the client broke it (malformed
+    /// chunking, gone): not the upstream's fault. The connection is not reused.
+    ClientBody(ClientFault),
 }
 
 /// What broke a request that was sent.
@@ -142,18 +144,18 @@ pub async fn exchange(
                 report(up, idx, None, None);
                 return Attempt::Broken(Failure::UpstreamTimeout, Cause::Timeout, idx);
             }
-            Ok(Err(mut e)) => match e.take_message() {
+            Ok(Err(mut e)) => match (e.take_message(), call.body_fault.and_then(BodyFault::get)) {
                 // Never sent: the pooled connection was already closed. Try again.
-                Some(unsent) if reused && stale < STALE_RETRIES => {
+                (Some(unsent), _) if reused && stale < STALE_RETRIES => {
                     out.give_back(unsent);
                     stale += 1;
                     continue;
                 }
-                _ if call.body_tripped.is_some_and(|t| t.load(Ordering::Acquire)) => {
-                    tracing::info!(route = %call.label, "request body over its limit");
-                    return Attempt::BodyTooLarge;
+                (_, Some(fault)) => {
+                    tracing::info!(route = %call.label, ?fault, error = %e.error(), "request body failed on the client's side");
+                    return Attempt::ClientBody(fault);
                 }
-                Some(unsent) => {
+                (Some(unsent), None) => {
                     let note = Some("connection failed before sending");
                     rec.attempt(span_id, target, sent_at, None, note, why);
                     tracing::warn!(route = %call.label, target = %target.address, error = %e.error(), "upstream connection failed before the request was sent");
@@ -161,7 +163,7 @@ pub async fn exchange(
                     out.give_back(unsent);
                     return Attempt::NotSent(Failure::UpstreamError, idx);
                 }
-                None => {
+                (None, None) => {
                     rec.attempt(span_id, target, sent_at, None, Some("reset"), why);
                     tracing::warn!(route = %call.label, target = %target.address, error = %e.error(), "upstream exchange failed");
                     report(up, idx, None, None);

@@ -21,6 +21,7 @@ use crate::headers::{new_request_id, wants_upgrade, X_REQUEST_ID};
 use crate::observe::{Exchange, LogParts, Observed, SpanCtx, DECISION, SERVER_TIMING};
 use crate::Shared;
 use gatehouse_runtime::snapshot::Snapshot;
+use gatehouse_runtime::upstream::ClientFault;
 use http::header::HOST;
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
@@ -119,7 +120,7 @@ async fn proxy(
             routed.new_path = None;
         }
     }
-    let (request, tripped) = match upstream_request::build(st, &mut routed, parts, body, upgrade) {
+    let (request, fault) = match upstream_request::build(st, &mut routed, parts, body, upgrade) {
         Ok(r) => r,
         Err(failure) => return st.fail(failure),
     };
@@ -133,7 +134,7 @@ async fn proxy(
     if allowed.after_send || fallback_upstream {
         let (max, read) = (routed.route.retry.max_body, routed.service.timeouts.read);
         if let Err(f) = out.keep_for_replay(max, read).await {
-            let over_limit = tripped.as_ref().is_some_and(|t| t.load(Ordering::Acquire));
+            let over_limit = fault.as_ref().and_then(|f| f.get()) == Some(ClientFault::OverLimit);
             if over_limit {
                 tracing::info!(route = %routed.route.name, error = ?f, "request body over its limit");
                 return st.fail(Failure::BodyTooLarge);
@@ -148,7 +149,7 @@ async fn proxy(
             let f = retry::Forward {
                 allowed,
                 total,
-                body_tripped: tripped.as_deref(),
+                body_fault: fault.as_deref(),
             };
             let down = answer::Downstream {
                 version: client_version,

@@ -196,7 +196,7 @@ async fn ask_fallback_upstream(
             .then_some(routed.host.as_ref())
             .flatten(),
         deadline_header: None,
-        body_tripped: None,
+        body_fault: None,
         label: &routed.route.name,
     };
     let mut out = Outgoing::new(replay.request());

@@ -9,8 +9,8 @@ use super::state::{RequestState, Routed};
 use crate::body::RespBody;
 use crate::errors::Failure;
 use gatehouse_runtime::retry::Allowed;
+use gatehouse_runtime::upstream::{BodyFault, ClientFault};
 use http::Response;
-use std::sync::atomic::AtomicBool;
 use tokio::time::Instant;
 
 /// What the retry loop needs beside the request.
@@ -18,7 +18,7 @@ pub struct Forward<'a> {
     /// What the method allows: retries before and after sending.
     pub allowed: Allowed,
     pub total: Option<Instant>,
-    pub body_tripped: Option<&'a AtomicBool>,
+    pub body_fault: Option<&'a BodyFault>,
 }
 
 /// Sends the request in `out` until a target answers, or returns the response to give
@@ -56,7 +56,7 @@ pub async fn forward(
             total: f.total,
             host,
             deadline_header,
-            body_tripped: f.body_tripped,
+            body_fault: f.body_fault,
             label: &route.name,
         };
         let plugins = (!route.plugins.entries.is_empty()).then(|| Plugins {
@@ -83,7 +83,10 @@ pub async fn forward(
             }
             Attempt::NoTarget { all_down: false } => return Err(st.fail(failure)),
             Attempt::Refused(answer) => return Err(phases::answered(st, routed, answer)),
-            Attempt::BodyTooLarge => return Err(st.fail(Failure::BodyTooLarge)),
+            Attempt::ClientBody(ClientFault::OverLimit) => {
+                return Err(st.fail(Failure::BodyTooLarge))
+            }
+            Attempt::ClientBody(ClientFault::Broken) => return Err(st.fail(Failure::ClientBody)),
             Attempt::NotSent(why, idx) => {
                 failure = why;
                 (Some(f.allowed.before_send), idx)

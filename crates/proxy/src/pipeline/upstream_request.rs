@@ -5,16 +5,16 @@ use super::state::{RequestState, Routed};
 use crate::errors::Failure;
 use crate::headers::{remove_hop_by_hop, set_forwarded, VIA, VIA_VALUE, X_REQUEST_ID};
 use bytes::Bytes;
-use gatehouse_runtime::upstream::ProxyBody;
+use gatehouse_runtime::upstream::{BodyFault, ProxyBody};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Request, Uri};
 use hyper::body::Incoming;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-/// The request to send, and the flag its body sets when it goes over a plugin's cap.
-pub type Built = (Request<ProxyBody>, Option<Arc<AtomicBool>>);
+/// The request to send, and where its body tells of a client fault (over a plugin's cap, or
+/// broken by the client) when it can have one.
+pub type Built = (Request<ProxyBody>, Option<Arc<BodyFault>>);
 
 /// Builds the upstream request from the client's head and body.
 pub fn build(
@@ -43,12 +43,6 @@ pub fn build(
     if st.snap.via {
         parts.headers.append(VIA.clone(), VIA_VALUE.clone());
     }
-    // Allocated only when a plugin limits the body.
-    let body_limit = st
-        .plugins
-        .body_limit
-        .map(|n| (n, Arc::new(AtomicBool::new(false))));
-    let tripped = body_limit.as_ref().map(|(_, t)| t.clone());
     let chunked = {
         use http_body::Body as _;
         !body.is_end_stream() && body.size_hint().exact().is_none()
@@ -56,6 +50,10 @@ pub fn build(
     if chunked {
         st.rec.counted_in = Some(Arc::default());
     }
-    let body = ProxyBody::client(body, body_limit, st.rec.counted_in.clone());
-    Ok((Request::from_parts(parts, body), tripped))
+    // Watched only when a plugin limits the body or it is chunked (whose framing the client
+    // can break after the head went upstream).
+    let limit = st.plugins.body_limit;
+    let fault = (limit.is_some() || chunked).then(Arc::<BodyFault>::default);
+    let body = ProxyBody::client(body, limit, st.rec.counted_in.clone(), fault.clone());
+    Ok((Request::from_parts(parts, body), fault))
 }
