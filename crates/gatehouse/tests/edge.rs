@@ -184,3 +184,95 @@ async fn a_malformed_chunked_body_is_the_clients_fault_and_the_connection_is_not
     );
     g.shutdown().await;
 }
+
+/// An origin that answers `{"lang":..,"auth":..}` from the request, with
+/// `Vary: accept-language`, or 500 while `down` is set.
+async fn varying_origin(down: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::net::SocketAddr {
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let down = down.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let down = down.load(std::sync::atomic::Ordering::SeqCst);
+                    async move {
+                        let h = |n: &str| {
+                            req.headers()
+                                .get(n)
+                                .map_or("", |v| v.to_str().unwrap_or(""))
+                                .to_owned()
+                        };
+                        let body = serde_json::json!({"lang": h("accept-language"), "auth": h("authorization")});
+                        let resp = hyper::Response::builder()
+                            .status(if down { 500 } else { 200 })
+                            .header("vary", "accept-language")
+                            .header("content-type", "application/json")
+                            .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
+                            .unwrap();
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fallback_cache_honours_vary_and_never_shares_credentialed_answers() {
+    let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let o = varying_origin(down.clone()).await;
+    let yaml = upstream_yaml_with_service(&[o], "", "    retries: 0\n")
+        + r#"routes:
+  - name: shared
+    paths: ["/shared/*"]
+    service: svc
+    fallback:
+      cache: {max_entries: 100, max_age: 1m}
+      static: {status: 200, body: 'static'}
+  - name: mine
+    paths: ["/mine/*"]
+    service: svc
+    fallback:
+      cache: {max_entries: 100, max_age: 1m, by_credentials: true}
+      static: {status: 200, body: 'static'}
+"#;
+    let g = gateway(&yaml);
+    let a = addr(&g);
+    let ask = |path: &'static str, headers: &'static [(&'static str, &'static str)]| async move {
+        let r = get_with(a, path, headers).await;
+        (r.status, r.text())
+    };
+    let en: &[(&str, &str)] = &[("accept-language", "en")];
+    let de: &[(&str, &str)] = &[("accept-language", "de")];
+    let alice: &[(&str, &str)] = &[("authorization", "Bearer alice")];
+    let bob: &[(&str, &str)] = &[("authorization", "Bearer bob")];
+    let cookie: &[(&str, &str)] = &[("cookie", "session=alice")];
+    // Good answers: kept, except those to requests with credentials on the shared route.
+    assert!(ask("/shared/v", en).await.1.contains(r#""lang":"en""#));
+    assert!(ask("/shared/v", alice).await.1.contains("alice"));
+    assert!(ask("/shared/v", cookie).await.1.contains(r#""auth":"""#));
+    assert!(ask("/mine/v", alice).await.1.contains("alice"));
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+
+    down.store(true, std::sync::atomic::Ordering::SeqCst);
+    // Vary: only a request with the same Accept-Language gets the kept answer.
+    let (status, body) = ask("/shared/v", en).await;
+    assert_eq!(status, 200);
+    assert!(body.contains(r#""lang":"en""#), "{body}");
+    assert_eq!(ask("/shared/v", de).await.1, "static");
+    // Credentials: never answered from the shared cache, in either direction.
+    assert_eq!(ask("/shared/v", alice).await.1, "static");
+    assert_eq!(ask("/shared/v", bob).await.1, "static");
+    assert_eq!(ask("/shared/v", cookie).await.1, "static");
+    // Opted in: keyed on the credential, so alice gets hers and bob nothing of hers.
+    assert!(ask("/mine/v", alice).await.1.contains("alice"));
+    assert_eq!(ask("/mine/v", bob).await.1, "static");
+    g.shutdown().await;
+}

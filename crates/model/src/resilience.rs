@@ -487,6 +487,11 @@ pub struct FallbackCache {
     /// Larger bodies are not kept (bytes).
     #[serde(default = "default_fallback_body")]
     pub max_body: u64,
+    /// Also keep answers to requests that carry `Authorization` or `Cookie`, one entry per
+    /// credential (keyed on those headers), so one caller's answer never reaches another.
+    /// Off: such requests are neither kept nor answered from the cache.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub by_credentials: bool,
 }
 
 /// A fixed response.

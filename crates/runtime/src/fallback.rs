@@ -6,7 +6,9 @@
 use crate::snapshot::UpstreamEntry;
 use bytes::Bytes;
 use gatehouse_model::{ConfigError, Fallback, FallbackCache};
-use http::header::{CACHE_CONTROL, CONNECTION, SET_COOKIE, TRANSFER_ENCODING};
+use http::header::{
+    AUTHORIZATION, CACHE_CONTROL, CONNECTION, COOKIE, SET_COOKIE, TRANSFER_ENCODING, VARY,
+};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,6 +20,69 @@ pub struct Stored {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub at: Instant,
+    /// The request headers the response's `Vary` names, with the values they had: it is
+    /// served again only to a request with the same values.
+    pub vary: Varied,
+}
+
+/// Request headers named by a response's `Vary`, with the values the request had.
+pub type Varied = Box<[(HeaderName, Option<HeaderValue>)]>;
+
+impl Stored {
+    /// Whether this answer fits a request with `headers` (its `Vary` values match).
+    pub fn fits(&self, headers: &HeaderMap) -> bool {
+        self.vary
+            .iter()
+            .all(|(name, v)| headers.get(name) == v.as_ref())
+    }
+}
+
+/// What a response's `Vary` names, with the request's values; `None` for `Vary: *` (it may
+/// never be served to another request).
+pub fn vary(response: &HeaderMap, request: &HeaderMap) -> Option<Varied> {
+    let mut out = Vec::new();
+    for v in response.get_all(VARY) {
+        let Ok(v) = v.to_str() else { return None };
+        for name in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if name == "*" {
+                return None;
+            }
+            let name = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).ok()?;
+            let value = request.get(&name).cloned();
+            out.push((name, value));
+        }
+    }
+    Some(out.into_boxed_slice())
+}
+
+/// The cache key of a GET or HEAD request: host, path and query, and with
+/// `by_credentials` its `Authorization` and `Cookie` values. `None`: the request carries
+/// credentials and the cache does not keep answers to such requests.
+pub fn key(
+    host: &str,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    by_credentials: bool,
+) -> Option<Box<str>> {
+    let credentials = headers.contains_key(AUTHORIZATION) || headers.contains_key(COOKIE);
+    if credentials && !by_credentials {
+        return None;
+    }
+    let mut k = String::with_capacity(host.len() + path_and_query.len());
+    k.push_str(host);
+    k.push_str(path_and_query);
+    if credentials {
+        for name in [AUTHORIZATION, COOKIE] {
+            for v in headers.get_all(&name) {
+                // NUL cannot occur in a header value: the parts cannot run into each other.
+                k.push('\0');
+                k.push_str(name.as_str());
+                k.push('\0');
+                k.push_str(&String::from_utf8_lossy(v.as_bytes()));
+            }
+        }
+    }
+    Some(k.into_boxed_str())
 }
 
 /// The store of last good responses of one route, kept across reloads while its settings
@@ -40,6 +105,10 @@ impl Cache {
 
     pub fn max_body(&self) -> u64 {
         self.settings.max_body
+    }
+
+    pub fn by_credentials(&self) -> bool {
+        self.settings.by_credentials
     }
 
     pub fn get(&self, key: &str) -> Option<Arc<Stored>> {

@@ -10,7 +10,7 @@ use crate::errors::Failure;
 use crate::headers::{remove_hop_by_hop, X_REQUEST_ID};
 use gatehouse_runtime::fallback::{self, Compiled};
 use gatehouse_runtime::snapshot::UpstreamEntry;
-use http::{HeaderValue, Method, Request, Response};
+use http::{HeaderMap, HeaderValue, Method, Request, Response};
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -18,31 +18,28 @@ use tokio::time::Instant;
 pub struct Guarded {
     /// When the route's breaker let the request through.
     admitted_at: Option<Instant>,
-    /// Its fallback cache key (GET and HEAD on a route with a cache).
-    key: Option<Box<str>>,
+    /// Its fallback cache key (GET and HEAD on a route with a cache), and the request's
+    /// headers, which a kept answer's `Vary` is matched against.
+    key: Option<(Box<str>, HeaderMap)>,
     /// Whether a good answer may be kept (GET only: a HEAD answer has no body).
     keep: bool,
     /// The request as sent upstream, for a fallback upstream.
     replay: Option<Arc<Replay>>,
 }
 
-/// The fallback cache's key: GET and HEAD of one host, path and query share an entry.
-pub fn cache_key<B>(routed: &Routed<'_>, req: &Request<B>) -> Option<Box<str>> {
+/// The fallback cache's key: GET and HEAD of one host, path and query (and credentials, when
+/// the cache keeps answers per credential) share an entry. The request's headers come with
+/// it, copied only on routes with a cache.
+pub fn cache_key<B>(routed: &Routed<'_>, req: &Request<B>) -> Option<(Box<str>, HeaderMap)> {
     let m = req.method();
-    routed
-        .route
-        .fallback
-        .as_ref()
-        .filter(|f| f.cache.is_some())
-        .filter(|_| m == Method::GET || m == Method::HEAD)
-        .map(|_| {
-            let host = super::route::host_name(routed.host.as_ref());
-            let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-            let mut k = String::with_capacity(host.len() + pq.len());
-            k.push_str(host);
-            k.push_str(pq);
-            k.into_boxed_str()
-        })
+    if m != Method::GET && m != Method::HEAD {
+        return None;
+    }
+    let cache = routed.route.fallback.as_ref()?.cache.as_ref()?;
+    let host = super::route::host_name(routed.host.as_ref());
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let key = fallback::key(host, pq, req.headers(), cache.by_credentials())?;
+    Some((key, req.headers().clone()))
 }
 
 /// Lets the request through the route's breaker. The guard is `None` when the route has
@@ -51,7 +48,7 @@ pub fn cache_key<B>(routed: &Routed<'_>, req: &Request<B>) -> Option<Box<str>> {
 pub fn admit(
     st: &RequestState<'_>,
     routed: &Routed<'_>,
-    key: Option<Box<str>>,
+    key: Option<(Box<str>, HeaderMap)>,
     keep: bool,
     out: &Outgoing,
 ) -> (Option<Guarded>, Option<Response<RespBody>>) {
@@ -114,8 +111,9 @@ pub async fn after(
         // Dropping `resp` drops the failed upstream answer's body and its connection.
         return out;
     }
-    if let (Some(cache), Some(key), true) = (&fb.cache, guarded.key, guarded.keep) {
-        if fallback::keepable(status, resp.headers()) {
+    if let (Some(cache), Some((key, request)), true) = (&fb.cache, guarded.key, guarded.keep) {
+        let vary = fallback::vary(resp.headers(), &request);
+        if let (true, Some(vary)) = (fallback::keepable(status, resp.headers()), vary) {
             let cache = cache.clone();
             let headers = fallback::kept_headers(resp.headers());
             let tee = Tee::new(cache.max_body(), move |body| {
@@ -127,6 +125,7 @@ pub async fn after(
                         headers,
                         body,
                         at,
+                        vary,
                     },
                 );
             });
@@ -145,7 +144,7 @@ async fn replacement(
     routed: &Routed<'_>,
 ) -> Option<Response<RespBody>> {
     let kept = match (&fb.cache, &guarded.key) {
-        (Some(c), Some(k)) => c.get(k),
+        (Some(c), Some((k, request))) => c.get(k).filter(|s| s.fits(request)),
         _ => None,
     };
     let (source, mut r) = if let Some(kept) = kept {
