@@ -187,7 +187,9 @@ async fn a_malformed_chunked_body_is_the_clients_fault_and_the_connection_is_not
 
 /// An origin that answers `{"lang":..,"auth":..}` from the request, with
 /// `Vary: accept-language`, or 500 while `down` is set.
-async fn varying_origin(down: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::net::SocketAddr {
+async fn varying_origin(
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::net::SocketAddr {
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -210,7 +212,9 @@ async fn varying_origin(down: std::sync::Arc<std::sync::atomic::AtomicBool>) -> 
                             .status(if down { 500 } else { 200 })
                             .header("vary", "accept-language")
                             .header("content-type", "application/json")
-                            .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
+                            .body(http_body_util::Full::new(bytes::Bytes::from(
+                                body.to_string(),
+                            )))
                             .unwrap();
                         Ok::<_, std::convert::Infallible>(resp)
                     }
@@ -274,5 +278,81 @@ async fn the_fallback_cache_honours_vary_and_never_shares_credentialed_answers()
     // Opted in: keyed on the credential, so alice gets hers and bob nothing of hers.
     assert!(ask("/mine/v", alice).await.1.contains("alice"));
     assert_eq!(ask("/mine/v", bob).await.1, "static");
+    g.shutdown().await;
+}
+
+/// A gateway trusting (or not) 127.0.0.1 as a proxy, with a per-IP limit of one request.
+fn behind(origin: std::net::SocketAddr, trusted: bool) -> Gateway {
+    let node = if trusted {
+        "node: {trusted_proxies: [\"127.0.0.0/8\"]}\n"
+    } else {
+        ""
+    };
+    gateway(
+        &(upstream_yaml(&[origin], "")
+            + node
+            + "routes:
+  - {name: open, paths: [\"/open/*\"], service: svc}
+  - {name: limited, paths: [\"/limited/*\"], service: svc}
+plugins:
+  - {name: rate-limit, route: limited, config: {limit: 1, window: 1m, key: [ip]}}
+"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_are_believed_only_from_trusted_proxies() {
+    let o = Origin::start("a").await;
+    // Trusted: the rightmost untrusted X-Forwarded-For entry is the client.
+    let g = behind(o.addr, true);
+    let a = addr(&g);
+    let r = get_with(a, "/open/x", &[("x-forwarded-for", "6.6.6.6, 5.5.5.5")]).await;
+    let h = &r.json()["headers"];
+    assert_eq!(h["x-real-ip"], "5.5.5.5");
+    assert_eq!(h["x-forwarded-for"], "6.6.6.6, 5.5.5.5, 127.0.0.1");
+    // The limit counts per real client: two clients behind one proxy are two keys...
+    let from = |ip: &'static str| async move {
+        get_with(a, "/limited/x", &[("x-forwarded-for", ip)])
+            .await
+            .status
+    };
+    assert_eq!(from("5.5.5.5").await, 200);
+    assert_eq!(from("4.4.4.4").await, 200);
+    // ...and one client is one key, whatever it puts left of itself.
+    assert_eq!(from("1.1.1.1, 5.5.5.5").await, 429);
+    // A trusted proxy's deadline goes through.
+    let r = get_with(a, "/open/x", &[("x-gatehouse-deadline-ms", "250")]).await;
+    assert_eq!(r.json()["headers"]["x-gatehouse-deadline-ms"], "250");
+    g.shutdown().await;
+
+    // Untrusted (the default): the peer is the client, whatever the headers claim.
+    let g = behind(o.addr, false);
+    let a = addr(&g);
+    let r = get_with(
+        a,
+        "/open/x",
+        &[("x-forwarded-for", "5.5.5.5"), ("x-real-ip", "5.5.5.5")],
+    )
+    .await;
+    assert_eq!(r.json()["headers"]["x-real-ip"], "127.0.0.1");
+    assert_eq!(
+        get_with(a, "/limited/x", &[("x-forwarded-for", "5.5.5.5")])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        get_with(a, "/limited/x", &[("x-forwarded-for", "4.4.4.4")])
+            .await
+            .status,
+        429
+    );
+    // A client's deadline is not the upstream's business.
+    let r = get_with(a, "/open/x", &[("x-gatehouse-deadline-ms", "1")]).await;
+    assert!(
+        r.json()["headers"].get("x-gatehouse-deadline-ms").is_none(),
+        "{}",
+        r.text()
+    );
     g.shutdown().await;
 }

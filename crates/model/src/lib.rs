@@ -110,6 +110,11 @@ fn is_default<T: Default + PartialEq>(v: &T) -> bool {
 pub struct Listen {
     /// `ip:port`, e.g. `0.0.0.0:8080` or `[::1]:8080`.
     pub address: String,
+    /// Every connection starts with a PROXY protocol header (v1 or v2, as HAProxy and cloud
+    /// load balancers send it); its source address is the client's. A connection without
+    /// one is closed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -170,6 +175,22 @@ pub struct Node {
     /// for APIs whose ids contain slashes; the upstream must not decode them into separators).
     #[serde(default, skip_serializing_if = "is_default")]
     pub encoded_slashes: EncodedSlashes,
+    /// Peers (addresses or CIDRs, e.g. `10.0.0.0/8`) whose `X-Forwarded-For` / `X-Real-IP`
+    /// are believed: the client is the rightmost address in `X-Forwarded-For` that is not
+    /// one of them. From any other peer, the peer is the client. Empty: nobody is trusted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
+}
+
+/// An address or a CIDR block (`10.0.0.0/8`, `::1`), as `trusted_proxies` lists them.
+pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    if let Ok(net) = s.parse::<ipnet::IpNet>() {
+        return Ok(net.trunc());
+    }
+    s.parse::<std::net::IpAddr>()
+        .map(ipnet::IpNet::from)
+        .map_err(|_| format!("\"{s}\" is not an IP address or CIDR block"))
 }
 
 /// See [`Node::encoded_slashes`].
@@ -198,6 +219,7 @@ impl Default for Node {
             via: false,
             cluster_size: one_node(),
             encoded_slashes: EncodedSlashes::Reject,
+            trusted_proxies: Vec::new(),
         }
     }
 }

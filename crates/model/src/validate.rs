@@ -57,6 +57,11 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
     if config.node.workers == Some(0) {
         err("node.workers".into(), "must be at least 1".into());
     }
+    for (i, p) in config.node.trusted_proxies.iter().enumerate() {
+        if let Err(e) = crate::parse_cidr(p) {
+            err(format!("node.trusted_proxies[{i}]"), e);
+        }
+    }
     if config.node.cluster_size == 0 {
         err("node.cluster_size".into(), "must be at least 1".into());
     }

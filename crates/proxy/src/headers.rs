@@ -195,22 +195,28 @@ pub fn valid_host(v: &[u8]) -> bool {
     name_ok && port_ok
 }
 
-/// Appends the client address to `X-Forwarded-For` and sets `X-Real-IP`,
+/// Appends the peer's address (who connected to us) to `X-Forwarded-For` and sets
+/// `X-Real-IP` to the client (the peer, or who a trusted proxy says it is),
 /// `X-Forwarded-Proto` and `X-Forwarded-Host` to what this gateway saw (overwriting what the
 /// client sent, which it could forge).
-pub fn set_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue, host: Option<HeaderValue>) {
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: &HeaderValue,
+    client: &HeaderValue,
+    host: Option<HeaderValue>,
+) {
     let xff = match headers.get(&X_FORWARDED_FOR) {
         Some(prev) => {
-            let mut v = Vec::with_capacity(prev.len() + 2 + client_ip.len());
+            let mut v = Vec::with_capacity(prev.len() + 2 + peer.len());
             v.extend_from_slice(prev.as_bytes());
             v.extend_from_slice(b", ");
-            v.extend_from_slice(client_ip.as_bytes());
-            HeaderValue::from_bytes(&v).unwrap_or_else(|_| client_ip.clone())
+            v.extend_from_slice(peer.as_bytes());
+            HeaderValue::from_bytes(&v).unwrap_or_else(|_| peer.clone())
         }
-        None => client_ip.clone(),
+        None => peer.clone(),
     };
     headers.insert(X_FORWARDED_FOR.clone(), xff);
-    headers.insert(X_REAL_IP.clone(), client_ip.clone());
+    headers.insert(X_REAL_IP.clone(), client.clone());
     headers.insert(X_FORWARDED_PROTO.clone(), HTTP.clone());
     match host {
         Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h),
@@ -327,6 +333,7 @@ mod tests {
         let mut h = map(&[("x-forwarded-for", "1.2.3.4"), ("x-real-ip", "6.6.6.6")]);
         set_forwarded(
             &mut h,
+            &HeaderValue::from_static("127.0.0.1"),
             &HeaderValue::from_static("127.0.0.1"),
             Some(HeaderValue::from_static("a.com")),
         );

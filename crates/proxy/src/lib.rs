@@ -5,10 +5,12 @@
 //! SO_REUSEPORT listener per address, so the kernel spreads connections and a request never
 //! crosses threads (shared/reference/perf-levers.md: −7 % CPU against a multi-thread runtime).
 
+pub mod accept;
 pub mod body;
 pub mod errors;
 pub mod framing;
 pub mod headers;
+pub mod listeners;
 pub mod observe;
 pub mod pipeline;
 
@@ -23,12 +25,16 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
+use listeners::{ListenSpec, Listeners};
+
 /// State every worker shares: the current snapshot and the node facts it was built with.
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub node: NodeContext,
     /// Tokens the admin API issued for decision traces.
     pub debug_tokens: gatehouse_runtime::debug::DebugTokens,
+    /// The listening sockets, changed by reloads.
+    pub listeners: Listeners,
 }
 
 /// Settings fixed at start.
@@ -46,10 +52,14 @@ impl Shared {
     /// swaps it in; on error nothing changes.
     pub fn reload(&self, config: Config) -> Result<(), Vec<ConfigError>> {
         let current = self.snapshot.load();
-        if config.listen != current.config.listen {
-            tracing::warn!("listen addresses changed; they take effect on restart");
-        }
+        let listen_changed = config.listen != current.config.listen;
         let next = Snapshot::compile(config, Some(&current), self.node)?;
+        if listen_changed && self.listeners.follows_config() {
+            // Bound before the swap: a listener that cannot be had rejects the config.
+            self.listeners
+                .apply(&ListenSpec::from_config(&next.config))
+                .map_err(|e| vec![e])?;
+        }
         self.snapshot.store(Arc::new(next));
         Ok(())
     }
@@ -138,64 +148,46 @@ impl Shared {
 
 pub struct Gateway {
     shared: Arc<Shared>,
-    addrs: Vec<SocketAddr>,
     stop: watch::Sender<bool>,
     done: Vec<tokio::sync::oneshot::Receiver<()>>,
 }
 
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
-
 impl Gateway {
-    /// Compiles `config`, binds its listeners and starts the workers.
+    /// Compiles `config`, starts the workers and binds its listeners.
     pub fn start(config: Config, opts: &StartOptions) -> Result<Gateway, StartError> {
         let node = NodeContext {
             workers: opts.workers.max(1),
             node_index: opts.node_index,
         };
-        let addrs: Vec<SocketAddr> = if !opts.listen.is_empty() {
-            opts.listen.clone()
-        } else if config.listen.is_empty() {
-            DEFAULT_LISTEN.parse().into_iter().collect()
+        let specs = if opts.listen.is_empty() {
+            ListenSpec::from_config(&config)
         } else {
-            config
-                .listen
+            opts.listen
                 .iter()
-                .filter_map(|l| l.address.parse().ok())
+                .map(|&address| ListenSpec {
+                    address,
+                    proxy_protocol: false,
+                })
                 .collect()
         };
         let snapshot = Snapshot::compile(config, None, node).map_err(StartError::Config)?;
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..node.workers)
+            .map(|_| mpsc::unbounded_channel::<listeners::Command>())
+            .unzip();
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             node,
             debug_tokens: Default::default(),
+            listeners: Listeners::new(senders, !opts.listen.is_empty()),
         });
-
-        // The first worker's sockets fix the ports (port 0 becomes a real one); the other
-        // workers bind the same addresses with SO_REUSEPORT.
-        let mut bound: Vec<Vec<std::net::TcpListener>> = Vec::with_capacity(node.workers);
-        let mut actual = Vec::with_capacity(addrs.len());
-        for w in 0..node.workers {
-            let mut mine = Vec::with_capacity(addrs.len());
-            for (i, a) in addrs.iter().enumerate() {
-                let target = if w == 0 { *a } else { actual[i] };
-                let l = bind_reuseport(target).map_err(|e| StartError::Bind(target, e))?;
-                if w == 0 {
-                    actual.push(l.local_addr().map_err(|e| StartError::Bind(target, e))?);
-                }
-                mine.push(l);
-            }
-            bound.push(mine);
-        }
-
         let (stop, stop_rx) = watch::channel(false);
         let mut done = Vec::with_capacity(node.workers);
-        for (w, listeners) in bound.into_iter().enumerate() {
+        for (w, commands) in receivers.into_iter().enumerate() {
             let (tx, rx) = tokio::sync::oneshot::channel();
             done.push(rx);
             let shared = shared.clone();
             let stop_rx = stop_rx.clone();
-            std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name(format!("gatehouse-worker-{w}"))
                 .spawn(move || {
                     upstream::set_worker(w);
@@ -203,24 +195,26 @@ impl Gateway {
                         .enable_all()
                         .build()
                     {
-                        Ok(rt) => rt.block_on(worker(shared, listeners, stop_rx)),
+                        Ok(rt) => rt.block_on(worker(shared, commands, stop_rx)),
                         Err(e) => tracing::error!(error = %e, "worker runtime did not start"),
                     }
                     let _ = tx.send(());
-                })
-                .map_err(StartError::Thread)?;
+                });
+            if let Err(e) = spawned {
+                let _ = stop.send(true);
+                return Err(StartError::Thread(e));
+            }
         }
-        Ok(Gateway {
-            shared,
-            addrs: actual,
-            stop,
-            done,
-        })
+        if let Err(e) = shared.listeners.apply(&specs) {
+            let _ = stop.send(true);
+            return Err(StartError::Listen(e));
+        }
+        Ok(Gateway { shared, stop, done })
     }
 
-    /// The addresses the data plane listens on (with real ports when 0 was asked for).
-    pub fn addrs(&self) -> &[SocketAddr] {
-        &self.addrs
+    /// The addresses the data plane listens on now (with real ports when 0 was asked for).
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.shared.listeners.addrs()
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -247,57 +241,55 @@ impl Gateway {
 pub enum StartError {
     #[error("invalid configuration:\n{}", gatehouse_model::ConfigErrors(.0.clone()))]
     Config(Vec<ConfigError>),
-    #[error("cannot listen on {0}: {1}")]
-    Bind(SocketAddr, std::io::Error),
+    #[error("{0}")]
+    Listen(ConfigError),
     #[error("cannot start a worker thread: {0}")]
     Thread(std::io::Error),
 }
 
-fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(4096)?;
-    Ok(socket.into())
-}
-
 async fn worker(
     shared: Arc<Shared>,
-    listeners: Vec<std::net::TcpListener>,
+    mut commands: mpsc::UnboundedReceiver<listeners::Command>,
     mut stop: watch::Receiver<bool>,
 ) {
     // Every connection task holds a clone of `alive`; when all are gone, `drained` yields.
     let (alive, mut drained) = mpsc::channel::<()>(1);
-    let mut accept_tasks = Vec::new();
-    for l in listeners {
-        let l = match TcpListener::from_std(l) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(error = %e, "listener could not join the runtime");
-                continue;
-            }
-        };
-        let (shared, stop, alive) = (shared.clone(), stop.clone(), alive.clone());
-        accept_tasks.push(tokio::spawn(accept_loop(l, shared, stop, alive)));
-    }
+    let mut accepting = std::collections::HashMap::new();
     let sweeper = tokio::spawn(sweep_idle(shared.clone()));
     // One worker probes for the whole node.
     let checks = (upstream::worker() == 0).then(|| tokio::spawn(health_checks(shared.clone())));
-    drop(alive);
     while !*stop.borrow_and_update() {
-        if stop.changed().await.is_err() {
-            break;
+        tokio::select! {
+            command = commands.recv() => match command {
+                Some(listeners::Command::Add { id, socket, proxy_protocol }) => {
+                    let l = match TcpListener::from_std(socket) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::error!(error = %e, "listener could not join the runtime");
+                            continue;
+                        }
+                    };
+                    let (shared, stop, alive) = (shared.clone(), stop.clone(), alive.clone());
+                    let task = tokio::spawn(accept_loop(l, proxy_protocol, shared, stop, alive));
+                    accepting.insert(id, task);
+                }
+                Some(listeners::Command::Remove(id)) => {
+                    if let Some(task) = accepting.remove(&id) {
+                        task.abort(); // the socket closes with its task
+                    }
+                }
+                None => break,
+            },
+            changed = stop.changed() => if changed.is_err() { break },
         }
     }
-    for t in &accept_tasks {
+    for t in accepting.values() {
         t.abort();
     }
-    for t in accept_tasks {
+    for (_, t) in accepting {
         let _ = t.await; // listeners are closed once their task is gone
     }
+    drop(alive);
     let drain = shared.snapshot.load().drain_timeout;
     if tokio::time::timeout(drain, drained.recv()).await.is_err() {
         tracing::warn!(?drain, "drain timeout: closing connections still open");
@@ -310,6 +302,7 @@ async fn worker(
 
 async fn accept_loop(
     listener: TcpListener,
+    proxy_protocol: bool,
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
@@ -327,40 +320,16 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let (shared, stop, alive) = (shared.clone(), stop.clone(), alive.clone());
         tokio::spawn(async move {
-            serve(stream, peer, shared, stop).await;
+            serve(stream, peer, proxy_protocol, shared, stop).await;
             drop(alive);
         });
     }
 }
 
-/// Reads ahead without consuming to tell an h2c client (prior knowledge) from HTTP/1.1.
-async fn is_h2c(stream: &TcpStream) -> std::io::Result<bool> {
-    let mut buf = [0u8; 24];
-    let give_up = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        stream.readable().await?;
-        let n = stream.peek(&mut buf).await?;
-        if n == 0 {
-            return Ok(false);
-        }
-        if buf[..n] != H2_PREFACE[..n] {
-            return Ok(false);
-        }
-        if n == H2_PREFACE.len() {
-            return Ok(true);
-        }
-        // A partial preface (rare: clients send it in one segment). Peek does not wait for
-        // more data, so pause briefly rather than spin.
-        if tokio::time::Instant::now() > give_up {
-            return Ok(false);
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
 async fn serve(
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
+    proxy_protocol: bool,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -371,7 +340,18 @@ async fn serve(
     node.downstream_connections
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let _open = OpenConnection(node);
-    let h2 = match is_h2c(&stream).await {
+    let peer = if proxy_protocol {
+        match accept::proxy_header(&mut stream, peer).await {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::info!(%peer, error = %e, "connection closed at accept");
+                return;
+            }
+        }
+    } else {
+        peer
+    };
+    let h2 = match accept::is_h2c(&stream).await {
         Ok(h2) => h2,
         Err(_) => return,
     };

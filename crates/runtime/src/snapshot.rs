@@ -34,6 +34,8 @@ pub struct Snapshot {
     pub services: Vec<ServiceEntry>,
     pub upstreams: HashMap<Box<str>, Arc<UpstreamEntry>>,
     pub via: bool,
+    /// Peers whose forwarding headers are believed (`node.trusted_proxies`).
+    pub trusted_proxies: Box<[ipnet::IpNet]>,
     pub drain_timeout: Duration,
     /// Plugin instances by identity, lent to the next snapshot.
     pub plugin_instances: Instances,
@@ -471,6 +473,12 @@ impl Snapshot {
                 services,
                 upstreams,
                 via: config.node.via,
+                trusted_proxies: config
+                    .node
+                    .trusted_proxies
+                    .iter()
+                    .filter_map(|p| gatehouse_model::parse_cidr(p).ok())
+                    .collect(),
                 drain_timeout: config.node.drain_timeout,
                 plugin_instances,
                 redis: env.redis,

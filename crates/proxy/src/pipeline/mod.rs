@@ -3,6 +3,7 @@
 //! guard, forward (one upstream exchange per attempt), answer, fallback, finish.
 
 mod answer;
+mod client;
 mod exchange;
 mod phases;
 mod replay;
@@ -39,7 +40,7 @@ pub async fn handle(
     let snap = shared.snapshot.load_full();
     let mut st = begin(&shared, &snap, info, &mut req);
     drop(shared);
-    let resp = match route::route(&snap, &st.info, &mut req) {
+    let resp = match route::route(&snap, &st.info, &st.client, &mut req) {
         Ok(routed) => proxy(&mut st, routed, req).await,
         Err(failure) => st.fail(failure),
     };
@@ -71,11 +72,12 @@ fn begin<'s>(
             tracing::info!(client = %info.client, "decision trace refused: not a live debug token");
         }
     }
+    let client = client::resolve(&info, req.headers(), &snap.trusted_proxies);
     if snap.telemetry.access_log.is_some() {
         let h = req.headers();
         rec.log = Some(LogParts {
             request_id: request_id.clone(),
-            client_ip: info.ip,
+            client_ip: client.ip,
             method: req.method().clone(),
             host: h.get(HOST).cloned(),
             uri: req.uri().clone(),
@@ -89,6 +91,7 @@ fn begin<'s>(
     RequestState {
         snap,
         info,
+        client,
         request_id,
         rec,
         plugins: PluginState::default(),
@@ -178,7 +181,7 @@ fn observe_route<B>(st: &mut RequestState<'_>, routed: &Routed<'_>, req: &Reques
                 || t.sample(),
                 req.method(),
                 req.uri().path(),
-                st.info.ip,
+                st.client.ip,
             )));
         }
     }
@@ -204,7 +207,7 @@ async fn plugin_access(
     use phases::Phase;
     let started = routed.route.plugins.logs.then(Instant::now);
     let phases = [Phase::Rewrite, Phase::Access];
-    let ip = st.info.ip;
+    let ip = st.client.ip;
     let verdict = phases::run(&phases, parts, &mut st.plugins, &mut st.rec, ip, routed).await;
     st.rec.consumer = st.plugins.consumer.clone();
     if let Some(started) = started {

@@ -59,10 +59,10 @@ pub async fn forward(
             body_fault: f.body_fault,
             label: &route.name,
         };
-        let plugins = (!route.plugins.entries.is_empty()).then(|| Plugins {
+        let plugins = (!route.plugins.entries.is_empty()).then_some(Plugins {
             state: &mut st.plugins,
             routed,
-            client_ip: st.info.ip,
+            client_ip: st.client.ip,
         });
         let replayable = out.replay().is_some();
         let (may, idx) = match exchange(&call, out, &mut st.rec, plugins).await {

@@ -1,6 +1,7 @@
 //! The routing stage: the request head is checked (framing), its host read, and the router
 //! picks the route; the rest of the pipeline works from the [`Routed`] it returns.
 
+use super::client::Client;
 use super::state::{ConnInfo, Routed};
 use crate::errors::Failure;
 use crate::headers::{framing_problem, valid_host};
@@ -20,6 +21,7 @@ use std::borrow::Cow;
 pub fn route<'s, B>(
     snap: &'s Snapshot,
     info: &ConnInfo,
+    client: &Client,
     req: &mut Request<B>,
 ) -> Result<Routed<'s>, Failure> {
     let problem = if info.ambiguous_framing() {
@@ -49,7 +51,7 @@ pub fn route<'s, B>(
     let route = snap.routes.get(m.route).ok_or(Failure::NoRoute)?;
     let service = snap.services.get(route.service).ok_or(Failure::NoRoute)?;
     let new_path = upstream_path(route, service, &m, &view, info.h2);
-    let hash_key = hash_key(&service.upstream.hash, &view, info);
+    let hash_key = hash_key(&service.upstream.hash, &view, &client.value);
     Ok(Routed {
         index: m.route,
         route,
@@ -122,21 +124,21 @@ pub fn host_name(host: Option<&HeaderValue>) -> &str {
         .unwrap_or("")
 }
 
-fn hash_key(source: &HashSource, view: &RequestView<'_>, info: &ConnInfo) -> Vec<u8> {
+fn hash_key(source: &HashSource, view: &RequestView<'_>, client: &HeaderValue) -> Vec<u8> {
     match source {
         HashSource::None => Vec::new(),
-        HashSource::ClientIp => info.client_ip.as_bytes().to_vec(),
+        HashSource::ClientIp => client.as_bytes().to_vec(),
         HashSource::Header(h) => match view.headers.get(h) {
             Some(v) => v.as_bytes().to_vec(),
-            None => info.client_ip.as_bytes().to_vec(),
+            None => client.as_bytes().to_vec(),
         },
         HashSource::Cookie(name) => match cookie(view.headers, name) {
             Some(v) => v.as_bytes().to_vec(),
-            None => info.client_ip.as_bytes().to_vec(),
+            None => client.as_bytes().to_vec(),
         },
         HashSource::Query(name) => match query_arg(view.query, name) {
             Some(v) => v.as_bytes().to_vec(),
-            None => info.client_ip.as_bytes().to_vec(),
+            None => client.as_bytes().to_vec(),
         },
     }
 }

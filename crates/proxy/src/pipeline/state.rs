@@ -2,6 +2,7 @@
 //! chose, what plugins decided, and the observability record, in one place instead of values
 //! carried beside the request.
 
+use super::client::Client;
 use super::phases::LogGuard;
 use crate::framing::Findings;
 use crate::observe::Exchange;
@@ -17,6 +18,7 @@ pub struct ConnInfo {
     pub client: SocketAddr,
     /// The client's address as plugins see it (IPv4-mapped IPv6 as IPv4).
     pub ip: IpAddr,
+    /// `ip` as a header value (what `X-Forwarded-For` gets appended).
     pub client_ip: HeaderValue,
     pub h2: bool,
     /// HTTP/1.1 only: what the framing watcher found, and how many requests came so far.
@@ -51,6 +53,8 @@ pub struct RequestState<'s> {
     /// The snapshot the request is served with, loaded once.
     pub snap: &'s Arc<Snapshot>,
     pub info: Arc<ConnInfo>,
+    /// Who the client is (through trusted proxies).
+    pub client: Client,
     pub request_id: HeaderValue,
     /// What observability records of the request (metrics, access log, spans, decision).
     pub rec: Box<Exchange>,

@@ -34,7 +34,15 @@ pub fn build(
         }
     }
     remove_hop_by_hop(&mut parts.headers, upgrade);
-    set_forwarded(&mut parts.headers, &st.info.client_ip, routed.host.clone());
+    let (peer, client) = (&st.info.client_ip, &st.client.value);
+    set_forwarded(&mut parts.headers, peer, client, routed.host.clone());
+    if let (Some(h), false) = (
+        &routed.route.retry.deadline_header,
+        st.client.via_trusted_proxy,
+    ) {
+        // A deadline is the gateway's to give: a client could claim any.
+        parts.headers.remove(h);
+    }
     if !parts.headers.contains_key(&X_REQUEST_ID) {
         parts
             .headers

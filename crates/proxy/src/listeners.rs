@@ -1,0 +1,177 @@
+//! The data plane's listening sockets: bound on every worker (SO_REUSEPORT), and changed on
+//! reload without a restart. A reload binds what is new on every worker first, and only when
+//! all of it is bound tells the workers to start accepting on it and to stop accepting on
+//! what was removed (connections already accepted there finish as they would).
+
+use gatehouse_model::{Config, ConfigError};
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use tokio::sync::mpsc;
+
+/// Where the node listens when neither the config nor the command line says.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+
+/// The listen backlog of every data-plane socket.
+const BACKLOG: i32 = 4096;
+
+/// One listening address and how its connections start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenSpec {
+    pub address: SocketAddr,
+    /// Connections start with a PROXY protocol header.
+    pub proxy_protocol: bool,
+}
+
+impl ListenSpec {
+    /// The config's `listen` list, or the default address when it is empty. Addresses that do
+    /// not parse were refused by validation already.
+    pub fn from_config(config: &Config) -> Vec<ListenSpec> {
+        if config.listen.is_empty() {
+            return DEFAULT_LISTEN
+                .parse()
+                .into_iter()
+                .map(|address| ListenSpec {
+                    address,
+                    proxy_protocol: false,
+                })
+                .collect();
+        }
+        config
+            .listen
+            .iter()
+            .filter_map(|l| {
+                Some(ListenSpec {
+                    address: l.address.parse().ok()?,
+                    proxy_protocol: l.proxy_protocol,
+                })
+            })
+            .collect()
+    }
+}
+
+/// What a worker is told to do with its listeners.
+pub enum Command {
+    /// Accept on this socket (this worker's copy of listener `id`).
+    Add {
+        id: u64,
+        socket: std::net::TcpListener,
+        proxy_protocol: bool,
+    },
+    /// Stop accepting on listener `id`.
+    Remove(u64),
+}
+
+struct Active {
+    spec: ListenSpec,
+    /// The bound address (a real port where the spec asked for port 0).
+    bound: SocketAddr,
+    id: u64,
+}
+
+/// The node's listeners, as the workers run them.
+pub struct Listeners {
+    workers: Vec<mpsc::UnboundedSender<Command>>,
+    active: Mutex<(u64, Vec<Active>)>,
+    /// Set by the command line (`--listen`): the config's `listen` is then ignored.
+    fixed: bool,
+}
+
+impl Listeners {
+    pub fn new(workers: Vec<mpsc::UnboundedSender<Command>>, fixed: bool) -> Self {
+        Self {
+            workers,
+            active: Mutex::new((0, Vec::new())),
+            fixed,
+        }
+    }
+
+    /// Whether the config's `listen` decides (not the command line).
+    pub fn follows_config(&self) -> bool {
+        !self.fixed
+    }
+
+    /// The addresses listened on now, in the order they were configured.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        match self.active.lock() {
+            Ok(a) => a.1.iter().map(|a| a.bound).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Makes `specs` the listeners: binds those not listened on yet, on every worker, then
+    /// starts them and stops the ones no longer listed. When a bind fails nothing changes,
+    /// and the error names the address (`listen[i].address`).
+    pub fn apply(&self, specs: &[ListenSpec]) -> Result<(), ConfigError> {
+        let Ok(mut guard) = self.active.lock() else {
+            return Err(ConfigError::new("listen", "listener state unavailable"));
+        };
+        let (next_id, active) = &mut *guard;
+        let mut bound = Vec::new();
+        for (i, spec) in specs.iter().enumerate() {
+            if active.iter().any(|a| a.spec == *spec) {
+                continue;
+            }
+            let sockets = self.bind_on_workers(spec.address).map_err(|e| {
+                ConfigError::new(
+                    format!("listen[{i}].address"),
+                    format!("cannot listen on {}: {e}", spec.address),
+                )
+            })?;
+            bound.push((spec.clone(), sockets));
+        }
+        for (spec, (addr, sockets)) in bound {
+            *next_id += 1;
+            for (w, socket) in self.workers.iter().zip(sockets) {
+                let _ = w.send(Command::Add {
+                    id: *next_id,
+                    socket,
+                    proxy_protocol: spec.proxy_protocol,
+                });
+            }
+            tracing::info!(address = %addr, proxy_protocol = spec.proxy_protocol, "listening");
+            active.push(Active {
+                spec,
+                bound: addr,
+                id: *next_id,
+            });
+        }
+        active.retain(|a| {
+            let keep = specs.contains(&a.spec);
+            if !keep {
+                for w in &self.workers {
+                    let _ = w.send(Command::Remove(a.id));
+                }
+                tracing::info!(address = %a.bound, "stopped listening");
+            }
+            keep
+        });
+        active.sort_by_key(|a| specs.iter().position(|s| *s == a.spec));
+        Ok(())
+    }
+
+    /// One socket per worker on `addr`; the first fixes the port when `addr` asks for 0.
+    fn bind_on_workers(
+        &self,
+        addr: SocketAddr,
+    ) -> std::io::Result<(SocketAddr, Vec<std::net::TcpListener>)> {
+        let mut sockets = Vec::with_capacity(self.workers.len());
+        let mut actual = addr;
+        for _ in 0..self.workers.len().max(1) {
+            let l = bind_reuseport(actual)?;
+            actual = l.local_addr()?;
+            sockets.push(l);
+        }
+        Ok((actual, sockets))
+    }
+}
+
+fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
