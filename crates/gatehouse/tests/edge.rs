@@ -356,3 +356,81 @@ async fn forwarding_headers_are_believed_only_from_trusted_proxies() {
     );
     g.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_h2c_connections_and_websocket_tunnels_are_closed() {
+    use futures_util::{SinkExt, StreamExt};
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let o = Origin::start("a").await;
+    let ws = ws_origin().await;
+    let yaml = format!(
+        "upstreams:
+  - {{name: up, targets: [{{address: \"{}\"}}]}}
+  - {{name: wsup, targets: [{{address: \"{ws}\"}}]}}
+services:
+  - {{name: svc, upstream: up}}
+  - {{name: ws, upstream: wsup}}
+node: {{client_timeout: 300ms, tunnel_idle_timeout: 300ms}}
+routes:
+  - {{name: ws, paths: [\"/ws\"], service: ws}}
+  - {{name: r, paths: [\"/*\"], service: svc}}
+",
+        o.addr
+    );
+    let g = gateway(&yaml);
+    let a = addr(&g);
+
+    // An h2c connection that sends the preface and then nothing is closed.
+    let mut s = tokio::net::TcpStream::connect(a).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let began = Instant::now();
+    let mut sink = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut sink)).await;
+    assert!(closed.is_ok(), "the silent h2c connection stayed open");
+    assert!(
+        began.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        began.elapsed()
+    );
+
+    // An h2c connection that made a request and then went quiet is closed too.
+    let stream = tokio::net::TcpStream::connect(a).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake::<_, _, http_body_util::Empty<bytes::Bytes>>(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .uri(format!("http://{a}/x"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    assert_eq!(sender.send_request(req).await.unwrap().status(), 200);
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(ended.is_ok(), "the idle h2c connection stayed open");
+
+    // A WebSocket tunnel works while used, and is closed once idle.
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{a}/ws"))
+        .await
+        .unwrap();
+    for i in 0..3 {
+        socket.send(Message::text(format!("m{i}"))).await.unwrap();
+        let back = tokio::time::timeout(Duration::from_secs(5), socket.next())
+            .await
+            .unwrap();
+        assert!(back.unwrap().is_ok());
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let end = tokio::time::timeout(Duration::from_secs(5), socket.next()).await;
+    match end {
+        Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => {}
+        other => panic!("the idle tunnel stayed open: {other:?}"),
+    }
+    g.shutdown().await;
+}

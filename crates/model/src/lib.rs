@@ -163,6 +163,17 @@ pub struct Node {
     #[serde(default = "default_drain", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub drain_timeout: Duration,
+    /// How long a client has to send a complete request head, and how long a client
+    /// connection may sit idle (HTTP/1.1 between requests; h2c with no bytes from the client,
+    /// or no first request) before it is closed.
+    #[serde(default = "default_client_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub client_timeout: Duration,
+    /// A WebSocket (or other upgraded) tunnel in which no byte moved either way for this long
+    /// is closed.
+    #[serde(default = "default_tunnel_idle", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub tunnel_idle_timeout: Duration,
     /// Add `Via: 1.1 gatehouse` to requests and responses.
     #[serde(default)]
     pub via: bool,
@@ -206,6 +217,14 @@ fn one_node() -> u32 {
     1
 }
 
+fn default_client_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_tunnel_idle() -> Duration {
+    Duration::from_secs(3600)
+}
+
 fn default_drain() -> Duration {
     Duration::from_secs(30)
 }
@@ -216,6 +235,8 @@ impl Default for Node {
             index: None,
             workers: None,
             drain_timeout: default_drain(),
+            client_timeout: default_client_timeout(),
+            tunnel_idle_timeout: default_tunnel_idle(),
             via: false,
             cluster_size: one_node(),
             encoded_slashes: EncodedSlashes::Reject,

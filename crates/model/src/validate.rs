@@ -62,6 +62,14 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
             err(format!("node.trusted_proxies[{i}]"), e);
         }
     }
+    for (field, d) in [
+        ("client_timeout", config.node.client_timeout),
+        ("tunnel_idle_timeout", config.node.tunnel_idle_timeout),
+    ] {
+        if d.is_zero() {
+            err(format!("node.{field}"), "must be more than 0".into());
+        }
+    }
     if config.node.cluster_size == 0 {
         err("node.cluster_size".into(), "must be at least 1".into());
     }

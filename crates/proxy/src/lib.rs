@@ -10,6 +10,7 @@ pub mod body;
 pub mod errors;
 pub mod framing;
 pub mod headers;
+pub mod idle;
 pub mod listeners;
 pub mod observe;
 pub mod pipeline;
@@ -357,6 +358,8 @@ async fn serve(
     };
     let findings = (!h2).then(|| Arc::new(framing::Findings::default()));
     let info = Arc::new(pipeline::ConnInfo::new(peer, h2, findings.clone()));
+    let conn_info = info.clone();
+    let client_timeout = shared.snapshot.load().config.node.client_timeout;
     let svc = service_fn(move |req| {
         let (shared, info) = (shared.clone(), info.clone());
         async move { Ok::<_, std::convert::Infallible>(pipeline::handle(shared, info, req).await) }
@@ -367,15 +370,18 @@ async fn serve(
             .keep_alive(true)
             .writev(false)
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
+            .header_read_timeout(client_timeout)
             .serve_connection(io, svc)
             .with_upgrades();
-        drive(conn, &mut stop).await;
+        drive(conn, &mut stop, std::future::pending(), client_timeout).await;
     } else {
+        let activity = idle::Activity::new();
+        let io = TokioIo::new(idle::Tracked::new(stream, activity.clone()));
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .serve_connection(TokioIo::new(stream), svc);
-        drive(conn, &mut stop).await;
+            .serve_connection(io, svc);
+        let idle = h2_idle(activity, conn_info, client_timeout);
+        drive(conn, &mut stop, idle, client_timeout).await;
     }
 }
 
@@ -424,8 +430,15 @@ where
     }
 }
 
-/// Serves `conn` to its end; on shutdown, lets it finish what is in flight, then close.
-async fn drive<C: Graceful>(conn: C, stop: &mut watch::Receiver<bool>) {
+/// Serves `conn` to its end; on shutdown lets it finish what is in flight, then close. Once
+/// `idle` resolves it is asked to finish too, and closed if it has not within `grace` (an
+/// HTTP/2 client that does not answer the GOAWAY's ping would keep it open).
+async fn drive<C: Graceful>(
+    conn: C,
+    stop: &mut watch::Receiver<bool>,
+    idle: impl std::future::Future<Output = ()>,
+    grace: Duration,
+) {
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => log_conn_end(r),
@@ -433,7 +446,25 @@ async fn drive<C: Graceful>(conn: C, stop: &mut watch::Receiver<bool>) {
             conn.as_mut().finish_gracefully();
             log_conn_end(conn.await);
         }
+        _ = idle => {
+            conn.as_mut().finish_gracefully();
+            if let Ok(r) = tokio::time::timeout(grace, conn.as_mut()).await {
+                log_conn_end(r);
+            }
+        }
     }
+}
+
+/// Resolves when an h2c client connection should close: no request within `timeout` of
+/// opening (a slow or absent first HEADERS), or no byte from either side for `timeout`.
+/// Closing is graceful (GOAWAY): streams in flight finish.
+async fn h2_idle(activity: Arc<idle::Activity>, info: Arc<pipeline::ConnInfo>, timeout: Duration) {
+    tokio::time::sleep(timeout).await;
+    if info.requests_seen() == 0 {
+        tracing::debug!(client = %info.client, "h2c connection sent no request in time");
+        return;
+    }
+    activity.idle_for(timeout).await;
 }
 
 /// Resolves once shutdown was asked for (or the gateway handle is gone).

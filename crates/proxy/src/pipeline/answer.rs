@@ -44,7 +44,8 @@ pub fn respond(
                 .targets
                 .get(idx)
                 .map_or_else(Default::default, |t| t.address.clone());
-            tokio::spawn(tunnel(client, up, in_flight, holds, address));
+            let idle = st.snap.config.node.tunnel_idle_timeout;
+            tokio::spawn(tunnel(client, up, in_flight, holds, address, idle));
             return resp.map(|_| RespBody::empty());
         }
     }

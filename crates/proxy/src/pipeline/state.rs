@@ -40,6 +40,11 @@ impl ConnInfo {
         }
     }
 
+    /// How many requests came on this connection so far.
+    pub fn requests_seen(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
     /// Counts this request; true when its head carried both Content-Length and
     /// Transfer-Encoding.
     pub(super) fn ambiguous_framing(&self) -> bool {

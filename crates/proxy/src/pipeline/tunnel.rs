@@ -2,9 +2,11 @@
 //! either side closes.
 
 use crate::body::InFlight;
+use crate::idle::{Activity, Tracked};
 use gatehouse_plugin_api::Hold;
 use gatehouse_runtime::h1::Upgraded;
 use hyper_util::rt::TokioIo;
+use std::time::Duration;
 
 /// Copies bytes both ways between the client and the upstream after a 101.
 pub async fn tunnel(
@@ -13,6 +15,7 @@ pub async fn tunnel(
     in_flight: InFlight,
     holds: Vec<Hold>,
     target: Box<str>,
+    idle_timeout: Duration,
 ) {
     let down = match down.await {
         Ok(x) => x,
@@ -21,9 +24,10 @@ pub async fn tunnel(
             return;
         }
     };
-    let mut down = TokioIo::new(down);
+    let activity = Activity::new();
+    let mut down = Tracked::new(TokioIo::new(down), activity.clone());
     let Upgraded {
-        io: mut up,
+        io: up,
         read_ahead,
         slot,
     } = up;
@@ -34,8 +38,16 @@ pub async fn tunnel(
             return;
         }
     }
-    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
-        tracing::debug!(%target, error = %e, "upgraded connection ended");
+    let mut up = Tracked::new(up, activity.clone());
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut down, &mut up) => {
+            if let Err(e) = copied {
+                tracing::debug!(%target, error = %e, "upgraded connection ended");
+            }
+        }
+        _ = activity.idle_for(idle_timeout) => {
+            tracing::debug!(%target, ?idle_timeout, "upgraded connection idle: closed");
+        }
     }
     drop(slot);
     drop(in_flight);
