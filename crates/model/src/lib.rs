@@ -341,8 +341,9 @@ pub struct Service {
     pub url: Option<String>,
     #[serde(default)]
     pub timeouts: Timeouts,
-    /// Extra attempts, on another target when there is one, when connecting fails. The request
-    /// has not been sent then, so this is safe for any method.
+    /// Extra attempts, on another target when there is one, when connecting fails: for
+    /// idempotent methods, and for others only when the retry policy lists them (a request
+    /// that never reached its target is safe to resend, but the retry policy decides).
     #[serde(default = "default_retries")]
     pub retries: u32,
     /// What is retried and how (conditions, methods, backoff, budget). Default: connect
