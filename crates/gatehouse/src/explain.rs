@@ -49,7 +49,7 @@ pub fn run(
         workers: 1,
         node_index: 0,
     };
-    let snap = Snapshot::compile(config, None, node).map_err(|errs| {
+    let snap = Snapshot::plan(config, None, node).map_err(|errs| {
         let lines: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         anyhow!("the config does not compile:\n{}", lines.join("\n"))
     })?;

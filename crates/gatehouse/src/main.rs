@@ -399,7 +399,7 @@ fn validate(path: &Path, redis: Option<&str>) -> ExitCode {
     let errors = match load(path, redis) {
         Ok(config) => {
             let node = node_context(&config, None, None);
-            match Snapshot::compile(config, None, node) {
+            match Snapshot::plan(config, None, node) {
                 Ok(_) => {
                     println!("{}: valid", path.display());
                     return ExitCode::SUCCESS;

@@ -1320,3 +1320,33 @@ routes: [{{name: r, service: s, circuit_breaker: {{min_calls: 5}}, fallback: {{s
         404
     );
 }
+
+#[test]
+fn validate_creates_no_access_log_and_still_names_a_missing_directory() {
+    let dir = temp_dir("validate-log");
+    let log = dir.join("access.log");
+    let config = |path: &std::path::Path| {
+        format!(
+            "upstreams: [{{name: u, targets: [{{address: \"127.0.0.1:9000\"}}]}}]
+services: [{{name: s, upstream: u}}]
+routes: [{{name: r, service: s}}]
+observability:
+  access_log: {{path: \"{}\"}}
+  tracing: {{endpoint: \"http://127.0.0.1:9/v1/traces\"}}
+",
+            path.display()
+        )
+    };
+    let (code, out) = validate(&config(&log));
+    assert_eq!(code, 0, "{out}");
+    assert!(!log.exists(), "validate created the access log file");
+    let missing = dir.join("no-such-dir").join("access.log");
+    let (code, out) = validate(&config(&missing));
+    assert_eq!(code, 1);
+    assert!(
+        out.starts_with("observability.access_log.path: cannot open ")
+            && out.contains("No such file or directory"),
+        "{out}"
+    );
+    assert!(!missing.parent().unwrap().exists());
+}

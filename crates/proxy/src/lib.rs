@@ -141,7 +141,7 @@ impl Shared {
     /// Every problem compiling `config` would find, without swapping anything.
     pub fn check(&self, config: Config) -> Vec<ConfigError> {
         let current = self.snapshot.load();
-        Snapshot::compile(config, Some(&current), self.node)
+        Snapshot::plan(config, Some(&current), self.node)
             .err()
             .unwrap_or_default()
     }

@@ -53,6 +53,46 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
+    /// Checks that the log could be opened, without opening or creating anything: the file,
+    /// if it exists, is a file; otherwise its directory exists and is writable.
+    pub fn check(settings: &Settings) -> Result<(), String> {
+        if settings.path == "stdout" {
+            return Ok(());
+        }
+        let path = std::path::Path::new(&settings.path);
+        if let Ok(m) = std::fs::metadata(path) {
+            if !m.is_file() {
+                return Err(format!("cannot open {}: not a file", path.display()));
+            }
+            if m.permissions().readonly() {
+                return Err(format!("cannot open {}: read-only", path.display()));
+            }
+            return Ok(());
+        }
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => std::path::Path::new("."),
+        };
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() && !m.permissions().readonly() => Ok(()),
+            Ok(m) if m.is_dir() => Err(format!(
+                "cannot open {}: directory {} is read-only",
+                path.display(),
+                dir.display()
+            )),
+            Ok(_) => Err(format!(
+                "cannot open {}: {} is not a directory",
+                path.display(),
+                dir.display()
+            )),
+            Err(e) => Err(format!(
+                "cannot open {}: directory {}: {e}",
+                path.display(),
+                dir.display()
+            )),
+        }
+    }
+
     /// Opens the file (or stdout) and starts the writer. The error names what failed.
     pub fn open(settings: &Settings, node: Arc<NodeStats>) -> Result<Arc<Self>, String> {
         let out = Output::open(settings)?;

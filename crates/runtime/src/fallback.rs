@@ -142,6 +142,7 @@ impl Compiled {
         path: &str,
         upstream: Option<Arc<UpstreamEntry>>,
         previous: Option<&Compiled>,
+        resources: crate::snapshot::Resources,
     ) -> Result<Self, ConfigError> {
         let header = HeaderName::from_bytes(f.header.to_ascii_lowercase().as_bytes())
             .map_err(|e| ConfigError::new(format!("{path}.fallback.header"), e.to_string()))?;
@@ -171,6 +172,19 @@ impl Compiled {
                 }
                 let body = match (&s.body, &s.body_file) {
                     (Some(b), _) => Bytes::from(b.clone()),
+                    (None, Some(file)) if resources == crate::snapshot::Resources::Check => {
+                        match std::fs::metadata(file) {
+                            Ok(m) if m.is_file() => Bytes::new(),
+                            Ok(_) => {
+                                let why = format!("cannot read {file}: not a file");
+                                return Err(ConfigError::new(at("body_file"), why));
+                            }
+                            Err(e) => {
+                                let why = format!("cannot read {file}: {e}");
+                                return Err(ConfigError::new(at("body_file"), why));
+                            }
+                        }
+                    }
                     (None, Some(file)) => std::fs::read(file).map(Bytes::from).map_err(|e| {
                         ConfigError::new(at("body_file"), format!("cannot read {file}: {e}"))
                     })?,

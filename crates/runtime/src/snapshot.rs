@@ -19,6 +19,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Whether compiling acquires what the config names (files, threads) or only checks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resources {
+    Acquire,
+    Check,
+}
+
 /// Node facts that are not in the file, fixed for the life of the process.
 #[derive(Debug, Clone, Copy)]
 pub struct NodeContext {
@@ -182,10 +189,35 @@ pub enum HashSource {
 impl Snapshot {
     /// Builds a snapshot; `previous` lends target state (pools, counters) for targets that
     /// stay. On error nothing is built and the caller keeps serving the previous snapshot.
+    /// Compiles `config` into a snapshot to serve: acquires what it needs (the access log's
+    /// file and writer, the trace exporter, fallback body files), lending the previous
+    /// snapshot's state where settings stay.
     pub fn compile(
         config: Config,
         previous: Option<&Snapshot>,
         node: NodeContext,
+    ) -> Result<Snapshot, Vec<ConfigError>> {
+        Self::build(config, previous, node, Resources::Acquire)
+    }
+
+    /// Checks `config` as [`Snapshot::compile`] would, with no side effect: no file is opened
+    /// or created, no thread started, no socket opened (it may look at files and directories).
+    /// What `gatehouse validate`, admin dry runs and `explain` use. The snapshot it returns
+    /// holds no resources (no access log writer, no exporter, fallback files not read) and
+    /// must not serve traffic.
+    pub fn plan(
+        config: Config,
+        previous: Option<&Snapshot>,
+        node: NodeContext,
+    ) -> Result<Snapshot, Vec<ConfigError>> {
+        Self::build(config, previous, node, Resources::Check)
+    }
+
+    fn build(
+        config: Config,
+        previous: Option<&Snapshot>,
+        node: NodeContext,
+        resources: Resources,
     ) -> Result<Snapshot, Vec<ConfigError>> {
         let mut errs = gatehouse_model::validate(&config);
         let (env, env_errs) = plugin_env(&config, previous);
@@ -340,7 +372,7 @@ impl Snapshot {
                         .upstream
                         .as_ref()
                         .and_then(|u| upstreams.get(u.as_str()).cloned());
-                    match crate::fallback::Compiled::new(f, &path, up, old) {
+                    match crate::fallback::Compiled::new(f, &path, up, old, resources) {
                         Ok(c) => Some(c),
                         Err(e) => {
                             errs.push(e);
@@ -449,6 +481,7 @@ impl Snapshot {
             &config.observability,
             previous.map(|p| &p.telemetry),
             &mut errs,
+            resources,
         );
         let debug_header = HeaderName::from_bytes(
             config
@@ -670,6 +703,7 @@ pub fn upstream_path(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -699,6 +733,26 @@ routes:
             Ok(s) => s,
             Err(e) => panic!("{e:?}"),
         }
+    }
+
+    #[test]
+    fn a_plan_checks_resources_without_acquiring_them() {
+        let dir = std::env::temp_dir().join(format!("gatehouse-plan-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("access.log");
+        let yaml = format!(
+            "{CONFIG}observability:\n  access_log: {{path: \"{}\"}}\n  tracing: {{endpoint: \"http://127.0.0.1:9/v1/traces\"}}\n",
+            log.display()
+        );
+        let planned = Snapshot::plan(parse_config(&yaml).unwrap(), None, NODE).unwrap();
+        assert!(planned.telemetry.access_log.is_none(), "no writer");
+        assert!(planned.telemetry.tracer.is_none(), "no exporter");
+        assert!(!log.exists(), "no file");
+        let compiled = Snapshot::compile(parse_config(&yaml).unwrap(), None, NODE).unwrap();
+        assert!(compiled.telemetry.access_log.is_some());
+        assert!(log.exists());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

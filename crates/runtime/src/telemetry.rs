@@ -636,7 +636,9 @@ impl Telemetry {
         o: &gatehouse_model::Observability,
         previous: Option<&Telemetry>,
         errs: &mut Vec<gatehouse_model::ConfigError>,
+        resources: crate::snapshot::Resources,
     ) -> Self {
+        use crate::snapshot::Resources;
         let node: Arc<NodeStats> = previous.map_or_else(Arc::default, |p| p.node.clone());
         let access_log = o.access_log.as_ref().and_then(|s| {
             let kept = previous
@@ -644,6 +646,15 @@ impl Telemetry {
                 .filter(|l| l.settings == *s);
             match kept {
                 Some(l) => Some(l.clone()),
+                None if resources == Resources::Check => {
+                    if let Err(e) = crate::access_log::AccessLog::check(s) {
+                        errs.push(gatehouse_model::ConfigError::new(
+                            "observability.access_log.path",
+                            e,
+                        ));
+                    }
+                    None
+                }
                 None => crate::access_log::AccessLog::open(s, node.clone())
                     .map_err(|e| {
                         errs.push(gatehouse_model::ConfigError::new(
@@ -660,6 +671,15 @@ impl Telemetry {
                 .filter(|t| t.settings == *s);
             match kept {
                 Some(t) => Some(t.clone()),
+                None if resources == Resources::Check => {
+                    if let Err(e) = crate::trace::Tracer::check(s) {
+                        errs.push(gatehouse_model::ConfigError::new(
+                            "observability.tracing",
+                            e,
+                        ));
+                    }
+                    None
+                }
                 None => crate::trace::Tracer::start(s, node.clone())
                     .map_err(|e| {
                         errs.push(gatehouse_model::ConfigError::new(

@@ -211,7 +211,8 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    pub fn start(settings: &Settings, node: Arc<NodeStats>) -> Result<Arc<Self>, String> {
+    /// The endpoint and headers `settings` name, or what is wrong with them; starts nothing.
+    pub fn check(settings: &Settings) -> Result<(http::Uri, http::HeaderMap), String> {
         let uri: http::Uri = settings
             .endpoint
             .parse()
@@ -222,6 +223,11 @@ impl Tracer {
             let v = HeaderValue::try_from(v.as_str()).map_err(|e| format!("headers: {e}"))?;
             headers.insert(k, v);
         }
+        Ok((uri, headers))
+    }
+
+    pub fn start(settings: &Settings, node: Arc<NodeStats>) -> Result<Arc<Self>, String> {
+        let (uri, headers) = Self::check(settings)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(settings.buffer);
         let exporter = Exporter {
             uri,
