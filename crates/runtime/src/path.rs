@@ -55,11 +55,14 @@ pub fn normalize(path: &str, slashes: EncodedSlashes) -> Result<Cow<'_, str>, Pa
 
 /// True when nothing in `path` can change: no escape, no backslash, no empty or dot segment.
 fn is_plain(path: &str) -> bool {
-    let b = path.as_bytes();
-    !b.iter().any(|&c| c == b'%' || c == b'\\')
-        && !b
-            .windows(2)
-            .any(|w| w[0] == b'/' && (w[1] == b'/' || w[1] == b'.'))
+    let mut prev = 0u8;
+    for &c in path.as_bytes() {
+        if c == b'%' || c == b'\\' || (prev == b'/' && (c == b'/' || c == b'.')) {
+            return false;
+        }
+        prev = c;
+    }
+    true
 }
 
 fn hex(c: u8) -> Option<u8> {

@@ -12,21 +12,28 @@ use std::net::{IpAddr, SocketAddr};
 /// The request's client, as the gateway believes it.
 pub struct Client {
     pub ip: IpAddr,
-    /// `ip` as a header value.
-    pub value: HeaderValue,
+    /// `ip` as a header value, when it is not the peer's (see [`Client::value`]).
+    own_value: Option<HeaderValue>,
     /// The connection came from a trusted proxy: its forwarding headers were believed.
     pub via_trusted_proxy: bool,
 }
 
+impl Client {
+    /// `ip` as a header value: the connection's own unless a trusted proxy named another.
+    pub fn value<'a>(&'a self, conn: &'a ConnInfo) -> &'a HeaderValue {
+        self.own_value.as_ref().unwrap_or(&conn.client_ip)
+    }
+}
+
 /// The client of a request with `headers` that came over `conn`.
 pub fn resolve(conn: &ConnInfo, headers: &HeaderMap, trusted: &[IpNet]) -> Client {
-    let peer = Client {
-        ip: conn.ip,
-        value: conn.client_ip.clone(),
-        via_trusted_proxy: false,
-    };
     if !is_trusted(trusted, conn.ip) {
-        return peer;
+        // The common case costs nothing per request: the peer's value is the connection's.
+        return Client {
+            ip: conn.ip,
+            own_value: None,
+            via_trusted_proxy: false,
+        };
     }
     let found = forwarded_for(headers, trusted).or_else(|| {
         headers
@@ -36,11 +43,9 @@ pub fn resolve(conn: &ConnInfo, headers: &HeaderMap, trusted: &[IpNet]) -> Clien
     let ip = found.unwrap_or(conn.ip);
     Client {
         ip,
-        value: if ip == conn.ip {
-            peer.value
-        } else {
-            HeaderValue::from_str(&ip.to_string()).unwrap_or(peer.value)
-        },
+        own_value: (ip != conn.ip)
+            .then(|| HeaderValue::from_str(&ip.to_string()).ok())
+            .flatten(),
         via_trusted_proxy: true,
     }
 }
@@ -100,8 +105,9 @@ mod tests {
             .iter()
             .map(|t| gatehouse_model::parse_cidr(t).unwrap())
             .collect();
-        let c = resolve(&conn(peer), &h, &nets);
-        assert_eq!(c.value.to_str().unwrap(), c.ip.to_string());
+        let conn = conn(peer);
+        let c = resolve(&conn, &h, &nets);
+        assert_eq!(c.value(&conn).to_str().unwrap(), c.ip.to_string());
         (c.ip.to_string(), c.via_trusted_proxy)
     }
 

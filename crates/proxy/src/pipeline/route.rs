@@ -51,7 +51,7 @@ pub fn route<'s, B>(
     let route = snap.routes.get(m.route).ok_or(Failure::NoRoute)?;
     let service = snap.services.get(route.service).ok_or(Failure::NoRoute)?;
     let new_path = upstream_path(route, service, &m, &view, info.h2);
-    let hash_key = hash_key(&service.upstream.hash, &view, &client.value);
+    let hash_key = hash_key(&service.upstream.hash, &view, client.value(info));
     Ok(Routed {
         index: m.route,
         route,

@@ -34,7 +34,7 @@ pub fn build(
         }
     }
     remove_hop_by_hop(&mut parts.headers, upgrade);
-    let (peer, client) = (&st.info.client_ip, &st.client.value);
+    let (peer, client) = (&st.info.client_ip, st.client.value(&st.info));
     set_forwarded(&mut parts.headers, peer, client, routed.host.clone());
     if let (Some(h), false) = (
         &routed.route.retry.deadline_header,
