@@ -48,6 +48,7 @@ pub fn run(
     let node = NodeContext {
         workers: 1,
         node_index: 0,
+        registry: gatehouse_plugins::registry(),
     };
     let snap = Snapshot::plan(config, None, node).map_err(|errs| {
         let lines: Vec<String> = errs.iter().map(|e| e.to_string()).collect();

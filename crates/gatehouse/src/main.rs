@@ -24,12 +24,12 @@ use tokio::signal::unix::{signal, SignalKind};
 fn plugins(what: Option<PluginsCommand>) -> ExitCode {
     match what {
         None => {
-            for k in gatehouse_plugins::REGISTRY {
+            for k in gatehouse_plugins::registry().kinds() {
                 println!("{}\tpriority {}", k.name(), k.priority());
             }
             ExitCode::SUCCESS
         }
-        Some(PluginsCommand::Schema { name }) => match gatehouse_plugins::find(&name) {
+        Some(PluginsCommand::Schema { name }) => match gatehouse_plugins::registry().find(&name) {
             Some(k) => match serde_json::to_string_pretty(&k.schema()) {
                 Ok(s) => {
                     println!("{s}");
@@ -364,7 +364,7 @@ pub(crate) fn load(path: &Path, redis: Option<&str>) -> Result<Config, ConfigErr
             format!("cannot read {}: {e}", path.display()),
         )])
     })?;
-    parse_config_for_node(&text, redis)
+    parse_config_for_node(&text, gatehouse_plugins::registry(), redis)
 }
 
 pub(crate) fn node_context(
@@ -373,6 +373,7 @@ pub(crate) fn node_context(
     node_index: Option<u32>,
 ) -> NodeContext {
     NodeContext {
+        registry: gatehouse_plugins::registry(),
         workers: workers
             .or(config.node.workers)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
@@ -442,6 +443,7 @@ async fn run(path: PathBuf, flags: NodeFlags) -> anyhow::Result<()> {
         listen,
         workers: node.workers,
         node_index: node.node_index,
+        registry: gatehouse_plugins::registry(),
     };
     let gateway = Gateway::start(config, &opts)?;
     let admin_listener = tokio::net::TcpListener::bind(admin_addr)
@@ -577,11 +579,12 @@ observability:
     fields: [time, method, path, route, status, duration, upstream_duration]
 "#
     );
-    let config = parse_config(&yaml).map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
+    let config = parse_config(&yaml, gatehouse_plugins::registry()).map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
     let opts = StartOptions {
         listen: vec![listen],
         workers: 1,
         node_index: 0,
+        registry: gatehouse_plugins::registry(),
     };
     let gateway = Gateway::start(config, &opts)?;
     let addr = gateway.addrs().first().copied().unwrap_or(listen);

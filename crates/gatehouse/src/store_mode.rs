@@ -62,6 +62,7 @@ pub async fn run(url: String, flags: NodeFlags) -> anyhow::Result<()> {
         listen,
         workers: node.workers,
         node_index: node.node_index,
+        registry: gatehouse_plugins::registry(),
     };
     let gateway = Gateway::start(config, &opts)
         .with_context(|| format!("the config in {url} (revision {revision}) does not start"))?;

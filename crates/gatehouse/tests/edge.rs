@@ -156,6 +156,7 @@ async fn a_malformed_chunked_body_is_the_clients_fault_and_the_connection_is_not
         listen: vec!["127.0.0.1:0".parse().unwrap()],
         workers: 1,
         node_index: 0,
+        registry: gatehouse_plugins::registry(),
     };
     let g = Gateway::start(config, &opts).unwrap();
     let a = addr(&g);

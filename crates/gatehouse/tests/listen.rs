@@ -14,6 +14,7 @@ fn gateway_listening(yaml: &str) -> Gateway {
         listen: Vec::new(),
         workers: 2,
         node_index: 0,
+        registry: gatehouse_plugins::registry(),
     };
     Gateway::start(config, &opts).unwrap()
 }

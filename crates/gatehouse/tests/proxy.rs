@@ -339,6 +339,7 @@ async fn weighted_round_robin_across_origins() {
             listen: vec!["127.0.0.1:0".parse().unwrap()],
             workers: 1,
             node_index: 0,
+            registry: gatehouse_plugins::registry(),
         },
     )
     .unwrap();
@@ -644,6 +645,7 @@ async fn reload_keeps_pools_of_targets_that_stay() {
             listen: vec!["127.0.0.1:0".parse().unwrap()],
             workers: 1,
             node_index: 0,
+            registry: gatehouse_plugins::registry(),
         },
     )
     .unwrap();

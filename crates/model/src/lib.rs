@@ -507,6 +507,10 @@ pub struct Consumer {
     pub username: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom_id: Option<String>,
+    /// The consumer's credentials by the plugin kind that checks them (`key-auth: [{key:
+    /// ...}]`); each kind defines, and checks, the shape of its own.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub credentials: std::collections::BTreeMap<String, Vec<serde_json::Value>>,
 }
 
 /// A plugin instance, scoped globally or to a route, service or consumer.

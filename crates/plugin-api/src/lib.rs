@@ -3,17 +3,24 @@
 //! [`PluginKind`], how a plugin is registered, configured and validated.
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
+mod consumers;
+mod gateway;
 mod redis_store;
+mod registry;
+pub mod testing;
+pub use consumers::{Consumer, ConsumerIndex, Credential, Found};
+pub use gateway::{Gateway, SubFuture, SubLimits, SubrequestError, UpstreamRef};
 pub use redis;
 pub use redis_store::RedisStore;
+pub use registry::{Registry, TypedKind};
 
 /// What a phase hook decided.
 pub enum Flow {
@@ -52,6 +59,27 @@ impl From<HeaderMap> for Later {
 /// concurrency slot, so no path can leak one.
 pub type Hold = Box<dyn std::any::Any + Send + Sync>;
 
+/// The request head as the `response` phase sees it (kept only for routes whose plugins
+/// declare [`Needs::request_head`]).
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    pub method: http::Method,
+    pub uri: http::Uri,
+    pub version: http::Version,
+    pub headers: HeaderMap,
+}
+
+impl RequestHead {
+    pub fn of(parts: &http::request::Parts) -> Self {
+        Self {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+        }
+    }
+}
+
 /// The request as plugins see it, from the `rewrite` phase to `upstream_request`.
 pub struct RequestCtx<'a> {
     /// Method, URI, version and headers of the request; `rewrite` and `upstream_request` hooks
@@ -62,7 +90,7 @@ pub struct RequestCtx<'a> {
     pub service: &'a str,
     /// The route's importance under overload (its `priority_class`).
     pub priority_class: PriorityClass,
-    /// Set by an authentication plugin once it identified the caller.
+    /// Set by an authentication plugin (see [`RequestCtx::authenticate`]).
     pub consumer: Option<Consumer>,
     /// Headers to add to the response the client gets, whatever produces it (e.g. the
     /// rate-limit headers on an admitted request).
@@ -72,6 +100,18 @@ pub struct RequestCtx<'a> {
     /// The most request-body bytes that may go upstream; past it the exchange is aborted and
     /// the client gets 413. Set with [`RequestCtx::limit_body`].
     pub body_limit: Option<u64>,
+    /// This request's typed state, shared by every hook of every phase (`access` writes,
+    /// `response`, `response_body` and `log` read). Each plugin keys it by a type of its own.
+    /// Costs nothing until something is inserted.
+    pub state: &'a mut Extensions,
+    /// The whole request body, from the `access` phase on, when a plugin of the route asked
+    /// for it ([`Needs::request_body`]); it still goes upstream, and retries send it again.
+    pub body: Option<&'a Bytes>,
+    /// Where the request goes instead of its service's upstream (see
+    /// [`RequestCtx::set_upstream`]).
+    pub upstream: Option<UpstreamRef>,
+    /// The gateway: consumers and sub-requests.
+    pub gateway: &'a dyn Gateway,
 }
 
 impl RequestCtx<'_> {
@@ -79,6 +119,28 @@ impl RequestCtx<'_> {
     /// as the body streams, so it also catches chunked bodies and lying `Content-Length`s.
     pub fn limit_body(&mut self, max: u64) {
         self.body_limit = Some(self.body_limit.map_or(max, |l| l.min(max)));
+    }
+
+    /// The caller is `consumer` (found with [`ConsumerIndex::find`]): from the next plugin on,
+    /// consumer-scoped instances apply, and limits keyed by `consumer` count it.
+    pub fn authenticate(&mut self, consumer: &Consumer) {
+        self.consumer = Some(consumer.clone());
+    }
+
+    /// The snapshot's consumers, to look a credential up.
+    pub fn consumers(&self) -> &ConsumerIndex {
+        self.gateway.consumers()
+    }
+
+    /// Sends this request to `upstream` instead of its service's (the service's timeouts,
+    /// retries and path handling stay). The last plugin to choose wins.
+    pub fn set_upstream(&mut self, upstream: &UpstreamRef) {
+        self.upstream = Some(upstream.clone());
+    }
+
+    /// Starts a sub-request through the gateway's pools (await it in a [`Flow::Wait`]).
+    pub fn subrequest(&self, to: &UpstreamRef, req: Request<Bytes>, limits: SubLimits) -> SubFuture {
+        self.gateway.subrequest(to, req, limits)
     }
 }
 
@@ -91,15 +153,34 @@ pub enum PriorityClass {
     Sheddable,
 }
 
-/// A caller identified by an authentication plugin.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Consumer {
-    /// Index in the snapshot's consumer list: how consumer-scoped plugins are found.
-    pub index: usize,
-    pub username: Arc<str>,
-    /// The credential that identified the caller (an API key's id, a JWT `sub`...), when it
-    /// differs from the username; limits can be keyed by it.
-    pub credential: Option<Arc<str>>,
+/// What an instance asks the pipeline for beyond the phase hooks. Compiled into each route's
+/// chain, so routes whose plugins ask for nothing pay nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// Run [`Plugin::log`] once the request has ended.
+    pub log: bool,
+    /// Keep the request head for the `response` phase ([`ResponseCtx::request`]).
+    pub request_head: bool,
+    /// Read the request body, up to this many bytes, before the `access` phase
+    /// ([`RequestCtx::body`]); a longer body gets 413.
+    pub request_body: Option<u64>,
+    /// Run [`Plugin::response_body`] on every chunk of the response body.
+    pub response_body: bool,
+}
+
+impl Needs {
+    /// What a chain of instances needs together (the largest body cap).
+    pub fn union(self, other: Needs) -> Needs {
+        Needs {
+            log: self.log || other.log,
+            request_head: self.request_head || other.request_head,
+            request_body: match (self.request_body, other.request_body) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            },
+            response_body: self.response_body || other.response_body,
+        }
+    }
 }
 
 /// The response head as plugins see it in the `response` phase.
@@ -107,12 +188,32 @@ pub struct ResponseCtx<'a> {
     pub status: StatusCode,
     pub headers: &'a mut HeaderMap,
     pub route: &'a str,
+    pub service: &'a str,
+    /// The request as it came (after `rewrite`), when a plugin of the route declared
+    /// [`Needs::request_head`].
+    pub request: Option<&'a RequestHead>,
+    pub consumer: Option<&'a Consumer>,
+    /// The request's typed state (see [`RequestCtx::state`]).
+    pub state: &'a mut Extensions,
+}
+
+/// A response body chunk as [`Plugin::response_body`] sees it.
+pub struct BodyCtx<'a> {
+    pub status: StatusCode,
+    pub route: &'a str,
+    pub consumer: Option<&'a Consumer>,
+    pub state: &'a mut Extensions,
 }
 
 /// One configured plugin instance. Every hook is a no-op by default; implement the ones the
 /// plugin needs. Instances are shared by all workers and live across reloads while their
-/// config is unchanged, so state (counters) belongs in them.
+/// config is unchanged, so state (counters) belongs in them; state of one request belongs in
+/// [`RequestCtx::state`].
 pub trait Plugin: Send + Sync + 'static {
+    /// What this instance asks of the pipeline beyond the hooks (read once, at compile).
+    fn needs(&self) -> Needs {
+        Needs::default()
+    }
     /// Before anything else looks at the request: change the path, headers.
     fn rewrite(&self, _ctx: &mut RequestCtx<'_>) -> Flow {
         Flow::Continue
@@ -121,20 +222,20 @@ pub trait Plugin: Send + Sync + 'static {
     fn access(&self, _ctx: &mut RequestCtx<'_>) -> Flow {
         Flow::Continue
     }
-    /// Just before the request goes upstream (after the target is known).
+    /// Just before the request goes upstream (after the target is known), once per attempt.
     fn upstream_request(&self, _ctx: &mut RequestCtx<'_>) -> Flow {
         Flow::Continue
     }
     /// On the response head, from the upstream or made by the gateway.
     fn response(&self, _ctx: &mut ResponseCtx<'_>) {}
-    /// Once the request has ended: its response body sent, or the client gone. Runs only if
-    /// [`Plugin::wants_log`] says so (most plugins do not, and then the request carries
-    /// nothing for this phase), on the worker that served the request: it must not block.
+    /// On each chunk of the response body as it streams (when [`Needs::response_body`]);
+    /// `end` is true on the last call, whose chunk may be empty. The chunk may be replaced
+    /// (emptied to hold data back in `state`, then released at the end). The response's
+    /// `Content-Length` is dropped, since the length may change.
+    fn response_body(&self, _ctx: &mut BodyCtx<'_>, _chunk: &mut Bytes, _end: bool) {}
+    /// Once the request has ended: its response body sent, or the client gone (when
+    /// [`Needs::log`]), on the worker that served the request: it must not block.
     fn log(&self, _ctx: &LogCtx<'_>) {}
-    /// Whether [`Plugin::log`] should run.
-    fn wants_log(&self) -> bool {
-        false
-    }
     /// What this instance tells requests apart by when it rejects them (a limit's key, e.g.
     /// `ip` or `header:x-user`): the `key` label of `gatehouse_plugin_rejections_total`.
     fn key_class(&self) -> &str {
@@ -156,6 +257,8 @@ pub struct LogCtx<'a> {
     pub status: StatusCode,
     /// From the start of the plugin phases to the end of the request.
     pub duration: std::time::Duration,
+    /// The request's typed state (see [`RequestCtx::state`]).
+    pub state: &'a Extensions,
 }
 
 /// A problem in a plugin's config: `path` is relative to `config` (`limit`, `key[1]`), empty
@@ -175,8 +278,8 @@ impl FieldError {
     }
 }
 
-/// Node facts a plugin may need when it is built.
-#[derive(Debug, Clone, Default)]
+/// Node facts a plugin may need when it is built, and the upstreams it may name.
+#[derive(Clone, Default)]
 pub struct BuildEnv {
     /// How many gateway nodes share cluster-wide limits (for local fallbacks).
     pub nodes: u32,
@@ -185,6 +288,65 @@ pub struct BuildEnv {
     /// The instance's scope, e.g. `route=api`, `consumer=a,route=api` or `global`: stable
     /// across nodes and reloads, so cluster-wide state of one instance can be named by it.
     pub scope: String,
+    upstreams: Arc<std::collections::HashSet<Box<str>>>,
+    /// The upstreams this instance named, so a reload that removes one is refused.
+    named: Arc<Mutex<Vec<UpstreamRef>>>,
+}
+
+impl BuildEnv {
+    pub fn new<'u>(
+        nodes: u32,
+        redis: Option<Arc<RedisStore>>,
+        upstreams: impl IntoIterator<Item = &'u str>,
+    ) -> Self {
+        Self {
+            nodes,
+            redis,
+            scope: String::new(),
+            upstreams: Arc::new(upstreams.into_iter().map(Into::into).collect()),
+            named: Arc::default(),
+        }
+    }
+
+    /// The environment of one instance (its own record of named upstreams).
+    pub fn for_scope(&self, scope: String) -> Self {
+        Self {
+            scope,
+            named: Arc::default(),
+            ..self.clone()
+        }
+    }
+
+    /// The config's upstream called `name`, for [`RequestCtx::set_upstream`] or sub-requests;
+    /// `Err` (for a [`FieldError`]) when the config has none.
+    pub fn upstream(&self, name: &str) -> Result<UpstreamRef, String> {
+        if !self.upstreams.contains(name) {
+            return Err(format!("no upstream is called \"{name}\""));
+        }
+        Ok(self.note(UpstreamRef::upstream(name)))
+    }
+
+    /// A URL's origin as an upstream for sub-requests (`http://host[:port][/path]`).
+    pub fn url(&self, url: &str) -> Result<UpstreamRef, String> {
+        UpstreamRef::url(url).map(|r| self.note(r))
+    }
+
+    /// The upstreams and URLs this instance named while it was built.
+    pub fn named(&self) -> Vec<UpstreamRef> {
+        self.named.lock().map(|n| n.clone()).unwrap_or_default()
+    }
+
+    /// Whether the config has an upstream called `name`.
+    pub fn has_upstream(&self, name: &str) -> bool {
+        self.upstreams.contains(name)
+    }
+
+    fn note(&self, r: UpstreamRef) -> UpstreamRef {
+        if let Ok(mut n) = self.named.lock() {
+            n.push(r.clone());
+        }
+        r
+    }
 }
 
 /// Nanoseconds on a process-wide monotonic clock, offset by a day so that 0 is always "long
@@ -196,7 +358,7 @@ pub fn now_ns() -> u64 {
 }
 
 /// A kind of plugin: its name, where it runs among the others, its config schema, and how an
-/// instance is built from config. Registered once in the plugins crate's list.
+/// instance is built from config. Most kinds implement [`TypedKind`] instead and get this.
 pub trait PluginKind: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Higher runs first within a phase (Kong's convention: authentication ~1000+, limits
@@ -210,6 +372,23 @@ pub trait PluginKind: Send + Sync + 'static {
         config: &serde_json::Value,
         env: &BuildEnv,
     ) -> Result<Arc<dyn Plugin>, Vec<FieldError>>;
+    /// Whether an instance may be scoped to one consumer (an authentication plugin may not:
+    /// Kong's `no_consumer`). A config that scopes one anyway is rejected.
+    fn consumer_scopable(&self) -> bool {
+        true
+    }
+    /// For kinds that identify callers: the JSON Schema of one credential in
+    /// `consumers[].credentials.<kind>`.
+    fn credential_schema(&self) -> Option<serde_json::Value> {
+        None
+    }
+    /// Checks one credential of a consumer and makes what lookups find.
+    fn credential(&self, _config: &serde_json::Value) -> Result<Credential, Vec<FieldError>> {
+        Err(vec![FieldError::new(
+            "",
+            format!("{} takes no consumer credentials", self.name()),
+        )])
+    }
 }
 
 /// The status of a rejection, from config field `field`: an error status (400-599), or a

@@ -7,8 +7,8 @@
 
 use crate::cpu;
 use gatehouse_plugin_api::{
-    header_name, json_response, now_ns, parse_config, rejection_status, schema_of, BuildEnv,
-    FieldError, Flow, Plugin, PluginKind, PriorityClass, RequestCtx,
+    header_name, json_response, now_ns, rejection_status, BuildEnv,
+    FieldError, Flow, Plugin, TypedKind, PriorityClass, RequestCtx,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use schemars::JsonSchema;
@@ -68,23 +68,14 @@ fn one() -> u32 {
 
 pub struct Kind;
 
-impl PluginKind for Kind {
-    fn name(&self) -> &'static str {
-        "adaptive-shed"
-    }
-    fn priority(&self) -> i32 {
-        // First in access: shedding must cost less than the work it saves.
-        1980
-    }
-    fn schema(&self) -> serde_json::Value {
-        schema_of::<Config>()
-    }
-    fn build(
-        &self,
-        config: &serde_json::Value,
-        _env: &BuildEnv,
-    ) -> Result<std::sync::Arc<dyn Plugin>, Vec<FieldError>> {
-        let shed = Shed::new(parse_config(config)?, Arc::new(cpu::usage))?;
+impl TypedKind for Kind {
+    const NAME: &'static str = "adaptive-shed";
+    // First in access: shedding must cost less than the work it saves.
+    const PRIORITY: i32 = 1980;
+    type Config = Config;
+
+    fn build(&self, config: Config, _env: &BuildEnv) -> Result<Arc<dyn Plugin>, Vec<FieldError>> {
+        let shed = Shed::new(config, Arc::new(cpu::usage))?;
         cpu::start_sampler();
         Ok(Arc::new(shed))
     }
@@ -276,7 +267,8 @@ impl Plugin for Shed {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::test_support::Req;
+    use crate::test_support::{req, AccessNow, Req};
+    use gatehouse_plugin_api::{parse_config, PluginKind};
     use serde_json::json;
     use std::sync::atomic::AtomicU64;
 
@@ -287,8 +279,8 @@ mod tests {
 
     #[test]
     fn bad_configs_name_the_field() {
-        let errs = Kind
-            .build(
+        let errs = PluginKind::build(
+                &Kind,
                 &json!({"cpu_threshold": 2, "sheddable_share": 0, "priority_header": "a b"}),
                 &BuildEnv::default(),
             )
@@ -318,9 +310,9 @@ mod tests {
         }
         let mut held = Vec::new();
         let admit = |class: PriorityClass, held: &mut Vec<Req>| {
-            let mut r = Req::new("10.0.0.1");
-            r.class = class;
-            let ok = r.access(&s).is_ok();
+            let mut r = req("10.0.0.1");
+            r.priority_class = class;
+            let ok = r.access_now(&s).is_ok();
             held.push(r);
             ok
         };
@@ -347,24 +339,24 @@ mod tests {
         for _ in 0..5 {
             assert!(admit(PriorityClass::Critical, &mut held));
         }
-        let mut r = Req::new("10.0.0.1");
-        let resp = r.access(&s).unwrap_err();
+        let mut r = req("10.0.0.1");
+        let resp = r.access_now(&s).unwrap_err();
         assert_eq!(resp.status(), 503);
         assert_eq!(resp.headers()["retry-after"], "1");
         // A trusted header overrides the route's class.
-        let mut r = Req::new("10.0.0.1");
-        r.class = PriorityClass::Critical;
+        let mut r = req("10.0.0.1");
+        r.priority_class = PriorityClass::Critical;
         r.parts
             .headers
             .insert("x-prio", "sheddable".parse().unwrap());
         held.truncate(8); // 7 in flight: under critical's 10, over sheddable's 5
-        assert!(r.access(&s).is_err(), "sheddable by header");
+        assert!(r.access_now(&s).is_err(), "sheddable by header");
         r.parts.headers.remove("x-prio");
-        assert!(r.access(&s).is_ok(), "critical by route");
+        assert!(r.access_now(&s).is_ok(), "critical by route");
         // Cooling down: the CPU reads low, but a shed just happened, so capacity still holds.
         cpu.store(10, Ordering::Relaxed);
-        let mut r = Req::new("10.0.0.1");
-        r.class = PriorityClass::Sheddable;
-        assert!(r.access(&s).is_err());
+        let mut r = req("10.0.0.1");
+        r.priority_class = PriorityClass::Sheddable;
+        assert!(r.access_now(&s).is_err());
     }
 }

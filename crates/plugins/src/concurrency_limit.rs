@@ -6,8 +6,8 @@ use crate::key::{Key, KeySpec, UaClass};
 use bytes::Bytes;
 use dashmap::DashMap;
 use gatehouse_plugin_api::{
-    json_response, now_ns, parse_config, rejection_status, schema_of, BuildEnv, FieldError, Flow,
-    Later, Plugin, PluginKind, RequestCtx,
+    json_response, now_ns, rejection_status, BuildEnv, FieldError, Flow,
+    Later, Plugin, TypedKind, RequestCtx,
 };
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use schemars::JsonSchema;
@@ -52,23 +52,14 @@ fn unavailable() -> u16 {
 
 pub struct Kind;
 
-impl PluginKind for Kind {
-    fn name(&self) -> &'static str {
-        "concurrency-limit"
-    }
-    fn priority(&self) -> i32 {
-        // After rate-limit (910): a request over its rate never takes a slot.
-        900
-    }
-    fn schema(&self) -> serde_json::Value {
-        schema_of::<Config>()
-    }
-    fn build(
-        &self,
-        config: &serde_json::Value,
-        _env: &BuildEnv,
-    ) -> Result<Arc<dyn Plugin>, Vec<FieldError>> {
-        Ok(Arc::new(ConcurrencyLimit::new(parse_config(config)?)?))
+impl TypedKind for Kind {
+    const NAME: &'static str = "concurrency-limit";
+    // After rate-limit (910): a request over its rate never takes a slot.
+    const PRIORITY: i32 = 900;
+    type Config = Config;
+
+    fn build(&self, config: Config, _env: &BuildEnv) -> Result<Arc<dyn Plugin>, Vec<FieldError>> {
+        Ok(Arc::new(ConcurrencyLimit::new(config)?))
     }
 }
 
@@ -208,11 +199,12 @@ impl Plugin for ConcurrencyLimit {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::test_support::Req;
+    use crate::test_support::{req, AccessNow};
+    use gatehouse_plugin_api::PluginKind;
     use serde_json::json;
 
     fn build(config: serde_json::Value) -> Result<Arc<dyn Plugin>, Vec<FieldError>> {
-        Kind.build(&config, &BuildEnv::default())
+        PluginKind::build(&Kind, &config, &BuildEnv::default())
     }
 
     #[test]
@@ -236,20 +228,20 @@ mod tests {
     fn slots_are_held_until_the_hold_is_dropped() {
         let p = build(json!({"max": 2, "key": "ip"})).unwrap();
         let (mut a, mut b, mut c) = (
-            Req::new("10.0.0.1"),
-            Req::new("10.0.0.1"),
-            Req::new("10.0.0.1"),
+            req("10.0.0.1"),
+            req("10.0.0.1"),
+            req("10.0.0.1"),
         );
-        assert!(a.access(&*p).is_ok());
-        assert!(b.access(&*p).is_ok());
-        let r = c.access(&*p).unwrap_err();
+        assert!(a.access_now(&*p).is_ok());
+        assert!(b.access_now(&*p).is_ok());
+        let r = c.access_now(&*p).unwrap_err();
         assert_eq!(r.status(), 503);
         assert_eq!(r.headers()["retry-after"], "1");
         // Another key has its own slots.
-        assert!(Req::new("10.0.0.2").access(&*p).is_ok());
+        assert!(req("10.0.0.2").access_now(&*p).is_ok());
         // The first request ends: its slot is free again.
         a.holds.clear();
-        assert!(c.access(&*p).is_ok());
+        assert!(c.access_now(&*p).is_ok());
         assert_eq!(c.holds.len(), 1);
     }
 
@@ -257,14 +249,14 @@ mod tests {
     async fn a_short_queue_waits_in_order_then_times_out() {
         let p =
             build(json!({"max": 1, "key": "route", "queue": 1, "queue_timeout": "200ms"})).unwrap();
-        let mut first = Req::new("10.0.0.1");
-        assert!(first.access(&*p).is_ok());
-        let mut second = Req::new("10.0.0.2");
+        let mut first = req("10.0.0.1");
+        assert!(first.access_now(&*p).is_ok());
+        let mut second = req("10.0.0.2");
         let Flow::Wait(waiting) = p.access(&mut second.ctx()) else {
             panic!("the second request queues");
         };
         // The queue (1) is full: the third is rejected at once.
-        let third = Req::new("10.0.0.3").access(&*p);
+        let third = req("10.0.0.3").access_now(&*p);
         assert_eq!(third.unwrap_err().status(), 503);
         // The first ends while the second waits: the second gets the slot.
         let release = tokio::spawn(async move {
@@ -275,7 +267,7 @@ mod tests {
         assert!(later.hold.is_some());
         release.await.unwrap();
         // Nothing frees the slot now: the next one waits its 200 ms, then is rejected.
-        let mut fourth = Req::new("10.0.0.4");
+        let mut fourth = req("10.0.0.4");
         let Flow::Wait(waiting) = p.access(&mut fourth.ctx()) else {
             panic!("queues");
         };
@@ -284,16 +276,16 @@ mod tests {
         assert!(t.elapsed() >= Duration::from_millis(190));
         drop(later);
         // A client that goes away while queued leaves the queue.
-        let mut fifth = Req::new("10.0.0.5");
+        let mut fifth = req("10.0.0.5");
         let Flow::Continue = p.access(&mut fifth.ctx()) else {
             panic!("the slot is free again");
         };
-        let mut sixth = Req::new("10.0.0.6");
+        let mut sixth = req("10.0.0.6");
         let Flow::Wait(gone) = p.access(&mut sixth.ctx()) else {
             panic!("queues");
         };
         drop(gone);
-        let mut seventh = Req::new("10.0.0.7");
+        let mut seventh = req("10.0.0.7");
         assert!(
             matches!(p.access(&mut seventh.ctx()), Flow::Wait(_)),
             "the queue place was given back"

@@ -1,7 +1,8 @@
 //! Gatehouse's built-in plugins and the registry of them. Adding a plugin is one new file
-//! (or folder) here and one line in [`REGISTRY`].
+//! (or folder) here and one line in [`registry`].
 
-use gatehouse_plugin_api::PluginKind;
+use gatehouse_plugin_api::Registry;
+use std::sync::OnceLock;
 
 pub mod adaptive_shed;
 pub mod concurrency_limit;
@@ -13,17 +14,17 @@ pub mod request_size_limit;
 #[cfg(test)]
 mod test_support;
 
-/// Every plugin kind the gateway knows, by name.
-pub static REGISTRY: &[&dyn PluginKind] = &[
-    &rate_limit::Kind,
-    &concurrency_limit::Kind,
-    &request_size_limit::Kind,
-    &adaptive_shed::Kind,
-];
-
-/// The registered kind called `name`.
-pub fn find(name: &str) -> Option<&'static dyn PluginKind> {
-    REGISTRY.iter().copied().find(|k| k.name() == name)
+/// Every plugin kind the gateway ships, by name.
+pub fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        Registry::new(&[
+            &rate_limit::Kind,
+            &concurrency_limit::Kind,
+            &request_size_limit::Kind,
+            &adaptive_shed::Kind,
+        ])
+    })
 }
 
 #[cfg(test)]
@@ -31,12 +32,12 @@ pub fn find(name: &str) -> Option<&'static dyn PluginKind> {
 mod tests {
     #[test]
     fn names_are_unique_and_schemas_are_objects() {
-        let mut names: Vec<_> = super::REGISTRY.iter().map(|k| k.name()).collect();
+        let mut names: Vec<_> = super::registry().kinds().map(|k| k.name()).collect();
         names.sort_unstable();
         let n = names.len();
         names.dedup();
         assert_eq!(n, names.len(), "duplicate plugin names");
-        for k in super::REGISTRY {
+        for k in super::registry().kinds() {
             let schema = k.schema();
             assert_eq!(schema["type"], "object", "{}", k.name());
             assert!(schema["properties"].is_object(), "{}", k.name());

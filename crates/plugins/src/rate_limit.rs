@@ -11,8 +11,8 @@ use crate::key::{Key, KeySpec, UaClass};
 use bytes::Bytes;
 use dashmap::DashMap;
 use gatehouse_plugin_api::{
-    json_response, now_ns, parse_config, rejection_status, schema_of, BuildEnv, FieldError, Flow,
-    Later, Plugin, PluginKind, RequestCtx,
+    json_response, now_ns, rejection_status, BuildEnv, FieldError, Flow,
+    Later, Plugin, TypedKind, RequestCtx,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use schemars::JsonSchema;
@@ -129,22 +129,13 @@ fn default_name() -> String {
 
 pub struct Kind;
 
-impl PluginKind for Kind {
-    fn name(&self) -> &'static str {
-        "rate-limit"
-    }
-    fn priority(&self) -> i32 {
-        910
-    }
-    fn schema(&self) -> serde_json::Value {
-        schema_of::<Config>()
-    }
-    fn build(
-        &self,
-        config: &serde_json::Value,
-        env: &BuildEnv,
-    ) -> Result<Arc<dyn Plugin>, Vec<FieldError>> {
-        Ok(Arc::new(RateLimit::new(parse_config(config)?, env)?))
+impl TypedKind for Kind {
+    const NAME: &'static str = "rate-limit";
+    const PRIORITY: i32 = 910;
+    type Config = Config;
+
+    fn build(&self, config: Config, env: &BuildEnv) -> Result<Arc<dyn Plugin>, Vec<FieldError>> {
+        Ok(Arc::new(RateLimit::new(config, env)?))
     }
 }
 

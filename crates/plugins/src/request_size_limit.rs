@@ -5,7 +5,7 @@
 
 use bytesize::ByteSize;
 use gatehouse_plugin_api::{
-    json_response, parse_config, schema_of, BuildEnv, FieldError, Flow, Plugin, PluginKind,
+    json_response, BuildEnv, FieldError, Flow, Plugin, TypedKind,
     RequestCtx,
 };
 use http::{HeaderMap, StatusCode};
@@ -38,23 +38,13 @@ pub struct Config {
 
 pub struct Kind;
 
-impl PluginKind for Kind {
-    fn name(&self) -> &'static str {
-        "request-size-limit"
-    }
-    fn priority(&self) -> i32 {
-        // Cheap and decisive: before authentication and limits spend anything.
-        1990
-    }
-    fn schema(&self) -> serde_json::Value {
-        schema_of::<Config>()
-    }
-    fn build(
-        &self,
-        config: &serde_json::Value,
-        _env: &BuildEnv,
-    ) -> Result<Arc<dyn Plugin>, Vec<FieldError>> {
-        let c: Config = parse_config(config)?;
+impl TypedKind for Kind {
+    const NAME: &'static str = "request-size-limit";
+    // Cheap and decisive: before authentication and limits spend anything.
+    const PRIORITY: i32 = 1990;
+    type Config = Config;
+
+    fn build(&self, c: Config, _env: &BuildEnv) -> Result<Arc<dyn Plugin>, Vec<FieldError>> {
         let mut errs = Vec::new();
         for (name, v) in [
             ("max_body", c.max_body.map(|b| b.0)),
@@ -149,11 +139,12 @@ impl Plugin for SizeLimit {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::test_support::Req;
+    use crate::test_support::req;
+    use gatehouse_plugin_api::PluginKind;
     use serde_json::json;
 
     fn build(config: serde_json::Value) -> Result<Arc<dyn Plugin>, Vec<FieldError>> {
-        Kind.build(&config, &BuildEnv::default())
+        PluginKind::build(&Kind, &config, &BuildEnv::default())
     }
 
     fn status_of(f: Flow) -> Option<u16> {
@@ -183,7 +174,7 @@ mod tests {
             json!({"max_body": "1KiB", "max_headers": 3, "max_header_bytes": 100, "max_uri": 10}),
         )
         .unwrap();
-        let mut r = Req::new("10.0.0.1");
+        let mut r = req("10.0.0.1");
         r.parts
             .headers
             .insert("content-length", "1025".parse().unwrap());
@@ -201,6 +192,7 @@ mod tests {
             Some(1024),
             "the streamed body is capped too"
         );
+        drop(ctx);
         r.parts.headers.insert("x-a", "1".parse().unwrap());
         r.parts.headers.insert("x-b", "1".parse().unwrap());
         assert_eq!(

@@ -200,6 +200,12 @@ fn finish(inner: &mut UpBody, sender: &mut Option<Sender>, in_flight: &mut Optio
     }
 }
 
+/// Sees (and may change) each chunk of a response body as it streams; `end` on the last call.
+/// Dropped with the body.
+pub trait Filter: Send {
+    fn chunk(&mut self, data: &mut Bytes, end: bool);
+}
+
 pin_project_lite::pin_project! {
     /// What the gateway sends back to the client.
     #[project = RespBodyProj]
@@ -207,6 +213,8 @@ pin_project_lite::pin_project! {
         Upstream { #[pin] body: UpstreamBody },
         // `holds` live as long as the body (see `with_hold`).
         Full { bytes: Option<Bytes>, holds: Vec<Hold> },
+        // A body whose chunks go through a filter; `done` once it saw the end.
+        Filtered { inner: Pin<Box<RespBody>>, filter: Box<dyn Filter>, done: bool, holds: Vec<Hold> },
     }
 }
 
@@ -228,8 +236,19 @@ impl RespBody {
         match &mut self {
             RespBody::Upstream { body } => body.holds.push(h),
             RespBody::Full { holds, .. } => holds.push(h),
+            RespBody::Filtered { holds, .. } => holds.push(h),
         }
         self
+    }
+
+    /// This body with each chunk passed through `filter`.
+    pub fn filtered(self, filter: Box<dyn Filter>) -> Self {
+        RespBody::Filtered {
+            inner: Box::pin(self),
+            filter,
+            done: false,
+            holds: Vec::new(),
+        }
     }
     pub fn upstream(body: UpstreamBody) -> Self {
         RespBody::Upstream { body }
@@ -256,6 +275,12 @@ impl Body for RespBody {
             RespBodyProj::Full { bytes, .. } => {
                 Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b))))
             }
+            RespBodyProj::Filtered {
+                inner,
+                filter,
+                done,
+                ..
+            } => poll_filtered(inner.as_mut(), filter.as_mut(), done, cx),
         }
     }
 
@@ -263,15 +288,58 @@ impl Body for RespBody {
         match self {
             RespBody::Upstream { body } => body.is_end_stream(),
             RespBody::Full { bytes, .. } => bytes.is_none(),
+            // Not before the filter saw the end: it may still add to the body.
+            RespBody::Filtered { done, .. } => *done,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             RespBody::Upstream { body } => body.size_hint(),
+            RespBody::Filtered { .. } => SizeHint::default(),
             RespBody::Full { bytes, .. } => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
+        }
+    }
+}
+
+/// The next frame of a filtered body. A chunk the filter empties is not sent (an empty chunk
+/// would end an HTTP/1.1 chunked body early); the filter hears of the end exactly once.
+fn poll_filtered(
+    mut inner: Pin<&mut RespBody>,
+    filter: &mut dyn Filter,
+    done: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    loop {
+        if *done {
+            return Poll::Ready(None);
+        }
+        let frame = match inner.as_mut().poll_frame(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Some(Err(e))) => {
+                *done = true;
+                return Poll::Ready(Some(Err(e)));
+            }
+            Poll::Ready(Some(Ok(frame))) => frame,
+            Poll::Ready(None) => {
+                *done = true;
+                let mut last = Bytes::new();
+                filter.chunk(&mut last, true);
+                return Poll::Ready((!last.is_empty()).then(|| Ok(Frame::data(last))));
+            }
+        };
+        let mut data = match frame.into_data() {
+            Ok(d) => d,
+            // Trailers go through as they are.
+            Err(frame) => return Poll::Ready(Some(Ok(frame))),
+        };
+        let end = inner.is_end_stream();
+        filter.chunk(&mut data, end);
+        *done = end;
+        if !data.is_empty() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
         }
     }
 }

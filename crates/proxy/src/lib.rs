@@ -45,6 +45,8 @@ pub struct StartOptions {
     pub listen: Vec<SocketAddr>,
     pub workers: usize,
     pub node_index: u32,
+    /// The plugin kinds configs may use.
+    pub registry: &'static gatehouse_plugin_api::Registry,
 }
 
 /// A running gateway.
@@ -159,6 +161,7 @@ impl Gateway {
         let node = NodeContext {
             workers: opts.workers.max(1),
             node_index: opts.node_index,
+            registry: opts.registry,
         };
         let specs = if opts.listen.is_empty() {
             ListenSpec::from_config(&config)

@@ -592,6 +592,7 @@ mod timing {
         let node = crate::NodeContext {
             workers: 1,
             node_index: 0,
+            registry: gatehouse_plugins::registry(),
         };
         let Ok(snap) = Snapshot::compile(cfg, None, node) else {
             return;

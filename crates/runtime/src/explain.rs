@@ -88,7 +88,7 @@ pub fn explain(
                 let inst = e.default_index.and_then(|i| snap.config.plugins.get(i));
                 PluginRun {
                     name: e.kind.to_string(),
-                    priority: gatehouse_plugins::find(e.kind).map_or(0, |k| k.priority()),
+                    priority: e.priority,
                     scope: inst.map_or_else(|| "(consumers only)".into(), |p| p.scope()),
                     consumer_overrides: e.consumers.len(),
                 }

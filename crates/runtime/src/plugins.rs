@@ -2,7 +2,7 @@
 //! instance of each kind runs (most specific scope wins), so no request resolves scopes.
 
 use gatehouse_model::{Config, ConfigError, PluginInstance};
-use gatehouse_plugin_api::{BuildEnv, Plugin, PluginKind};
+use gatehouse_plugin_api::{BuildEnv, Needs, Plugin, PluginKind, Registry, UpstreamRef};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -10,14 +10,15 @@ use std::sync::Arc;
 #[derive(Default)]
 pub struct Chain {
     pub entries: Box<[ChainEntry]>,
-    /// Some instance in this chain (default or consumer-scoped) has a `log` phase: decided
-    /// here so that requests on other routes do not look.
-    pub logs: bool,
+    /// What the chain's instances (default or consumer-scoped) ask of the pipeline together:
+    /// decided here so that requests on other routes do not look.
+    pub needs: Needs,
 }
 
 /// One kind of plugin in a chain.
 pub struct ChainEntry {
     pub kind: &'static str,
+    pub priority: i32,
     /// The instance for callers with no consumer-scoped one.
     pub default: Option<Arc<dyn Plugin>>,
     /// Its index in the config's `plugins` (to name its scope, e.g. in `explain`).
@@ -39,8 +40,9 @@ impl ChainEntry {
 }
 
 /// Built instances by identity (their whole config entry), so a reload reuses an instance
-/// whose entry did not change and its state (counters) survives unrelated edits.
-pub type Instances = HashMap<String, Arc<dyn Plugin>>;
+/// whose entry did not change and its state (counters) survives unrelated edits; with the
+/// upstreams each named, checked again on reuse.
+pub type Instances = HashMap<String, (Arc<dyn Plugin>, Box<[UpstreamRef]>)>;
 
 /// The instances of one config in file order, by their index in `plugins`.
 pub type Built = Vec<(usize, Arc<dyn Plugin>)>;
@@ -66,6 +68,7 @@ fn specificity(p: &PluginInstance) -> u8 {
 /// unchanged) and checks them; every problem is reported with its path.
 pub fn build_instances(
     config: &Config,
+    registry: &Registry,
     previous: Option<&Instances>,
     env: &BuildEnv,
 ) -> (Instances, Built, Vec<ConfigError>) {
@@ -74,13 +77,24 @@ pub fn build_instances(
     let mut built = Vec::new();
     let mut scopes: HashMap<Scope<'_>, usize> = HashMap::new();
     for (i, p) in config.plugins.iter().enumerate() {
-        let Some(kind) = gatehouse_plugins::find(&p.name) else {
+        let Some(kind) = registry.find(&p.name) else {
             errs.push(ConfigError::new(
                 format!("plugins[{i}].name"),
                 format!("unknown plugin \"{}\"", p.name),
             ));
             continue;
         };
+        if p.consumer.is_some() && !kind.consumer_scopable() {
+            errs.push(ConfigError::new(
+                format!("plugins[{i}].consumer"),
+                format!(
+                    "a {} instance cannot be scoped to a consumer: it identifies consumers, so \
+                     none is known when it would run",
+                    p.name
+                ),
+            ));
+            continue;
+        }
         let scope = (
             p.name.as_str(),
             p.route.as_deref(),
@@ -105,30 +119,40 @@ pub fn build_instances(
             env.nodes
         );
         let reused = previous.and_then(|prev| prev.get(&identity)).cloned();
-        let plugin = match reused {
-            Some(p) => p,
-            None => match kind.build(
-                &p.config,
-                &BuildEnv {
-                    scope: p.scope(),
-                    ..env.clone()
-                },
-            ) {
-                Ok(p) => p,
-                Err(fields) => {
-                    for f in fields {
-                        let path = if f.path.is_empty() {
-                            format!("plugins[{i}] ({}).config", p.name)
-                        } else {
-                            format!("plugins[{i}] ({}).config.{}", p.name, f.path)
-                        };
-                        errs.push(ConfigError::new(path, f.message));
-                    }
+        let (plugin, named) = match reused {
+            Some((plugin, named)) => {
+                let gone: Vec<&UpstreamRef> = named
+                    .iter()
+                    .filter(|r| r.url_authority().is_none() && !env.has_upstream(r.name()))
+                    .collect();
+                if let Some(r) = gone.first() {
+                    errs.push(ConfigError::new(
+                        format!("plugins[{i}] ({}).config", p.name),
+                        format!("no upstream is called \"{}\"", r.name()),
+                    ));
                     continue;
                 }
-            },
+                (plugin, named)
+            }
+            None => {
+                let env = env.for_scope(p.scope());
+                match kind.build(&p.config, &env) {
+                    Ok(plugin) => (plugin, env.named().into_boxed_slice()),
+                    Err(fields) => {
+                        for f in fields {
+                            let path = if f.path.is_empty() {
+                                format!("plugins[{i}] ({}).config", p.name)
+                            } else {
+                                format!("plugins[{i}] ({}).config.{}", p.name, f.path)
+                            };
+                            errs.push(ConfigError::new(path, f.message));
+                        }
+                        continue;
+                    }
+                }
+            }
         };
-        instances.insert(identity, plugin.clone());
+        instances.insert(identity, (plugin.clone(), named));
         built.push((i, plugin));
     }
     (instances, built, errs)
@@ -137,6 +161,7 @@ pub fn build_instances(
 /// The chain of every route, in `routes` order (route name, service name).
 pub fn chains(
     config: &Config,
+    registry: &Registry,
     built: &[(usize, Arc<dyn Plugin>)],
     routes: &[(&str, &str)],
 ) -> Vec<Chain> {
@@ -153,7 +178,7 @@ pub fn chains(
             Some(Resolved {
                 index: *i,
                 spec,
-                kind: gatehouse_plugins::find(&spec.name)?,
+                kind: registry.find(&spec.name)?,
                 plugin: plugin.clone(),
             })
         })
@@ -208,19 +233,18 @@ fn chain_for(
             per_consumer.sort_by_key(|(c, _)| *c);
             ChainEntry {
                 kind: kind.name(),
+                priority: kind.priority(),
                 default_index: default.as_ref().map(|d| d.0),
                 default: default.map(|d| d.1),
                 consumers: per_consumer.into(),
             }
         })
         .collect();
-    let logs = entries.iter().any(|e| {
-        e.default
-            .iter()
-            .chain(e.consumers.iter().map(|(_, p)| p))
-            .any(|p| p.wants_log())
-    });
-    Chain { entries, logs }
+    let needs = entries
+        .iter()
+        .flat_map(|e| e.default.iter().chain(e.consumers.iter().map(|(_, p)| p)))
+        .fold(Needs::default(), |n, p| n.union(p.needs()));
+    Chain { entries, needs }
 }
 
 #[cfg(test)]

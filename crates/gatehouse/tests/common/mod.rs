@@ -190,6 +190,7 @@ pub fn gateway(yaml: &str) -> Gateway {
         listen: vec!["127.0.0.1:0".parse().expect("addr")],
         workers: 2,
         node_index: 0,
+        registry: gatehouse_plugins::registry(),
     };
     match Gateway::start(config, &opts) {
         Ok(g) => g,

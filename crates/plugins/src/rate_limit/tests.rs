@@ -2,12 +2,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use super::*;
-use crate::test_support::Req;
+use crate::test_support::{req, AccessNow};
+use gatehouse_plugin_api::PluginKind;
 use gatehouse_plugin_api::Consumer;
 use serde_json::json;
 
 fn build(config: serde_json::Value) -> Result<Arc<dyn Plugin>, Vec<FieldError>> {
-    Kind.build(&config, &BuildEnv::default())
+    PluginKind::build(&Kind, &config, &BuildEnv::default())
 }
 
 fn errors(config: serde_json::Value) -> Vec<String> {
@@ -65,15 +66,15 @@ fn bad_configs_name_the_field() {
 #[test]
 fn rejects_past_the_limit_with_headers() {
     let p = build(json!({"limit": 2, "window": "1m", "algorithm": "fixed_window"})).unwrap();
-    let mut r = Req::new("10.0.0.1");
-    let h = r.access(&*p).unwrap();
+    let mut r = req("10.0.0.1");
+    let h = r.access_now(&*p).unwrap();
     assert_eq!(h["ratelimit-policy"], "\"default\";q=2;w=60");
     assert!(h["ratelimit"]
         .to_str()
         .unwrap()
         .starts_with("\"default\";r=1;t="));
-    r.access(&*p).unwrap();
-    let resp = r.access(&*p).unwrap_err();
+    r.access_now(&*p).unwrap();
+    let resp = r.access_now(&*p).unwrap_err();
     assert_eq!(resp.status(), 429);
     let retry: u64 = resp.headers()["retry-after"]
         .to_str()
@@ -89,29 +90,29 @@ fn rejects_past_the_limit_with_headers() {
     let body: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
     assert_eq!(body["error"], "rate limit exceeded");
     // Another client has its own budget.
-    assert!(Req::new("10.0.0.2").access(&*p).is_ok());
+    assert!(req("10.0.0.2").access_now(&*p).is_ok());
 }
 
 #[test]
 fn composite_and_consumer_keys() {
     let p =
         build(json!({"limit": 1, "window": "1m", "key": ["consumer", "query:tenant"]})).unwrap();
-    let mut anon = Req::new("10.0.0.1");
-    assert!(anon.access(&*p).is_ok());
-    assert!(anon.access(&*p).is_err());
+    let mut anon = req("10.0.0.1");
+    assert!(anon.access_now(&*p).is_ok());
+    assert!(anon.access_now(&*p).is_err());
     // An identified consumer is counted apart from its ip.
-    let mut alice = Req::new("10.0.0.1");
+    let mut alice = req("10.0.0.1");
     alice.consumer = Some(Consumer {
         index: 0,
         username: "alice".into(),
         credential: None,
     });
-    assert!(alice.access(&*p).is_ok());
-    assert!(alice.access(&*p).is_err());
+    assert!(alice.access_now(&*p).is_ok());
+    assert!(alice.access_now(&*p).is_err());
     // Another tenant is another key.
-    let mut other = Req::new("10.0.0.1");
+    let mut other = req("10.0.0.1");
     other.parts.uri = "/a?tenant=t2".parse().unwrap();
-    assert!(other.access(&*p).is_ok());
+    assert!(other.access_now(&*p).is_ok());
 }
 
 #[test]
@@ -121,21 +122,21 @@ fn ua_classes_share_a_budget_per_class() {
         "ua_classes": [{"name": "spider", "regex": "(?i)bot|spider"}]
     }))
     .unwrap();
-    let mut a = Req::new("10.0.0.1");
+    let mut a = req("10.0.0.1");
     a.parts
         .headers
         .insert("user-agent", "Googlebot/2.1".parse().unwrap());
-    let mut b = Req::new("10.0.0.2");
+    let mut b = req("10.0.0.2");
     b.parts
         .headers
         .insert("user-agent", "Baiduspider".parse().unwrap());
-    assert!(a.access(&*p).is_ok());
+    assert!(a.access_now(&*p).is_ok());
     assert!(
-        b.access(&*p).is_err(),
+        b.access_now(&*p).is_err(),
         "both spiders share the spider budget"
     );
     assert!(
-        Req::new("10.0.0.3").access(&*p).is_ok(),
+        req("10.0.0.3").access_now(&*p).is_ok(),
         "browsers are class other"
     );
 }
@@ -146,7 +147,7 @@ async fn leaky_bucket_delays_then_rejects() {
         json!({"limit": 10, "window": "1s", "algorithm": "leaky_bucket", "max_delay": "250ms"}),
     )
     .unwrap();
-    let mut r = Req::new("10.0.0.1");
+    let mut r = req("10.0.0.1");
     // Five requests at once: decided first, waited for afterwards.
     let flows: Vec<Flow> = (0..5).map(|_| p.access(&mut r.ctx())).collect();
     let started = std::time::Instant::now();

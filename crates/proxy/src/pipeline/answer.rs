@@ -64,8 +64,7 @@ pub fn respond(
             std::mem::take(&mut st.plugins.response_headers),
         );
         let status = resp.status();
-        let c = st.plugins.consumer_index();
-        response_phase(chain, c, status, resp.headers_mut(), &routed.route.name);
+        response_phase(routed, &mut st.plugins, status, resp.headers_mut());
     }
     let read_timeout = routed.service.timeouts.read;
     let holds = std::mem::take(&mut st.plugins.holds);

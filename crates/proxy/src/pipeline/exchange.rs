@@ -11,7 +11,7 @@ use crate::body::InFlight;
 use crate::errors::Failure;
 use crate::observe::{Exchange, TRACEPARENT};
 use bytes::Bytes;
-use gatehouse_runtime::snapshot::{AllTargetsDown, UpstreamEntry};
+use gatehouse_runtime::snapshot::{AllTargetsDown, Snapshot, UpstreamEntry};
 use gatehouse_runtime::upstream::{
     BodyFault, ClientFault, ConnectError, ProxyBody, Sender, TargetState, UpBody,
 };
@@ -54,6 +54,7 @@ pub struct Plugins<'a, 's> {
     pub state: &'a mut PluginState,
     pub routed: &'a Routed<'s>,
     pub client_ip: IpAddr,
+    pub snap: &'s Arc<Snapshot>,
 }
 
 /// How an exchange ended.
@@ -234,7 +235,16 @@ async fn upstream_request_phase(
     let placeholder = Request::new(ProxyBody::empty());
     let (mut parts, body) = std::mem::replace(req, placeholder).into_parts();
     let phase = [Phase::UpstreamRequest];
-    let ran = phases::run(&phase, &mut parts, p.state, rec, p.client_ip, p.routed).await;
+    let ran = phases::run(
+        &phase,
+        &mut parts,
+        p.state,
+        rec,
+        p.client_ip,
+        p.routed,
+        p.snap,
+    )
+    .await;
     *req = Request::from_parts(parts, body);
     ran
 }

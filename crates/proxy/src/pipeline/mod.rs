@@ -5,12 +5,15 @@
 mod answer;
 mod client;
 mod exchange;
+mod finale;
 mod phases;
 mod replay;
+mod request_body;
 mod resilience;
 mod retry;
 mod route;
 mod state;
+mod subrequest;
 mod tunnel;
 mod upstream_request;
 
@@ -26,7 +29,9 @@ use gatehouse_runtime::upstream::ClientFault;
 use http::header::HOST;
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
+use gatehouse_plugin_api::RequestHead;
 use replay::Outgoing;
+use request_body::ClientBody;
 use state::{PluginState, RequestState, Routed};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -95,7 +100,7 @@ fn begin<'s>(
         request_id,
         rec,
         plugins: PluginState::default(),
-        log: None,
+        finale: None,
     }
 }
 
@@ -112,15 +117,22 @@ async fn proxy(
     let upgrade = !st.info.h2 && wants_upgrade(req.headers());
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
+    let mut body = ClientBody::Streaming(body);
     let client_version = parts.version;
     if !routed.route.plugins.entries.is_empty() {
         let original = parts.uri.clone();
-        if let Err(resp) = plugin_access(st, &routed, &mut parts).await {
-            return resp;
-        }
+        body = match plugin_access(st, &routed, &mut parts, body).await {
+            Ok(body) => body,
+            Err(resp) => return resp,
+        };
         if parts.uri != original {
             // A plugin rewrote the URI: what it made goes upstream as it is.
             routed.new_path = None;
+        }
+        if let Some(chosen) = st.plugins.upstream.take() {
+            if let Err(failure) = route::choose_upstream(st, &mut routed, &chosen, &parts) {
+                return st.fail(failure);
+            }
         }
     }
     let (request, fault) = match upstream_request::build(st, &mut routed, parts, body, upgrade) {
@@ -198,23 +210,51 @@ fn observe_route<B>(st: &mut RequestState<'_>, routed: &Routed<'_>, req: &Reques
     }
 }
 
-/// The `rewrite` and `access` phases; `Err` is the answer a plugin gave.
+/// The `rewrite` and `access` phases, with the request body read between them when a plugin
+/// asked for it; `Err` is the answer a plugin (or a bad body) gave.
 async fn plugin_access(
     st: &mut RequestState<'_>,
     routed: &Routed<'_>,
     parts: &mut http::request::Parts,
-) -> Result<(), Response<RespBody>> {
+    mut body: ClientBody,
+) -> Result<ClientBody, Response<RespBody>> {
     use phases::Phase;
-    let started = routed.route.plugins.logs.then(Instant::now);
-    let phases = [Phase::Rewrite, Phase::Access];
-    let ip = st.client.ip;
-    let verdict = phases::run(&phases, parts, &mut st.plugins, &mut st.rec, ip, routed).await;
+    let needs = routed.route.plugins.needs;
+    let started = (needs.log || needs.response_body).then(Instant::now);
+    let (ip, snap) = (st.client.ip, st.snap);
+    let plugins = &mut st.plugins;
+    let mut verdict =
+        phases::run(&[Phase::Rewrite], parts, plugins, &mut st.rec, ip, routed, snap).await;
+    if let (Ok(()), Some(cap)) = (&verdict, needs.request_body) {
+        body = match body {
+            ClientBody::Streaming(incoming) => {
+                match request_body::read(incoming, cap, routed.service.timeouts.read).await {
+                    Ok(bytes) => {
+                        st.plugins.body = Some(bytes.clone());
+                        ClientBody::Read(bytes)
+                    }
+                    Err(failure) => return Err(st.fail(failure)),
+                }
+            }
+            read => read,
+        };
+    }
+    if verdict.is_ok() {
+        let plugins = &mut st.plugins;
+        verdict =
+            phases::run(&[Phase::Access], parts, plugins, &mut st.rec, ip, routed, snap).await;
+    }
+    if needs.request_head {
+        st.plugins.head = Some(Box::new(RequestHead::of(parts)));
+    }
     st.rec.consumer = st.plugins.consumer.clone();
     if let Some(started) = started {
         let consumer = st.plugins.consumer.as_ref();
-        st.log = phases::log_guard(st.snap, routed, ip, consumer, started);
+        st.finale = finale::prepare(st.snap, routed, ip, consumer, started);
     }
-    verdict.map_err(|answer| phases::answered(st, routed, answer))
+    verdict
+        .map(|()| body)
+        .map_err(|answer| phases::answered(st, routed, answer))
 }
 
 /// The last stage: Server-Timing, the decision trace, and the log guard on the body.
@@ -239,10 +279,9 @@ fn finish(
             resp.headers_mut().insert(DECISION.clone(), v);
         }
     }
-    // The log phase runs when the body (and so the guard) is dropped.
-    if let Some(mut guard) = st.log.take() {
-        guard.status = resp.status();
-        resp = resp.map(|b| b.with_hold(Box::new(guard)));
+    // Body filters run as the body streams; the log phase when it is dropped.
+    if let Some(finale) = st.finale.take() {
+        resp = finale.attach(std::mem::take(&mut st.plugins.state), resp);
     }
     (resp, st.rec)
 }

@@ -1,6 +1,6 @@
 //! Plugin phases: the request phases (`rewrite`, `access`, `upstream_request`) run over one
-//! [`RequestCtx`] built from the request's state, the `response` phase on every response
-//! head, and the `log` phase when the request has ended.
+//! [`RequestCtx`] built from the request's state, and the `response` phase on every response
+//! head. What runs after the head (body filters, `log`) is in `finale`.
 
 use super::state::{PluginState, RequestState, Routed};
 use crate::body::RespBody;
@@ -8,7 +8,8 @@ use crate::errors::error_body;
 use crate::headers::X_REQUEST_ID;
 use crate::observe::{Exchange, PluginStep};
 use bytes::Bytes;
-use gatehouse_plugin_api::{Consumer, ErrorMessage, Flow, LogCtx, Plugin, RequestCtx, ResponseCtx};
+use super::subrequest::Gateway;
+use gatehouse_plugin_api::{ErrorMessage, Flow, Plugin, RequestCtx, ResponseCtx};
 use gatehouse_runtime::plugins::Chain;
 use gatehouse_runtime::snapshot::Snapshot;
 use http::request::Parts;
@@ -39,7 +40,8 @@ impl Phase {
 pub type Answer = (usize, Response<Bytes>);
 
 /// Runs `phases` in order over the request head `parts`; the first plugin that answers ends
-/// them. What the plugins decide (consumer, body limit, headers, holds) stays in the state.
+/// them. What the plugins decide (consumer, body limit, upstream, headers, holds, state) stays
+/// in the request's plugin state.
 pub async fn run(
     phases: &[Phase],
     parts: &mut Parts,
@@ -47,8 +49,10 @@ pub async fn run(
     rec: &mut Exchange,
     client_ip: IpAddr,
     routed: &Routed<'_>,
+    snap: &Arc<Snapshot>,
 ) -> Result<(), Answer> {
     let chain = &routed.route.plugins;
+    let gateway = Gateway { snap };
     // The one place a RequestCtx is made.
     let mut ctx = RequestCtx {
         parts,
@@ -60,6 +64,10 @@ pub async fn run(
         response_headers: &mut plugins.response_headers,
         holds: &mut plugins.holds,
         body_limit: plugins.body_limit,
+        state: &mut plugins.state,
+        body: plugins.body.as_ref(),
+        upstream: plugins.upstream.take(),
+        gateway: &gateway,
     };
     let mut steps = rec.decision.as_mut().map(|d| &mut d.plugins);
     let mut result = Ok(());
@@ -70,6 +78,7 @@ pub async fn run(
         }
     }
     plugins.consumer = ctx.consumer.take();
+    plugins.upstream = ctx.upstream.take();
     plugins.body_limit = ctx.body_limit;
     result
 }
@@ -160,20 +169,29 @@ fn step(
     }
 }
 
-/// Runs every plugin's response hook on a response head.
+/// Runs every plugin's response hook on a response head. With a body filter in the chain,
+/// the length may change, so `Content-Length` goes.
 pub fn response_phase(
-    chain: &Chain,
-    consumer: Option<usize>,
+    routed: &Routed<'_>,
+    plugins: &mut PluginState,
     status: StatusCode,
     headers: &mut HeaderMap,
-    route: &str,
 ) {
+    let chain = &routed.route.plugins;
+    if chain.needs.response_body {
+        headers.remove(http::header::CONTENT_LENGTH);
+    }
+    let consumer = plugins.consumer.as_ref();
     for entry in chain.entries.iter() {
-        if let Some(plugin) = entry.pick(consumer) {
+        if let Some(plugin) = entry.pick(consumer.map(|c| c.index)) {
             plugin.response(&mut ResponseCtx {
                 status,
                 headers,
-                route,
+                route: &routed.route.name,
+                service: &routed.service.name,
+                request: plugins.head.as_deref(),
+                consumer,
+                state: &mut plugins.state,
             });
         }
     }
@@ -205,15 +223,7 @@ pub fn answered(
     resp.headers_mut()
         .entry(X_REQUEST_ID.clone())
         .or_insert_with(|| st.request_id.clone());
-    let chain = &routed.route.plugins;
-    let consumer = st.plugins.consumer_index();
-    response_phase(
-        chain,
-        consumer,
-        status,
-        resp.headers_mut(),
-        &routed.route.name,
-    );
+    response_phase(routed, &mut st.plugins, status, resp.headers_mut());
     resp
 }
 
@@ -229,129 +239,3 @@ pub fn append_all(to: &mut HeaderMap, from: HeaderMap) {
     }
 }
 
-/// The log guard for the plugins of the route that want the `log` phase, or `None` when
-/// none does (then the request carries nothing for it).
-pub fn log_guard(
-    snap: &Arc<Snapshot>,
-    routed: &Routed<'_>,
-    client_ip: IpAddr,
-    consumer: Option<&Consumer>,
-    started: Instant,
-) -> Option<LogGuard> {
-    let chain = &routed.route.plugins;
-    if !chain.logs {
-        return None;
-    }
-    let c = consumer.map(|c| c.index);
-    let plugins: Vec<Arc<dyn Plugin>> = chain
-        .entries
-        .iter()
-        .filter_map(|e| e.pick(c))
-        .filter(|p| p.wants_log())
-        .cloned()
-        .collect();
-    (!plugins.is_empty()).then(|| LogGuard {
-        snap: snap.clone(),
-        route: routed.index,
-        client_ip,
-        consumer: consumer.cloned(),
-        status: StatusCode::OK,
-        started,
-        plugins,
-    })
-}
-
-/// Runs the `log` phase of the plugins that want it when dropped, i.e. once the request has
-/// ended. Made only for routes with such plugins.
-pub struct LogGuard {
-    snap: Arc<Snapshot>,
-    route: usize,
-    client_ip: IpAddr,
-    consumer: Option<Consumer>,
-    pub status: StatusCode,
-    started: Instant,
-    plugins: Vec<Arc<dyn Plugin>>,
-}
-
-impl Drop for LogGuard {
-    fn drop(&mut self) {
-        let Some(route) = self.snap.routes.get(self.route) else {
-            return;
-        };
-        let service = self
-            .snap
-            .services
-            .get(route.service)
-            .map_or("", |s| &*s.name);
-        let ctx = LogCtx {
-            route: &route.name,
-            service,
-            client_ip: self.client_ip,
-            consumer: self.consumer.as_ref(),
-            status: self.status,
-            duration: self.started.elapsed(),
-        };
-        for p in &self.plugins {
-            p.log(&ctx);
-        }
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
-    use super::*;
-    use std::sync::Mutex;
-
-    /// A plugin that writes down what its log phase saw.
-    #[derive(Default)]
-    struct Recorder(Mutex<Vec<String>>);
-
-    impl Plugin for Recorder {
-        fn wants_log(&self) -> bool {
-            true
-        }
-        fn log(&self, ctx: &LogCtx<'_>) {
-            let who = ctx.consumer.map_or("-", |c| &c.username);
-            self.0.lock().unwrap().push(format!(
-                "{} {} {} {} {}",
-                ctx.route, ctx.service, ctx.client_ip, who, ctx.status
-            ));
-        }
-    }
-
-    #[test]
-    fn the_log_phase_runs_when_the_response_body_is_dropped() {
-        let yaml = "upstreams: [{name: u, targets: [{address: \"127.0.0.1:9\"}]}]
-services: [{name: s, upstream: u}]
-routes: [{name: r, service: s}]
-";
-        let config = gatehouse_model::parse_yaml(yaml).unwrap();
-        let node = gatehouse_runtime::NodeContext {
-            workers: 1,
-            node_index: 0,
-        };
-        let snap = Arc::new(Snapshot::compile(config, None, node).unwrap());
-        let recorder = Arc::new(Recorder::default());
-        let guard = LogGuard {
-            snap,
-            route: 0,
-            client_ip: "10.1.2.3".parse().unwrap(),
-            consumer: Some(Consumer {
-                index: 0,
-                username: "alice".into(),
-                credential: None,
-            }),
-            status: StatusCode::IM_A_TEAPOT,
-            started: Instant::now(),
-            plugins: vec![recorder.clone()],
-        };
-        let body = RespBody::full(Bytes::from_static(b"hi")).with_hold(Box::new(guard));
-        assert!(recorder.0.lock().unwrap().is_empty(), "not before the end");
-        drop(body);
-        assert_eq!(
-            *recorder.0.lock().unwrap(),
-            ["r s 10.1.2.3 alice 418 I'm a teapot"]
-        );
-    }
-}

@@ -63,6 +63,7 @@ pub async fn forward(
             state: &mut st.plugins,
             routed,
             client_ip: st.client.ip,
+            snap: st.snap,
         });
         let replayable = out.replay().is_some();
         let (may, idx) = match exchange(&call, out, &mut st.rec, plugins).await {

@@ -2,11 +2,12 @@
 //! picks the route; the rest of the pipeline works from the [`Routed`] it returns.
 
 use super::client::Client;
-use super::state::{ConnInfo, Routed};
+use super::state::{ConnInfo, RequestState, Routed};
 use crate::errors::Failure;
 use crate::headers::{framing_problem, valid_host};
 use bytes::Bytes;
 use gatehouse_model::EncodedSlashes;
+use gatehouse_plugin_api::UpstreamRef;
 use gatehouse_runtime::path;
 use gatehouse_runtime::router::{cookie, query_arg, RequestView};
 use gatehouse_runtime::snapshot::{upstream_path, HashSource, Snapshot};
@@ -61,6 +62,32 @@ pub fn route<'s, B>(
         hash_key,
         host: host_value,
     })
+}
+
+/// Sends the request to the upstream a plugin chose (`set_upstream`) instead of its
+/// service's, with its consistent-hash key made for that upstream.
+pub fn choose_upstream<'s>(
+    st: &RequestState<'s>,
+    routed: &mut Routed<'s>,
+    chosen: &UpstreamRef,
+    parts: &http::request::Parts,
+) -> Result<(), Failure> {
+    let snap: &'s Snapshot = st.snap;
+    // Checked when the plugin was built, and the snapshot is the one it was built for.
+    let Some(upstream) = snap.upstreams.get(chosen.name()) else {
+        tracing::warn!(route = %routed.route.name, upstream = chosen.name(), "a plugin chose an upstream the snapshot does not have");
+        return Err(Failure::NoTarget);
+    };
+    routed.upstream = upstream;
+    let view = RequestView {
+        method: &parts.method,
+        host: "",
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        headers: &parts.headers,
+    };
+    routed.hash_key = hash_key(&upstream.hash, &view, st.client.value(&st.info));
+    Ok(())
 }
 
 /// Puts the request's path in normal form (`gatehouse_runtime::path`), or refuses it.

@@ -3,12 +3,13 @@
 //! carried beside the request.
 
 use super::client::Client;
-use super::phases::LogGuard;
+use super::finale::Finale;
 use crate::framing::Findings;
 use crate::observe::Exchange;
-use gatehouse_plugin_api::{Consumer, Hold};
+use bytes::Bytes;
+use gatehouse_plugin_api::{Consumer, Hold, RequestHead, UpstreamRef};
 use gatehouse_runtime::snapshot::{RouteEntry, ServiceEntry, Snapshot, UpstreamEntry};
-use http::{HeaderMap, HeaderValue};
+use http::{Extensions, HeaderMap, HeaderValue};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -64,8 +65,8 @@ pub struct RequestState<'s> {
     /// What observability records of the request (metrics, access log, spans, decision).
     pub rec: Box<Exchange>,
     pub plugins: PluginState,
-    /// Runs the `log` phase when the response body is dropped.
-    pub log: Option<LogGuard>,
+    /// Body filters and the `log` phase, for routes whose plugins have them.
+    pub finale: Option<Finale>,
 }
 
 /// What routing chose for the request: entries borrowed from the request's snapshot.
@@ -94,11 +95,12 @@ pub struct PluginState {
     pub holds: Vec<Hold>,
     /// The smallest request-body cap a plugin set.
     pub body_limit: Option<u64>,
-}
-
-impl PluginState {
-    /// The consumer's index, by which consumer-scoped instances are picked.
-    pub fn consumer_index(&self) -> Option<usize> {
-        self.consumer.as_ref().map(|c| c.index)
-    }
+    /// The plugins' typed per-request state (allocates only once something is put in).
+    pub state: Extensions,
+    /// The request body, read before `access` when a plugin of the route asked for it.
+    pub body: Option<Bytes>,
+    /// The upstream a plugin chose instead of the service's.
+    pub upstream: Option<UpstreamRef>,
+    /// The request head for the `response` phase, when a plugin of the route asked for it.
+    pub head: Option<Box<RequestHead>>,
 }

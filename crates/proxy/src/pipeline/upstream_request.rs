@@ -9,7 +9,7 @@ use gatehouse_runtime::upstream::{BodyFault, ProxyBody};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Request, Uri};
-use hyper::body::Incoming;
+use super::request_body::ClientBody;
 use std::sync::Arc;
 
 /// The request to send, and where its body tells of a client fault (over a plugin's cap, or
@@ -21,7 +21,7 @@ pub fn build(
     st: &mut RequestState<'_>,
     routed: &mut Routed<'_>,
     mut parts: Parts,
-    body: Incoming,
+    body: ClientBody,
     upgrade: bool,
 ) -> Result<Built, Failure> {
     if let Some(p) = routed.new_path.take() {
@@ -51,6 +51,17 @@ pub fn build(
     if st.snap.via {
         parts.headers.append(VIA.clone(), VIA_VALUE.clone());
     }
+    let body = match body {
+        ClientBody::Streaming(body) => body,
+        // Read before `access`: its length is known, and the client can no longer break it.
+        ClientBody::Read(bytes) => {
+            if st.plugins.body_limit.is_some_and(|max| bytes.len() as u64 > max) {
+                return Err(Failure::BodyTooLarge);
+            }
+            let body = ProxyBody::Bytes((!bytes.is_empty()).then_some(bytes));
+            return Ok((Request::from_parts(parts, body), None));
+        }
+    };
     let chunked = {
         use http_body::Body as _;
         !body.is_end_stream() && body.size_hint().exact().is_none()

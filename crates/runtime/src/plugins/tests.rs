@@ -5,10 +5,13 @@ use crate::snapshot::Snapshot;
 use crate::NodeContext;
 use std::sync::Arc;
 
-const NODE: NodeContext = NodeContext {
-    workers: 1,
-    node_index: 0,
-};
+fn node() -> NodeContext {
+    NodeContext {
+        workers: 1,
+        node_index: 0,
+        registry: gatehouse_plugins::registry(),
+    }
+}
 
 const BASE: &str = "
 upstreams: [{name: u, targets: [{address: '127.0.0.1:1'}]}]
@@ -23,7 +26,7 @@ consumers: [{username: alice}, {username: bob}]
 fn compile(plugins: &str, previous: Option<&Snapshot>) -> Result<Snapshot, Vec<String>> {
     let text = format!("{BASE}plugins:\n{plugins}");
     let config = gatehouse_model::parse_yaml(&text).map_err(|e| vec![e.to_string()])?;
-    Snapshot::compile(config, previous, NODE)
+    Snapshot::compile(config, previous, node())
         .map_err(|e| e.into_iter().map(|e| e.to_string()).collect())
 }
 
@@ -33,7 +36,7 @@ fn label(s: &Snapshot, route: usize, consumer: Option<usize>) -> Option<usize> {
     let picked = entry.pick(consumer)?;
     s.plugin_instances
         .iter()
-        .find(|(_, p)| Arc::ptr_eq(p, picked))
+        .find(|(_, (p, _))| Arc::ptr_eq(p, picked))
         .and_then(|(id, _)| {
             // The identity is the entry's JSON, then `|redis-url|nodes`.
             let entry = id.rsplitn(3, '|').nth(2)?;

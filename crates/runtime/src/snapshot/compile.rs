@@ -1,0 +1,531 @@
+//! Snapshot compile as a sequence of stages over one [`Compiler`]: plugins, upstreams (with
+//! the private ones of service and plugin URLs), services, routes, chains, consumers and
+//! telemetry. Each stage reports its problems with their config paths; the previous snapshot
+//! lends state (pools, counters, breakers) to what stays.
+
+use super::{
+    parse_template, HashSource, NodeContext, Resources, RouteEntry, RouteObserve, ServiceEntry,
+    Snapshot, UpstreamEntry,
+};
+use crate::balance::{subset, Balancer};
+use crate::breaker;
+use crate::health::HealthPolicy;
+use crate::plugins::{build_instances, chains, Built, Instances};
+use crate::retry::Retry;
+use crate::router::Router;
+use crate::upstream::TargetState;
+use gatehouse_model::{
+    parse_service_url, Config, ConfigError, HashOn, Keepalive, RetryPolicy, UpstreamProtocol,
+};
+use gatehouse_plugin_api::{BuildEnv, RedisStore, Registry};
+use http::HeaderName;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+type Upstreams = HashMap<Box<str>, Arc<UpstreamEntry>>;
+
+/// What every stage reads, and the problems found so far.
+struct Compiler<'c> {
+    config: &'c Config,
+    previous: Option<&'c Snapshot>,
+    node: NodeContext,
+    resources: Resources,
+    errs: Vec<ConfigError>,
+}
+
+pub(super) fn build(
+    config: Config,
+    previous: Option<&Snapshot>,
+    node: NodeContext,
+    resources: Resources,
+) -> Result<Snapshot, Vec<ConfigError>> {
+    let mut c = Compiler {
+        config: &config,
+        previous,
+        node,
+        resources,
+        errs: gatehouse_model::validate(&config),
+    };
+    let (env, env_errs) = plugin_env(&config, previous);
+    c.errs.extend(env_errs);
+    let prev_instances = previous.map(|p| &p.plugin_instances);
+    let (plugin_instances, built, plugin_errs) =
+        build_instances(&config, node.registry, prev_instances, &env);
+    c.errs.extend(plugin_errs);
+    let router = Router::build(&config.routes).map_err(|e| c.errs.extend(e)).ok();
+    let mut upstreams = c.upstreams();
+    c.plugin_urls(&plugin_instances, &mut upstreams);
+    let services = c.services(&mut upstreams);
+    let mut routes = c.routes(&services, &upstreams);
+    c.chains(&mut routes, &built, &services);
+    let (consumers, consumer_errs) = crate::consumers::index(&config, node.registry);
+    c.errs.extend(consumer_errs);
+    let consumer_stats = c.consumer_stats();
+    let telemetry = crate::telemetry::Telemetry::new(
+        &config.observability,
+        previous.map(|p| &p.telemetry),
+        &mut c.errs,
+        resources,
+    );
+    let mut errs = c.errs;
+    gatehouse_model::sort_errors(&mut errs);
+    errs.dedup();
+    let (Some(router), true) = (router, errs.is_empty()) else {
+        return Err(errs);
+    };
+    let debug_header =
+        HeaderName::from_bytes(config.observability.debug_header.to_ascii_lowercase().as_bytes())
+            .unwrap_or_else(|_| HeaderName::from_static("x-gatehouse-debug"));
+    Ok(Snapshot {
+        route_index: routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.name.clone(), i))
+            .collect(),
+        router,
+        routes,
+        services: services.entries,
+        upstreams,
+        via: config.node.via,
+        trusted_proxies: config
+            .node
+            .trusted_proxies
+            .iter()
+            .filter_map(|p| gatehouse_model::parse_cidr(p).ok())
+            .collect(),
+        drain_timeout: config.node.drain_timeout,
+        plugin_instances,
+        redis: env.redis,
+        consumers,
+        telemetry,
+        consumer_stats,
+        debug_header,
+        config,
+    })
+}
+
+/// The compiled services, and their indices by name.
+struct Services<'c> {
+    entries: Vec<ServiceEntry>,
+    index: HashMap<&'c str, usize>,
+}
+
+impl<'c> Compiler<'c> {
+    /// The configured upstreams, subset for this node.
+    fn upstreams(&mut self) -> Upstreams {
+        let mut upstreams = Upstreams::new();
+        for (i, u) in self.config.upstreams.iter().enumerate() {
+            let Some(hash) = self.hash_source(i, u) else {
+                continue;
+            };
+            let mut list: Vec<(&str, u32)> = u
+                .targets
+                .iter()
+                .map(|t| (t.address.as_str(), t.weight))
+                .collect();
+            if let Some(size) = u.subset_size {
+                list.sort_unstable();
+                let keep = subset(list.len(), size, self.node.node_index);
+                list = keep
+                    .into_iter()
+                    .filter_map(|k| list.get(k).copied())
+                    .collect();
+            }
+            let spec = UpstreamSpec {
+                name: &u.name,
+                list,
+                balance: u.balance,
+                hash,
+                protocol: u.protocol,
+                keepalive: u.keepalive,
+                health: u.health.as_ref().map(HealthPolicy::new),
+                breaker: u.circuit_breaker.as_ref().map(breaker::Policy::new),
+            };
+            match spec.build(self.previous, self.node) {
+                Ok(e) => {
+                    upstreams.insert(u.name.as_str().into(), Arc::new(e));
+                }
+                Err(m) => self
+                    .errs
+                    .push(ConfigError::new(format!("upstreams[{i}].targets"), m)),
+            }
+        }
+        upstreams
+    }
+
+    /// Where upstream `i`'s consistent-hash key comes from; `None` when that is wrong (and
+    /// reported).
+    fn hash_source(&mut self, i: usize, u: &gatehouse_model::Upstream) -> Option<HashSource> {
+        Some(match (u.hash_on, &u.hash_key) {
+            (_, _) if u.balance != gatehouse_model::Balance::ConsistentHash => HashSource::None,
+            (None | Some(HashOn::Ip), _) => HashSource::ClientIp,
+            (Some(HashOn::Header), Some(k)) => {
+                match HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()) {
+                    Ok(h) => HashSource::Header(h),
+                    Err(_) => {
+                        self.errs.push(ConfigError::new(
+                            format!("upstreams[{i}].hash_key"),
+                            format!("\"{k}\" is not a valid header name"),
+                        ));
+                        return None;
+                    }
+                }
+            }
+            (Some(HashOn::Cookie), Some(k)) => HashSource::Cookie(k.as_str().into()),
+            (Some(HashOn::Query), Some(k)) => HashSource::Query(k.as_str().into()),
+            (Some(_), None) => return None, // reported by validate
+        })
+    }
+
+    /// A private one-target upstream for every URL a plugin calls (`url:host:port`), so its
+    /// sub-requests get a pool that lives across reloads like any other.
+    fn plugin_urls(&mut self, instances: &Instances, upstreams: &mut Upstreams) {
+        for (_, named) in instances.values() {
+            for r in named.iter() {
+                let Some(authority) = r.url_authority() else {
+                    continue;
+                };
+                if upstreams.contains_key(r.name()) {
+                    continue;
+                }
+                match UpstreamSpec::single(r.name(), authority).build(self.previous, self.node) {
+                    Ok(e) => {
+                        upstreams.insert(r.name().into(), Arc::new(e));
+                    }
+                    Err(m) => self.errs.push(ConfigError::new("plugins", m)),
+                }
+            }
+        }
+    }
+
+    /// The services, each with its upstream (a URL service gets a private one).
+    fn services(&mut self, upstreams: &mut Upstreams) -> Services<'c> {
+        let config = self.config;
+        let mut entries = Vec::with_capacity(config.services.len());
+        let mut index = HashMap::new();
+        for (i, s) in config.services.iter().enumerate() {
+            let (upstream, path_prefix) = match (&s.upstream, &s.url) {
+                (Some(u), _) => match upstreams.get(u.as_str()) {
+                    Some(e) => (e.clone(), String::new()),
+                    None => continue, // reported by validate
+                },
+                (None, Some(url)) => {
+                    let Ok((target, prefix)) = parse_service_url(url) else {
+                        continue;
+                    };
+                    // Named so that it cannot clash with a configured upstream (names have
+                    // no ':').
+                    let name = format!("service:{}", s.name);
+                    match UpstreamSpec::single(&name, &target).build(self.previous, self.node) {
+                        Ok(e) => {
+                            let e = Arc::new(e);
+                            upstreams.insert(name.into(), e.clone());
+                            (e, prefix)
+                        }
+                        Err(m) => {
+                            self.errs
+                                .push(ConfigError::new(format!("services[{i}].url"), m));
+                            continue;
+                        }
+                    }
+                }
+                (None, None) => continue,
+            };
+            index.insert(s.name.as_str(), entries.len());
+            let budget = self
+                .previous
+                .and_then(|p| p.services.iter().find(|o| *o.name == *s.name))
+                .map_or_else(Arc::default, |o| o.budget.clone());
+            entries.push(ServiceEntry {
+                name: s.name.as_str().into(),
+                upstream,
+                path_prefix: path_prefix.into(),
+                timeouts: s.timeouts.clone(),
+                retries: s.retries,
+                retry: s.retry.clone(),
+                budget,
+            });
+        }
+        Services { entries, index }
+    }
+
+    /// The routes whose service compiled, with their policies (plugins come after).
+    fn routes(&mut self, services: &Services<'_>, upstreams: &Upstreams) -> Vec<RouteEntry> {
+        let config = self.config;
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for (ri, r) in config.routes.iter().enumerate() {
+            let Some(&service) = services.index.get(r.service.as_str()) else {
+                continue; // reported by validate
+            };
+            let Some(svc) = services.entries.get(service) else {
+                continue;
+            };
+            let policy = r.retry.as_ref().or(svc.retry.as_ref());
+            let retry = Retry::new(
+                r.retries.unwrap_or(svc.retries),
+                policy.unwrap_or(&RetryPolicy::default()),
+                policy.is_some(),
+                svc.budget.clone(),
+            );
+            let old_route = self.previous.and_then(|p| p.route_named(&r.name));
+            let breaker = r.circuit_breaker.as_ref().map(|c| {
+                let state = old_route
+                    .and_then(|o| o.breaker.as_ref())
+                    .map_or_else(Arc::default, |(_, b)| b.clone());
+                (breaker::Policy::new(c), state)
+            });
+            let fallback = r.fallback.as_ref().and_then(|f| {
+                let old = old_route.and_then(|o| o.fallback.as_ref());
+                let up = f
+                    .upstream
+                    .as_ref()
+                    .and_then(|u| upstreams.get(u.as_str()).cloned());
+                let path = format!("routes[{ri}]");
+                crate::fallback::Compiled::new(f, &path, up, old, self.resources)
+                    .map_err(|e| self.errs.push(e))
+                    .ok()
+            });
+            routes.push(RouteEntry {
+                stats: self.route_stats(r, old_route),
+                rejections: Box::new([]),
+                observe: self.route_observe(r),
+                retry,
+                breaker,
+                fallback,
+                name: r.name.as_str().into(),
+                service,
+                strip_prefix: r.strip_prefix,
+                rewrite: r.rewrite.as_deref().map(parse_template),
+                preserve_host: r.preserve_host,
+                priority_class: match r.priority_class {
+                    gatehouse_model::PriorityClass::Critical => {
+                        gatehouse_plugin_api::PriorityClass::Critical
+                    }
+                    gatehouse_model::PriorityClass::Sheddable => {
+                        gatehouse_plugin_api::PriorityClass::Sheddable
+                    }
+                },
+                plugins: Default::default(),
+            });
+        }
+        routes
+    }
+
+    /// A route's request statistics (kept across reloads by name), when metrics are on for it.
+    fn route_stats(
+        &self,
+        r: &gatehouse_model::Route,
+        old: Option<&RouteEntry>,
+    ) -> Option<Arc<crate::telemetry::Stats>> {
+        let o = r.observability.clone().unwrap_or_default();
+        let obs = &self.config.observability;
+        o.metrics.unwrap_or(obs.metrics.enabled).then(|| {
+            old.and_then(|o| o.stats.clone()).unwrap_or_else(|| {
+                Arc::new(crate::telemetry::Stats::new(
+                    self.node.workers,
+                    obs.metrics.buckets.len(),
+                ))
+            })
+        })
+    }
+
+    /// What a route records: log sampling, tracing, Server-Timing.
+    fn route_observe(&self, r: &gatehouse_model::Route) -> RouteObserve {
+        let o = r.observability.clone().unwrap_or_default();
+        let obs = &self.config.observability;
+        let log_sample = match (&obs.access_log, o.access_log) {
+            (None, _) | (_, Some(false)) => 0.0,
+            (Some(l), _) => o.log_sample.unwrap_or(l.sample),
+        };
+        RouteObserve {
+            log_below: (log_sample.clamp(0.0, 1.0) * (u32::MAX as f64 + 2.0)) as u64,
+            trace: obs.tracing.is_some() && o.tracing.unwrap_or(true),
+            server_timing: o.server_timing.unwrap_or(obs.server_timing),
+        }
+    }
+
+    /// Each route's plugin chain, and a rejection counter per chain entry (kept across
+    /// reloads by route and plugin).
+    fn chains(&mut self, routes: &mut [RouteEntry], built: &Built, services: &Services<'_>) {
+        let config = self.config;
+        let scopes: Vec<(&str, &str)> = config
+            .routes
+            .iter()
+            .filter(|r| services.index.contains_key(r.service.as_str()))
+            .map(|r| (r.name.as_str(), r.service.as_str()))
+            .collect();
+        let all = chains(config, self.node.registry, built, &scopes);
+        for (route, chain) in routes.iter_mut().zip(all) {
+            route.plugins = chain;
+            let old = self.previous.and_then(|p| p.route_named(&route.name));
+            route.rejections = route
+                .plugins
+                .entries
+                .iter()
+                .map(|e| {
+                    let key = e
+                        .default
+                        .as_ref()
+                        .or_else(|| e.consumers.first().map(|(_, p)| p))
+                        .map_or("", |p| p.key_class());
+                    let count = old
+                        .and_then(|o| o.rejections.iter().find(|j| j.plugin == e.kind))
+                        .map_or_else(Arc::default, |j| j.count.clone());
+                    let instance = e
+                        .default_index
+                        .and_then(|i| config.plugins.get(i))
+                        .map_or_else(|| "consumers".to_string(), |p| p.scope());
+                    crate::telemetry::Rejections {
+                        plugin: e.kind,
+                        instance: instance.into(),
+                        key: key.into(),
+                        count,
+                    }
+                })
+                .collect();
+        }
+    }
+
+    /// Per-consumer request counts, kept across reloads by username (empty unless
+    /// `observability.metrics.consumers`).
+    fn consumer_stats(&self) -> Vec<(Box<str>, Arc<crate::telemetry::Stats>)> {
+        if !self.config.observability.metrics.consumers {
+            return Vec::new();
+        }
+        self.config
+            .consumers
+            .iter()
+            .map(|c| {
+                let kept = self.previous.and_then(|p| {
+                    p.consumer_stats
+                        .iter()
+                        .find(|(n, _)| **n == *c.username)
+                        .map(|(_, s)| s.clone())
+                });
+                let s = kept.unwrap_or_else(|| {
+                    Arc::new(crate::telemetry::Stats::new(self.node.workers, 0))
+                });
+                (c.username.as_str().into(), s)
+            })
+            .collect()
+    }
+}
+
+/// What plugins are built with: the node's Redis (reused from `previous` while its address
+/// stays, so its connection and health survive reloads), the cluster size, and the names of
+/// the upstreams they may name.
+fn plugin_env(config: &Config, previous: Option<&Snapshot>) -> (BuildEnv, Vec<ConfigError>) {
+    let mut errs = Vec::new();
+    let redis = config.redis.as_deref().and_then(|url| {
+        let kept = previous
+            .and_then(|p| p.redis.as_ref())
+            .filter(|r| r.url() == url);
+        match kept {
+            Some(r) => Some(r.clone()),
+            None => RedisStore::open(url)
+                .map_err(|e| errs.push(ConfigError::new("redis", e)))
+                .ok(),
+        }
+    });
+    let names = config.upstreams.iter().map(|u| u.name.as_str());
+    let env = BuildEnv::new(config.node.cluster_size, redis, names);
+    (env, errs)
+}
+
+/// Parses and checks a config file's text as completely as one pass can: structure,
+/// references, and what compiling finds (regexes, plugin names), every problem reported.
+pub fn parse_config(
+    text: &str,
+    registry: &Registry,
+) -> Result<Config, gatehouse_model::ConfigErrors> {
+    parse_config_for_node(text, registry, None)
+}
+
+/// [`parse_config`], with the Redis address given on the command line (`--redis`), which
+/// replaces the file's `redis:`.
+pub fn parse_config_for_node(
+    text: &str,
+    registry: &Registry,
+    redis: Option<&str>,
+) -> Result<Config, gatehouse_model::ConfigErrors> {
+    let with_node = |c: &Config| {
+        let mut c = c.clone();
+        if let Some(url) = redis {
+            c.redis = Some(url.to_owned());
+        }
+        c
+    };
+    let config = gatehouse_model::parse_yaml_with(text, &|c| {
+        let c = with_node(c);
+        let (env, mut errs) = plugin_env(&c, None);
+        let (_, _, plugin_errs) = build_instances(&c, registry, None, &env);
+        errs.extend(plugin_errs);
+        errs.extend(crate::consumers::index(&c, registry).1);
+        if let Err(e) = Router::build(&c.routes) {
+            errs.extend(e);
+        }
+        errs
+    })?;
+    Ok(with_node(&config))
+}
+
+/// One upstream as compiled: its targets and how they are used.
+struct UpstreamSpec<'a> {
+    name: &'a str,
+    list: Vec<(&'a str, u32)>,
+    balance: gatehouse_model::Balance,
+    hash: HashSource,
+    protocol: UpstreamProtocol,
+    keepalive: Keepalive,
+    health: Option<HealthPolicy>,
+    breaker: Option<breaker::Policy>,
+}
+
+impl<'a> UpstreamSpec<'a> {
+    /// A private plain HTTP/1.1 upstream of one target (service and plugin URLs).
+    fn single(name: &'a str, target: &'a str) -> UpstreamSpec<'a> {
+        UpstreamSpec {
+            name,
+            list: vec![(target, 1)],
+            balance: gatehouse_model::Balance::RoundRobin,
+            hash: HashSource::None,
+            protocol: UpstreamProtocol::Http1,
+            keepalive: Keepalive::default(),
+            health: None,
+            breaker: None,
+        }
+    }
+
+    /// The upstream, reusing the target state (pools, counters) of `previous`'s upstream of
+    /// the same name for targets whose address and connection settings stay.
+    fn build(self, previous: Option<&Snapshot>, node: NodeContext) -> Result<UpstreamEntry, String> {
+        let old = previous.and_then(|p| p.upstreams.get(self.name));
+        let (protocol, keepalive) = (self.protocol, self.keepalive);
+        let mut targets = Vec::with_capacity(self.list.len());
+        for (addr, _) in &self.list {
+            let reused = old.and_then(|o| {
+                o.targets
+                    .iter()
+                    .find(|t| {
+                        &*t.address == *addr && t.protocol == protocol && t.keepalive == keepalive
+                    })
+                    .cloned()
+            });
+            let state = match reused {
+                Some(s) => s,
+                None => Arc::new(TargetState::new(addr, protocol, keepalive, node.workers)?),
+            };
+            targets.push(state);
+        }
+        let addrs: Vec<&str> = self.list.iter().map(|(a, _)| *a).collect();
+        let weights: Vec<u32> = self.list.iter().map(|(_, w)| *w).collect();
+        Ok(UpstreamEntry {
+            name: self.name.into(),
+            balancer: Balancer::new(self.balance, &addrs, &weights),
+            targets,
+            hash: self.hash,
+            health: self.health,
+            breaker: self.breaker,
+        })
+    }
+}

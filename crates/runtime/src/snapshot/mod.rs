@@ -1,0 +1,401 @@
+//! Compiles a [`Config`] into the immutable [`Snapshot`] requests read: everything a request
+//! needs is resolved here (service and upstream by index, rewrite templates parsed, header
+//! names built), and target state is carried over from the previous snapshot.
+
+mod compile;
+
+pub use compile::{parse_config, parse_config_for_node};
+
+use crate::balance::Balancer;
+use crate::breaker;
+use crate::health::HealthPolicy;
+use crate::plugins::{Chain, Instances};
+use crate::retry::{Budget, Retry};
+use crate::router::{RequestView, RouteMatch, Router};
+use crate::upstream::TargetState;
+use gatehouse_model::{AllDown, Config, ConfigError, RetryPolicy, Timeouts};
+use gatehouse_plugin_api::{ConsumerIndex, RedisStore, Registry};
+use http::HeaderName;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Whether compiling acquires what the config names (files, threads) or only checks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resources {
+    Acquire,
+    Check,
+}
+
+/// Node facts that are not in the file, fixed for the life of the process.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeContext {
+    pub workers: usize,
+    pub node_index: u32,
+    /// The plugin kinds configs may use.
+    pub registry: &'static Registry,
+}
+
+pub struct Snapshot {
+    pub router: Router,
+    pub routes: Vec<RouteEntry>,
+    /// Route indices by name (to carry state across reloads without scanning).
+    pub route_index: HashMap<Box<str>, usize>,
+    pub services: Vec<ServiceEntry>,
+    pub upstreams: HashMap<Box<str>, Arc<UpstreamEntry>>,
+    pub via: bool,
+    /// Peers whose forwarding headers are believed (`node.trusted_proxies`).
+    pub trusted_proxies: Box<[ipnet::IpNet]>,
+    pub drain_timeout: Duration,
+    /// Plugin instances by identity, lent to the next snapshot.
+    pub plugin_instances: Instances,
+    /// The node's Redis, kept across reloads while its address stays.
+    pub redis: Option<Arc<RedisStore>>,
+    /// The consumers and their credentials, for authentication plugins.
+    pub consumers: ConsumerIndex,
+    /// Metric bounds, node-wide counters, the access log writer and the trace exporter.
+    pub telemetry: crate::telemetry::Telemetry,
+    /// Per-consumer request counts, by consumer index (empty unless
+    /// `observability.metrics.consumers`).
+    pub consumer_stats: Vec<(Box<str>, Arc<crate::telemetry::Stats>)>,
+    /// The header that asks for a decision trace.
+    pub debug_header: HeaderName,
+    /// The config this snapshot was built from (for diffing on reload).
+    pub config: Config,
+}
+
+/// What a route records about its requests.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RouteObserve {
+    /// Log a request when a random u32 falls below this; 0: never.
+    pub log_below: u64,
+    pub trace: bool,
+    pub server_timing: bool,
+}
+
+impl RouteObserve {
+    /// Whether this request gets an access log line.
+    #[inline]
+    pub fn sample_log(&self) -> bool {
+        self.log_below > 0
+            && (self.log_below > u32::MAX as u64 || (fastrand::u32(..) as u64) < self.log_below)
+    }
+}
+
+pub struct RouteEntry {
+    pub name: Box<str>,
+    pub service: usize,
+    pub strip_prefix: bool,
+    pub rewrite: Option<Vec<Piece>>,
+    pub preserve_host: bool,
+    pub priority_class: gatehouse_plugin_api::PriorityClass,
+    /// The plugins that run for this route, resolved across scopes.
+    pub plugins: Chain,
+    /// The route's retry policy (its own, else its service's, else the default).
+    pub retry: Retry,
+    /// The route's circuit breaker; its state is kept across reloads by route name.
+    pub breaker: Option<(breaker::Policy, Arc<breaker::Breaker>)>,
+    /// What the route answers when its upstream fails.
+    pub fallback: Option<crate::fallback::Compiled>,
+    /// Its request statistics (None: metrics off for it), kept across reloads by name.
+    pub stats: Option<Arc<crate::telemetry::Stats>>,
+    /// Rejection counters, one per entry of `plugins`.
+    pub rejections: Box<[crate::telemetry::Rejections]>,
+    pub observe: RouteObserve,
+}
+
+/// A part of a rewrite template.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Piece {
+    Literal(Box<str>),
+    Param(Box<str>),
+    /// `{*}`: the rest of the path after the matched prefix.
+    Rest,
+}
+
+pub struct ServiceEntry {
+    pub name: Box<str>,
+    pub upstream: Arc<UpstreamEntry>,
+    /// From a service `url`: put before every upstream path.
+    pub path_prefix: Box<str>,
+    pub timeouts: Timeouts,
+    pub retries: u32,
+    pub retry: Option<RetryPolicy>,
+    /// Shared by the service's routes and kept across reloads.
+    pub budget: Arc<Budget>,
+}
+
+pub struct UpstreamEntry {
+    pub name: Box<str>,
+    /// The targets this node uses (after subsetting), in a stable order.
+    pub targets: Vec<Arc<TargetState>>,
+    pub balancer: Balancer,
+    pub hash: HashSource,
+    /// Health checks; `None` (the default) uses every target without looking.
+    pub health: Option<HealthPolicy>,
+    /// Per-target circuit breakers.
+    pub breaker: Option<breaker::Policy>,
+}
+
+/// Every target of an upstream is down by its health checks, and it fails fast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AllTargetsDown;
+
+impl UpstreamEntry {
+    /// A target for this request: one not yet `tried` and healthy, or, when health checks
+    /// left none and the upstream says `try_anyway`, any not yet tried.
+    #[inline]
+    pub fn pick(&self, hash_key: &[u8], tried: &[usize]) -> Result<Option<usize>, AllTargetsDown> {
+        if self.health.is_none() && self.breaker.is_none() {
+            return Ok(self.balancer.pick(&self.targets, hash_key, tried));
+        }
+        let now = crate::health::now_ns();
+        let usable = |t: &TargetState| {
+            t.health.available(now)
+                && self
+                    .breaker
+                    .as_ref()
+                    .is_none_or(|p| t.breaker.would_admit(p, now))
+        };
+        let healthy = self.balancer.pick_where(&self.targets, hash_key, |i| {
+            !tried.contains(&i) && self.targets.get(i).is_some_and(|t| usable(t))
+        });
+        if let Some(i) = healthy {
+            if let (Some(p), Some(t)) = (&self.breaker, self.targets.get(i)) {
+                // Takes a half-open probe slot. A race may let one probe more through than
+                // configured; refusing the request for it would be worse.
+                let _ = t.breaker.admit(p, now);
+            }
+            return Ok(Some(i));
+        }
+        let any_up = self.targets.iter().any(|t| usable(t));
+        let all_down = self
+            .health
+            .as_ref()
+            .map_or(AllDown::FailFast, |h| h.all_down);
+        match all_down {
+            // Usable targets remain, all tried already: nothing left for this request.
+            _ if any_up => Ok(None),
+            AllDown::TryAnyway => Ok(self.balancer.pick(&self.targets, hash_key, tried)),
+            AllDown::FailFast => Err(AllTargetsDown),
+        }
+    }
+}
+
+/// Where a consistent-hash key comes from.
+pub enum HashSource {
+    None,
+    ClientIp,
+    Header(HeaderName),
+    Cookie(Box<str>),
+    Query(Box<str>),
+}
+
+impl Snapshot {
+    /// Compiles `config` into a snapshot to serve: acquires what it needs (the access log's
+    /// file and writer, the trace exporter, fallback body files), lending the previous
+    /// snapshot's state (pools, counters) where settings stay. On error nothing is built and
+    /// the caller keeps serving the previous snapshot.
+    pub fn compile(
+        config: Config,
+        previous: Option<&Snapshot>,
+        node: NodeContext,
+    ) -> Result<Snapshot, Vec<ConfigError>> {
+        compile::build(config, previous, node, Resources::Acquire)
+    }
+
+    /// Checks `config` as [`Snapshot::compile`] would, with no side effect: no file is opened
+    /// or created, no thread started, no socket opened (it may look at files and directories).
+    /// What `gatehouse validate`, admin dry runs and `explain` use. The snapshot it returns
+    /// holds no resources (no access log writer, no exporter, fallback files not read) and
+    /// must not serve traffic.
+    pub fn plan(
+        config: Config,
+        previous: Option<&Snapshot>,
+        node: NodeContext,
+    ) -> Result<Snapshot, Vec<ConfigError>> {
+        compile::build(config, previous, node, Resources::Check)
+    }
+
+    /// The route called `name`, if this snapshot has one.
+    pub fn route_named(&self, name: &str) -> Option<&RouteEntry> {
+        self.route_index.get(name).and_then(|&i| self.routes.get(i))
+    }
+
+    /// Every distinct target of this snapshot (for idle sweeping).
+    pub fn targets(&self) -> impl Iterator<Item = &Arc<TargetState>> {
+        self.upstreams.values().flat_map(|u| u.targets.iter())
+    }
+}
+
+/// `/v2/{id}/x{*}` → [Literal("/v2/"), Param("id"), Literal("/x"), Rest].
+pub fn parse_template(t: &str) -> Vec<Piece> {
+    let mut out = Vec::new();
+    let mut rest = t;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            break;
+        };
+        if open > 0 {
+            out.push(Piece::Literal(rest[..open].into()));
+        }
+        let name = &rest[open + 1..open + close];
+        out.push(if name == "*" {
+            Piece::Rest
+        } else {
+            Piece::Param(name.into())
+        });
+        rest = &rest[open + close + 1..];
+    }
+    if !rest.is_empty() {
+        out.push(Piece::Literal(rest.into()));
+    }
+    out
+}
+
+/// The path (and query) to send upstream, or `None` when the client's can go as it is.
+pub fn upstream_path(
+    route: &RouteEntry,
+    service: &ServiceEntry,
+    m: &RouteMatch<'_, '_>,
+    view: &RequestView<'_>,
+    absolute_uri: bool,
+) -> Option<String> {
+    let path = view.path;
+    if route.rewrite.is_none()
+        && !route.strip_prefix
+        && service.path_prefix.is_empty()
+        && !absolute_uri
+    {
+        return None;
+    }
+    let mut out = String::with_capacity(service.path_prefix.len() + path.len() + 16);
+    out.push_str(&service.path_prefix);
+    let rest = path.get(m.matched_len..).unwrap_or("");
+    if let Some(pieces) = &route.rewrite {
+        for p in pieces {
+            match p {
+                Piece::Literal(s) => out.push_str(s),
+                Piece::Param(name) => out.push_str(m.param(name).unwrap_or("")),
+                Piece::Rest => out.push_str(rest.strip_prefix('/').unwrap_or(rest)),
+            }
+        }
+    } else if route.strip_prefix {
+        if !rest.starts_with('/') {
+            out.push('/');
+        }
+        out.push_str(rest);
+    } else {
+        out.push_str(path);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    if let Some(q) = view.query {
+        out.push('?');
+        out.push_str(q);
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+upstreams:
+  - name: pool
+    targets: [{address: "127.0.0.1:1001"}, {address: "127.0.0.1:1002"}]
+services:
+  - {name: s, upstream: pool}
+  - {name: u, url: "http://127.0.0.1:1003/base"}
+routes:
+  - {name: r, service: s, paths: ["/a/{id}"], rewrite: "/b/{id}/c"}
+  - {name: r2, service: u}
+"#;
+
+    fn node() -> NodeContext {
+        NodeContext {
+            workers: 2,
+            node_index: 0,
+            registry: gatehouse_plugins::registry(),
+        }
+    }
+
+    fn compile(yaml: &str, prev: Option<&Snapshot>) -> Snapshot {
+        let config = match gatehouse_model::parse_yaml(yaml) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        match Snapshot::compile(config, prev, node()) {
+            Ok(s) => s,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn a_plan_checks_resources_without_acquiring_them() {
+        let dir = std::env::temp_dir().join(format!("gatehouse-plan-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("access.log");
+        let yaml = format!(
+            "{CONFIG}observability:\n  access_log: {{path: \"{}\"}}\n  tracing: {{endpoint: \"http://127.0.0.1:9/v1/traces\"}}\n",
+            log.display()
+        );
+        let planned = Snapshot::plan(parse_config(&yaml, gatehouse_plugins::registry()).unwrap(), None, node()).unwrap();
+        assert!(planned.telemetry.access_log.is_none(), "no writer");
+        assert!(planned.telemetry.tracer.is_none(), "no exporter");
+        assert!(!log.exists(), "no file");
+        let compiled = Snapshot::compile(parse_config(&yaml, gatehouse_plugins::registry()).unwrap(), None, node()).unwrap();
+        assert!(compiled.telemetry.access_log.is_some());
+        assert!(log.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn templates_parse() {
+        assert_eq!(
+            parse_template("/v2/{id}/x{*}"),
+            vec![
+                Piece::Literal("/v2/".into()),
+                Piece::Param("id".into()),
+                Piece::Literal("/x".into()),
+                Piece::Rest
+            ]
+        );
+    }
+
+    #[test]
+    fn reload_keeps_state_of_targets_that_stay() {
+        let a = compile(CONFIG, None);
+        let changed = CONFIG.replace("127.0.0.1:1002", "127.0.0.1:1009");
+        let b = compile(&changed, Some(&a));
+        let (ua, ub) = (&a.upstreams["pool"], &b.upstreams["pool"]);
+        assert!(
+            Arc::ptr_eq(&ua.targets[0], &ub.targets[0]),
+            "kept target lost its state"
+        );
+        assert!(!Arc::ptr_eq(&ua.targets[1], &ub.targets[1]));
+        assert!(Arc::ptr_eq(
+            &a.upstreams["service:u"].targets[0],
+            &b.upstreams["service:u"].targets[0]
+        ));
+        assert_eq!(&*b.services[1].path_prefix, "/base");
+    }
+
+    #[test]
+    fn unknown_plugins_are_rejected() {
+        let config =
+            gatehouse_model::parse_yaml(&format!("{CONFIG}plugins:\n  - name: no-such-plugin\n"));
+        let errs = match config.map(|c| Snapshot::compile(c, None, node())) {
+            Ok(Err(e)) => e,
+            _ => panic!("should be rejected"),
+        };
+        assert_eq!(
+            errs[0].to_string(),
+            "plugins[0].name: unknown plugin \"no-such-plugin\""
+        );
+    }
+}
