@@ -579,7 +579,8 @@ observability:
     fields: [time, method, path, route, status, duration, upstream_duration]
 "#
     );
-    let config = parse_config(&yaml, gatehouse_plugins::registry()).map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
+    let config = parse_config(&yaml, gatehouse_plugins::registry())
+        .map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
     let opts = StartOptions {
         listen: vec![listen],
         workers: 1,

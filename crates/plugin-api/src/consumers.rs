@@ -138,8 +138,12 @@ mod tests {
         let mut ix = ConsumerIndex::default();
         let a = ix.push("alice");
         let b = ix.push("bob");
-        ix.add_credential(a, "key-auth", Credential::new("k1", ()).labelled("alice-key"))
-            .unwrap();
+        ix.add_credential(
+            a,
+            "key-auth",
+            Credential::new("k1", ()).labelled("alice-key"),
+        )
+        .unwrap();
         ix.add_credential(b, "basic-auth", Credential::new("k1", "hash".to_string()))
             .unwrap();
         let clash = ix.add_credential(b, "key-auth", Credential::new("k1", ()));

@@ -139,7 +139,12 @@ impl RequestCtx<'_> {
     }
 
     /// Starts a sub-request through the gateway's pools (await it in a [`Flow::Wait`]).
-    pub fn subrequest(&self, to: &UpstreamRef, req: Request<Bytes>, limits: SubLimits) -> SubFuture {
+    pub fn subrequest(
+        &self,
+        to: &UpstreamRef,
+        req: Request<Bytes>,
+        limits: SubLimits,
+    ) -> SubFuture {
         self.gateway.subrequest(to, req, limits)
     }
 }

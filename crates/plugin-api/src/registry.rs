@@ -14,7 +14,9 @@ pub struct Registry {
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.kinds.iter().map(|k| k.name())).finish()
+        f.debug_list()
+            .entries(self.kinds.iter().map(|k| k.name()))
+            .finish()
     }
 }
 

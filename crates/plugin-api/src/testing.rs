@@ -10,9 +10,8 @@ use http::{Extensions, HeaderMap, Request, Response};
 use std::sync::Arc;
 
 /// Answers sub-requests in a unit test (what the other service would say).
-pub type Answerer = dyn Fn(&UpstreamRef, Request<Bytes>) -> Result<Response<Bytes>, SubrequestError>
-    + Send
-    + Sync;
+pub type Answerer =
+    dyn Fn(&UpstreamRef, Request<Bytes>) -> Result<Response<Bytes>, SubrequestError> + Send + Sync;
 
 /// A gateway for unit tests: its consumers, and sub-requests answered by a function.
 #[derive(Default)]

@@ -7,8 +7,8 @@
 
 use crate::cpu;
 use gatehouse_plugin_api::{
-    header_name, json_response, now_ns, rejection_status, BuildEnv,
-    FieldError, Flow, Plugin, TypedKind, PriorityClass, RequestCtx,
+    header_name, json_response, now_ns, rejection_status, BuildEnv, FieldError, Flow, Plugin,
+    PriorityClass, RequestCtx, TypedKind,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use schemars::JsonSchema;
@@ -75,9 +75,13 @@ impl TypedKind for Kind {
     type Config = Config;
 
     fn build(&self, config: Config, _env: &BuildEnv) -> Result<Arc<dyn Plugin>, Vec<FieldError>> {
-        let shed = Shed::new(config, Arc::new(cpu::usage))?;
-        cpu::start_sampler();
-        Ok(Arc::new(shed))
+        // The sampler thread starts with the first request that reads it, not here: building
+        // is also how `gatehouse validate` checks a config, which must start nothing.
+        let read = || {
+            cpu::start_sampler();
+            cpu::usage()
+        };
+        Ok(Arc::new(Shed::new(config, Arc::new(read))?))
     }
 }
 
@@ -280,12 +284,12 @@ mod tests {
     #[test]
     fn bad_configs_name_the_field() {
         let errs = PluginKind::build(
-                &Kind,
-                &json!({"cpu_threshold": 2, "sheddable_share": 0, "priority_header": "a b"}),
-                &BuildEnv::default(),
-            )
-            .err()
-            .unwrap();
+            &Kind,
+            &json!({"cpu_threshold": 2, "sheddable_share": 0, "priority_header": "a b"}),
+            &BuildEnv::default(),
+        )
+        .err()
+        .unwrap();
         let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(
             paths,

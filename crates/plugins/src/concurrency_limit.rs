@@ -6,8 +6,8 @@ use crate::key::{Key, KeySpec, UaClass};
 use bytes::Bytes;
 use dashmap::DashMap;
 use gatehouse_plugin_api::{
-    json_response, now_ns, rejection_status, BuildEnv, FieldError, Flow,
-    Later, Plugin, TypedKind, RequestCtx,
+    json_response, now_ns, rejection_status, BuildEnv, FieldError, Flow, Later, Plugin, RequestCtx,
+    TypedKind,
 };
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use schemars::JsonSchema;
@@ -227,11 +227,7 @@ mod tests {
     #[test]
     fn slots_are_held_until_the_hold_is_dropped() {
         let p = build(json!({"max": 2, "key": "ip"})).unwrap();
-        let (mut a, mut b, mut c) = (
-            req("10.0.0.1"),
-            req("10.0.0.1"),
-            req("10.0.0.1"),
-        );
+        let (mut a, mut b, mut c) = (req("10.0.0.1"), req("10.0.0.1"), req("10.0.0.1"));
         assert!(a.access_now(&*p).is_ok());
         assert!(b.access_now(&*p).is_ok());
         let r = c.access_now(&*p).unwrap_err();

@@ -11,8 +11,8 @@ use crate::key::{Key, KeySpec, UaClass};
 use bytes::Bytes;
 use dashmap::DashMap;
 use gatehouse_plugin_api::{
-    json_response, now_ns, rejection_status, BuildEnv, FieldError, Flow,
-    Later, Plugin, TypedKind, RequestCtx,
+    json_response, now_ns, rejection_status, BuildEnv, FieldError, Flow, Later, Plugin, RequestCtx,
+    TypedKind,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use schemars::JsonSchema;

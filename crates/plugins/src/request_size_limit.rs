@@ -5,8 +5,7 @@
 
 use bytesize::ByteSize;
 use gatehouse_plugin_api::{
-    json_response, BuildEnv, FieldError, Flow, Plugin, TypedKind,
-    RequestCtx,
+    json_response, BuildEnv, FieldError, Flow, Plugin, RequestCtx, TypedKind,
 };
 use http::{HeaderMap, StatusCode};
 use schemars::JsonSchema;

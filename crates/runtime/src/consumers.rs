@@ -13,7 +13,10 @@ pub fn index(config: &Config, registry: &Registry) -> (ConsumerIndex, Vec<Config
         for (kind_name, list) in &c.credentials {
             let at = format!("consumers[{i}].credentials.{kind_name}");
             let Some(kind) = registry.find(kind_name) else {
-                errs.push(ConfigError::new(at, format!("unknown plugin \"{kind_name}\"")));
+                errs.push(ConfigError::new(
+                    at,
+                    format!("unknown plugin \"{kind_name}\""),
+                ));
                 continue;
             };
             if kind.credential_schema().is_none() {

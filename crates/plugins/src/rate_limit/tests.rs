@@ -3,8 +3,8 @@
 
 use super::*;
 use crate::test_support::{req, AccessNow};
-use gatehouse_plugin_api::PluginKind;
 use gatehouse_plugin_api::Consumer;
+use gatehouse_plugin_api::PluginKind;
 use serde_json::json;
 
 fn build(config: serde_json::Value) -> Result<Arc<dyn Plugin>, Vec<FieldError>> {

@@ -26,7 +26,14 @@ pub fn prepare(
         return None;
     }
     let c = consumer.map(|c| c.index);
-    let picked = || routed.route.plugins.entries.iter().filter_map(|e| e.pick(c));
+    let picked = || {
+        routed
+            .route
+            .plugins
+            .entries
+            .iter()
+            .filter_map(|e| e.pick(c))
+    };
     let log: Vec<Arc<dyn Plugin>> = picked().filter(|p| p.needs().log).cloned().collect();
     let filters: Vec<Arc<dyn Plugin>> = picked()
         .filter(|p| p.needs().response_body)
@@ -77,11 +84,7 @@ impl Finale {
 
 impl Filter for Finale {
     fn chunk(&mut self, data: &mut Bytes, end: bool) {
-        let route = self
-            .snap
-            .routes
-            .get(self.route)
-            .map_or("", |r| &*r.name);
+        let route = self.snap.routes.get(self.route).map_or("", |r| &*r.name);
         let mut ctx = BodyCtx {
             status: self.status,
             route,

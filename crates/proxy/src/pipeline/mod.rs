@@ -24,12 +24,12 @@ use crate::errors::{respond, Failure};
 use crate::headers::{new_request_id, wants_upgrade, X_REQUEST_ID};
 use crate::observe::{Exchange, LogParts, Observed, SpanCtx, DECISION, SERVER_TIMING};
 use crate::Shared;
+use gatehouse_plugin_api::RequestHead;
 use gatehouse_runtime::snapshot::Snapshot;
 use gatehouse_runtime::upstream::ClientFault;
 use http::header::HOST;
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
-use gatehouse_plugin_api::RequestHead;
 use replay::Outgoing;
 use request_body::ClientBody;
 use state::{PluginState, RequestState, Routed};
@@ -223,8 +223,16 @@ async fn plugin_access(
     let started = (needs.log || needs.response_body).then(Instant::now);
     let (ip, snap) = (st.client.ip, st.snap);
     let plugins = &mut st.plugins;
-    let mut verdict =
-        phases::run(&[Phase::Rewrite], parts, plugins, &mut st.rec, ip, routed, snap).await;
+    let mut verdict = phases::run(
+        &[Phase::Rewrite],
+        parts,
+        plugins,
+        &mut st.rec,
+        ip,
+        routed,
+        snap,
+    )
+    .await;
     if let (Ok(()), Some(cap)) = (&verdict, needs.request_body) {
         body = match body {
             ClientBody::Streaming(incoming) => {
@@ -241,8 +249,16 @@ async fn plugin_access(
     }
     if verdict.is_ok() {
         let plugins = &mut st.plugins;
-        verdict =
-            phases::run(&[Phase::Access], parts, plugins, &mut st.rec, ip, routed, snap).await;
+        verdict = phases::run(
+            &[Phase::Access],
+            parts,
+            plugins,
+            &mut st.rec,
+            ip,
+            routed,
+            snap,
+        )
+        .await;
     }
     if needs.request_head {
         st.plugins.head = Some(Box::new(RequestHead::of(parts)));

@@ -3,12 +3,12 @@
 //! head. What runs after the head (body filters, `log`) is in `finale`.
 
 use super::state::{PluginState, RequestState, Routed};
+use super::subrequest::Gateway;
 use crate::body::RespBody;
 use crate::errors::error_body;
 use crate::headers::X_REQUEST_ID;
 use crate::observe::{Exchange, PluginStep};
 use bytes::Bytes;
-use super::subrequest::Gateway;
 use gatehouse_plugin_api::{ErrorMessage, Flow, Plugin, RequestCtx, ResponseCtx};
 use gatehouse_runtime::plugins::Chain;
 use gatehouse_runtime::snapshot::Snapshot;
@@ -238,4 +238,3 @@ pub fn append_all(to: &mut HeaderMap, from: HeaderMap) {
         }
     }
 }
-

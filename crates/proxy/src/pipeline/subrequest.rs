@@ -61,9 +61,8 @@ async fn send(
         Attempt::NoTarget { .. } => return Err(SubrequestError::NoTarget),
         Attempt::NotSent(f, _) | Attempt::Broken(f, _, _) => {
             return Err(match f {
-                crate::errors::Failure::UpstreamTimeout | crate::errors::Failure::ConnectTimeout => {
-                    SubrequestError::Timeout
-                }
+                crate::errors::Failure::UpstreamTimeout
+                | crate::errors::Failure::ConnectTimeout => SubrequestError::Timeout,
                 f => SubrequestError::Failed(f.message().to_owned()),
             })
         }

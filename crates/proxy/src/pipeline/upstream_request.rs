@@ -1,6 +1,7 @@
 //! The request as it goes upstream: the routed path, hop-by-hop headers out, forwarding
 //! headers and the request id in, and the body with a plugin's size cap.
 
+use super::request_body::ClientBody;
 use super::state::{RequestState, Routed};
 use crate::errors::Failure;
 use crate::headers::{remove_hop_by_hop, set_forwarded, VIA, VIA_VALUE, X_REQUEST_ID};
@@ -9,7 +10,6 @@ use gatehouse_runtime::upstream::{BodyFault, ProxyBody};
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Request, Uri};
-use super::request_body::ClientBody;
 use std::sync::Arc;
 
 /// The request to send, and where its body tells of a client fault (over a plugin's cap, or
@@ -55,7 +55,11 @@ pub fn build(
         ClientBody::Streaming(body) => body,
         // Read before `access`: its length is known, and the client can no longer break it.
         ClientBody::Read(bytes) => {
-            if st.plugins.body_limit.is_some_and(|max| bytes.len() as u64 > max) {
+            if st
+                .plugins
+                .body_limit
+                .is_some_and(|max| bytes.len() as u64 > max)
+            {
                 return Err(Failure::BodyTooLarge);
             }
             let body = ProxyBody::Bytes((!bytes.is_empty()).then_some(bytes));

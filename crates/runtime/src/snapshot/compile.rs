@@ -52,7 +52,9 @@ pub(super) fn build(
     let (plugin_instances, built, plugin_errs) =
         build_instances(&config, node.registry, prev_instances, &env);
     c.errs.extend(plugin_errs);
-    let router = Router::build(&config.routes).map_err(|e| c.errs.extend(e)).ok();
+    let router = Router::build(&config.routes)
+        .map_err(|e| c.errs.extend(e))
+        .ok();
     let mut upstreams = c.upstreams();
     c.plugin_urls(&plugin_instances, &mut upstreams);
     let services = c.services(&mut upstreams);
@@ -73,9 +75,14 @@ pub(super) fn build(
     let (Some(router), true) = (router, errs.is_empty()) else {
         return Err(errs);
     };
-    let debug_header =
-        HeaderName::from_bytes(config.observability.debug_header.to_ascii_lowercase().as_bytes())
-            .unwrap_or_else(|_| HeaderName::from_static("x-gatehouse-debug"));
+    let debug_header = HeaderName::from_bytes(
+        config
+            .observability
+            .debug_header
+            .to_ascii_lowercase()
+            .as_bytes(),
+    )
+    .unwrap_or_else(|_| HeaderName::from_static("x-gatehouse-debug"));
     Ok(Snapshot {
         route_index: routes
             .iter()
@@ -498,7 +505,11 @@ impl<'a> UpstreamSpec<'a> {
 
     /// The upstream, reusing the target state (pools, counters) of `previous`'s upstream of
     /// the same name for targets whose address and connection settings stay.
-    fn build(self, previous: Option<&Snapshot>, node: NodeContext) -> Result<UpstreamEntry, String> {
+    fn build(
+        self,
+        previous: Option<&Snapshot>,
+        node: NodeContext,
+    ) -> Result<UpstreamEntry, String> {
         let old = previous.and_then(|p| p.upstreams.get(self.name));
         let (protocol, keepalive) = (self.protocol, self.keepalive);
         let mut targets = Vec::with_capacity(self.list.len());

@@ -344,11 +344,21 @@ routes:
             "{CONFIG}observability:\n  access_log: {{path: \"{}\"}}\n  tracing: {{endpoint: \"http://127.0.0.1:9/v1/traces\"}}\n",
             log.display()
         );
-        let planned = Snapshot::plan(parse_config(&yaml, gatehouse_plugins::registry()).unwrap(), None, node()).unwrap();
+        let planned = Snapshot::plan(
+            parse_config(&yaml, gatehouse_plugins::registry()).unwrap(),
+            None,
+            node(),
+        )
+        .unwrap();
         assert!(planned.telemetry.access_log.is_none(), "no writer");
         assert!(planned.telemetry.tracer.is_none(), "no exporter");
         assert!(!log.exists(), "no file");
-        let compiled = Snapshot::compile(parse_config(&yaml, gatehouse_plugins::registry()).unwrap(), None, node()).unwrap();
+        let compiled = Snapshot::compile(
+            parse_config(&yaml, gatehouse_plugins::registry()).unwrap(),
+            None,
+            node(),
+        )
+        .unwrap();
         assert!(compiled.telemetry.access_log.is_some());
         assert!(log.exists());
         let _ = std::fs::remove_dir_all(&dir);
