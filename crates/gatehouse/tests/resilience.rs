@@ -460,3 +460,45 @@ routes:
     assert_eq!(r.json()["body_bytes"], 9);
     g.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_upstreams_targets_are_replaced_live_and_health_checks_follow() {
+    let a = Steered::start("a").await;
+    let b = Steered::start("b").await;
+    let c = Steered::start("c").await;
+    let g = gateway(&(upstream_yaml(&[a.addr], ACTIVE) + ROUTE));
+    let gw = addr(&g);
+    assert_eq!(spread(gw, 4).await.get("a"), Some(&4));
+
+    // Discovery's seam: b and c replace a, without compiling the config.
+    let (sb, sc) = (b.addr.to_string(), c.addr.to_string());
+    g.shared().set_targets("up", &[(&sb, 1), (&sc, 1)]).unwrap();
+    let now = spread(gw, 10).await;
+    assert_eq!(
+        (now.get("b"), now.get("c")),
+        (Some(&5), Some(&5)),
+        "{now:?}"
+    );
+    assert_eq!(a.served.load(std::sync::atomic::Ordering::SeqCst), 4);
+
+    // The active checks moved to the new set on their own: c falls ill and is taken out.
+    c.healthy.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(3), async || state_of(&g, c.addr)
+            == "unhealthy")
+        .await,
+        "c, added by set_targets, was not checked"
+    );
+    assert_eq!(spread(gw, 6).await.get("b"), Some(&6));
+
+    // Bad input changes nothing and says why.
+    let e = g.shared().set_targets("nope", &[(&sb, 1)]).unwrap_err();
+    assert_eq!(e, "no upstream is called \"nope\"");
+    let e = g
+        .shared()
+        .set_targets("up", &[("bad address", 1)])
+        .unwrap_err();
+    assert!(e.contains("bad address"), "{e}");
+    assert_eq!(spread(gw, 2).await.get("b"), Some(&2));
+    g.shutdown().await;
+}

@@ -23,7 +23,9 @@ pub use resilience::{
 pub use observability::{
     default_buckets, AccessLog, LogField, Metrics, Observability, RouteObservability, Tracing,
 };
-pub use validate::{check_path_pattern, is_valid_name, parse_service_url, validate};
+pub use validate::{
+    check_host_port, check_path_pattern, is_valid_name, parse_service_url, validate,
+};
 
 /// One problem in a configuration, located by a field path such as `routes[0].paths[1]`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -481,7 +481,8 @@ pub fn check_path_pattern(path: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_host_port(addr: &str) -> Result<(), String> {
+/// Checks a target address is `host:port` (a port 1-65535, a non-empty host).
+pub fn check_host_port(addr: &str) -> Result<(), String> {
     let (host, port) = addr
         .rsplit_once(':')
         .ok_or_else(|| format!("\"{addr}\" has no port; expected host:port"))?;

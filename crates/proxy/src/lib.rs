@@ -64,7 +64,20 @@ impl Shared {
                 .map_err(|e| vec![e])?;
         }
         self.snapshot.store(Arc::new(next));
+        self.snapshot.load().changes.send_modify(|n| *n += 1);
         Ok(())
+    }
+
+    /// Replaces the targets of upstream `name` (address, weight) without compiling the
+    /// config: what service discovery feeds. Targets that stay keep their pools, health and
+    /// breakers; health checks restart on the new set. A reload rebuilds the upstream from
+    /// the config again. `Err` (nothing changed) says which name or address is wrong.
+    pub fn set_targets(&self, name: &str, targets: &[(&str, u32)]) -> Result<(), String> {
+        let snap = self.snapshot.load();
+        let Some(u) = snap.upstreams.get(name) else {
+            return Err(format!("no upstream is called \"{name}\""));
+        };
+        u.replace_targets(targets)
     }
 
     /// Each target of upstream `name` with its health, as this node sees it now.
@@ -76,7 +89,8 @@ impl Shared {
         let u = snap.upstreams.get(name)?;
         let now = gatehouse_runtime::health::now_ns();
         Some(
-            u.targets
+            u.targets()
+                .targets
                 .iter()
                 .map(|t| (t.address.clone(), t.health.view(now)))
                 .collect(),
@@ -106,7 +120,7 @@ impl Shared {
         upstreams.sort_by(|a, b| a.name.cmp(&b.name));
         for u in upstreams {
             if let Some(p) = &u.breaker {
-                for t in &u.targets {
+                for t in &u.targets().targets {
                     let name = format!("{}/{}", u.name, t.address);
                     out.push((
                         "target",
@@ -493,30 +507,31 @@ async fn sweep_idle(shared: Arc<Shared>) {
     }
 }
 
-/// Runs the active health checks of the serving snapshot's upstreams, restarting them when a
-/// reload swaps the snapshot. Verdicts live in the targets, so targets that stay keep theirs;
-/// checks a reload removed have their verdicts cleared.
+/// Runs the active health checks of the serving snapshot's upstreams, restarting them when
+/// the targets change: a reload swaps the snapshot, or one upstream's targets are replaced.
+/// Both tell the snapshot's change channel, so nothing polls. Verdicts live in the targets,
+/// so targets that stay keep theirs; checks a reload removed have their verdicts cleared.
 async fn health_checks(shared: Arc<Shared>) {
+    let mut changes = shared.snapshot.load().changes.subscribe();
     loop {
+        changes.mark_unchanged();
         let snap = shared.snapshot.load_full();
         let mut probes = tokio::task::JoinSet::new();
         for u in snap.upstreams.values() {
             let active = u.health.as_ref().and_then(|h| h.active.clone());
             let passive = u.health.as_ref().is_some_and(|h| h.passive.is_some());
-            for t in &u.targets {
+            let targets = u.targets().targets.clone();
+            for t in &targets {
                 t.health.reset(active.is_some(), passive);
             }
             if let Some(check) = active {
                 let name: Arc<str> = u.name.as_ref().into();
-                probes.spawn(gatehouse_runtime::health::run_active(
-                    name,
-                    u.targets.clone(),
-                    check,
-                ));
+                probes.spawn(gatehouse_runtime::health::run_active(name, targets, check));
             }
         }
-        while Arc::ptr_eq(&snap, &shared.snapshot.load()) {
-            tokio::time::sleep(Duration::from_millis(250)).await;
+        drop(snap);
+        if changes.changed().await.is_err() {
+            return;
         }
         // Dropping the set aborts the old probes.
     }

@@ -154,9 +154,9 @@ pub struct Exchange {
     pub bytes_out: u64,
     /// Time upstreams took to answer (head), over all attempts.
     pub upstream: Option<Duration>,
-    /// The index of the target that answered, in its route's upstream (an index, not an
-    /// `Arc`: no shared reference count to touch per request).
-    pub target: Option<usize>,
+    /// The target that answered; kept only for the access log (a shared reference count
+    /// touched per request otherwise).
+    pub target: Option<Arc<TargetState>>,
     pub retries: u32,
     pub budget_exhausted: bool,
     pub rejected_by: Option<&'static str>,

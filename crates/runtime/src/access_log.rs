@@ -22,8 +22,8 @@ pub struct Line {
     pub time: SystemTime,
     pub snap: Arc<Snapshot>,
     pub route: Option<usize>,
-    /// The target that answered: an index into the route's upstream's targets.
-    pub target: Option<usize>,
+    /// The target that answered.
+    pub target: Option<Arc<crate::upstream::TargetState>>,
     pub request_id: HeaderValue,
     pub client_ip: IpAddr,
     pub consumer: Option<Arc<str>>,
@@ -499,8 +499,7 @@ pub fn format(buf: &mut Vec<u8>, clock: &mut Clock, fields: &[LogField], l: &Lin
                 o.opt_text("upstream", service.map(|s| s.upstream.name.as_bytes()))
             }
             LogField::Target => {
-                let t = l.target.and_then(|i| service?.upstream.targets.get(i));
-                o.opt_text("target", t.map(|t| t.address.as_bytes()))
+                o.opt_text("target", l.target.as_ref().map(|t| t.address.as_bytes()))
             }
             LogField::Method => o.text("method", l.method.as_str().as_bytes()),
             LogField::Host => o.opt_text("host", l.host.as_ref().map(|h| h.as_bytes())),
@@ -602,7 +601,10 @@ mod timing {
             time: SystemTime::now(),
             snap: snap.clone(),
             route: Some(0),
-            target: Some(0),
+            target: snap
+                .upstreams
+                .get("u")
+                .map(|u| u.targets().targets[0].clone()),
             request_id: HeaderValue::from_static("8018868a-3d22-462e-83ec-cd537ebba2a1"),
             client_ip: "127.0.0.1".parse().unwrap_or(IpAddr::from([127, 0, 0, 1])),
             consumer: None,

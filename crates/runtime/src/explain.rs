@@ -115,6 +115,7 @@ pub fn explain(
                 .unwrap_or_else(|| path_and_query.to_owned()),
             targets: service
                 .upstream
+                .targets()
                 .targets
                 .iter()
                 .map(|t| {

@@ -521,7 +521,7 @@ fn encode_targets(snap: &Snapshot, e: &mut DescriptorEncoder) -> std::fmt::Resul
     for (name, help, read) in gauges {
         let mut m = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
         for u in &ups {
-            for t in &u.targets {
+            for t in &u.targets().targets {
                 let labels = [("upstream", &*u.name), ("target", &*t.address)];
                 gauge(&mut m.encode_family(&labels)?, read(t, now))?;
             }
@@ -543,7 +543,7 @@ fn encode_targets(snap: &Snapshot, e: &mut DescriptorEncoder) -> std::fmt::Resul
     for (name, help, read) in counters {
         let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
         for u in &ups {
-            for t in &u.targets {
+            for t in &u.targets().targets {
                 let labels = [("upstream", &*u.name), ("target", &*t.address)];
                 counter(&mut m.encode_family(&labels)?, read(t))?;
             }

@@ -33,17 +33,13 @@ pub fn respond(
         sender,
         in_flight,
         head_at,
-        idx,
+        ..
     } = answered;
     *resp.version_mut() = down.version;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let (Some(client), Some(up)) = (down.on_upgrade, resp.body_mut().take_upgrade()) {
             let holds = std::mem::take(&mut st.plugins.holds);
-            let address = routed
-                .upstream
-                .targets
-                .get(idx)
-                .map_or_else(Default::default, |t| t.address.clone());
+            let address = in_flight.0.address.clone();
             let idle = st.snap.config.node.tunnel_idle_timeout;
             tokio::spawn(tunnel(client, up, in_flight, holds, address, idle));
             return resp.map(|_| RespBody::empty());

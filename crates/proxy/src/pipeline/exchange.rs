@@ -11,7 +11,7 @@ use crate::body::InFlight;
 use crate::errors::Failure;
 use crate::observe::{Exchange, TRACEPARENT};
 use bytes::Bytes;
-use gatehouse_runtime::snapshot::{AllTargetsDown, Snapshot, UpstreamEntry};
+use gatehouse_runtime::snapshot::{AllTargetsDown, Snapshot, TargetSet, UpstreamEntry};
 use gatehouse_runtime::upstream::{
     BodyFault, ClientFault, ConnectError, ProxyBody, Sender, TargetState, UpBody,
 };
@@ -98,11 +98,13 @@ pub async fn exchange(
     mut plugins: Option<Plugins<'_, '_>>,
 ) -> Attempt {
     let up = call.upstream;
-    let (idx, target) = match pick(call) {
+    // This exchange's view of the targets, even if a replacement swaps in meanwhile.
+    let set = up.targets();
+    let (idx, target) = match pick(call, &set) {
         Ok(picked) => picked,
         Err(all_down) => return Attempt::NoTarget { all_down },
     };
-    let why = || why_target(up, idx, call.tried);
+    let why = || why_target(up, &set, idx, call.tried);
     let mut stale = 0;
     loop {
         let tried_at = Instant::now();
@@ -110,7 +112,7 @@ pub async fn exchange(
             Ok(s) => s,
             Err(e) => {
                 rec.attempt(None, target, tried_at, None, Some("connect failed"), why);
-                return connect_failed(call, idx, e);
+                return connect_failed(call, &set, idx, e);
             }
         };
         if reused {
@@ -142,7 +144,7 @@ pub async fn exchange(
             Err(_) => {
                 rec.attempt(span_id, target, sent_at, None, Some("timeout"), why);
                 tracing::warn!(route = %call.label, target = %target.address, "upstream response head timed out");
-                report(up, idx, None, None);
+                report(up, &set, idx, None, None);
                 return Attempt::Broken(Failure::UpstreamTimeout, Cause::Timeout, idx);
             }
             Ok(Err(mut e)) => match (e.take_message(), call.body_fault.and_then(BodyFault::get)) {
@@ -160,14 +162,14 @@ pub async fn exchange(
                     let note = Some("connection failed before sending");
                     rec.attempt(span_id, target, sent_at, None, note, why);
                     tracing::warn!(route = %call.label, target = %target.address, error = %e.error(), "upstream connection failed before the request was sent");
-                    report(up, idx, None, None);
+                    report(up, &set, idx, None, None);
                     out.give_back(unsent);
                     return Attempt::NotSent(Failure::UpstreamError, idx);
                 }
                 (None, None) => {
                     rec.attempt(span_id, target, sent_at, None, Some("reset"), why);
                     tracing::warn!(route = %call.label, target = %target.address, error = %e.error(), "upstream exchange failed");
-                    report(up, idx, None, None);
+                    report(up, &set, idx, None, None);
                     return Attempt::Broken(Failure::UpstreamError, Cause::Reset, idx);
                 }
             },
@@ -177,9 +179,11 @@ pub async fn exchange(
         let status = resp.status();
         rec.attempt(span_id, target, sent_at, Some(status.as_u16()), None, why);
         rec.upstream = Some(rec.upstream.unwrap_or_default() + (head_at - sent_at));
-        rec.target = Some(idx);
+        if rec.log.is_some() {
+            rec.target = Some(target.clone());
+        }
         target.record_latency(head_at - sent_at, head_at.into_std());
-        report(up, idx, Some(status), Some(head_at - sent_at));
+        report(up, &set, idx, Some(status), Some(head_at - sent_at));
         return Attempt::Answered(Answered {
             resp,
             sender,
@@ -192,8 +196,8 @@ pub async fn exchange(
 
 /// A connect that failed: reported to the target's health and breaker unless it was our own
 /// connection cap.
-fn connect_failed(call: &Call<'_>, idx: usize, e: ConnectError) -> Attempt {
-    let address = call.upstream.targets.get(idx).map_or("", |t| &*t.address);
+fn connect_failed(call: &Call<'_>, set: &TargetSet, idx: usize, e: ConnectError) -> Attempt {
+    let address = set.targets.get(idx).map_or("", |t| &*t.address);
     tracing::warn!(route = %call.label, target = address, error = %e, "upstream connect failed");
     let failure = match e {
         ConnectError::Limit(..) => Failure::ConnectionLimit,
@@ -201,7 +205,7 @@ fn connect_failed(call: &Call<'_>, idx: usize, e: ConnectError) -> Attempt {
         _ => Failure::ConnectFailed,
     };
     if failure != Failure::ConnectionLimit {
-        report(call.upstream, idx, None, None);
+        report(call.upstream, set, idx, None, None);
     }
     Attempt::NotSent(failure, idx)
 }
@@ -209,18 +213,18 @@ fn connect_failed(call: &Call<'_>, idx: usize, e: ConnectError) -> Attempt {
 /// The target for this exchange: another than those tried when there is one, the same
 /// again only when all were tried.
 /// `Err(all_down)` when none can be picked.
-fn pick<'a>(call: &Call<'a>) -> Result<(usize, &'a Arc<TargetState>), bool> {
+fn pick<'s>(call: &Call<'_>, set: &'s TargetSet) -> Result<(usize, &'s Arc<TargetState>), bool> {
     let up = call.upstream;
-    let idx = match up.pick(call.hash_key, call.tried) {
+    let idx = match up.pick(set, call.hash_key, call.tried) {
         Ok(Some(i)) => i,
-        Ok(None) if !call.tried.is_empty() => match up.pick(call.hash_key, &[]) {
+        Ok(None) if !call.tried.is_empty() => match up.pick(set, call.hash_key, &[]) {
             Ok(Some(i)) => i,
             _ => return Err(false),
         },
         Ok(None) => return Err(false),
         Err(AllTargetsDown) => return Err(true),
     };
-    match up.targets.get(idx) {
+    match set.targets.get(idx) {
         Some(t) => Ok((idx, t)),
         None => Err(false),
     }
@@ -251,20 +255,26 @@ async fn upstream_request_phase(
 
 /// What one attempt on `targets[idx]` told: its status (None: no answer) and how long the
 /// head took. Feeds passive health checks and the target's breaker.
-fn report(up: &UpstreamEntry, idx: usize, status: Option<StatusCode>, took: Option<Duration>) {
+fn report(
+    up: &UpstreamEntry,
+    set: &TargetSet,
+    idx: usize,
+    status: Option<StatusCode>,
+    took: Option<Duration>,
+) {
     let passive = up.health.as_ref().and_then(|h| h.passive.as_ref());
     if passive.is_none() && up.breaker.is_none() {
         return;
     }
     let now = gatehouse_runtime::health::now_ns();
-    let address = up.targets.get(idx).map_or("", |t| &*t.address);
+    let address = set.targets.get(idx).map_or("", |t| &*t.address);
     if let Some(p) = passive {
         let failed = status.is_none_or(|s| p.is_failure(s));
-        if let Some(length) = p.report(&up.targets, idx, failed, now) {
+        if let Some(length) = p.report(&set.targets, idx, failed, now) {
             tracing::warn!(upstream = %up.name, target = address, ?length, "target ejected (passive check)");
         }
     }
-    if let (Some(p), Some(t)) = (&up.breaker, up.targets.get(idx)) {
+    if let (Some(p), Some(t)) = (&up.breaker, set.targets.get(idx)) {
         let failed = status.is_none_or(|s| p.is_failure(s));
         let slow = took.is_some_and(|d| p.is_slow(d));
         if let Some(state) = t.breaker.record(p, now, failed, slow) {
@@ -274,9 +284,9 @@ fn report(up: &UpstreamEntry, idx: usize, status: Option<StatusCode>, took: Opti
 }
 
 /// Why the balancer's pick was `idx`, for the decision trace.
-fn why_target(upstream: &UpstreamEntry, idx: usize, tried: &[usize]) -> String {
+fn why_target(upstream: &UpstreamEntry, set: &TargetSet, idx: usize, tried: &[usize]) -> String {
     let now = gatehouse_runtime::health::now_ns();
-    let Some(t) = upstream.targets.get(idx) else {
+    let Some(t) = set.targets.get(idx) else {
         return String::new();
     };
     let health = if upstream.health.is_none() {
@@ -292,8 +302,8 @@ fn why_target(upstream: &UpstreamEntry, idx: usize, tried: &[usize]) -> String {
     };
     format!(
         "{} pick among {} targets; {health}; {breaker}; {} tried before",
-        upstream.balancer.name(),
-        upstream.targets.len(),
+        set.balancer.name(),
+        set.targets.len(),
         tried.len()
     )
 }

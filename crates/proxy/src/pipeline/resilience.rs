@@ -201,7 +201,7 @@ async fn ask_fallback_upstream(
     let mut out = Outgoing::new(replay.request());
     // The record's target names one of the route's own upstream targets: keep the one that
     // failed.
-    let primary = st.rec.target;
+    let primary = st.rec.target.take();
     let attempt = exchange(&call, &mut out, &mut st.rec, None).await;
     st.rec.target = primary;
     let answered = match attempt {

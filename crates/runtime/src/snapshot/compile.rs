@@ -5,15 +5,14 @@
 
 use super::{
     parse_template, HashSource, NodeContext, Resources, RouteEntry, RouteObserve, ServiceEntry,
-    Snapshot, UpstreamEntry,
+    Snapshot, TargetSet, TargetSettings, UpstreamEntry,
 };
-use crate::balance::{subset, Balancer};
+use crate::balance::subset;
 use crate::breaker;
 use crate::health::HealthPolicy;
 use crate::plugins::{build_instances, chains, Built, Instances};
 use crate::retry::Retry;
 use crate::router::Router;
-use crate::upstream::TargetState;
 use gatehouse_model::{
     parse_service_url, Config, ConfigError, HashOn, Keepalive, RetryPolicy, UpstreamProtocol,
 };
@@ -31,6 +30,7 @@ struct Compiler<'c> {
     node: NodeContext,
     resources: Resources,
     errs: Vec<ConfigError>,
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 pub(super) fn build(
@@ -45,6 +45,10 @@ pub(super) fn build(
         node,
         resources,
         errs: gatehouse_model::validate(&config),
+        changes: previous.map_or_else(
+            || Arc::new(tokio::sync::watch::Sender::new(0)),
+            |p| p.changes.clone(),
+        ),
     };
     let (env, env_errs) = plugin_env(&config, previous);
     c.errs.extend(env_errs);
@@ -69,7 +73,7 @@ pub(super) fn build(
         &mut c.errs,
         resources,
     );
-    let mut errs = c.errs;
+    let (mut errs, changes) = (c.errs, c.changes);
     gatehouse_model::sort_errors(&mut errs);
     errs.dedup();
     let (Some(router), true) = (router, errs.is_empty()) else {
@@ -104,6 +108,7 @@ pub(super) fn build(
         plugin_instances,
         redis: env.redis,
         consumers,
+        changes,
         telemetry,
         consumer_stats,
         debug_header,
@@ -148,7 +153,7 @@ impl<'c> Compiler<'c> {
                 health: u.health.as_ref().map(HealthPolicy::new),
                 breaker: u.circuit_breaker.as_ref().map(breaker::Policy::new),
             };
-            match spec.build(self.previous, self.node) {
+            match spec.build(self) {
                 Ok(e) => {
                     upstreams.insert(u.name.as_str().into(), Arc::new(e));
                 }
@@ -195,7 +200,7 @@ impl<'c> Compiler<'c> {
                 if upstreams.contains_key(r.name()) {
                     continue;
                 }
-                match UpstreamSpec::single(r.name(), authority).build(self.previous, self.node) {
+                match UpstreamSpec::single(r.name(), authority).build(self) {
                     Ok(e) => {
                         upstreams.insert(r.name().into(), Arc::new(e));
                     }
@@ -223,7 +228,7 @@ impl<'c> Compiler<'c> {
                     // Named so that it cannot clash with a configured upstream (names have
                     // no ':').
                     let name = format!("service:{}", s.name);
-                    match UpstreamSpec::single(&name, &target).build(self.previous, self.node) {
+                    match UpstreamSpec::single(&name, &target).build(self) {
                         Ok(e) => {
                             let e = Arc::new(e);
                             upstreams.insert(name.into(), e.clone());
@@ -505,38 +510,23 @@ impl<'a> UpstreamSpec<'a> {
 
     /// The upstream, reusing the target state (pools, counters) of `previous`'s upstream of
     /// the same name for targets whose address and connection settings stay.
-    fn build(
-        self,
-        previous: Option<&Snapshot>,
-        node: NodeContext,
-    ) -> Result<UpstreamEntry, String> {
-        let old = previous.and_then(|p| p.upstreams.get(self.name));
-        let (protocol, keepalive) = (self.protocol, self.keepalive);
-        let mut targets = Vec::with_capacity(self.list.len());
-        for (addr, _) in &self.list {
-            let reused = old.and_then(|o| {
-                o.targets
-                    .iter()
-                    .find(|t| {
-                        &*t.address == *addr && t.protocol == protocol && t.keepalive == keepalive
-                    })
-                    .cloned()
-            });
-            let state = match reused {
-                Some(s) => s,
-                None => Arc::new(TargetState::new(addr, protocol, keepalive, node.workers)?),
-            };
-            targets.push(state);
-        }
-        let addrs: Vec<&str> = self.list.iter().map(|(a, _)| *a).collect();
-        let weights: Vec<u32> = self.list.iter().map(|(_, w)| *w).collect();
-        Ok(UpstreamEntry {
-            name: self.name.into(),
-            balancer: Balancer::new(self.balance, &addrs, &weights),
-            targets,
-            hash: self.hash,
-            health: self.health,
-            breaker: self.breaker,
-        })
+    fn build(self, c: &Compiler<'_>) -> Result<UpstreamEntry, String> {
+        let old = c.previous.and_then(|p| p.upstreams.get(self.name));
+        let settings = TargetSettings {
+            balance: self.balance,
+            protocol: self.protocol,
+            keepalive: self.keepalive,
+            workers: c.node.workers,
+        };
+        let set = TargetSet::build(&self.list, settings, old.map(|o| o.targets()).as_deref())?;
+        Ok(UpstreamEntry::new(
+            self.name,
+            set,
+            settings,
+            self.hash,
+            self.health,
+            self.breaker,
+            c.changes.clone(),
+        ))
     }
 }

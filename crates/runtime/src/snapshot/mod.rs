@@ -3,17 +3,17 @@
 //! names built), and target state is carried over from the previous snapshot.
 
 mod compile;
+mod targets;
 
 pub use compile::{parse_config, parse_config_for_node};
+pub use targets::{AllTargetsDown, HashSource, TargetSet, TargetSettings, UpstreamEntry};
 
-use crate::balance::Balancer;
 use crate::breaker;
-use crate::health::HealthPolicy;
 use crate::plugins::{Chain, Instances};
 use crate::retry::{Budget, Retry};
 use crate::router::{RequestView, RouteMatch, Router};
 use crate::upstream::TargetState;
-use gatehouse_model::{AllDown, Config, ConfigError, RetryPolicy, Timeouts};
+use gatehouse_model::{Config, ConfigError, RetryPolicy, Timeouts};
 use gatehouse_plugin_api::{ConsumerIndex, RedisStore, Registry};
 use http::HeaderName;
 use std::collections::HashMap;
@@ -53,6 +53,9 @@ pub struct Snapshot {
     pub redis: Option<Arc<RedisStore>>,
     /// The consumers and their credentials, for authentication plugins.
     pub consumers: ConsumerIndex,
+    /// Told of every change of targets (a reload, or one upstream's targets replaced), so
+    /// health checks follow without polling. One channel for the life of the gateway.
+    pub changes: Arc<tokio::sync::watch::Sender<u64>>,
     /// Metric bounds, node-wide counters, the access log writer and the trace exporter.
     pub telemetry: crate::telemetry::Telemetry,
     /// Per-consumer request counts, by consumer index (empty unless
@@ -125,72 +128,6 @@ pub struct ServiceEntry {
     pub budget: Arc<Budget>,
 }
 
-pub struct UpstreamEntry {
-    pub name: Box<str>,
-    /// The targets this node uses (after subsetting), in a stable order.
-    pub targets: Vec<Arc<TargetState>>,
-    pub balancer: Balancer,
-    pub hash: HashSource,
-    /// Health checks; `None` (the default) uses every target without looking.
-    pub health: Option<HealthPolicy>,
-    /// Per-target circuit breakers.
-    pub breaker: Option<breaker::Policy>,
-}
-
-/// Every target of an upstream is down by its health checks, and it fails fast.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AllTargetsDown;
-
-impl UpstreamEntry {
-    /// A target for this request: one not yet `tried` and healthy, or, when health checks
-    /// left none and the upstream says `try_anyway`, any not yet tried.
-    #[inline]
-    pub fn pick(&self, hash_key: &[u8], tried: &[usize]) -> Result<Option<usize>, AllTargetsDown> {
-        if self.health.is_none() && self.breaker.is_none() {
-            return Ok(self.balancer.pick(&self.targets, hash_key, tried));
-        }
-        let now = crate::health::now_ns();
-        let usable = |t: &TargetState| {
-            t.health.available(now)
-                && self
-                    .breaker
-                    .as_ref()
-                    .is_none_or(|p| t.breaker.would_admit(p, now))
-        };
-        let healthy = self.balancer.pick_where(&self.targets, hash_key, |i| {
-            !tried.contains(&i) && self.targets.get(i).is_some_and(|t| usable(t))
-        });
-        if let Some(i) = healthy {
-            if let (Some(p), Some(t)) = (&self.breaker, self.targets.get(i)) {
-                // Takes a half-open probe slot. A race may let one probe more through than
-                // configured; refusing the request for it would be worse.
-                let _ = t.breaker.admit(p, now);
-            }
-            return Ok(Some(i));
-        }
-        let any_up = self.targets.iter().any(|t| usable(t));
-        let all_down = self
-            .health
-            .as_ref()
-            .map_or(AllDown::FailFast, |h| h.all_down);
-        match all_down {
-            // Usable targets remain, all tried already: nothing left for this request.
-            _ if any_up => Ok(None),
-            AllDown::TryAnyway => Ok(self.balancer.pick(&self.targets, hash_key, tried)),
-            AllDown::FailFast => Err(AllTargetsDown),
-        }
-    }
-}
-
-/// Where a consistent-hash key comes from.
-pub enum HashSource {
-    None,
-    ClientIp,
-    Header(HeaderName),
-    Cookie(Box<str>),
-    Query(Box<str>),
-}
-
 impl Snapshot {
     /// Compiles `config` into a snapshot to serve: acquires what it needs (the access log's
     /// file and writer, the trace exporter, fallback body files), lending the previous
@@ -222,9 +159,12 @@ impl Snapshot {
         self.route_index.get(name).and_then(|&i| self.routes.get(i))
     }
 
-    /// Every distinct target of this snapshot (for idle sweeping).
-    pub fn targets(&self) -> impl Iterator<Item = &Arc<TargetState>> {
-        self.upstreams.values().flat_map(|u| u.targets.iter())
+    /// Every target this snapshot's upstreams use now (for idle sweeping).
+    pub fn targets(&self) -> Vec<Arc<TargetState>> {
+        self.upstreams
+            .values()
+            .flat_map(|u| u.targets().targets.clone())
+            .collect()
     }
 }
 
@@ -384,15 +324,46 @@ routes:
         let b = compile(&changed, Some(&a));
         let (ua, ub) = (&a.upstreams["pool"], &b.upstreams["pool"]);
         assert!(
-            Arc::ptr_eq(&ua.targets[0], &ub.targets[0]),
+            Arc::ptr_eq(&ua.targets().targets[0], &ub.targets().targets[0]),
             "kept target lost its state"
         );
-        assert!(!Arc::ptr_eq(&ua.targets[1], &ub.targets[1]));
+        assert!(!Arc::ptr_eq(
+            &ua.targets().targets[1],
+            &ub.targets().targets[1]
+        ));
         assert!(Arc::ptr_eq(
-            &a.upstreams["service:u"].targets[0],
-            &b.upstreams["service:u"].targets[0]
+            &a.upstreams["service:u"].targets().targets[0],
+            &b.upstreams["service:u"].targets().targets[0]
         ));
         assert_eq!(&*b.services[1].path_prefix, "/base");
+    }
+
+    #[test]
+    fn one_upstreams_targets_are_replaced_without_a_compile() {
+        let a = compile(CONFIG, None);
+        let up = &a.upstreams["pool"];
+        let before = up.targets();
+        let changes = a.changes.subscribe();
+        up.replace_targets(&[("127.0.0.1:1002", 1), ("127.0.0.1:1005", 3)])
+            .unwrap();
+        assert!(changes.has_changed().unwrap(), "health checks are told");
+        let after = up.targets();
+        let addrs: Vec<&str> = after.targets.iter().map(|t| &*t.address).collect();
+        assert_eq!(addrs, ["127.0.0.1:1002", "127.0.0.1:1005"]);
+        assert!(
+            Arc::ptr_eq(&before.targets[1], &after.targets[0]),
+            "a target that stays keeps its pool and health"
+        );
+        // Requests pick among the new set; one that loaded the old set keeps it.
+        for _ in 0..8 {
+            let i = up.pick(&after, &[], &[]).unwrap().unwrap();
+            assert!(i < 2);
+        }
+        assert_eq!(&*before.targets[0].address, "127.0.0.1:1001");
+        // A bad address changes nothing.
+        let e = up.replace_targets(&[("not an address\n", 1)]).unwrap_err();
+        assert!(e.contains("has no port"), "{e}");
+        assert_eq!(up.targets().targets.len(), 2);
     }
 
     #[test]

@@ -1,0 +1,192 @@
+//! An upstream as requests use it: its target set (targets and their balancer) behind its own
+//! swap, so one upstream's targets can be replaced without compiling the config (the seam
+//! service discovery feeds), and the policies that pick among them.
+
+use crate::balance::Balancer;
+use crate::breaker;
+use crate::health::HealthPolicy;
+use crate::upstream::TargetState;
+use arc_swap::ArcSwap;
+use gatehouse_model::{AllDown, Keepalive, UpstreamProtocol};
+use http::HeaderName;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Where a consistent-hash key comes from.
+pub enum HashSource {
+    None,
+    ClientIp,
+    Header(HeaderName),
+    Cookie(Box<str>),
+    Query(Box<str>),
+}
+
+/// The targets an upstream uses now (after subsetting), in a stable order, and their balancer.
+pub struct TargetSet {
+    pub targets: Vec<Arc<TargetState>>,
+    pub balancer: Balancer,
+}
+
+/// How an upstream's targets are connected to and balanced: what a new target set is built
+/// with.
+#[derive(Clone, Copy)]
+pub struct TargetSettings {
+    pub balance: gatehouse_model::Balance,
+    pub protocol: UpstreamProtocol,
+    pub keepalive: Keepalive,
+    pub workers: usize,
+}
+
+impl TargetSet {
+    /// A set of `list` (address, weight), reusing the state (pools, counters, health) of
+    /// `old`'s targets whose address and connection settings stay.
+    pub fn build(
+        list: &[(&str, u32)],
+        settings: TargetSettings,
+        old: Option<&TargetSet>,
+    ) -> Result<TargetSet, String> {
+        let (protocol, keepalive) = (settings.protocol, settings.keepalive);
+        let mut targets = Vec::with_capacity(list.len());
+        for (addr, _) in list {
+            let reused = old.and_then(|o| {
+                o.targets
+                    .iter()
+                    .find(|t| {
+                        &*t.address == *addr && t.protocol == protocol && t.keepalive == keepalive
+                    })
+                    .cloned()
+            });
+            let state = match reused {
+                Some(s) => s,
+                None => Arc::new(TargetState::new(
+                    addr,
+                    protocol,
+                    keepalive,
+                    settings.workers,
+                )?),
+            };
+            targets.push(state);
+        }
+        let addrs: Vec<&str> = list.iter().map(|(a, _)| *a).collect();
+        let weights: Vec<u32> = list.iter().map(|(_, w)| *w).collect();
+        Ok(TargetSet {
+            balancer: Balancer::new(settings.balance, &addrs, &weights),
+            targets,
+        })
+    }
+}
+
+pub struct UpstreamEntry {
+    pub name: Box<str>,
+    set: ArcSwap<TargetSet>,
+    pub settings: TargetSettings,
+    pub hash: HashSource,
+    /// Health checks; `None` (the default) uses every target without looking.
+    pub health: Option<HealthPolicy>,
+    /// Per-target circuit breakers.
+    pub breaker: Option<breaker::Policy>,
+    /// Told of every target change, so health checks follow without polling.
+    changes: Arc<watch::Sender<u64>>,
+}
+
+/// Every target of an upstream is down by its health checks, and it fails fast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AllTargetsDown;
+
+impl UpstreamEntry {
+    pub fn new(
+        name: &str,
+        set: TargetSet,
+        settings: TargetSettings,
+        hash: HashSource,
+        health: Option<HealthPolicy>,
+        breaker: Option<breaker::Policy>,
+        changes: Arc<watch::Sender<u64>>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            set: ArcSwap::from_pointee(set),
+            settings,
+            hash,
+            health,
+            breaker,
+            changes,
+        }
+    }
+
+    /// The targets in use now. A request holds what it loaded for its whole exchange, so
+    /// indices stay meaningful while a replacement swaps in.
+    pub fn targets(&self) -> Arc<TargetSet> {
+        self.set.load_full()
+    }
+
+    /// Replaces the targets with `list` (address, weight), keeping the state of targets
+    /// that stay; requests already under way finish on the set they loaded. Health checks
+    /// hear of it. `Err` (nothing changed) names a bad address.
+    pub fn replace_targets(&self, list: &[(&str, u32)]) -> Result<(), String> {
+        for (addr, weight) in list {
+            gatehouse_model::check_host_port(addr)?;
+            if *weight == 0 {
+                return Err(format!("\"{addr}\": a weight must be at least 1"));
+            }
+        }
+        let old = self.set.load();
+        let set = TargetSet::build(list, self.settings, Some(&old))?;
+        if self.health.is_some() {
+            let active = self.health.as_ref().is_some_and(|h| h.active.is_some());
+            let passive = self.health.as_ref().is_some_and(|h| h.passive.is_some());
+            let new = |t: &&Arc<TargetState>| !old.targets.iter().any(|o| Arc::ptr_eq(o, t));
+            for t in set.targets.iter().filter(new) {
+                t.health.reset(active, passive);
+            }
+        }
+        self.set.store(Arc::new(set));
+        self.changes.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    /// A target of `set` for this request: one not yet `tried` and healthy, or, when health
+    /// checks left none and the upstream says `try_anyway`, any not yet tried.
+    #[inline]
+    pub fn pick(
+        &self,
+        set: &TargetSet,
+        hash_key: &[u8],
+        tried: &[usize],
+    ) -> Result<Option<usize>, AllTargetsDown> {
+        let targets = &set.targets;
+        if self.health.is_none() && self.breaker.is_none() {
+            return Ok(set.balancer.pick(targets, hash_key, tried));
+        }
+        let now = crate::health::now_ns();
+        let usable = |t: &TargetState| {
+            t.health.available(now)
+                && self
+                    .breaker
+                    .as_ref()
+                    .is_none_or(|p| t.breaker.would_admit(p, now))
+        };
+        let healthy = set.balancer.pick_where(targets, hash_key, |i| {
+            !tried.contains(&i) && targets.get(i).is_some_and(|t| usable(t))
+        });
+        if let Some(i) = healthy {
+            if let (Some(p), Some(t)) = (&self.breaker, targets.get(i)) {
+                // Takes a half-open probe slot. A race may let one probe more through than
+                // configured; refusing the request for it would be worse.
+                let _ = t.breaker.admit(p, now);
+            }
+            return Ok(Some(i));
+        }
+        let any_up = targets.iter().any(|t| usable(t));
+        let all_down = self
+            .health
+            .as_ref()
+            .map_or(AllDown::FailFast, |h| h.all_down);
+        match all_down {
+            // Usable targets remain, all tried already: nothing left for this request.
+            _ if any_up => Ok(None),
+            AllDown::TryAnyway => Ok(set.balancer.pick(targets, hash_key, tried)),
+            AllDown::FailFast => Err(AllTargetsDown),
+        }
+    }
+}
