@@ -11,6 +11,7 @@
 //! the client side polls it. A connection is owned by one exchange at a time and goes back to
 //! the pool from its body's clean end.
 
+use crate::connector::Stream;
 use crate::upstream::{BoxError, ProxyBody};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
@@ -19,7 +20,6 @@ use http_body::{Body as _, Frame, SizeHint};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// A response head larger than this is refused (hyper's client allowed about 400 KiB; nginx's
 /// `proxy_buffer_size` is 4-8 KiB, so 64 KiB is generous).
@@ -50,7 +50,7 @@ pub enum Error {
 
 /// One open HTTP/1.1 connection to a target, idle between exchanges.
 pub struct Conn {
-    io: TcpStream,
+    io: Stream,
     /// Received and not yet consumed; kept across exchanges so its allocation is reused.
     buf: BytesMut,
     /// The request head being written; kept so its allocation is reused.
@@ -77,7 +77,7 @@ enum ReqFraming {
 }
 
 impl Conn {
-    pub fn new(io: TcpStream, slot: Box<dyn Send + Sync>) -> Self {
+    pub fn new(io: Stream, slot: Box<dyn Send + Sync>) -> Self {
         Self {
             io,
             buf: BytesMut::with_capacity(READ_CHUNK),
@@ -93,16 +93,7 @@ impl Conn {
         if !self.buf.is_empty() {
             return true;
         }
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        match self.io.poll_read_ready(&mut cx) {
-            Poll::Pending => false,
-            Poll::Ready(Err(_)) => true,
-            // Readiness can be left over from the last read; a non-blocking read tells.
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                !matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-            }
-        }
+        self.io.is_closed()
     }
 
     /// Sends `req` and reads the response head. The returned body owns the connection.
@@ -468,7 +459,7 @@ pub struct Body {
 
 /// A connection handed over after a 101: the socket and what was read past the head.
 pub struct Upgraded {
-    pub io: TcpStream,
+    pub io: Stream,
     pub read_ahead: Bytes,
     /// Keeps the connection counted against its target's cap while the tunnel runs.
     pub slot: Box<dyn Send + Sync>,
@@ -654,8 +645,8 @@ mod tests {
             let _ = s.shutdown().await;
             got
         });
-        let io = TcpStream::connect(addr).await.unwrap();
-        let conn = Box::new(Conn::new(io, Box::new(())));
+        let io = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let conn = Box::new(Conn::new(Stream::Tcp(io), Box::new(())));
         (conn.send(req).await, origin)
     }
 
@@ -784,9 +775,9 @@ mod tests {
     async fn an_idle_connection_closed_by_its_target_is_seen_closed() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        let io = TcpStream::connect(addr).await.unwrap();
+        let io = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (s, _) = l.accept().await.unwrap();
-        let conn = Conn::new(io, Box::new(()));
+        let conn = Conn::new(Stream::Tcp(io), Box::new(()));
         assert!(!conn.is_closed());
         drop(s);
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;

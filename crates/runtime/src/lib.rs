@@ -7,6 +7,7 @@ pub use router::{RequestView, RouteMatch, Router};
 pub mod access_log;
 pub mod balance;
 pub mod breaker;
+pub mod connector;
 pub mod consumers;
 pub mod debug;
 pub mod explain;

@@ -21,7 +21,6 @@ use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 thread_local! {
@@ -331,6 +330,8 @@ pub struct TargetState {
     /// `Host` header value for requests that do not preserve the client's host.
     pub authority: HeaderValue,
     socket_addr: Option<SocketAddr>,
+    /// How connections to it are opened.
+    pub connector: crate::connector::Connector,
     pub protocol: UpstreamProtocol,
     pub keepalive: Keepalive,
     /// Requests in flight (least_conn, ewma).
@@ -381,6 +382,7 @@ impl TargetState {
             address: address.into(),
             authority,
             socket_addr: address.parse().ok(),
+            connector: crate::connector::Connector::Tcp,
             protocol,
             keepalive,
             active: AtomicUsize::new(0),
@@ -539,11 +541,11 @@ impl TargetState {
             open: self.open.clone(),
             freed: self.freed.clone(),
         };
-        let stream = tokio::time::timeout_at(deadline, self.tcp_connect())
+        let dial = self.connector.connect(self.socket_addr, &self.address);
+        let stream = tokio::time::timeout_at(deadline, dial)
             .await
             .map_err(|_| ConnectError::Timeout(self.address.clone()))?
             .map_err(|e| ConnectError::Io(self.address.clone(), e))?;
-        let _ = stream.set_nodelay(true);
         self.connects.fetch_add(1, Ordering::Relaxed);
         match self.protocol {
             UpstreamProtocol::Http1 => Ok(Sender::H1(Some(Box::new(h1::Conn::new(
@@ -564,13 +566,6 @@ impl TargetState {
                 });
                 Ok(Sender::H2(sender))
             }
-        }
-    }
-
-    async fn tcp_connect(&self) -> std::io::Result<TcpStream> {
-        match self.socket_addr {
-            Some(a) => TcpStream::connect(a).await,
-            None => TcpStream::connect(&*self.address).await,
         }
     }
 }
