@@ -36,15 +36,31 @@ pub enum Source {
     Store(Arc<gatehouse_store::Store>),
 }
 
-/// Every problem compiling a config would find; nothing is swapped.
-pub type Validate = Box<dyn Fn(&Config) -> Vec<ConfigError> + Send + Sync>;
-/// Compiles and swaps in a config, committed as the given revision.
-pub type Apply = Box<dyn Fn(Config, i64) -> Result<(), Vec<ConfigError>> + Send + Sync>;
-
-/// How the gateway checks and takes a new config (store mode).
-pub struct Live {
-    pub validate: Validate,
-    pub apply: Apply,
+/// The running gateway as the admin API reads and drives it: one interface (implemented by
+/// the node runner) instead of a closure per question.
+pub trait GatewayView: Send + Sync + 'static {
+    /// The config being served (the last one that compiled).
+    fn config(&self) -> Config;
+    /// Every problem compiling `config` would find; nothing is swapped.
+    fn check(&self, config: &Config) -> Vec<ConfigError>;
+    /// Compiles `config` and swaps it in; on error the running one keeps serving.
+    fn apply(&self, config: Config) -> Result<(), Vec<ConfigError>>;
+    /// The health of one upstream's targets on this node (`None`: no such upstream).
+    fn health(&self, upstream: &str) -> Option<Vec<TargetHealth>>;
+    /// Every configured circuit breaker.
+    fn breakers(&self) -> Vec<BreakerStatus>;
+    /// Fallback answers served, per route with a fallback: `(route, [cache, static,
+    /// upstream])`.
+    fn fallbacks(&self) -> Vec<(String, [u64; 3])>;
+    /// Issues a decision-trace token valid for `ttl`: `(token, header to send it in)`;
+    /// `None` when this gateway issues none.
+    fn debug_token(&self, _ttl: std::time::Duration) -> Option<Result<(String, String), String>> {
+        None
+    }
+    /// The data plane's metrics, read from the serving snapshot at each scrape.
+    fn data_plane(&self) -> Option<Box<dyn prometheus_client::collector::Collector>> {
+        None
+    }
 }
 
 /// What the admin API reads from the running gateway, and what the gateway reports to it.
@@ -52,29 +68,14 @@ pub struct Control {
     started: Instant,
     source: Source,
     revision: AtomicU64,
-    /// The config being served (the last one that compiled).
-    current: Box<dyn Fn() -> Config + Send + Sync>,
-    live: Option<Live>,
+    /// The gateway this API serves.
+    view: Arc<dyn GatewayView>,
     writes: tokio::sync::Mutex<()>,
     /// Serving the on-disk last-known-good snapshot: the store could not be read at start.
     from_snapshot: std::sync::atomic::AtomicBool,
     tokens: Arc<auth::Tokens>,
-    health: Option<HealthOf>,
-    breakers: Option<BreakersOf>,
-    fallbacks: Option<FallbacksOf>,
-    debug: Option<DebugTokens>,
     pub metrics: Metrics,
 }
-
-/// Issues a decision-trace token valid for the given time: `(token, header to send it in)`.
-pub type DebugTokens =
-    Box<dyn Fn(std::time::Duration) -> Result<(String, String), String> + Send + Sync>;
-
-/// Fallback answers served, per route with a fallback: `(route, [cache, static, upstream])`.
-pub type FallbacksOf = Box<dyn Fn() -> Vec<(String, [u64; 3])> + Send + Sync>;
-
-/// Every configured circuit breaker, as `/status` and `/metrics` show them.
-pub type BreakersOf = Box<dyn Fn() -> Vec<BreakerStatus> + Send + Sync>;
 
 /// One circuit breaker's state.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -88,10 +89,6 @@ pub struct BreakerStatus {
     /// Times it opened since the gateway started.
     pub opened_total: u64,
 }
-
-/// The health of one upstream's targets on this node, by upstream name (`None`: no such
-/// upstream is served).
-pub type HealthOf = Box<dyn Fn(&str) -> Option<Vec<TargetHealth>> + Send + Sync>;
 
 /// One target's health as this node sees it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -115,42 +112,35 @@ pub struct UpstreamHealth {
 }
 
 impl Control {
-    /// File mode: `current` reads the config being served; the revision starts at 1 for it.
-    pub fn new(source: Source, current: impl Fn() -> Config + Send + Sync + 'static) -> Self {
-        Control::build(source, current, None, 1)
+    /// File mode: the API reads `view`; the revision starts at 1 for the file's config.
+    pub fn new(source: Source, view: Arc<dyn GatewayView>) -> Self {
+        Control::build(source, view, 1)
     }
 
-    /// Store mode: writes go through `live`; `revision` is the store's revision being served.
+    /// Store mode: writes are checked and applied through `view`; `revision` is the store's
+    /// revision being served.
     pub fn with_store(
         store: Arc<gatehouse_store::Store>,
-        current: impl Fn() -> Config + Send + Sync + 'static,
-        live: Live,
+        view: Arc<dyn GatewayView>,
         revision: i64,
     ) -> Self {
-        Control::build(Source::Store(store), current, Some(live), revision)
+        Control::build(Source::Store(store), view, revision)
     }
 
-    fn build(
-        source: Source,
-        current: impl Fn() -> Config + Send + Sync + 'static,
-        live: Option<Live>,
-        revision: i64,
-    ) -> Self {
-        let metrics = Metrics::new();
+    fn build(source: Source, view: Arc<dyn GatewayView>, revision: i64) -> Self {
+        let mut metrics = Metrics::new();
         metrics.revision.set(revision);
+        if let Some(collector) = view.data_plane() {
+            metrics.register_collector(collector);
+        }
         Control {
             started: Instant::now(),
             source,
             revision: AtomicU64::new(revision.max(0) as u64),
-            current: Box::new(current),
-            live,
+            view,
             writes: tokio::sync::Mutex::new(()),
             from_snapshot: std::sync::atomic::AtomicBool::new(false),
             tokens: Arc::new(auth::Tokens::new(&[])),
-            health: None,
-            breakers: None,
-            fallbacks: None,
-            debug: None,
             metrics,
         }
     }
@@ -158,39 +148,6 @@ impl Control {
     /// Requires one of `tokens` on every call (viewers read, admins also write).
     pub fn with_tokens(mut self, tokens: &[gatehouse_model::AdminToken]) -> Self {
         self.tokens = Arc::new(auth::Tokens::new(tokens));
-        self
-    }
-
-    /// Where `/upstreams/{id}/health` reads target health from.
-    pub fn with_health(mut self, health: HealthOf) -> Self {
-        self.health = Some(health);
-        self
-    }
-
-    /// Where `/status` and `/metrics` read circuit breakers from.
-    pub fn with_breakers(mut self, breakers: BreakersOf) -> Self {
-        self.breakers = Some(breakers);
-        self
-    }
-
-    /// Where `/metrics` reads fallback counts from.
-    pub fn with_fallbacks(mut self, fallbacks: FallbacksOf) -> Self {
-        self.fallbacks = Some(fallbacks);
-        self
-    }
-
-    /// Adds the data plane's metrics (read from the serving snapshot at each scrape).
-    pub fn with_data_plane(
-        mut self,
-        collector: Box<dyn prometheus_client::collector::Collector>,
-    ) -> Self {
-        self.metrics.register_collector(collector);
-        self
-    }
-
-    /// Where `POST /debug/tokens` gets decision-trace tokens from.
-    pub fn with_debug_tokens(mut self, issue: DebugTokens) -> Self {
-        self.debug = Some(issue);
         self
     }
 
@@ -299,7 +256,7 @@ async fn status(State(c): State<Shared>) -> Json<Status> {
         uptime_seconds: c.started.elapsed().as_secs(),
         mode,
         store,
-        circuit_breakers: c.breakers.as_ref().map(|b| b()).unwrap_or_default(),
+        circuit_breakers: c.view.breakers(),
     })
 }
 
@@ -314,12 +271,8 @@ fn without_credentials(url: &str) -> String {
 #[utoipa::path(get, path = "/metrics", tag = "status",
     responses((status = 200, description = "Prometheus metrics (OpenMetrics text)", content_type = "application/openmetrics-text", body = String)))]
 async fn metrics(State(c): State<Shared>) -> Response {
-    if let Some(b) = &c.breakers {
-        c.metrics.breakers(&b());
-    }
-    if let Some(f) = &c.fallbacks {
-        c.metrics.fallbacks(&f());
-    }
+    c.metrics.breakers(&c.view.breakers());
+    c.metrics.fallbacks(&c.view.fallbacks());
     match c.metrics.encode() {
         Ok(text) => (
             [(
@@ -389,10 +342,10 @@ async fn debug_token(State(c): State<Shared>, body: axum::body::Bytes) -> Respon
         }
         Some(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("ttl: {e}")),
     };
-    let Some(issue) = &c.debug else {
+    let Some(issued) = c.view.debug_token(ttl) else {
         return error(StatusCode::NOT_FOUND, "this gateway issues no debug tokens");
     };
-    match issue(ttl) {
+    match issued {
         Ok((token, header)) => (
             StatusCode::CREATED,
             Json(DebugToken {
@@ -425,7 +378,7 @@ async fn put_config(
 #[utoipa::path(get, path = "/config", tag = "config",
     responses((status = 200, description = "The whole config being served, as the YAML file holds it (JSON)", body = Object)))]
 async fn config(State(c): State<Shared>) -> Response {
-    let mut config = (c.current)();
+    let mut config = c.view.config();
     // Token hashes stay on the node.
     if let Some(a) = &mut config.admin {
         a.tokens.clear();
@@ -559,7 +512,7 @@ impl Kind {
 }
 
 fn list(c: &Control, kind: Kind, query: &BTreeMap<String, String>) -> Response {
-    let items = entities(&(c.current)(), kind)
+    let items = entities(&c.view.config(), kind)
         .into_iter()
         .map(|(_, v)| v)
         .collect();
@@ -570,7 +523,7 @@ fn list(c: &Control, kind: Kind, query: &BTreeMap<String, String>) -> Response {
 }
 
 fn one(c: &Control, kind: Kind, id: &str) -> Response {
-    match entities(&(c.current)(), kind)
+    match entities(&c.view.config(), kind)
         .into_iter()
         .find(|(i, _)| i == id)
     {
@@ -741,7 +694,7 @@ async fn list_targets(
     Path(id): Path<String>,
     Query(q): Query<BTreeMap<String, String>>,
 ) -> Response {
-    let config = (c.current)();
+    let config = c.view.config();
     let Some(u) = config.upstreams.iter().find(|u| u.name == id) else {
         return error(StatusCode::NOT_FOUND, format!("no upstream named {id:?}"));
     };
@@ -763,7 +716,7 @@ async fn list_targets(
         (status = 404, description = "No such upstream", body = ErrorBody),
     ))]
 async fn upstream_health(State(c): State<Shared>, Path(id): Path<String>) -> Response {
-    match c.health.as_ref().and_then(|h| h(&id)) {
+    match c.view.health(&id) {
         Some(targets) => Json(UpstreamHealth {
             upstream: id,
             targets,

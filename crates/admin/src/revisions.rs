@@ -146,9 +146,6 @@ pub(crate) async fn rollback(
     let Some(id) = revision_id(&id) else {
         return error(StatusCode::NOT_FOUND, format!("no revision {id}"));
     };
-    let Some(live) = &c.live else {
-        return crate::read_only().await;
-    };
     let _serial = c.writes.lock().await;
     let target = match store.revision(id).await {
         Ok(Some((_, config))) => config,
@@ -159,7 +156,7 @@ pub(crate) async fn rollback(
         Ok(x) => x,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
-    let problems = (live.validate)(&target);
+    let problems = c.view.check(&target);
     if !problems.is_empty() {
         let fields = problems.into_iter().map(|e| (e.path, e.message)).collect();
         return (
@@ -180,11 +177,10 @@ pub(crate) async fn rollback(
         before: serde_json::to_value(&current).ok(),
         after: serde_json::to_value(&target).ok(),
     };
-    let revision =
-        match crate::write::commit_and_apply(&c, store, live, parent, target, change).await {
-            Ok(r) => r,
-            Err(r) => return r,
-        };
+    let revision = match crate::write::commit_and_apply(&c, store, parent, target, change).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
     (StatusCode::CREATED, Json(Committed { revision })).into_response()
 }
 

@@ -22,11 +22,35 @@ plugins:
   - {name: rate-limit, config: {limit: 100}}
 "#;
 
+/// A gateway as a file-mode admin API sees it: a config read from a file, served as is.
+struct FileServed(Config);
+
+impl GatewayView for FileServed {
+    fn config(&self) -> Config {
+        self.0.clone()
+    }
+    fn check(&self, _: &Config) -> Vec<gatehouse_model::ConfigError> {
+        Vec::new()
+    }
+    fn apply(&self, _: Config) -> Result<(), Vec<gatehouse_model::ConfigError>> {
+        Ok(())
+    }
+    fn health(&self, _: &str) -> Option<Vec<TargetHealth>> {
+        None
+    }
+    fn breakers(&self) -> Vec<BreakerStatus> {
+        Vec::new()
+    }
+    fn fallbacks(&self) -> Vec<(String, [u64; 3])> {
+        Vec::new()
+    }
+}
+
 async fn start() -> (SocketAddr, Arc<Control>) {
     let config = gatehouse_model::parse_yaml(YAML).unwrap();
     let control = Arc::new(Control::new(
         Source::File("gateway.yaml".into()),
-        move || config.clone(),
+        Arc::new(FileServed(config)),
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -242,7 +242,6 @@ fn change_targets(
 pub(crate) async fn commit_and_apply(
     c: &Control,
     store: &gatehouse_store::Store,
-    live: &crate::Live,
     parent: i64,
     config: Config,
     change: Change<'_>,
@@ -252,7 +251,7 @@ pub(crate) async fn commit_and_apply(
         Err(e @ StoreError::Conflict(_)) => return Err(error(StatusCode::CONFLICT, e.to_string())),
         Err(e) => return Err(error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
     };
-    match (live.apply)(config, revision) {
+    match c.view.apply(config) {
         Ok(()) => c.serving(revision),
         // Validated before the commit, so this is a bug, not bad input: say so loudly.
         Err(errors) => tracing::error!(revision, ?errors, "a committed revision did not compile"),
@@ -265,9 +264,6 @@ pub(crate) async fn write(c: &Control, kind: Kind, op: Op, body: &[u8], who: &st
     let Source::Store(store) = &c.source else {
         return crate::read_only().await;
     };
-    let Some(live) = &c.live else {
-        return crate::read_only().await;
-    };
     // One write at a time on this node; the store's revision check covers other nodes.
     let _serial = c.writes.lock().await;
     let (parent, mut config) = match store.latest().await {
@@ -278,7 +274,7 @@ pub(crate) async fn write(c: &Control, kind: Kind, op: Op, body: &[u8], who: &st
         Ok(x) => x,
         Err(r) => return *r,
     };
-    let errors = (live.validate)(&config);
+    let errors = c.view.check(&config);
     if !errors.is_empty() {
         // Problems of the entity written are named relative to it (`routes.paths[0]`);
         // others (a route left pointing at a deleted service) keep their full path.
@@ -326,7 +322,7 @@ pub(crate) async fn write(c: &Control, kind: Kind, op: Op, body: &[u8], who: &st
         before,
         after: after.clone(),
     };
-    if let Err(r) = commit_and_apply(c, store, live, parent, config, change).await {
+    if let Err(r) = commit_and_apply(c, store, parent, config, change).await {
         return r;
     }
     match op {
@@ -386,9 +382,6 @@ pub(crate) async fn replace_all(c: &Control, body: &[u8], who: &str) -> Response
     let Source::Store(store) = &c.source else {
         return crate::read_only().await;
     };
-    let Some(live) = &c.live else {
-        return crate::read_only().await;
-    };
     let value = match json_body(body) {
         Ok(v) => v,
         Err(fields) => return invalid(StatusCode::BAD_REQUEST, "invalid config".into(), fields),
@@ -418,7 +411,7 @@ pub(crate) async fn replace_all(c: &Control, body: &[u8], who: &str) -> Response
         Ok(x) => x,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
-    let errors = (live.validate)(&entities);
+    let errors = c.view.check(&entities);
     if !errors.is_empty() {
         let fields = errors.into_iter().map(|e| (e.path, e.message)).collect();
         return invalid(
@@ -435,7 +428,7 @@ pub(crate) async fn replace_all(c: &Control, body: &[u8], who: &str) -> Response
         before: serde_json::to_value(&current).ok(),
         after: serde_json::to_value(&entities).ok(),
     };
-    let revision = match commit_and_apply(c, store, live, parent, entities, change).await {
+    let revision = match commit_and_apply(c, store, parent, entities, change).await {
         Ok(r) => r,
         Err(r) => return r,
     };

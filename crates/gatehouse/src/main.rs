@@ -5,6 +5,7 @@ mod config_cmd;
 mod diff;
 mod echo;
 mod explain;
+mod node;
 mod store_mode;
 
 use anyhow::Context;
@@ -18,7 +19,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::signal::unix::{signal, SignalKind};
 
 /// `gatehouse plugins [schema NAME]`.
 fn plugins(what: Option<PluginsCommand>) -> ExitCode {
@@ -387,10 +387,11 @@ pub(crate) fn node_context(
 /// only on average (configure `node.index` for an exact spread).
 fn default_node_index() -> u32 {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    crc32(host.trim().as_bytes()) % 1024
+    fnv1a(host.trim().as_bytes()) % 1024
 }
 
-fn crc32(b: &[u8]) -> u32 {
+/// FNV-1a: a stable hash of the host name (not for security).
+fn fnv1a(b: &[u8]) -> u32 {
     b.iter().fold(0x811c_9dc5u32, |h, x| {
         (h ^ u32::from(*x)).wrapping_mul(0x0100_0193)
     })
@@ -446,54 +447,49 @@ async fn run(path: PathBuf, flags: NodeFlags) -> anyhow::Result<()> {
         registry: gatehouse_plugins::registry(),
     };
     let gateway = Gateway::start(config, &opts)?;
-    let admin_listener = tokio::net::TcpListener::bind(admin_addr)
-        .await
-        .with_context(|| format!("cannot listen for the admin API on {admin_addr}"))?;
-    let shared = gateway.shared().clone();
-    let control = Arc::new(
-        Control::new(Source::File(path.clone()), move || {
-            shared.snapshot.load().config.clone()
-        })
-        .with_tokens(&tokens)
-        .with_health(health_of(gateway.shared().clone()))
-        .with_breakers(breakers_of(gateway.shared().clone()))
-        .with_fallbacks(fallbacks_of(gateway.shared().clone()))
-        .with_data_plane(data_plane_of(gateway.shared().clone()))
-        .with_debug_tokens(debug_tokens_of(gateway.shared().clone())),
-    );
-    tracing::info!(address = %admin_listener.local_addr()?, "admin API listening");
-    let admin_task = tokio::spawn(gatehouse_admin::serve(
-        admin_listener,
-        control.clone(),
-        std::future::pending(),
-    ));
-    let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
-    let _watcher = watch_file(&path, tx).context("cannot watch the config file")?;
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    // Logged once reloads are armed, so whoever waits for this line can edit the file.
-    for a in gateway.addrs() {
-        tracing::info!(address = %a, workers = node.workers, "gatehouse listening");
+    let view = node::NodeView {
+        shared: gateway.shared().clone(),
+        for_node: None,
+    };
+    let control =
+        Arc::new(Control::new(Source::File(path.clone()), Arc::new(view)).with_tokens(&tokens));
+    let (tx, changes) = tokio::sync::mpsc::unbounded_channel();
+    let watcher = watch_file(&path, tx).context("cannot watch the config file")?;
+    let source = FileSource {
+        path,
+        redis: redis.map(str::to_owned),
+        changes,
+        _watcher: watcher,
+    };
+    node::serve(gateway, control, admin_addr, node.workers, source).await
+}
+
+/// File mode's config: a YAML file, watched.
+struct FileSource {
+    path: PathBuf,
+    redis: Option<String>,
+    changes: tokio::sync::mpsc::UnboundedReceiver<()>,
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl node::ConfigSource for FileSource {
+    fn describe(&self) -> String {
+        format!("file {}", self.path.display())
     }
-    loop {
-        tokio::select! {
-            Some(()) = changes.recv() => {
-                // Editors write in several steps; let them finish, then read once.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                while changes.try_recv().is_ok() {}
-                reload(&gateway, &control, &path, redis, "file changed");
-            }
-            _ = hup.recv() => reload(&gateway, &control, &path, redis, "SIGHUP"),
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+
+    async fn changed(&mut self) -> &'static str {
+        if self.changes.recv().await.is_none() {
+            return std::future::pending().await;
         }
+        // Editors write in several steps; let them finish, then read once.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        while self.changes.try_recv().is_ok() {}
+        "file changed"
     }
-    admin_task.abort();
-    tracing::info!("shutting down: draining in-flight requests");
-    gateway.shutdown().await;
-    tracing::info!("stopped");
-    Ok(())
+
+    async fn follow(&mut self, gateway: &Gateway, control: &Control, why: &str) {
+        reload(gateway, control, &self.path, self.redis.as_deref(), why);
+    }
 }
 
 fn reload(gateway: &Gateway, control: &Control, path: &Path, redis: Option<&str>, why: &str) {
@@ -600,71 +596,11 @@ observability:
     );
     println!("Each request prints an access log line (JSON) below.");
     println!("Ctrl-C stops it.");
-    let mut term = signal(SignalKind::terminate())?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
     gateway.shutdown().await;
     Ok(())
-}
-
-/// What the admin API's `/upstreams/{id}/health` reads: the serving snapshot's targets.
-pub(crate) fn health_of(shared: Arc<gatehouse_proxy::Shared>) -> gatehouse_admin::HealthOf {
-    Box::new(move |name| {
-        let targets = shared.health_of(name)?;
-        Some(
-            targets
-                .into_iter()
-                .map(|(address, v)| gatehouse_admin::TargetHealth {
-                    address: address.into(),
-                    state: v.state,
-                    ejected_for_ms: v.ejected_for_ms,
-                    ejections: v.ejections,
-                })
-                .collect(),
-        )
-    })
-}
-
-/// What `/status` and `/metrics` read of circuit breakers: the serving snapshot's.
-pub(crate) fn breakers_of(shared: Arc<gatehouse_proxy::Shared>) -> gatehouse_admin::BreakersOf {
-    Box::new(move || {
-        shared
-            .breakers()
-            .into_iter()
-            .map(
-                |(scope, name, state, opened_total)| gatehouse_admin::BreakerStatus {
-                    scope,
-                    name,
-                    state,
-                    opened_total,
-                },
-            )
-            .collect()
-    })
-}
-
-/// What `/metrics` reads of fallback answers.
-pub(crate) fn fallbacks_of(shared: Arc<gatehouse_proxy::Shared>) -> gatehouse_admin::FallbacksOf {
-    Box::new(move || shared.fallbacks())
-}
-
-/// What `/metrics` reads of the data plane: the serving snapshot's statistics.
-pub(crate) fn data_plane_of(
-    shared: Arc<gatehouse_proxy::Shared>,
-) -> Box<dyn prometheus_client::collector::Collector> {
-    Box::new(gatehouse_runtime::telemetry::SnapshotCollector(move || {
-        shared.snapshot.load_full()
-    }))
-}
-
-/// How `POST /debug/tokens` issues decision-trace tokens: into the data plane's token list.
-pub(crate) fn debug_tokens_of(
-    shared: Arc<gatehouse_proxy::Shared>,
-) -> gatehouse_admin::DebugTokens {
-    Box::new(move |ttl| {
-        let token = shared.debug_tokens.issue(ttl)?;
-        Ok((token, shared.snapshot.load().debug_header.to_string()))
-    })
 }

@@ -3,9 +3,10 @@
 //! PostgreSQL, nodes hear of a new revision at once (LISTEN/NOTIFY); every node also checks
 //! the store's revision every second, as a safety net for lost notifications.
 
+use crate::node::{ConfigSource, NodeView};
 use crate::{node_context, NodeFlags};
 use anyhow::Context;
-use gatehouse_admin::{Control, Live};
+use gatehouse_admin::Control;
 use gatehouse_model::Config;
 use gatehouse_proxy::{Gateway, Shared, StartOptions};
 use gatehouse_store::{Store, StoreError};
@@ -13,7 +14,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::signal::unix::{signal, SignalKind};
 
 /// How often a node asks the store for a newer revision.
 const POLL: Duration = Duration::from_secs(1);
@@ -68,78 +68,81 @@ pub async fn run(url: String, flags: NodeFlags) -> anyhow::Result<()> {
         .with_context(|| format!("the config in {url} (revision {revision}) does not start"))?;
     let flags = Arc::new(flags);
     let shared = gateway.shared().clone();
-    let live = Live {
-        validate: {
-            let (shared, flags) = (shared.clone(), flags.clone());
-            Box::new(move |c: &Config| shared.check(for_node(c.clone(), &flags)))
-        },
-        apply: {
-            let (shared, flags) = (shared.clone(), flags.clone());
-            Box::new(move |c: Config, _revision| shared.reload(for_node(c, &flags)))
-        },
+    let view = NodeView {
+        shared: shared.clone(),
+        for_node: Some({
+            let flags = flags.clone();
+            Box::new(move |c| for_node(c, &flags))
+        }),
     };
-    let current = {
-        let shared = shared.clone();
-        move || shared.snapshot.load().config.clone()
-    };
-    let control = Arc::new(
-        Control::with_store(store.clone(), current, live, revision)
-            .with_tokens(&tokens)
-            .with_health(crate::health_of(shared.clone()))
-            .with_breakers(crate::breakers_of(shared.clone()))
-            .with_fallbacks(crate::fallbacks_of(shared.clone()))
-            .with_data_plane(crate::data_plane_of(shared.clone()))
-            .with_debug_tokens(crate::debug_tokens_of(shared.clone())),
-    );
+    let control =
+        Arc::new(Control::with_store(store.clone(), Arc::new(view), revision).with_tokens(&tokens));
     control.set_from_snapshot(from_snapshot);
-    let mut snapshot_revision = if from_snapshot { revision } else { -1 };
-    let admin_listener = tokio::net::TcpListener::bind(admin_addr)
-        .await
-        .with_context(|| format!("cannot listen for the admin API on {admin_addr}"))?;
-    tracing::info!(address = %admin_listener.local_addr()?, "admin API listening");
-    let admin_task = tokio::spawn(gatehouse_admin::serve(
-        admin_listener,
-        control.clone(),
-        std::future::pending(),
-    ));
-    for a in gateway.addrs() {
-        tracing::info!(address = %a, workers = node.workers, store = %url, revision, "gatehouse listening");
+    let source = StoreSource {
+        changes: store.changes(),
+        store,
+        url,
+        flags,
+        snapshot,
+        snapshot_revision: if from_snapshot { revision } else { -1 },
+        poll: tokio::time::interval(POLL),
+        rejected: 0,
+    };
+    crate::node::serve(gateway, control, admin_addr, node.workers, source).await
+}
+
+/// Store mode's config: the store's latest revision. PostgreSQL announces new revisions at
+/// once; the poll is the safety net.
+struct StoreSource {
+    store: Arc<Store>,
+    changes: Option<tokio::sync::mpsc::Receiver<i64>>,
+    url: String,
+    flags: Arc<NodeFlags>,
+    /// The last-known-good file, and the revision it holds.
+    snapshot: std::path::PathBuf,
+    snapshot_revision: i64,
+    poll: tokio::time::Interval,
+    /// A revision this node rejected is not retried until a newer one comes.
+    rejected: i64,
+}
+
+impl ConfigSource for StoreSource {
+    fn describe(&self) -> String {
+        format!("store {}", self.url)
     }
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut poll = tokio::time::interval(POLL);
-    let mut rejected = 0;
-    // PostgreSQL announces new revisions at once; the poll is the safety net.
-    let mut changes = store.changes();
-    loop {
+
+    async fn changed(&mut self) -> &'static str {
         let announced = async {
-            match &mut changes {
+            match &mut self.changes {
                 Some(rx) => rx.recv().await,
                 None => std::future::pending().await,
             }
         };
         tokio::select! {
-            Some(_) = announced => follow(&store, &shared, &control, &flags, &mut rejected).await,
-            _ = poll.tick() => follow(&store, &shared, &control, &flags, &mut rejected).await,
-            _ = hup.recv() => follow(&store, &shared, &control, &flags, &mut rejected).await,
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            Some(_) = announced => "store announced a revision",
+            _ = self.poll.tick() => "store poll",
         }
+    }
+
+    async fn follow(&mut self, gateway: &Gateway, control: &Control, _why: &str) {
+        let shared = gateway.shared();
+        follow(
+            &self.store,
+            shared,
+            control,
+            &self.flags,
+            &mut self.rejected,
+        )
+        .await;
         // Keep the snapshot in step with what is served (a write here, or another node's).
         let served = control.revision() as i64;
-        if served != snapshot_revision {
-            match write_snapshot(&snapshot, served, &shared.snapshot.load().config) {
-                Ok(()) => snapshot_revision = served,
+        if served != self.snapshot_revision {
+            match write_snapshot(&self.snapshot, served, &shared.snapshot.load().config) {
+                Ok(()) => self.snapshot_revision = served,
                 Err(e) => tracing::warn!(error = %e, "cannot write the last-known-good snapshot"),
             }
         }
     }
-    admin_task.abort();
-    tracing::info!("shutting down: draining in-flight requests");
-    gateway.shutdown().await;
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// Takes a newer revision from the store, if there is one (written by another node). A store
@@ -182,7 +185,7 @@ async fn follow(
 
 /// The snapshot file: the revision and the config (entities) served.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct Snapshot {
+struct LastKnownGood {
     revision: i64,
     config: Config,
 }
@@ -190,7 +193,7 @@ struct Snapshot {
 fn read_snapshot(path: &Path) -> anyhow::Result<(i64, Config)> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let s: Snapshot = serde_json::from_str(&text)
+    let s: LastKnownGood = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a snapshot", path.display()))?;
     Ok((s.revision, s.config))
 }
@@ -202,7 +205,7 @@ fn write_snapshot(path: &Path, revision: i64, config: &Config) -> anyhow::Result
     }
     let mut stored = config.clone();
     stored.listen.clear();
-    let text = serde_json::to_string(&Snapshot {
+    let text = serde_json::to_string(&LastKnownGood {
         revision,
         config: stored,
     })?;

@@ -49,7 +49,7 @@ pub struct StartOptions {
     pub registry: &'static gatehouse_plugin_api::Registry,
 }
 
-/// A running gateway.
+/// The gateway state workers, the admin view and reloads share.
 impl Shared {
     /// Compiles `config` next to the serving snapshot (lending it pools and plugin state) and
     /// swaps it in; on error nothing changes.

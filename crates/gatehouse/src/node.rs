@@ -1,0 +1,141 @@
+//! One node runner for both modes: the admin API over the running gateway ([`NodeView`]),
+//! signals, following the config source (a watched file, or a store), and the drain at the
+//! end. The modes differ only in their [`ConfigSource`].
+
+use anyhow::Context;
+use gatehouse_admin::{BreakerStatus, Control, GatewayView, TargetHealth};
+use gatehouse_model::{Config, ConfigError};
+use gatehouse_proxy::{Gateway, Shared};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// The running gateway as the admin API sees it. In store mode a config from the store gets
+/// this node's settings (`for_node`) before it is checked or applied.
+pub(crate) struct NodeView {
+    pub shared: Arc<Shared>,
+    pub for_node: Option<Box<dyn Fn(Config) -> Config + Send + Sync>>,
+}
+
+impl NodeView {
+    fn node_config(&self, config: Config) -> Config {
+        match &self.for_node {
+            Some(f) => f(config),
+            None => config,
+        }
+    }
+}
+
+impl GatewayView for NodeView {
+    fn config(&self) -> Config {
+        self.shared.snapshot.load().config.clone()
+    }
+
+    fn check(&self, config: &Config) -> Vec<ConfigError> {
+        self.shared.check(self.node_config(config.clone()))
+    }
+
+    fn apply(&self, config: Config) -> Result<(), Vec<ConfigError>> {
+        self.shared.reload(self.node_config(config))
+    }
+
+    fn health(&self, upstream: &str) -> Option<Vec<TargetHealth>> {
+        let targets = self.shared.health_of(upstream)?;
+        Some(
+            targets
+                .into_iter()
+                .map(|(address, v)| TargetHealth {
+                    address: address.into(),
+                    state: v.state,
+                    ejected_for_ms: v.ejected_for_ms,
+                    ejections: v.ejections,
+                })
+                .collect(),
+        )
+    }
+
+    fn breakers(&self) -> Vec<BreakerStatus> {
+        self.shared
+            .breakers()
+            .into_iter()
+            .map(|(scope, name, state, opened_total)| BreakerStatus {
+                scope,
+                name,
+                state,
+                opened_total,
+            })
+            .collect()
+    }
+
+    fn fallbacks(&self) -> Vec<(String, [u64; 3])> {
+        self.shared.fallbacks()
+    }
+
+    fn debug_token(&self, ttl: Duration) -> Option<Result<(String, String), String>> {
+        let issued = self.shared.debug_tokens.issue(ttl).map(|token| {
+            let header = self.shared.snapshot.load().debug_header.to_string();
+            (token, header)
+        });
+        Some(issued)
+    }
+
+    fn data_plane(&self) -> Option<Box<dyn prometheus_client::collector::Collector>> {
+        let shared = self.shared.clone();
+        Some(Box::new(gatehouse_runtime::telemetry::SnapshotCollector(
+            move || shared.snapshot.load_full(),
+        )))
+    }
+}
+
+/// Where a node's config comes from, as the runner follows it.
+pub(crate) trait ConfigSource {
+    /// What it is, for the log (`file gateway.yaml`, `store sqlite://...`).
+    fn describe(&self) -> String;
+    /// Resolves when the source may have changed, with what said so.
+    async fn changed(&mut self) -> &'static str;
+    /// Reads the source again and applies what changed; a rejected config leaves the running
+    /// one serving.
+    async fn follow(&mut self, gateway: &Gateway, control: &Control, why: &str);
+}
+
+/// Serves the admin API on `admin` and follows `source` until SIGTERM or SIGINT, then drains.
+pub(crate) async fn serve(
+    gateway: Gateway,
+    control: Arc<Control>,
+    admin: SocketAddr,
+    workers: usize,
+    mut source: impl ConfigSource,
+) -> anyhow::Result<()> {
+    let admin_listener = tokio::net::TcpListener::bind(admin)
+        .await
+        .with_context(|| format!("cannot listen for the admin API on {admin}"))?;
+    tracing::info!(address = %admin_listener.local_addr()?, "admin API listening");
+    let admin_task = tokio::spawn(gatehouse_admin::serve(
+        admin_listener,
+        control.clone(),
+        std::future::pending(),
+    ));
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    // Logged once the source is followed, so whoever waits for this line can change it.
+    let described = source.describe();
+    for a in gateway.addrs() {
+        tracing::info!(address = %a, workers, source = %described, "gatehouse listening");
+    }
+    loop {
+        let why = tokio::select! {
+            why = source.changed() => why,
+            _ = hup.recv() => "SIGHUP",
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        };
+        source.follow(&gateway, &control, why).await;
+    }
+    admin_task.abort();
+    tracing::info!("shutting down: draining in-flight requests");
+    gateway.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
