@@ -54,7 +54,7 @@ pub fn run(
         let lines: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         anyhow!("the config does not compile:\n{}", lines.join("\n"))
     })?;
-    let e = gatehouse_runtime::explain::explain(&snap, &method, &host, &path, &map);
+    let e = gatehouse_runtime::explain::explain(snap.snapshot(), &method, &host, &path, &map);
     Ok(if json {
         serde_json::to_string_pretty(&e)? + "\n"
     } else {

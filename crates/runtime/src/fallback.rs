@@ -137,6 +137,23 @@ pub struct Compiled {
 impl Compiled {
     /// Compiles `f` for route `path` (e.g. `routes[3]`), reading a `body_file`, with its
     /// fallback `upstream` resolved; `previous` lends its cache and counters.
+    /// Reads the static response's `body_file` (a plan only checked that it is a file).
+    pub fn read_body_file(&mut self, f: &Fallback, path: &str) -> Result<(), ConfigError> {
+        let (Some(s), Some((_, _, body))) = (&f.static_response, self.static_response.as_mut())
+        else {
+            return Ok(());
+        };
+        if let (None, Some(file)) = (&s.body, &s.body_file) {
+            *body = std::fs::read(file).map(Bytes::from).map_err(|e| {
+                ConfigError::new(
+                    format!("{path}.fallback.static.body_file"),
+                    format!("cannot read {file}: {e}"),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
     pub fn new(
         f: &Fallback,
         path: &str,

@@ -33,12 +33,13 @@ struct Compiler<'c> {
     changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
+/// The plan's snapshot: everything compiled, resources only checked.
 pub(super) fn build(
     config: Config,
     previous: Option<&Snapshot>,
     node: NodeContext,
-    resources: Resources,
 ) -> Result<Snapshot, Vec<ConfigError>> {
+    let resources = Resources::Check;
     let mut c = Compiler {
         config: &config,
         previous,

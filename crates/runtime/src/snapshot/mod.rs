@@ -27,6 +27,49 @@ pub enum Resources {
     Check,
 }
 
+/// A config checked and compiled without resources: what validation and dry runs look at.
+/// It cannot serve until [`Plan::activate`] acquires what it names.
+pub struct Plan {
+    snapshot: Snapshot,
+}
+
+impl Plan {
+    /// The compiled config, to inspect (routes, chains, upstreams): it holds no access log
+    /// writer, no exporter, and no fallback body files.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// Acquires what the plan names: the access log's file and writer and the trace exporter
+    /// (the previous snapshot's, while their settings stay), and fallback body files. `Err`
+    /// names what could not be had; nothing is left running.
+    pub fn activate(self, previous: Option<&Snapshot>) -> Result<Snapshot, Vec<ConfigError>> {
+        let mut snap = self.snapshot;
+        let mut errs = Vec::new();
+        snap.telemetry = crate::telemetry::Telemetry::new(
+            &snap.config.observability,
+            previous.map(|p| &p.telemetry),
+            &mut errs,
+            Resources::Acquire,
+        );
+        for (i, r) in snap.config.routes.iter().enumerate() {
+            let (Some(f), Some(&at)) = (&r.fallback, snap.route_index.get(r.name.as_str())) else {
+                continue;
+            };
+            if let Some(compiled) = snap.routes.get_mut(at).and_then(|e| e.fallback.as_mut()) {
+                if let Err(e) = compiled.read_body_file(f, &format!("routes[{i}]")) {
+                    errs.push(e);
+                }
+            }
+        }
+        if errs.is_empty() {
+            Ok(snap)
+        } else {
+            Err(errs)
+        }
+    }
+}
+
 /// Node facts that are not in the file, fixed for the life of the process.
 #[derive(Debug, Clone, Copy)]
 pub struct NodeContext {
@@ -129,29 +172,27 @@ pub struct ServiceEntry {
 }
 
 impl Snapshot {
-    /// Compiles `config` into a snapshot to serve: acquires what it needs (the access log's
-    /// file and writer, the trace exporter, fallback body files), lending the previous
-    /// snapshot's state (pools, counters) where settings stay. On error nothing is built and
-    /// the caller keeps serving the previous snapshot.
+    /// Compiles `config` into a snapshot to serve: [`Snapshot::plan`], then
+    /// [`Plan::activate`]. On error nothing is built and the caller keeps serving the
+    /// previous snapshot.
     pub fn compile(
         config: Config,
         previous: Option<&Snapshot>,
         node: NodeContext,
     ) -> Result<Snapshot, Vec<ConfigError>> {
-        compile::build(config, previous, node, Resources::Acquire)
+        Self::plan(config, previous, node)?.activate(previous)
     }
 
-    /// Checks `config` as [`Snapshot::compile`] would, with no side effect: no file is opened
-    /// or created, no thread started, no socket opened (it may look at files and directories).
-    /// What `gatehouse validate`, admin dry runs and `explain` use. The snapshot it returns
-    /// holds no resources (no access log writer, no exporter, fallback files not read) and
-    /// must not serve traffic.
+    /// Checks and compiles `config` with no side effect: no file is opened or created, no
+    /// thread started, no socket opened (it may look at files and directories). What
+    /// `gatehouse validate`, admin dry runs and `explain` use. State of what stays (pools,
+    /// counters, plugin instances) is lent by `previous`, as a compile would.
     pub fn plan(
         config: Config,
         previous: Option<&Snapshot>,
         node: NodeContext,
-    ) -> Result<Snapshot, Vec<ConfigError>> {
-        compile::build(config, previous, node, Resources::Check)
+    ) -> Result<Plan, Vec<ConfigError>> {
+        compile::build(config, previous, node).map(|snapshot| Plan { snapshot })
     }
 
     /// The route called `name`, if this snapshot has one.
@@ -290,8 +331,11 @@ routes:
             node(),
         )
         .unwrap();
-        assert!(planned.telemetry.access_log.is_none(), "no writer");
-        assert!(planned.telemetry.tracer.is_none(), "no exporter");
+        assert!(
+            planned.snapshot().telemetry.access_log.is_none(),
+            "no writer"
+        );
+        assert!(planned.snapshot().telemetry.tracer.is_none(), "no exporter");
         assert!(!log.exists(), "no file");
         let compiled = Snapshot::compile(
             parse_config(&yaml, gatehouse_plugins::registry()).unwrap(),
@@ -301,6 +345,40 @@ routes:
         .unwrap();
         assert!(compiled.telemetry.access_log.is_some());
         assert!(log.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_plan_only_checks_fallback_files_and_activate_reads_them() {
+        let dir = std::env::temp_dir().join(format!("gh-plan-fallback-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("degraded.json");
+        std::fs::write(&file, "{\"items\":[]}").unwrap();
+        let yaml = |path: &std::path::Path| {
+            CONFIG.replace(
+                "  - {name: r2, service: u}",
+                &format!(
+                    "  - name: r2\n    service: u\n    fallback: {{static: {{status: 200, body_file: \"{}\"}}}}",
+                    path.display()
+                ),
+            )
+        };
+        let reg = gatehouse_plugins::registry();
+        let plan = Snapshot::plan(parse_config(&yaml(&file), reg).unwrap(), None, node()).unwrap();
+        let body = |s: &Snapshot| {
+            let f = s.route_named("r2").unwrap().fallback.as_ref().unwrap();
+            f.static_response.as_ref().unwrap().2.clone()
+        };
+        assert!(body(plan.snapshot()).is_empty(), "the plan did not read it");
+        let snap = plan.activate(None).unwrap();
+        assert_eq!(&body(&snap)[..], b"{\"items\":[]}");
+        // A file that is not there is the plan's error, with its path.
+        let gone = dir.join("gone.json");
+        let errs = match Snapshot::plan(parse_config(&yaml(&gone), reg).unwrap(), None, node()) {
+            Err(e) => e,
+            Ok(_) => panic!("a missing body_file passed the plan"),
+        };
+        assert_eq!(errs[0].path, "routes[1].fallback.static.body_file");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
