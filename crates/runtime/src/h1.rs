@@ -68,6 +68,37 @@ pub struct Failed {
     pub request: Option<Request<ProxyBody>>,
 }
 
+/// Writes a streamed request body while reading the response head (an upstream may answer
+/// before the body is done): the head, and whether the whole body went out.
+async fn send_streamed(
+    io: &mut Stream,
+    buf: &mut BytesMut,
+    body: ProxyBody,
+    framing: ReqFraming,
+    head_request: bool,
+) -> Result<(Head, bool), Failed> {
+    let (mut rd, mut wr) = io.split();
+    let writing = write_body(&mut wr, body, framing == ReqFraming::Chunked);
+    let reading = read_head(&mut rd, buf, head_request);
+    tokio::pin!(writing, reading);
+    let mut written = false;
+    let head = loop {
+        tokio::select! {
+            biased;
+            head = &mut reading => break head,
+            w = &mut writing, if !written => match w {
+                Ok(()) => written = true,
+                Err(error) => return Err(Failed { error, request: None }),
+            },
+        }
+    };
+    let head = head.map_err(|error| Failed {
+        error,
+        request: None,
+    })?;
+    Ok((head, written))
+}
+
 /// How the request body is framed on the wire.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum ReqFraming {
@@ -145,31 +176,15 @@ impl Conn {
                 }
             }
         } else {
-            let Conn { io, buf, .. } = &mut *self;
-            let (mut rd, mut wr) = io.split();
-            let writing = write_body(&mut wr, body, framing == ReqFraming::Chunked);
-            let reading = read_head(&mut rd, buf, head_request);
-            tokio::pin!(writing, reading);
-            let mut written = false;
-            let head = loop {
-                tokio::select! {
-                    biased;
-                    head = &mut reading => {
-                        // An answer before the whole body went out: the rest is not sent,
-                        // so the connection's framing is lost.
-                        reusable &= written;
-                        break head;
-                    }
-                    w = &mut writing, if !written => match w {
-                        Ok(()) => written = true,
-                        Err(error) => return Err(Failed { error, request: None }),
-                    },
-                }
-            };
-            head.map_err(|error| Failed {
-                error,
-                request: None,
-            })?
+            // Boxed: writing a streamed body while reading the head has a large state, and
+            // most requests (no body, or a small one sent inline) never run it; the request's
+            // future is moved at every poll, so it should not carry it.
+            let streamed = send_streamed(&mut self.io, &mut self.buf, body, framing, head_request);
+            let (head, written) = Box::pin(streamed).await?;
+            // An answer before the whole body went out: the rest is not sent, so the
+            // connection's framing is lost.
+            reusable &= written;
+            head
         };
         let mut resp = Response::new(Body {
             kind: head.kind,

@@ -233,8 +233,8 @@ impl Sender {
                         request: f.request,
                     })
             }
-            Sender::H2(s) => s
-                .try_send_request(req)
+            // Boxed: hyper's h2 send has a large state that HTTP/1.1 requests need not carry.
+            Sender::H2(s) => Box::pin(s.try_send_request(req))
                 .await
                 .map(|r| r.map(UpBody::H2))
                 .map_err(|mut e| SendError {

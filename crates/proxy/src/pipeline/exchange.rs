@@ -130,7 +130,9 @@ pub async fn exchange(
                 .insert(h.clone(), HeaderValue::from(left as u64));
         }
         if let Some(p) = plugins.as_mut() {
-            if let Err(answer) = upstream_request_phase(&mut req, p, rec).await {
+            // Boxed: its state is large and most routes have no plugins, so the exchange
+            // future (moved at every poll) stays small for them.
+            if let Err(answer) = Box::pin(upstream_request_phase(&mut req, p, rec)).await {
                 return Attempt::Refused(answer);
             }
         }
@@ -328,7 +330,9 @@ async fn acquire(
                 }
             }
         }
-        match target.connect(connect_timeout).await {
+        // Boxed: opening a connection (with an h2c handshake) has a large state, and most
+        // requests find a pooled connection and never run it.
+        match Box::pin(target.connect(connect_timeout)).await {
             Ok(s) => return Ok((s, false)),
             Err(ConnectError::Limit(addr, max)) => {
                 // At the cap: reuse any worker's idle connection, else wait for one to be

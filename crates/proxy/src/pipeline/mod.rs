@@ -121,7 +121,9 @@ async fn proxy(
     let client_version = parts.version;
     if !routed.route.plugins.entries.is_empty() {
         let original = parts.uri.clone();
-        body = match plugin_access(st, &routed, &mut parts, body).await {
+        // Boxed, like every stage only some routes reach: the request's future is moved on
+        // every poll, so what plain routes never run should not make it larger.
+        body = match Box::pin(plugin_access(st, &routed, &mut parts, body)).await {
             Ok(body) => body,
             Err(resp) => return resp,
         };
@@ -148,7 +150,7 @@ async fn proxy(
         .is_some_and(|f| f.upstream.is_some());
     if allowed.after_send || fallback_upstream {
         let (max, read) = (routed.route.retry.max_body, routed.service.timeouts.read);
-        if let Err(f) = out.keep_for_replay(max, read).await {
+        if let Err(f) = Box::pin(out.keep_for_replay(max, read)).await {
             let over_limit = fault.as_ref().and_then(|f| f.get()) == Some(ClientFault::OverLimit);
             if over_limit {
                 tracing::info!(route = %routed.route.name, error = ?f, "request body over its limit");

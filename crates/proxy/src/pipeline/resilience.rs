@@ -100,7 +100,8 @@ pub async fn after(
         return resp;
     };
     if fb.replaces(status) {
-        let Some(mut out) = replacement(fb, &guarded, st, routed).await else {
+        // Boxed: the failure path's state (another exchange) stays out of every request's.
+        let Some(mut out) = Box::pin(replacement(fb, &guarded, st, routed)).await else {
             return resp;
         };
         tracing::info!(route = %route.name, %status, "served the fallback");
