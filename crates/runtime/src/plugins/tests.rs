@@ -128,3 +128,110 @@ fn unchanged_instances_survive_a_reload() {
     let (b1, b2) = (pick(&first, 1).unwrap(), pick(&second, 1).unwrap());
     assert!(!Arc::ptr_eq(&b1, &b2), "changed instance was kept");
 }
+
+/// A kind no shipped registry has: a test registers it, as any out-of-tree kind would be.
+struct FakeKind;
+
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct FakeConfig {
+    upstream: Option<String>,
+}
+
+struct Fake;
+
+impl gatehouse_plugin_api::Plugin for Fake {
+    fn needs(&self) -> gatehouse_plugin_api::Needs {
+        gatehouse_plugin_api::Needs {
+            request_body: Some(10),
+            ..Default::default()
+        }
+    }
+}
+
+impl gatehouse_plugin_api::TypedKind for FakeKind {
+    const NAME: &'static str = "fake";
+    const PRIORITY: i32 = 1234;
+    const CONSUMER_SCOPABLE: bool = false;
+    type Config = FakeConfig;
+
+    fn build(
+        &self,
+        c: FakeConfig,
+        env: &gatehouse_plugin_api::BuildEnv,
+    ) -> Result<Arc<dyn gatehouse_plugin_api::Plugin>, Vec<gatehouse_plugin_api::FieldError>> {
+        if let Some(u) = &c.upstream {
+            env.upstream(u)
+                .map_err(|e| vec![gatehouse_plugin_api::FieldError::new("upstream", e)])?;
+        }
+        Ok(Arc::new(Fake))
+    }
+}
+
+static FAKE: FakeKind = FakeKind;
+
+fn compile_with_fake(plugins: &str, previous: Option<&Snapshot>) -> Result<Snapshot, Vec<String>> {
+    let text = format!("{BASE}plugins:\n{plugins}");
+    let config = gatehouse_model::parse_yaml(&text).map_err(|e| vec![e.to_string()])?;
+    let node = NodeContext {
+        registry: gatehouse_plugins::registry().clone().with(&FAKE).leak(),
+        ..node()
+    };
+    Snapshot::compile(config, previous, node)
+        .map_err(|e| e.into_iter().map(|e| e.to_string()).collect())
+}
+
+#[test]
+fn a_registered_fake_kind_compiles_into_chains_with_its_needs_and_contracts() {
+    let s =
+        compile_with_fake("  - {name: fake, route: r1, config: {upstream: u}}\n", None).unwrap();
+    let chain = &s.routes[0].plugins;
+    assert_eq!(chain.entries[0].kind, "fake");
+    assert_eq!(chain.entries[0].priority, 1234);
+    assert_eq!(
+        chain.needs.request_body,
+        Some(10),
+        "the chain knows what it asks for"
+    );
+    assert!(s.routes[1].plugins.entries.is_empty());
+    assert_eq!(
+        s.routes[1].plugins.needs,
+        Default::default(),
+        "other routes pay nothing"
+    );
+    // The stock registry does not know it.
+    let e = compile("  - {name: fake, config: {}}\n", None)
+        .err()
+        .unwrap();
+    assert_eq!(e, ["plugins[0].name: unknown plugin \"fake\""]);
+    // Not consumer-scopable; an upstream it names must exist, also on reuse after a reload.
+    let e = compile_with_fake("  - {name: fake, consumer: alice, config: {}}\n", None)
+        .err()
+        .unwrap();
+    assert!(
+        e[0].starts_with("plugins[0].consumer: a fake instance cannot be scoped"),
+        "{e:?}"
+    );
+    let e = compile_with_fake("  - {name: fake, config: {upstream: nope}}\n", None)
+        .err()
+        .unwrap();
+    assert_eq!(
+        e,
+        ["plugins[0] (fake).config.upstream: no upstream is called \"nope\""]
+    );
+    let without_u = format!(
+        "{}plugins:\n  - {{name: fake, route: r1, config: {{upstream: u}}}}\n",
+        BASE.replace("upstreams: [{name: u,", "upstreams: [{name: v,")
+            .replace("upstream: u}", "upstream: v}")
+    );
+    let config = gatehouse_model::parse_yaml(&without_u).unwrap();
+    let node = NodeContext {
+        registry: gatehouse_plugins::registry().clone().with(&FAKE).leak(),
+        ..node()
+    };
+    let e = Snapshot::compile(config, Some(&s), node).err().unwrap();
+    assert_eq!(
+        e[0].to_string(),
+        "plugins[0] (fake).config: no upstream is called \"u\""
+    );
+}
