@@ -85,6 +85,34 @@ routes:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_targets_of_no_allowed_form_are_refused_not_forwarded_as_slash() {
+    let o = Origin::start("a").await;
+    let yaml =
+        upstream_yaml(&[o.addr], "") + "routes:\n  - {name: r, paths: [\"/*\"], service: svc}\n";
+    let g = gateway(&yaml);
+    let a = addr(&g);
+    let send = |line: &'static str| async move {
+        let req = format!("{line} HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n");
+        parse(&raw(a, req.as_bytes()).await)
+    };
+    // Before: `GET x` went upstream as `/`.
+    assert_eq!(send("GET x").await.0, 400);
+    assert_eq!(send("GET *").await.0, 400, "* is for OPTIONS only");
+    assert_eq!(
+        send("GET gw.test:80").await.0,
+        400,
+        "authority-form is for CONNECT only"
+    );
+    assert_eq!(send("GET /x").await, (200, Some("/x".into())));
+    assert_eq!(
+        send("GET http://gw.test/y?q=1").await,
+        (200, Some("/y?q=1".into()))
+    );
+    assert_ne!(send("OPTIONS *").await.0, 400);
+    g.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encoded_slashes_can_be_kept_by_policy() {
     let o = Origin::start("a").await;
     let yaml = upstream_yaml(&[o.addr], "")

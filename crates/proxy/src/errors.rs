@@ -15,6 +15,8 @@ pub enum Failure {
     BadFraming,
     /// The path is refused by the normalisation policy (`gatehouse_runtime::path`).
     BadPath,
+    /// A request-target of no form RFC 9112 §3.2 allows for its method (`GET x`).
+    BadTarget,
     /// No Host on an HTTP/1.1 request, more than one, or one that is not a valid host.
     BadHost,
     NoTarget,
@@ -37,7 +39,9 @@ impl Failure {
     pub fn status(self) -> StatusCode {
         match self {
             Failure::NoRoute => StatusCode::NOT_FOUND,
-            Failure::BadFraming | Failure::BadPath | Failure::BadHost => StatusCode::BAD_REQUEST,
+            Failure::BadFraming | Failure::BadPath | Failure::BadTarget | Failure::BadHost => {
+                StatusCode::BAD_REQUEST
+            }
             Failure::NoTarget
             | Failure::AllTargetsDown
             | Failure::BreakerOpen
@@ -55,6 +59,9 @@ impl Failure {
             Failure::NoRoute => "no route",
             Failure::BadFraming => "ambiguous request framing",
             Failure::BadPath => "invalid request path",
+            Failure::BadTarget => {
+                "invalid request target: expected /path, an absolute URL, or * for OPTIONS"
+            }
             Failure::BadHost => "missing or invalid Host header",
             Failure::NoTarget => "no upstream target available",
             Failure::AllTargetsDown => "no healthy upstream target",

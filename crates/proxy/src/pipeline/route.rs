@@ -34,6 +34,7 @@ pub fn route<'s, B>(
         tracing::info!(client = %info.client, problem, "rejected request framing");
         return Err(Failure::BadFraming);
     }
+    check_target(req)?;
     normalize_path(req, snap.config.node.encoded_slashes)?;
     let host_value = client_host(req)?;
     let host = host_value
@@ -114,6 +115,26 @@ fn normalize_path<B>(req: &mut Request<B>, slashes: EncodedSlashes) -> Result<()
         Some(PathAndQuery::from_maybe_shared(Bytes::from(pq)).map_err(|_| Failure::BadPath)?);
     *req.uri_mut() = Uri::from_parts(parts).map_err(|_| Failure::BadPath)?;
     Ok(())
+}
+
+/// RFC 9112 §3.2: a request-target is origin-form (`/path?query`), absolute-form, the
+/// authority-form only for CONNECT and `*` only for OPTIONS. Anything else (`GET x`) is
+/// refused, not forwarded as `/`.
+fn check_target<B>(req: &Request<B>) -> Result<(), Failure> {
+    let uri = req.uri();
+    if uri.scheme().is_some() {
+        return Ok(());
+    }
+    let method = req.method();
+    match uri.path_and_query().map(|p| p.as_str()) {
+        Some(p) if p.starts_with('/') => Ok(()),
+        Some("*") if method == http::Method::OPTIONS => Ok(()),
+        None | Some("") if uri.authority().is_some() && method == http::Method::CONNECT => Ok(()),
+        _ => {
+            tracing::info!(target = %uri, %method, "refused request-target");
+            Err(Failure::BadTarget)
+        }
+    }
 }
 
 /// The host the client asked for (RFC 9112 §3.2): the target's authority when it has one,

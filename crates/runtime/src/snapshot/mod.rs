@@ -272,9 +272,14 @@ pub fn upstream_path(
     if out.is_empty() {
         out.push('/');
     }
+    // A rewrite template may carry its own query (`/status?version={ver}`): the client's
+    // arguments follow the template's, in one query string.
     if let Some(q) = view.query {
-        out.push('?');
-        out.push_str(q);
+        let merged = route.rewrite.is_some() && out.contains('?');
+        if !(merged && q.is_empty()) {
+            out.push(if merged { '&' } else { '?' });
+            out.push_str(q);
+        }
     }
     Some(out)
 }
@@ -380,6 +385,36 @@ routes:
         };
         assert_eq!(errs[0].path, "routes[1].fallback.static.body_file");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_rewrite_with_a_query_merges_the_clients_after_it() {
+        let yaml = CONFIG.replace(
+            "rewrite: \"/b/{id}/c\"",
+            "rewrite: \"/status?version={id}\"",
+        );
+        let snap = compile(&yaml, None);
+        let (route, service) = (&snap.routes[0], &snap.services[0]);
+        let send = |path: &str, query: Option<&str>| {
+            let method = http::Method::GET;
+            let headers = http::HeaderMap::new();
+            let view = RequestView {
+                method: &method,
+                host: "",
+                path,
+                query,
+                headers: &headers,
+            };
+            let m = snap.router.find(&view).unwrap();
+            upstream_path(route, service, &m, &view, false)
+        };
+        // Before: `/status?version=3?a=b`.
+        assert_eq!(
+            send("/a/3", Some("a=b")).as_deref(),
+            Some("/status?version=3&a=b")
+        );
+        assert_eq!(send("/a/3", None).as_deref(), Some("/status?version=3"));
+        assert_eq!(send("/a/3", Some("")).as_deref(), Some("/status?version=3"));
     }
 
     #[test]
