@@ -304,6 +304,32 @@ async fn access_log_writes_a_json_line_per_request_off_the_hot_path() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_line_of_an_upstream_timeout_names_the_target() {
+    let o = Origin::start("a").await;
+    let dir = temp_dir("timeout-target");
+    let file = dir.join("access.log");
+    let yaml = upstream_yaml_with_service(&[o.addr], "", "    timeouts: {read: 200ms}\n")
+        + ROUTE_ALL
+        + &format!(
+            "observability:\n  access_log: {{path: \"{}\"}}\n",
+            file.display()
+        );
+    let g = gateway(&yaml);
+    let r = get(addr(&g), "/delay/1000/x").await;
+    assert_eq!(r.status, 504);
+    assert!(
+        eventually(Duration::from_secs(3), || !read_lines(&file).is_empty()).await,
+        "no line"
+    );
+    let line = &read_lines(&file)[0];
+    assert_eq!(line["status"], 504);
+    // Before: `null`, while the WARN line named the target.
+    assert_eq!(line["target"], o.addr.to_string(), "{line}");
+    drop(g);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// One route to a fresh origin, with an access log in a directory of its own: `settings`
 /// are the `access_log` keys after `path`. Returns the origin, the directory, the log file and
 /// the gateway.

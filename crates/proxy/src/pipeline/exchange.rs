@@ -105,6 +105,10 @@ pub async fn exchange(
         Err(all_down) => return Attempt::NoTarget { all_down },
     };
     let why = || why_target(up, &set, idx, call.tried);
+    // The access log names the target tried last, answered or not.
+    if rec.log.is_some() {
+        rec.target = Some(target.clone());
+    }
     let mut stale = 0;
     loop {
         let tried_at = Instant::now();
@@ -181,9 +185,6 @@ pub async fn exchange(
         let status = resp.status();
         rec.attempt(span_id, target, sent_at, Some(status.as_u16()), None, why);
         rec.upstream = Some(rec.upstream.unwrap_or_default() + (head_at - sent_at));
-        if rec.log.is_some() {
-            rec.target = Some(target.clone());
-        }
         target.record_latency(head_at - sent_at, head_at.into_std());
         report(up, &set, idx, Some(status), Some(head_at - sent_at));
         return Attempt::Answered(Answered {
