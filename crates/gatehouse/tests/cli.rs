@@ -304,6 +304,51 @@ async fn run_reloads_on_edit_and_sighup_rejects_bad_edits_and_drains_on_sigterm(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answered_request_has_its_access_log_line_when_the_process_exits() {
+    let origin = Origin::start("a").await;
+    let dir = temp_dir("log-at-exit");
+    let (file, log) = (dir.join("gateway.yaml"), dir.join("access.log"));
+    let config = config_for(origin.addr, "/*")
+        + &format!(
+            "observability:\n  access_log: {{path: \"{}\"}}\n",
+            log.display()
+        );
+    std::fs::write(&file, config).unwrap();
+    let (mut gw, addr) = Running::start(&file);
+    // A burst on 10 connections, then SIGTERM at once: before, the lines queued since the
+    // writer's last period (it drains every 20 ms) were lost with the process.
+    let burst: Vec<_> = (0..10)
+        .map(|c| {
+            tokio::spawn(async move {
+                let mut client = Client::connect(addr).await;
+                for i in 0..20 {
+                    assert_eq!(client.get(&format!("/n/{c}/{i}")).await.status, 200);
+                }
+            })
+        })
+        .collect();
+    for b in burst {
+        b.await.unwrap();
+    }
+    gw.signal("-TERM");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gw.child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "gateway did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let paths: Vec<String> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["path"].to_string())
+        .collect();
+    assert_eq!(paths.len(), 200, "lines lost at exit");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_refuses_an_invalid_file_at_start() {
     let dir = temp_dir("bad-start");
     let file = dir.join("gateway.yaml");

@@ -163,6 +163,9 @@ impl Shared {
     }
 }
 
+/// How long a stopping gateway waits for its access log and spans to be written out.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub struct Gateway {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
@@ -252,6 +255,11 @@ impl Gateway {
         for d in self.done {
             let _ = d.await;
         }
+        // Every answered request has queued its access log line and spans by now (the
+        // workers are done): write them out before the process goes.
+        let snap = self.shared.snapshot.load_full();
+        let flushed = tokio::task::spawn_blocking(move || snap.telemetry.flush(FLUSH_TIMEOUT));
+        let _ = flushed.await;
     }
 }
 

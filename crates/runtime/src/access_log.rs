@@ -46,7 +46,7 @@ pub struct Line {
 /// A running access log writer; dropping the last handle ends its thread (after it wrote
 /// what was queued).
 pub struct AccessLog {
-    tx: SyncSender<Line>,
+    tx: SyncSender<Msg>,
     /// What it was opened with: a reload with the same settings keeps this writer.
     pub settings: Settings,
     node: Arc<NodeStats>,
@@ -96,7 +96,7 @@ impl AccessLog {
     /// Opens the file (or stdout) and starts the writer. The error names what failed.
     pub fn open(settings: &Settings, node: Arc<NodeStats>) -> Result<Arc<Self>, String> {
         let out = Output::open(settings)?;
-        let (tx, rx) = std::sync::mpsc::sync_channel(settings.buffer);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(settings.buffer);
         let fields: Vec<LogField> = if settings.fields.is_empty() {
             LogField::ALL.to_vec()
         } else {
@@ -124,13 +124,32 @@ impl AccessLog {
     /// Queues a line; never waits.
     #[inline]
     pub fn send(&self, line: Line) {
-        match self.tx.try_send(line) {
+        match self.tx.try_send(Msg::Line(line)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.node.access_log_dropped.fetch_add(1, Relaxed);
             }
         }
     }
+
+    /// Waits (up to `timeout`) until every line queued before this call is written and
+    /// flushed: what shutdown calls, so the last requests' lines are not lost with the
+    /// process. False when the writer did not confirm in time.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let (ack, done) = std::sync::mpsc::sync_channel(1);
+        // Blocks while the queue is full: the writer drains it within one period.
+        if self.tx.send(Msg::Flush(ack)).is_err() {
+            return false;
+        }
+        done.recv_timeout(timeout).is_ok()
+    }
+}
+
+/// What the writer's queue carries: lines, and flush requests it acknowledges once everything
+/// before them is written.
+enum Msg {
+    Line(Line),
+    Flush(SyncSender<()>),
 }
 
 enum Sink {
@@ -251,17 +270,21 @@ impl Writer {
     /// Drains the queue on a timer instead of blocking on it: a worker's `try_send` then
     /// never has a sleeping writer to wake (a futex call per line, and on a busy core a
     /// context switch), and a burst is written with one `write` per 64 KiB.
-    fn run(mut self, rx: Receiver<Line>) {
+    fn run(mut self, rx: Receiver<Msg>) {
         loop {
             let mut taken = 0usize;
             let ended = loop {
                 match rx.try_recv() {
-                    Ok(line) => {
+                    Ok(Msg::Line(line)) => {
                         self.line(&line);
                         taken += 1;
                         if self.buf.len() >= 64 * 1024 {
                             self.write_out();
                         }
+                    }
+                    Ok(Msg::Flush(ack)) => {
+                        self.write_out();
+                        let _ = ack.send(());
                     }
                     Err(TryRecvError::Empty) => break false,
                     Err(TryRecvError::Disconnected) => break true,

@@ -630,6 +630,21 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
+    /// Writes out the access log and exports queued spans, each within `timeout`: the last
+    /// thing a stopping gateway does, so the last requests are not lost with the process.
+    pub fn flush(&self, timeout: std::time::Duration) {
+        if let Some(log) = &self.access_log {
+            if !log.flush(timeout) {
+                tracing::warn!(?timeout, "access log not flushed in time");
+            }
+        }
+        if let Some(t) = &self.tracer {
+            if !t.flush(timeout) {
+                tracing::warn!(?timeout, "spans not exported in time");
+            }
+        }
+    }
+
     /// Compiles `o`, keeping the previous snapshot's counters, and its access log writer and
     /// exporter while their settings stay. A file that cannot be opened is a config error.
     pub fn new(

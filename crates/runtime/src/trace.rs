@@ -203,7 +203,7 @@ impl SpanRecord {
 
 /// A running exporter; dropping the last handle flushes and ends its thread.
 pub struct Tracer {
-    tx: SyncSender<SpanRecord>,
+    tx: SyncSender<Msg>,
     pub settings: Settings,
     /// `sample_ratio` as a threshold on a random u32.
     sample_below: u64,
@@ -228,7 +228,7 @@ impl Tracer {
 
     pub fn start(settings: &Settings, node: Arc<NodeStats>) -> Result<Arc<Self>, String> {
         let (uri, headers) = Self::check(settings)?;
-        let (tx, rx) = std::sync::mpsc::sync_channel(settings.buffer);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(settings.buffer);
         let exporter = Exporter {
             uri,
             headers,
@@ -260,13 +260,31 @@ impl Tracer {
     }
 
     pub fn send(&self, span: SpanRecord) {
-        match self.tx.try_send(span) {
+        match self.tx.try_send(Msg::Span(span)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.node.spans_dropped.fetch_add(1, Relaxed);
             }
         }
     }
+
+    /// Waits (up to `timeout`) until every span queued before this call was exported (or
+    /// its export failed): what shutdown calls. False when the exporter did not confirm in
+    /// time.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let (ack, done) = std::sync::mpsc::sync_channel(1);
+        if self.tx.send(Msg::Flush(ack)).is_err() {
+            return false;
+        }
+        done.recv_timeout(timeout).is_ok()
+    }
+}
+
+/// What the exporter's queue carries: spans, and flush requests it acknowledges once
+/// everything before them was exported.
+enum Msg {
+    Span(SpanRecord),
+    Flush(SyncSender<()>),
 }
 
 /// Most spans per export request.
@@ -281,7 +299,7 @@ struct Exporter {
 }
 
 impl Exporter {
-    fn run(self, rx: Receiver<SpanRecord>) {
+    fn run(self, rx: Receiver<Msg>) {
         let rt = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -300,11 +318,17 @@ impl Exporter {
         loop {
             let ended = loop {
                 match rx.try_recv() {
-                    Ok(s) => {
+                    Ok(Msg::Span(s)) => {
                         batch.push(s);
                         if batch.len() >= BATCH {
                             self.send(&rt, std::mem::take(&mut batch));
                         }
+                    }
+                    Ok(Msg::Flush(ack)) => {
+                        if !batch.is_empty() {
+                            self.send(&rt, std::mem::take(&mut batch));
+                        }
+                        let _ = ack.send(());
                     }
                     Err(TryRecvError::Empty) => break false,
                     Err(TryRecvError::Disconnected) => break true,
