@@ -147,6 +147,9 @@ impl AccessLog {
 
 /// What the writer's queue carries: lines, and flush requests it acknowledges once everything
 /// before them is written.
+// Not boxed: a box would cost an allocation per item, and the queue's slots are as large
+// as the item either way.
+#[allow(clippy::large_enum_variant)]
 enum Msg {
     Line(Line),
     Flush(SyncSender<()>),

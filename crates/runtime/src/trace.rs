@@ -282,6 +282,9 @@ impl Tracer {
 
 /// What the exporter's queue carries: spans, and flush requests it acknowledges once
 /// everything before them was exported.
+// Not boxed: a box would cost an allocation per item, and the queue's slots are as large
+// as the item either way.
+#[allow(clippy::large_enum_variant)]
 enum Msg {
     Span(SpanRecord),
     Flush(SyncSender<()>),
