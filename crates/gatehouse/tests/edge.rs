@@ -113,6 +113,67 @@ async fn request_targets_of_no_allowed_form_are_refused_not_forwarded_as_slash()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_1_0_client_that_asks_for_keep_alive_gets_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let o = Origin::start("a").await;
+    let yaml =
+        upstream_yaml(&[o.addr], "") + "routes:\n  - {name: r, paths: [\"/*\"], service: svc}\n";
+    let g = gateway(&yaml);
+    let mut s = tokio::net::TcpStream::connect(addr(&g)).await.unwrap();
+    let ask = b"GET /x HTTP/1.0\r\nHost: gw.test\r\nConnection: keep-alive\r\n\r\n";
+    for round in 0..2 {
+        s.write_all(ask).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Until the whole body (its Content-Length) is in.
+        let complete = |got: &[u8]| {
+            let text = String::from_utf8_lossy(got);
+            let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                return false;
+            };
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|n| n.trim().parse::<usize>().ok());
+            len.is_some_and(|n| body.len() >= n)
+        };
+        while !complete(&got) {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(2), s.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: no complete answer in {got:?}"))
+                .unwrap();
+            assert!(
+                n > 0,
+                "round {round}: closed after {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+        assert!(
+            text.to_ascii_lowercase().contains("connection: keep-alive"),
+            "{text}"
+        );
+    }
+    // A body of no known length cannot be chunked for HTTP/1.0: it ends with the connection.
+    let req = b"GET /bytes/100 HTTP/1.0\r\nHost: gw.test\r\nConnection: keep-alive\r\n\r\n";
+    s.write_all(req).await.unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(2), s.read_to_end(&mut all))
+        .await
+        .expect("the connection ends with the body")
+        .unwrap();
+    let text = String::from_utf8_lossy(&all);
+    assert!(
+        !text.to_ascii_lowercase().contains("transfer-encoding"),
+        "{text}"
+    );
+    assert!(text.ends_with(&"x".repeat(100)), "{text}");
+    g.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encoded_slashes_can_be_kept_by_policy() {
     let o = Origin::start("a").await;
     let yaml = upstream_yaml(&[o.addr], "")

@@ -35,7 +35,12 @@ pub fn respond(
         head_at,
         ..
     } = answered;
-    *resp.version_mut() = down.version;
+    // hyper keeps an HTTP/1.0 client's connection open (and says `Connection: keep-alive`)
+    // only for a response it is given as HTTP/1.1; it still writes HTTP/1.0 on the wire.
+    *resp.version_mut() = match down.version {
+        Version::HTTP_10 => Version::HTTP_11,
+        v => v,
+    };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let (Some(client), Some(up)) = (down.on_upgrade, resp.body_mut().take_upgrade()) {
             let holds = std::mem::take(&mut st.plugins.holds);
