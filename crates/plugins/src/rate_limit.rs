@@ -408,7 +408,7 @@ impl Inner {
         match self.fallback(key, now_ns()) {
             Some(d) => self.apply_later(d).await,
             None if down => Err(self.closed()),
-            None => self.apply_later(cluster.contended(key, now_ns())).await,
+            None => self.apply_later(cluster.contended()).await,
         }
     }
 }

@@ -49,11 +49,13 @@ impl Decision {
             delay_ns: 0,
         }
     }
-    fn deny(reset_ns: u64, retry_after_ns: u64) -> Self {
+    /// A rejection: the `RateLimit` header's `t` and `Retry-After` both say when a request
+    /// is admitted again.
+    fn deny(retry_after_ns: u64) -> Self {
         Decision {
             allowed: false,
             remaining: 0,
-            reset_ns,
+            reset_ns: retry_after_ns.max(1),
             retry_after_ns: retry_after_ns.max(1),
             delay_ns: 0,
         }
@@ -91,7 +93,7 @@ impl Limit {
                     s.b += 1;
                     Decision::allow(limit - s.b, reset)
                 } else {
-                    Decision::deny(reset, reset)
+                    Decision::deny(reset)
                 }
             }
             Algorithm::SlidingWindow => {
@@ -109,7 +111,7 @@ impl Limit {
                     s.b += 1;
                     Decision::allow(limit - (weighted_prev + s.b), reset)
                 } else {
-                    Decision::deny(reset, self.sliding_retry(s, elapsed))
+                    Decision::deny(self.sliding_retry(s, elapsed))
                 }
             }
             Algorithm::TokenBucket { burst } => {
@@ -120,7 +122,7 @@ impl Limit {
                 let new_tat = tat + t;
                 let allow_at = new_tat.saturating_sub(burst * t);
                 if now < allow_at {
-                    return Decision::deny(tat - now, allow_at - now);
+                    return Decision::deny(allow_at - now);
                 }
                 s.a = new_tat;
                 let remaining = (now + burst * t - new_tat) / t;
@@ -131,7 +133,7 @@ impl Limit {
                 let tat = s.a.max(now);
                 let delay = tat - now;
                 if delay > max_delay_ns {
-                    return Decision::deny(delay, delay - max_delay_ns);
+                    return Decision::deny(delay - max_delay_ns);
                 }
                 s.a = tat + t;
                 let queued = delay / t;
@@ -154,11 +156,12 @@ impl Limit {
             let need = w.saturating_sub(mul_div(limit - s.b, w, s.c));
             return need.saturating_sub(elapsed) + 1;
         }
-        // Next window: this window's count becomes the weighted previous one.
+        // Next window: this window's count becomes the weighted previous one, and one more
+        // fits once b * (w - e) / w < limit  ⇔  e > w - limit * w / b.
         if s.b < limit {
             return to_end;
         }
-        let need = w.saturating_sub(mul_div(limit.saturating_sub(1), w, s.b.max(1)));
+        let need = w.saturating_sub(mul_div(limit, w, s.b.max(1)));
         to_end + need + 1
     }
 
@@ -237,6 +240,60 @@ mod tests {
         assert!(l.check(&mut probe, at + 20 + d.retry_after_ns).allowed);
         // Two windows later nothing is left.
         assert!(l.check(&mut s, 103 * S).allowed);
+    }
+
+    /// For every rejection in a stream of requests: a retry just before `Retry-After` is
+    /// still refused, one at it is admitted, and the `RateLimit` header's `t` says the same.
+    #[test]
+    fn retry_after_is_exact_for_every_rejection_and_agrees_with_t() {
+        let mut rng = 7u64;
+        let mut next = |max: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % max
+        };
+        for algorithm in [
+            Algorithm::SlidingWindow,
+            Algorithm::FixedWindow,
+            Algorithm::TokenBucket { burst: 3 },
+        ] {
+            for (limit, window_ns) in [(5, 10 * S), (10, S), (1, S), (100, 60 * S)] {
+                let l = Limit {
+                    algorithm,
+                    limit,
+                    window_ns,
+                };
+                let mut s = State::default();
+                let mut now = 1000 * S;
+                for _ in 0..3000 {
+                    now += next(3 * window_ns / limit.max(1) + 1);
+                    let before = s;
+                    let d = l.check(&mut s, now);
+                    if d.allowed {
+                        continue;
+                    }
+                    assert_eq!(
+                        d.reset_ns, d.retry_after_ns,
+                        "{algorithm:?}: t and Retry-After"
+                    );
+                    let r = d.retry_after_ns;
+                    if r > 2 {
+                        let mut early = before;
+                        let e = l.check(&mut early, now + r - 2);
+                        assert!(
+                            !e.allowed,
+                            "{algorithm:?} {limit}/{window_ns}: admitted before {r}"
+                        );
+                    }
+                    let mut at = before;
+                    assert!(
+                        l.check(&mut at, now + r).allowed,
+                        "{algorithm:?} {limit}/{window_ns}: refused at Retry-After {r}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -212,7 +212,8 @@ impl Cluster {
             return Quick::Decided(Decision {
                 allowed: false,
                 remaining: 0,
-                reset_ns: lease.reset_at.saturating_sub(now),
+                // `t` and Retry-After say the same: when a request is admitted again.
+                reset_ns: lease.denied_until - now,
                 retry_after_ns: lease.denied_until - now,
                 delay_ns: 0,
             });
@@ -232,13 +233,13 @@ impl Cluster {
         Quick::Fetch(f)
     }
 
-    /// A request that lost the race for fetched quota several times over.
-    pub(super) fn contended(&self, key: u64, now: u64) -> Decision {
-        let reset_at = self.0.leases.get(&key).map_or(now, |l| l.reset_at);
+    /// A request that lost the race for fetched quota several times over: tried again in a
+    /// second (`t` says the same).
+    pub(super) fn contended(&self) -> Decision {
         Decision {
             allowed: false,
             remaining: 0,
-            reset_ns: reset_at.saturating_sub(now),
+            reset_ns: 1_000_000_000,
             retry_after_ns: 1_000_000_000,
             delay_ns: 0,
         }
