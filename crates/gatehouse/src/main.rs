@@ -116,6 +116,10 @@ enum Command {
     Demo {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Where the demo's admin API listens (what `gatehouse config`, `explain --admin` and
+        /// `curl .../status` talk to).
+        #[arg(long, default_value = "127.0.0.1:9180")]
+        admin: SocketAddr,
     },
     /// Work with a running gateway's config through its admin API.
     Config {
@@ -281,7 +285,7 @@ fn main() -> ExitCode {
                 }
             }
         }),
-        Command::Demo { listen } => rt.block_on(demo(listen)),
+        Command::Demo { listen, admin } => rt.block_on(demo(listen, admin)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -548,7 +552,7 @@ fn watch_file(
     Ok(watcher)
 }
 
-async fn demo(listen: SocketAddr) -> anyhow::Result<()> {
+async fn demo(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
     let origin = echo::start("127.0.0.1:0".parse()?).await?;
     let yaml = format!(
         r#"
@@ -577,30 +581,33 @@ observability:
     );
     let config = parse_config(&yaml, gatehouse_plugins::registry())
         .map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
-    let opts = StartOptions {
-        listen: vec![listen],
-        workers: 1,
-        node_index: 0,
-        registry: gatehouse_plugins::registry(),
-    };
-    let gateway = Gateway::start(config, &opts)?;
-    let addr = gateway.addrs().first().copied().unwrap_or(listen);
-    println!("Gatehouse demo: an echo upstream on {origin}, the gateway on http://{addr}");
-    println!("Config:{yaml}");
+    // A real file, served in file mode: the admin API, `gatehouse config export`, `explain
+    // --admin` and edits to the file all work as they do for `gatehouse run -c`.
+    let file = std::env::temp_dir().join(format!("gatehouse-demo-{}.yaml", std::process::id()));
+    std::fs::write(&file, &yaml).with_context(|| format!("cannot write {}", file.display()))?;
+    drop(config);
+    println!("Gatehouse demo: an echo upstream on {origin}, the gateway on http://{listen}");
+    println!("Config ({}):{yaml}", file.display());
     println!("Try:");
-    println!("  curl -s http://{addr}/echo/hello?x=1      # prefix route, prefix stripped");
-    println!("  curl -s http://{addr}/users/42            # RESTful route, path rewritten");
-    println!("  curl -s http://{addr}/nowhere             # no route: 404 JSON");
+    println!("  curl -s http://{listen}/echo/hello?x=1      # prefix route, prefix stripped");
+    println!("  curl -s http://{listen}/users/42            # RESTful route, path rewritten");
+    println!("  curl -s http://{listen}/nowhere             # no route: 404 JSON");
     println!(
-        "  curl -si http://{addr}/echo/x | grep -i server-timing   # gateway vs upstream time"
+        "  curl -si http://{listen}/echo/x | grep -i server-timing   # gateway vs upstream time"
     );
+    println!("  curl -s http://{admin}/status               # the admin API");
     println!("Each request prints an access log line (JSON) below.");
     println!("Ctrl-C stops it.");
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    gateway.shutdown().await;
-    Ok(())
+    let flags = NodeFlags {
+        listen: vec![listen],
+        workers: Some(1),
+        node_index: Some(0),
+        redis: None,
+        admin: Some(admin),
+        data_dir: std::env::temp_dir(),
+        admin_tokens: Some(Vec::new()),
+    };
+    let served = run(file.clone(), flags).await;
+    let _ = std::fs::remove_file(&file);
+    served
 }

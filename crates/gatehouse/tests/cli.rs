@@ -349,6 +349,54 @@ async fn every_answered_request_has_its_access_log_line_when_the_process_exits()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_has_an_admin_api_the_readmes_next_commands_can_reach() {
+    let free = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let (listen, admin) = (free(), free());
+    let mut child = Command::new(BIN)
+        .args([
+            "demo",
+            "--listen",
+            &listen.to_string(),
+            "--admin",
+            &admin.to_string(),
+        ])
+        .env("GATEHOUSE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut gw = Running {
+        child,
+        lines,
+        seen: Vec::new(),
+    };
+    gw.wait_for("gatehouse listening");
+    assert_eq!(get(listen, "/echo/hi").await.status, 200);
+    // Before: nothing listened here, so `curl .../status` and `config export` failed.
+    let status = get(admin, "/status").await;
+    assert_eq!(status.status, 200);
+    assert_eq!(status.json()["mode"], "file");
+    let export = Command::new(BIN)
+        .args(["config", "export", "--admin", &format!("http://{admin}")])
+        .output()
+        .unwrap();
+    assert!(export.status.success(), "{export:?}");
+    assert!(String::from_utf8_lossy(&export.stdout).contains("name: echo"));
+    gw.signal("-TERM");
+    let _ = gw.child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_refuses_an_invalid_file_at_start() {
     let dir = temp_dir("bad-start");
     let file = dir.join("gateway.yaml");
