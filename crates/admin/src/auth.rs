@@ -91,7 +91,7 @@ pub async fn check(State(tokens): State<Arc<Tokens>>, mut req: Request, next: Ne
     let Some((name, role)) = secret.and_then(|s| tokens.find(s.trim())) else {
         let mut r = error(
             StatusCode::UNAUTHORIZED,
-            "an admin token is needed: Authorization: Bearer TOKEN",
+            "an admin token is needed: send Authorization: Bearer TOKEN (the gatehouse CLI: --token TOKEN or GATEHOUSE_TOKEN)",
         );
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,

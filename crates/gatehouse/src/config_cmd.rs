@@ -1,24 +1,33 @@
 //! `gatehouse config ...`: commands that talk to a running gateway's admin API (`--admin URL`
-//! or `GATEHOUSE_ADMIN`, token from `GATEHOUSE_TOKEN`).
+//! or `GATEHOUSE_ADMIN`; a token with `--token` or `GATEHOUSE_TOKEN`).
 
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
+/// Where the admin API is, and the token to show it.
+pub struct AdminApi {
+    pub url: String,
+    pub token: Option<String>,
+}
+
 /// The running config as YAML: what a file for `gatehouse run -c` holds.
-pub async fn export(admin: &str) -> anyhow::Result<String> {
+pub async fn export(admin: &AdminApi) -> anyhow::Result<String> {
     Ok(yaml_serde::to_string(&fetch_config(admin).await?)?)
 }
 
 /// The config a running gateway serves.
-pub async fn fetch_config(admin: &str) -> anyhow::Result<gatehouse_model::Config> {
+pub async fn fetch_config(admin: &AdminApi) -> anyhow::Result<gatehouse_model::Config> {
     let body = get(admin, "/config").await?;
     serde_json::from_slice(&body).context("the admin API's /config is not a config")
 }
 
 /// What applying `file` to the running gateway would change.
-pub async fn diff_file(admin: &str, file: &std::path::Path) -> anyhow::Result<crate::diff::Diff> {
+pub async fn diff_file(
+    admin: &AdminApi,
+    file: &std::path::Path,
+) -> anyhow::Result<crate::diff::Diff> {
     let wanted = crate::load(file, None).map_err(|e| anyhow!("{}:\n{e}", file.display()))?;
     let running = fetch_config(admin).await?;
     Ok(crate::diff::diff(&running, &wanted))
@@ -27,7 +36,7 @@ pub async fn diff_file(admin: &str, file: &std::path::Path) -> anyhow::Result<cr
 /// Applies `file` to the running gateway (store mode): shows the diff, warns when it touches
 /// more than `max_share` of what exists, asks unless `yes`, then commits it as one revision.
 pub async fn apply(
-    admin: &str,
+    admin: &AdminApi,
     file: &std::path::Path,
     yes: bool,
     max_share: f64,
@@ -66,7 +75,7 @@ pub async fn apply(
 }
 
 /// The store's revisions, newest first, one line each.
-pub async fn history(admin: &str, limit: u32) -> anyhow::Result<String> {
+pub async fn history(admin: &AdminApi, limit: u32) -> anyhow::Result<String> {
     let body = call(
         admin,
         http::Method::GET,
@@ -95,7 +104,7 @@ pub async fn history(admin: &str, limit: u32) -> anyhow::Result<String> {
 }
 
 /// Makes revision `rev` live again, as a new revision; returns that revision.
-pub async fn rollback(admin: &str, rev: i64) -> anyhow::Result<i64> {
+pub async fn rollback(admin: &AdminApi, rev: i64) -> anyhow::Result<i64> {
     let body = call(
         admin,
         http::Method::POST,
@@ -108,21 +117,22 @@ pub async fn rollback(admin: &str, rev: i64) -> anyhow::Result<i64> {
         .ok_or_else(|| anyhow!("the admin API did not say which revision it made"))
 }
 
-async fn get(admin: &str, path: &str) -> anyhow::Result<Bytes> {
+async fn get(admin: &AdminApi, path: &str) -> anyhow::Result<Bytes> {
     call(admin, http::Method::GET, path).await
 }
 
-async fn call(admin: &str, method: http::Method, path: &str) -> anyhow::Result<Bytes> {
+async fn call(admin: &AdminApi, method: http::Method, path: &str) -> anyhow::Result<Bytes> {
     call_with(admin, method, path, Vec::new()).await
 }
 
 /// Calls `method path` on the admin API; a non-2xx answer is an error carrying its message.
 async fn call_with(
-    admin: &str,
+    admin: &AdminApi,
     method: http::Method,
     path: &str,
     body: Vec<u8>,
 ) -> anyhow::Result<Bytes> {
+    let (token, admin) = (admin.token.as_deref(), admin.url.as_str());
     let uri: http::Uri = admin
         .parse()
         .with_context(|| format!("--admin {admin:?} is not a URL"))?;
@@ -147,7 +157,7 @@ async fn call_with(
         .method(method)
         .uri(format!("{}{path}", uri.path().trim_end_matches('/')))
         .header(http::header::HOST, authority.as_str());
-    if let Ok(token) = std::env::var("GATEHOUSE_TOKEN") {
+    if let Some(token) = token {
         req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
     }
     let req = req.header(http::header::CONTENT_TYPE, "application/json");
@@ -170,6 +180,17 @@ async fn call_with(
                     .collect::<String>()
             })
             .unwrap_or_default();
+        if status == http::StatusCode::UNAUTHORIZED {
+            let given = if token.is_some() {
+                "the token given was not accepted"
+            } else {
+                "no token was given"
+            };
+            bail!(
+                "admin API {path}: {status}: {message} ({given}: pass --token TOKEN or set \
+                 GATEHOUSE_TOKEN; `gatehouse admin-token` makes one)"
+            );
+        }
         bail!("admin API {path}: {status}: {message}{fields}");
     }
     Ok(body)

@@ -133,6 +133,9 @@ enum Command {
             global = true
         )]
         admin: String,
+        /// The admin token, when the API asks for one (`gatehouse admin-token` makes one).
+        #[arg(long, env = "GATEHOUSE_TOKEN", global = true, hide_env_values = true)]
+        token: Option<String>,
     },
     /// Show what the gateway would do with a request: the route that matches, the plugins
     /// that run in order with their scopes, the upstream path and targets. Nothing is sent.
@@ -150,6 +153,9 @@ enum Command {
         /// ...or against the config a running gateway serves (its admin API URL).
         #[arg(long, env = "GATEHOUSE_ADMIN")]
         admin: Option<String>,
+        /// The admin token, when the API asks for one.
+        #[arg(long, env = "GATEHOUSE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -221,18 +227,22 @@ fn main() -> ExitCode {
             headers,
             config,
             admin,
+            token,
             json,
         } => rt.block_on(async {
             let config = match (config, admin) {
                 (Some(path), _) => load(&path, None).map_err(|e| anyhow::anyhow!("{e}"))?,
-                (None, Some(admin)) => config_cmd::fetch_config(&admin).await?,
+                (None, Some(url)) => {
+                    config_cmd::fetch_config(&config_cmd::AdminApi { url, token }).await?
+                }
                 (None, None) => anyhow::bail!("say which config: -c FILE or --admin URL"),
             };
             let text = explain::run(config, &method, &url, &headers, json)?;
             print!("{text}");
             Ok(())
         }),
-        Command::Config { what, admin } => rt.block_on(async {
+        Command::Config { what, admin, token } => rt.block_on(async {
+            let admin = config_cmd::AdminApi { url: admin, token };
             match what {
                 ConfigCommand::Export => print!("{}", config_cmd::export(&admin).await?),
                 ConfigCommand::History { limit } => {

@@ -1212,6 +1212,29 @@ async fn admin_tokens_gate_the_api_by_role_and_name_the_author() {
         .await
         .json();
     assert_eq!(audit[0]["author"], "ops", "{audit}");
+
+    // The CLI: without a token it says what to set; with --token or GATEHOUSE_TOKEN it works.
+    let url = format!("http://{admin}");
+    let export = |extra: &[&str], env: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["config", "export", "--admin", &url]).args(extra);
+        cmd.env_remove("GATEHOUSE_TOKEN");
+        if let Some(t) = env {
+            cmd.env("GATEHOUSE_TOKEN", t);
+        }
+        cmd.output().unwrap()
+    };
+    let out = export(&[], None);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no token was given: pass --token TOKEN or set GATEHOUSE_TOKEN"),
+        "{err}"
+    );
+    assert!(export(&["--token", &ci], None).status.success());
+    let out = export(&[], Some(&ci));
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("name: u"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
