@@ -61,6 +61,10 @@ pub trait GatewayView: Send + Sync + 'static {
     fn data_plane(&self) -> Option<Box<dyn prometheus_client::collector::Collector>> {
         None
     }
+    /// Whether this node can serve traffic now; `Err` says why not.
+    fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// What the admin API reads from the running gateway, and what the gateway reports to it.
@@ -265,6 +269,43 @@ fn without_credentials(url: &str) -> String {
     match (url.split_once("://"), url.rfind('@')) {
         (Some((scheme, _)), Some(at)) => format!("{scheme}://{}", &url[at + 1..]),
         _ => url.to_owned(),
+    }
+}
+
+/// `/ready`: whether this node serves traffic, for load-balancer health checks.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Ready {
+    pub ready: bool,
+    /// Why not, when not ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+    pub revision: u64,
+}
+
+#[utoipa::path(get, path = "/ready", tag = "status",
+    description = "Needs no token, so load balancers can check a node: 200 when it has a config loaded and its listeners up, else 503.",
+    responses(
+        (status = 200, description = "This node serves traffic", body = Ready),
+        (status = 503, description = "It does not, and why", body = Ready),
+    ))]
+async fn ready(State(c): State<Shared>) -> Response {
+    let revision = c.revision();
+    match c.view.ready() {
+        Ok(()) => Json(Ready {
+            ready: true,
+            why: None,
+            revision,
+        })
+        .into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Ready {
+                ready: false,
+                why: Some(why),
+                revision,
+            }),
+        )
+            .into_response(),
     }
 }
 
@@ -786,6 +827,7 @@ pub fn router(control: Arc<Control>) -> axum::Router {
     let tokens = control.tokens.clone();
     let (router, spec) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(status))
+        .routes(routes!(ready))
         .routes(routes!(metrics))
         .routes(routes!(debug_token))
         .routes(routes!(config, put_config))
@@ -834,6 +876,28 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(listener, router(control))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Serves only `/metrics` and `/ready`, with no token, on `listener`: for Prometheus and
+/// load balancers, which rarely carry one, on an address apart from the admin API.
+pub async fn serve_open(
+    listener: tokio::net::TcpListener,
+    control: Arc<Control>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = axum::Router::new()
+        .route("/metrics", axum::routing::get(metrics))
+        .route("/ready", axum::routing::get(ready))
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "this address serves only /metrics and /ready",
+            )
+        })
+        .with_state(control);
+    axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -95,6 +95,10 @@ enum Command {
         /// admin.tokens.
         #[arg(long, env = "GATEHOUSE_ADMIN_TOKENS")]
         admin_tokens: Option<PathBuf>,
+        /// Also serve `/metrics` and `/ready` here, with no token (default: the file's
+        /// admin.metrics_address; none).
+        #[arg(long)]
+        metrics: Option<SocketAddr>,
     },
     /// Make an admin API token: prints the secret (shown once) and the entry to store.
     AdminToken {
@@ -277,6 +281,7 @@ fn main() -> ExitCode {
             redis,
             admin,
             admin_tokens,
+            metrics,
         } => rt.block_on(async move {
             let flags = NodeFlags {
                 listen,
@@ -286,6 +291,7 @@ fn main() -> ExitCode {
                 admin,
                 data_dir,
                 admin_tokens: load_tokens(admin_tokens.as_deref())?,
+                metrics,
             };
             match config {
                 Some(file) => run(file, flags).await,
@@ -328,6 +334,8 @@ pub struct NodeFlags {
     pub data_dir: PathBuf,
     /// From `--admin-tokens FILE`; None when not given.
     pub admin_tokens: Option<Vec<gatehouse_model::AdminToken>>,
+    /// `--metrics ADDR`: `/metrics` and `/ready` with no token.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Reads `--admin-tokens FILE`: a YAML list of `{name, role, sha256}`, checked like the
@@ -342,6 +350,7 @@ fn load_tokens(path: Option<&Path>) -> anyhow::Result<Option<Vec<gatehouse_model
         admin: Some(gatehouse_model::Admin {
             address: "127.0.0.1:9180".into(),
             tokens: tokens.clone(),
+            metrics_address: None,
         }),
         ..Config::default()
     };
@@ -437,6 +446,7 @@ async fn run(path: PathBuf, flags: NodeFlags) -> anyhow::Result<()> {
         redis,
         admin,
         admin_tokens,
+        metrics,
         ..
     } = flags;
     let redis = redis.as_deref();
@@ -447,6 +457,20 @@ async fn run(path: PathBuf, flags: NodeFlags) -> anyhow::Result<()> {
             Some(a) => a.address.parse()?,
             None => SocketAddr::from(([127, 0, 0, 1], 9180)),
         },
+    };
+    let metrics = match (
+        metrics,
+        config
+            .admin
+            .as_ref()
+            .and_then(|a| a.metrics_address.as_ref()),
+    ) {
+        (Some(m), _) => Some(m),
+        (None, Some(m)) => Some(
+            m.parse()
+                .with_context(|| format!("admin.metrics_address: \"{m}\" is not host:port"))?,
+        ),
+        (None, None) => None,
     };
     let tokens = admin_tokens
         .or_else(|| config.admin.as_ref().map(|a| a.tokens.clone()))
@@ -475,7 +499,7 @@ async fn run(path: PathBuf, flags: NodeFlags) -> anyhow::Result<()> {
         changes,
         _watcher: watcher,
     };
-    node::serve(gateway, control, admin_addr, node.workers, source).await
+    node::serve(gateway, control, admin_addr, metrics, node.workers, source).await
 }
 
 /// File mode's config: a YAML file, watched.
@@ -616,6 +640,7 @@ observability:
         admin: Some(admin),
         data_dir: std::env::temp_dir(),
         admin_tokens: Some(Vec::new()),
+        metrics: None,
     };
     let served = run(file.clone(), flags).await;
     let _ = std::fs::remove_file(&file);

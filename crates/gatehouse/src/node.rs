@@ -80,6 +80,13 @@ impl GatewayView for NodeView {
         Some(issued)
     }
 
+    fn ready(&self) -> Result<(), String> {
+        if self.shared.listeners.addrs().is_empty() {
+            return Err("no listener is up".into());
+        }
+        Ok(())
+    }
+
     fn data_plane(&self) -> Option<Box<dyn prometheus_client::collector::Collector>> {
         let shared = self.shared.clone();
         Some(Box::new(gatehouse_runtime::telemetry::SnapshotCollector(
@@ -104,9 +111,25 @@ pub(crate) async fn serve(
     gateway: Gateway,
     control: Arc<Control>,
     admin: SocketAddr,
+    open: Option<SocketAddr>,
     workers: usize,
     mut source: impl ConfigSource,
 ) -> anyhow::Result<()> {
+    // `/metrics` and `/ready` with no token, apart from the admin API, when asked for.
+    let open_task = match open {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+            tracing::info!(address = %listener.local_addr()?, "metrics and readiness listening");
+            Some(tokio::spawn(gatehouse_admin::serve_open(
+                listener,
+                control.clone(),
+                std::future::pending(),
+            )))
+        }
+        None => None,
+    };
     let admin_listener = tokio::net::TcpListener::bind(admin)
         .await
         .with_context(|| format!("cannot listen for the admin API on {admin}"))?;
@@ -134,6 +157,9 @@ pub(crate) async fn serve(
         source.follow(&gateway, &control, why).await;
     }
     admin_task.abort();
+    if let Some(t) = open_task {
+        t.abort();
+    }
     tracing::info!("shutting down: draining in-flight requests");
     gateway.shutdown().await;
     tracing::info!("stopped");

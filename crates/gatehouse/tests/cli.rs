@@ -1183,10 +1183,39 @@ async fn admin_tokens_gate_the_api_by_role_and_name_the_author() {
         "only hashes are stored"
     );
     let url = format!("sqlite://{}/g.db", dir.display());
-    let (gw, _) =
-        Running::start_store_with(&url, &dir, &["--admin-tokens".as_ref(), file.as_os_str()]);
+    let open = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let open_arg = open.to_string();
+    let (gw, _) = Running::start_store_with(
+        &url,
+        &dir,
+        &[
+            "--admin-tokens".as_ref(),
+            file.as_os_str(),
+            "--metrics".as_ref(),
+            open_arg.as_ref(),
+        ],
+    );
     let admin = gw.admin_addr();
     let mut c = Client::connect(admin).await;
+
+    // Load balancers and Prometheus need no token: /ready on the admin API, and /metrics
+    // and /ready on the --metrics address, which serves nothing else.
+    let r = get(admin, "/ready").await;
+    assert_eq!(
+        (r.status, r.json()["ready"].clone()),
+        (200, true.into()),
+        "{}",
+        r.text()
+    );
+    assert_eq!(get(admin, "/metrics").await.status, 401);
+    let m = get(open, "/metrics").await;
+    assert_eq!(m.status, 200);
+    assert!(m.text().contains("gatehouse_"), "{}", m.text());
+    assert_eq!(get(open, "/ready").await.status, 200);
+    assert_eq!(get(open, "/config").await.status, 404);
 
     let r = c.send_as(None, "GET", "/status", String::new()).await;
     assert_eq!(r.status, 401);

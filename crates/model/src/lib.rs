@@ -123,6 +123,10 @@ pub struct Listen {
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     pub address: String,
+    /// Where `/metrics` and `/ready` are also served, with no token (for Prometheus and load
+    /// balancers), e.g. `0.0.0.0:9181`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_address: Option<String>,
     /// Who may call the admin API. With none, only a loopback address is allowed and
     /// anyone who can reach it may call it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
