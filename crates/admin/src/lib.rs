@@ -578,7 +578,26 @@ fn one(c: &Control, kind: Kind, id: &str) -> Response {
 
 /// The list and get-one handlers of one entity kind, with their OpenAPI descriptions.
 macro_rules! entity_handlers {
-    ($list:ident, $one:ident, $create:ident, $put:ident, $delete:ident, $kind:expr, $path:literal, $one_path:literal, $tag:literal, $id:literal) => {
+    ($list:ident, $one:ident, $create:ident, $put:ident, $patch:ident, $delete:ident, $kind:expr, $path:literal, $one_path:literal, $tag:literal, $id:literal) => {
+        #[utoipa::path(patch, path = $one_path, tag = $tag,
+            params(("id" = String, Path, description = $id)),
+            request_body(content = Object, description = "A JSON merge patch (RFC 7386): the fields to change; `null` removes an optional one. The name cannot change."),
+            responses(
+                (status = 200, description = "Changed and live", body = Object),
+                (status = 400, description = "Invalid: `fields` names each problem by path", body = ErrorBody),
+                (status = 404, description = "No such entity", body = ErrorBody),
+                (status = 405, description = "Read-only (the gateway runs from a file)", body = ErrorBody),
+                (status = 409, description = "Another write won the race", body = ErrorBody),
+            ))]
+        async fn $patch(
+            State(c): State<Shared>,
+            axum::Extension(who): axum::Extension<auth::Who>,
+            Path(id): Path<String>,
+            body: axum::body::Bytes,
+        ) -> Response {
+            write::write(&c, $kind, write::Op::Patch(id), &body, &who.0).await
+        }
+
         #[utoipa::path(post, path = $path, tag = $tag,
             request_body(content = Object, description = "The entity, as one item of its list in the YAML file"),
             responses(
@@ -663,6 +682,7 @@ entity_handlers!(
     get_route,
     create_route,
     put_route,
+    patch_route,
     delete_route,
     Kind::Routes,
     "/routes",
@@ -675,6 +695,7 @@ entity_handlers!(
     get_service,
     create_service,
     put_service,
+    patch_service,
     delete_service,
     Kind::Services,
     "/services",
@@ -687,6 +708,7 @@ entity_handlers!(
     get_upstream,
     create_upstream,
     put_upstream,
+    patch_upstream,
     delete_upstream,
     Kind::Upstreams,
     "/upstreams",
@@ -699,6 +721,7 @@ entity_handlers!(
     get_consumer,
     create_consumer,
     put_consumer,
+    patch_consumer,
     delete_consumer,
     Kind::Consumers,
     "/consumers",
@@ -711,6 +734,7 @@ entity_handlers!(
     get_plugin,
     create_plugin,
     put_plugin,
+    patch_plugin,
     delete_plugin,
     Kind::Plugins,
     "/plugins",
@@ -832,18 +856,33 @@ pub fn router(control: Arc<Control>) -> axum::Router {
         .routes(routes!(debug_token))
         .routes(routes!(config, put_config))
         .routes(routes!(list_routes, create_route))
-        .routes(routes!(get_route, put_route, delete_route))
+        .routes(routes!(get_route, put_route, patch_route, delete_route))
         .routes(routes!(list_services, create_service))
-        .routes(routes!(get_service, put_service, delete_service))
+        .routes(routes!(
+            get_service,
+            put_service,
+            patch_service,
+            delete_service
+        ))
         .routes(routes!(list_upstreams, create_upstream))
-        .routes(routes!(get_upstream, put_upstream, delete_upstream))
+        .routes(routes!(
+            get_upstream,
+            put_upstream,
+            patch_upstream,
+            delete_upstream
+        ))
         .routes(routes!(list_targets, add_target))
         .routes(routes!(remove_target))
         .routes(routes!(upstream_health))
         .routes(routes!(list_consumers, create_consumer))
-        .routes(routes!(get_consumer, put_consumer, delete_consumer))
+        .routes(routes!(
+            get_consumer,
+            put_consumer,
+            patch_consumer,
+            delete_consumer
+        ))
         .routes(routes!(list_plugins, create_plugin))
-        .routes(routes!(get_plugin, put_plugin, delete_plugin))
+        .routes(routes!(get_plugin, put_plugin, patch_plugin, delete_plugin))
         .routes(routes!(revisions::list))
         .routes(routes!(revisions::audit))
         .routes(routes!(revisions::one))
@@ -864,7 +903,12 @@ pub fn router(control: Arc<Control>) -> axum::Router {
             utoipa_swagger_ui::SwaggerUi::new("/docs")
                 .external_url_unchecked("/docs/openapi.json", spec),
         )
-        .method_not_allowed_fallback(read_only)
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this method is not supported on this path (see /openapi.json)",
+            )
+        })
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such admin endpoint") })
         .layer(axum::middleware::from_fn_with_state(tokens, auth::check))
 }

@@ -19,6 +19,8 @@ pub(crate) enum Op {
     Create,
     /// PUT /kind/{id}: create or replace.
     Put(String),
+    /// PATCH /kind/{id}: a JSON merge patch (RFC 7386) of an existing entity.
+    Patch(String),
     Delete(String),
     /// POST /upstreams/{id}/targets: add one target (its address must be new).
     AddTarget(String),
@@ -120,6 +122,24 @@ fn change_list<T: DeserializeOwned + Serialize + Clone>(
             list.push(item.clone());
             Ok((id, None, Some(item)))
         }
+        Op::Patch(id) => {
+            let Some(i) = position(list, id) else {
+                return Err(Box::new(error(
+                    StatusCode::NOT_FOUND,
+                    format!("no {} named {id:?}", kind.singular()),
+                )));
+            };
+            let merged = merge_patch(kind, &list[i], body)?;
+            let item: T = parse(kind, &merged)?;
+            if id_of(&item) != *id {
+                return Err(Box::new(error(
+                    StatusCode::BAD_REQUEST,
+                    format!("a patch cannot rename a {}: use PUT", kind.singular()),
+                )));
+            }
+            let before = std::mem::replace(&mut list[i], item.clone());
+            Ok((id.clone(), Some(before), Some(item)))
+        }
         Op::Put(id) => {
             let item: T = parse(kind, body)?;
             if id_of(&item) != *id {
@@ -144,6 +164,23 @@ fn change_list<T: DeserializeOwned + Serialize + Clone>(
             }
         }
     }
+}
+
+/// `current` with the JSON merge patch in `body` applied (RFC 7386: an object merges key by
+/// key, `null` removes a key, anything else replaces), as the body of a PUT.
+fn merge_patch<T: Serialize>(kind: Kind, current: &T, body: &[u8]) -> Result<Vec<u8>, Rejected> {
+    let patch = json_body(body).map_err(|fields| {
+        Box::new(invalid(
+            StatusCode::BAD_REQUEST,
+            format!("invalid {} patch", kind.singular()),
+            fields,
+        ))
+    })?;
+    let mut doc = serde_json::to_value(current)
+        .map_err(|e| Box::new(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())))?;
+    json_patch::merge(&mut doc, &patch);
+    serde_json::to_vec(&doc)
+        .map_err(|e| Box::new(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())))
 }
 
 type Changed = (String, Option<serde_json::Value>, Option<serde_json::Value>);
@@ -285,11 +322,15 @@ pub(crate) async fn write(c: &Control, kind: Kind, op: Op, body: &[u8], who: &st
         } else {
             StatusCode::BAD_REQUEST
         };
-        return invalid(
-            status,
-            format!("the change to {} {id:?} does not validate", kind.singular()),
-            fields_of(&errors, kind, index),
-        );
+        let message = match (&op, referrers(&config, &errors)) {
+            (Op::Delete(_), users) if !users.is_empty() => format!(
+                "{} {id:?} is still used by {}",
+                kind.singular(),
+                users.join(", ")
+            ),
+            _ => format!("the change to {} {id:?} does not validate", kind.singular()),
+        };
+        return invalid(status, message, fields_of(&errors, kind, index));
     }
     let action = match (&before, &after) {
         (None, Some(_)) => "create",
@@ -359,6 +400,29 @@ fn entity_index(config: &Config, kind: Kind, id: &str) -> Option<usize> {
             .iter()
             .position(|p| crate::plugin_id(p) == id),
     }
+}
+
+/// The entities the errors' paths point into (`routes[2].service` → `route "api"`): who still
+/// refers to what a delete removed.
+fn referrers(config: &Config, errors: &[ConfigError]) -> Vec<String> {
+    let mut out: Vec<String> = errors
+        .iter()
+        .filter_map(|e| {
+            let (list, rest) = e.path.split_once('[')?;
+            let i: usize = rest.split_once(']')?.0.parse().ok()?;
+            let name = match list {
+                "routes" => format!("route {:?}", config.routes.get(i)?.name),
+                "services" => format!("service {:?}", config.services.get(i)?.name),
+                "upstreams" => format!("upstream {:?}", config.upstreams.get(i)?.name),
+                "consumers" => format!("consumer {:?}", config.consumers.get(i)?.username),
+                "plugins" => format!("plugin {:?}", crate::plugin_id(config.plugins.get(i)?)),
+                _ => return None,
+            };
+            Some(name)
+        })
+        .collect();
+    out.dedup();
+    out
 }
 
 fn fields_of(errors: &[ConfigError], kind: Kind, index: Option<usize>) -> BTreeMap<String, String> {

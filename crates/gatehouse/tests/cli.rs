@@ -865,6 +865,38 @@ async fn create_app(admin: std::net::SocketAddr, origin: std::net::SocketAddr) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entities_take_a_json_merge_patch() {
+    let o = Origin::start("a").await;
+    let dir = temp_dir("patch");
+    let (gw, _) = Running::start_store(&format!("sqlite://{}/g.db", dir.display()), &dir);
+    let admin = gw.admin_addr();
+    create_app(admin, o.addr).await;
+    let mut c = Client::connect(admin).await;
+    // PATCH, Kong-style: a JSON merge patch changes only what it names.
+    let r = c
+        .send("PATCH", "/routes/r", r#"{"preserve_host": true}"#.into())
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let route = c.send("GET", "/routes/r", String::new()).await.json();
+    assert_eq!(route["preserve_host"], true);
+    assert_eq!(route["paths"][0], "/app/*", "the rest stays");
+    let r = c
+        .send("PATCH", "/routes/r", r#"{"name": "other"}"#.into())
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = c
+        .send("PATCH", "/routes/r", r#"{"service": "nope"}"#.into())
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = c.send("PATCH", "/routes/none", "{}".into()).await;
+    assert_eq!(r.status, 404);
+    let r = c
+        .send("PATCH", "/routes/r", r#"{"preserve_host": null}"#.into())
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_mode_writes_through_the_admin_api_go_live_and_survive_a_restart() {
     let o = Origin::start("a").await;
     let dir = temp_dir("sqlite-store");
@@ -929,6 +961,15 @@ async fn store_mode_writes_through_the_admin_api_go_live_and_survive_a_restart()
         r.json()["fields"]["routes[0].service"],
         "no service named \"s\""
     );
+    // Before: "the change to service \"s\" does not validate".
+    assert_eq!(
+        r.json()["error"],
+        "service \"s\" is still used by route \"r\""
+    );
+    // A method a path does not take says so, not that the API is read-only.
+    let r = c.send("PATCH", "/status", String::new()).await;
+    assert_eq!(r.status, 405);
+    assert!(!r.text().contains("DB-less"), "{}", r.text());
     let status = get(admin, "/status").await.json();
     assert_eq!(
         (status["mode"].as_str(), status["revision"].as_u64()),
