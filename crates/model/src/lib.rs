@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
+pub mod duration;
 mod observability;
 mod resilience;
 mod validate;
@@ -166,18 +167,30 @@ pub struct Node {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
-    #[serde(default = "default_drain", with = "humantime_serde")]
+    #[serde(
+        default = "default_drain",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::duration::at_most::<3600, _>"
+    )]
     #[schemars(with = "String")]
     pub drain_timeout: Duration,
     /// How long a client has to send a complete request head, and how long a client
     /// connection may sit idle (HTTP/1.1 between requests; h2c with no bytes from the client,
     /// or no first request) before it is closed.
-    #[serde(default = "default_client_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "default_client_timeout",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::duration::at_most::<3600, _>"
+    )]
     #[schemars(with = "String")]
     pub client_timeout: Duration,
     /// A WebSocket (or other upgraded) tunnel in which no byte moved either way for this long
     /// is closed.
-    #[serde(default = "default_tunnel_idle", with = "humantime_serde")]
+    #[serde(
+        default = "default_tunnel_idle",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::duration::at_most::<604800, _>"
+    )]
     #[schemars(with = "String")]
     pub tunnel_idle_timeout: Duration,
     /// Add `Via: 1.1 gatehouse` to requests and responses.
@@ -366,17 +379,26 @@ fn default_retries() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct Timeouts {
     /// TCP connect to a target.
-    #[serde(default = "default_connect", with = "humantime_serde")]
+    #[serde(
+        default = "default_connect",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::duration::at_most::<300, _>"
+    )]
     #[schemars(with = "String")]
     pub connect: Duration,
     /// Longest wait for the response head and between two reads of the response body.
-    #[serde(default = "default_read", with = "humantime_serde")]
+    #[serde(
+        default = "default_read",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::duration::at_most::<86400, _>"
+    )]
     #[schemars(with = "String")]
     pub read: Duration,
     /// Whole exchange, from sending the request to the end of the response body. Default: none.
     #[serde(
         default,
-        with = "humantime_serde",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::duration::opt_at_most::<86400, _>",
         skip_serializing_if = "Option::is_none"
     )]
     #[schemars(with = "Option<String>")]
@@ -484,7 +506,11 @@ pub struct Keepalive {
     #[serde(default = "default_max_conns")]
     pub max_idle: usize,
     /// An idle connection unused this long is closed.
-    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "default_idle_timeout",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::duration::at_most::<86400, _>"
+    )]
     #[schemars(with = "String")]
     pub idle_timeout: Duration,
 }

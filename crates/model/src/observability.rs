@@ -162,7 +162,8 @@ pub struct AccessLog {
     /// Start a new file this often, e.g. `1h` or `1d`.
     #[serde(
         default,
-        with = "humantime_serde",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::duration::opt_at_most::<2592000, _>",
         skip_serializing_if = "Option::is_none"
     )]
     #[schemars(with = "Option<String>")]
@@ -203,7 +204,11 @@ pub struct Tracing {
     #[serde(default = "default_span_buffer")]
     pub buffer: usize,
     /// How often waiting spans are sent.
-    #[serde(default = "default_flush", with = "humantime_serde")]
+    #[serde(
+        default = "default_flush",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::duration::at_most::<3600, _>"
+    )]
     #[schemars(with = "String")]
     pub flush_every: Duration,
 }

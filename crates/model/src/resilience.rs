@@ -60,11 +60,19 @@ pub struct ActiveCheck {
     pub body_contains: Option<String>,
     /// Time between two probes of a target; each node adds up to ±10 % of jitter so that
     /// nodes do not probe in lock-step.
-    #[serde(default = "default_interval", with = "humantime_serde")]
+    #[serde(
+        default = "default_interval",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::duration::at_most::<3600, _>"
+    )]
     #[schemars(with = "String")]
     pub interval: Duration,
     /// A probe that takes longer fails.
-    #[serde(default = "default_check_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "default_check_timeout",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::duration::at_most::<300, _>"
+    )]
     #[schemars(with = "String")]
     pub timeout: Duration,
     /// Consecutive successes that make an unhealthy target healthy again.
@@ -90,17 +98,29 @@ pub struct PassiveCheck {
     /// once it has seen `min_requests` there. Default: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_ratio: Option<f64>,
-    #[serde(default = "default_window", with = "humantime_serde")]
+    #[serde(
+        default = "default_window",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::duration::at_most::<86400, _>"
+    )]
     #[schemars(with = "String")]
     pub window: Duration,
     #[serde(default = "twenty")]
     pub min_requests: u32,
     /// How long the first ejection lasts; each ejection in a row lasts one more of these,
     /// up to `max_ejection`.
-    #[serde(default = "default_base_ejection", with = "humantime_serde")]
+    #[serde(
+        default = "default_base_ejection",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::duration::at_most::<86400, _>"
+    )]
     #[schemars(with = "String")]
     pub base_ejection: Duration,
-    #[serde(default = "default_max_ejection", with = "humantime_serde")]
+    #[serde(
+        default = "default_max_ejection",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::duration::at_most::<604800, _>"
+    )]
     #[schemars(with = "String")]
     pub max_ejection: Duration,
     /// At most this share of the upstream's targets (percent) is ejected at once, so that
@@ -241,16 +261,25 @@ pub struct RetryPolicy {
     /// timeouts). Default: none beyond those.
     #[serde(
         default,
-        with = "humantime_serde",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::duration::opt_at_most::<86400, _>",
         skip_serializing_if = "Option::is_none"
     )]
     #[schemars(with = "Option<String>")]
     pub per_try_timeout: Option<Duration>,
     /// First backoff; each retry doubles it, up to `max_backoff`, with full jitter.
-    #[serde(default = "default_backoff", with = "humantime_serde")]
+    #[serde(
+        default = "default_backoff",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::duration::at_most::<60, _>"
+    )]
     #[schemars(with = "String")]
     pub backoff: Duration,
-    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    #[serde(
+        default = "default_max_backoff",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::duration::at_most::<300, _>"
+    )]
     #[schemars(with = "String")]
     pub max_backoff: Duration,
     /// Retries may add at most this share of the service's requests over the last 10 s...
@@ -381,7 +410,11 @@ fn http_method(m: &str) -> Option<&str> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitBreaker {
-    #[serde(default = "default_window", with = "humantime_serde")]
+    #[serde(
+        default = "default_window",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::duration::at_most::<86400, _>"
+    )]
     #[schemars(with = "String")]
     pub window: Duration,
     /// Calls in the window before the ratios are judged.
@@ -396,7 +429,8 @@ pub struct CircuitBreaker {
     /// A call whose response head takes longer than this is slow. Default: none is.
     #[serde(
         default,
-        with = "humantime_serde",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::duration::opt_at_most::<86400, _>",
         skip_serializing_if = "Option::is_none"
     )]
     #[schemars(with = "Option<String>")]
@@ -405,7 +439,11 @@ pub struct CircuitBreaker {
     #[serde(default = "one")]
     pub slow_call_ratio: f64,
     /// How long it stays open before letting probes through.
-    #[serde(default = "default_open_for", with = "humantime_serde")]
+    #[serde(
+        default = "default_open_for",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::duration::at_most::<86400, _>"
+    )]
     #[schemars(with = "String")]
     pub open_for: Duration,
     #[serde(default = "three")]
@@ -481,7 +519,11 @@ pub struct FallbackCache {
     #[serde(default = "default_max_entries")]
     pub max_entries: u64,
     /// A kept response older than this is not served.
-    #[serde(default = "default_max_age", with = "humantime_serde")]
+    #[serde(
+        default = "default_max_age",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::duration::at_most::<2592000, _>"
+    )]
     #[schemars(with = "String")]
     pub max_age: Duration,
     /// Larger bodies are not kept (bytes).

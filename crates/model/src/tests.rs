@@ -159,7 +159,11 @@ fn validation_messages() {
         ),
         (
             "services:\n  - name: s2\n    url: http://a:1\n    timeouts: {connect: soon}\n",
-            &["services[0].timeouts.connect: invalid value: string \"soon\", expected a duration"],
+            &["services[0].timeouts.connect: invalid duration \"soon\" (expected number at 0): write a number and a unit, e.g. 500ms, 5s, 2m, 1h"],
+        ),
+        (
+            "node: {drain_timeout: 100000h}\n",
+            &["node.drain_timeout: \"100000h\" is more than this setting's most (1h)"],
         ),
         (
             "routing: []\n",
