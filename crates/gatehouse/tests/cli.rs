@@ -140,7 +140,7 @@ impl Running {
         source: &[&std::ffi::OsStr],
         workers: usize,
     ) -> (Running, std::net::SocketAddr) {
-        let mut child = cmd
+        let child = cmd
             .args([
                 "run",
                 "--listen",
@@ -157,18 +157,7 @@ impl Running {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut r = Running {
-            child,
-            lines,
-            seen: Vec::new(),
-        };
+        let mut r = Running::watching(child);
         let line = r.wait_for("gatehouse listening");
         let addr = line
             .split("address=")
@@ -177,6 +166,22 @@ impl Running {
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("no address in: {line}"));
         (r, addr)
+    }
+
+    /// A started gateway whose log (stderr, piped) is read line by line.
+    fn watching(mut child: Child) -> Running {
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Running {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
     }
 
     fn wait_for(&mut self, needle: &str) -> String {
@@ -355,7 +360,7 @@ async fn the_demo_has_an_admin_api_the_readmes_next_commands_can_reach() {
         l.local_addr().unwrap()
     };
     let (listen, admin) = (free(), free());
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args([
             "demo",
             "--listen",
@@ -368,18 +373,7 @@ async fn the_demo_has_an_admin_api_the_readmes_next_commands_can_reach() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut gw = Running {
-        child,
-        lines,
-        seen: Vec::new(),
-    };
+    let mut gw = Running::watching(child);
     gw.wait_for("gatehouse listening");
     assert_eq!(get(listen, "/echo/hi").await.status, 200);
     // Before: nothing listened here, so `curl .../status` and `config export` failed.

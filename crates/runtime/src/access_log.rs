@@ -136,12 +136,7 @@ impl AccessLog {
     /// flushed: what shutdown calls, so the last requests' lines are not lost with the
     /// process. False when the writer did not confirm in time.
     pub fn flush(&self, timeout: Duration) -> bool {
-        let (ack, done) = std::sync::mpsc::sync_channel(1);
-        // Blocks while the queue is full: the writer drains it within one period.
-        if self.tx.send(Msg::Flush(ack)).is_err() {
-            return false;
-        }
-        done.recv_timeout(timeout).is_ok()
+        crate::telemetry::flush_queue(&self.tx, Msg::Flush, timeout)
     }
 }
 

@@ -629,6 +629,22 @@ pub struct Telemetry {
     pub tracer: Option<Arc<crate::trace::Tracer>>,
 }
 
+/// Sends a flush request down a writer thread's queue (made by `wrap` around the
+/// acknowledgement channel) and waits up to `timeout` for it to be acknowledged, i.e. for
+/// everything queued before it to be written. Blocks while the queue is full: the writer
+/// drains it within one period.
+pub(crate) fn flush_queue<M>(
+    tx: &std::sync::mpsc::SyncSender<M>,
+    wrap: impl FnOnce(std::sync::mpsc::SyncSender<()>) -> M,
+    timeout: std::time::Duration,
+) -> bool {
+    let (ack, done) = std::sync::mpsc::sync_channel(1);
+    if tx.send(wrap(ack)).is_err() {
+        return false;
+    }
+    done.recv_timeout(timeout).is_ok()
+}
+
 impl Telemetry {
     /// Writes out the access log and exports queued spans, each within `timeout`: the last
     /// thing a stopping gateway does, so the last requests are not lost with the process.

@@ -272,11 +272,7 @@ impl Tracer {
     /// its export failed): what shutdown calls. False when the exporter did not confirm in
     /// time.
     pub fn flush(&self, timeout: Duration) -> bool {
-        let (ack, done) = std::sync::mpsc::sync_channel(1);
-        if self.tx.send(Msg::Flush(ack)).is_err() {
-            return false;
-        }
-        done.recv_timeout(timeout).is_ok()
+        crate::telemetry::flush_queue(&self.tx, Msg::Flush, timeout)
     }
 }
 

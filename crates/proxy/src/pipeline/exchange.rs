@@ -128,11 +128,7 @@ pub async fn exchange(
         prepare_for_target(&mut req, target, &sender, call.host);
         let sent_at = Instant::now();
         let deadline = earliest(sent_at + call.head_timeout, call.total);
-        if let Some(h) = call.deadline_header {
-            let left = deadline.saturating_duration_since(sent_at).as_millis();
-            req.headers_mut()
-                .insert(h.clone(), HeaderValue::from(left as u64));
-        }
+        tell_deadline(&mut req, call.deadline_header, deadline, sent_at);
         if let Some(p) = plugins.as_mut() {
             // Boxed: its state is large and most routes have no plugins, so the exchange
             // future (moved at every poll) stays small for them.
@@ -194,6 +190,20 @@ pub async fn exchange(
             head_at,
             idx,
         });
+    }
+}
+
+/// Tells the upstream (in `header`, when the route names one) how many milliseconds it has.
+fn tell_deadline(
+    req: &mut Request<ProxyBody>,
+    header: Option<&HeaderName>,
+    deadline: Instant,
+    now: Instant,
+) {
+    if let Some(h) = header {
+        let left = deadline.saturating_duration_since(now).as_millis();
+        req.headers_mut()
+            .insert(h.clone(), HeaderValue::from(left as u64));
     }
 }
 
