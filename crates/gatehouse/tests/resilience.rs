@@ -502,3 +502,33 @@ async fn one_upstreams_targets_are_replaced_live_and_health_checks_follow() {
     assert_eq!(spread(gw, 2).await.get("b"), Some(&2));
     g.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connect_fails_over_for_every_method_without_a_backoff() {
+    let a = Steered::start("a").await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    // A long backoff, so that pausing before another target would show.
+    let service = "    retry: {backoff: 1s, max_backoff: 1s}\n";
+    let g = gateway(&(upstream_yaml_with_service(&[a.addr, dead], "", service) + ROUTE));
+    let mut c = Client::connect(addr(&g)).await;
+    let started = Instant::now();
+    for i in 0..20 {
+        // Before: half of these got 502 (a POST was not retried even though nothing was sent).
+        let r = c.request("POST", "/x", &[], b"hello").await.unwrap();
+        assert_eq!(
+            r.status,
+            200,
+            "POST {i}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "about 10 failovers paused: {:?}",
+        started.elapsed()
+    );
+    g.shutdown().await;
+}

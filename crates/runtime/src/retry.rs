@@ -98,13 +98,16 @@ impl Retry {
 
     /// What this policy allows for `method`.
     pub fn allowed(&self, method: &Method) -> Allowed {
-        if self.attempts == 0 || !self.methods.contains(method) {
+        if self.attempts == 0 {
             return Allowed::default();
         }
+        // A request that never reached a target is safe to send elsewhere whatever its method
+        // (nginx and Envoy do the same); `methods` decides only what was sent.
         let idempotent = IDEMPOTENT.contains(&method.as_str());
         Allowed {
             before_send: self.on_connect,
             after_send: idempotent
+                && self.methods.contains(method)
                 && (self.on_reset || self.on_timeout || !self.statuses.is_empty()),
         }
     }
@@ -170,16 +173,25 @@ mod tests {
     }
 
     #[test]
-    fn non_idempotent_methods_are_only_retried_before_sending_and_only_when_listed() {
+    fn every_method_is_retried_before_sending_and_only_listed_idempotent_ones_after() {
         let r = policy("{on: [connect_failure, reset, 503]}");
         let get = r.allowed(&Method::GET);
         assert_eq!((get.before_send, get.after_send), (true, true));
-        assert_eq!(r.allowed(&Method::POST), Allowed::default(), "not listed");
-        let r = policy("{on: [connect_failure, reset, 503], methods: [GET, POST]}");
+        // Before: a POST whose connection was refused got 502; nothing was sent, so it goes
+        // to another target.
         let post = r.allowed(&Method::POST);
         assert_eq!((post.before_send, post.after_send), (true, false));
+        let r = policy("{on: [connect_failure, reset, 503], methods: [GET, POST]}");
+        let post = r.allowed(&Method::POST);
+        assert_eq!(
+            (post.before_send, post.after_send),
+            (true, false),
+            "never after sending"
+        );
         assert!(r.retries_status(StatusCode::SERVICE_UNAVAILABLE));
         assert!(!r.retries_status(StatusCode::INTERNAL_SERVER_ERROR));
+        let r = policy("{on: [connect_failure, reset], methods: [POST]}");
+        assert!(!r.allowed(&Method::GET).after_send, "GET not listed");
     }
 
     #[test]

@@ -116,6 +116,11 @@ pub async fn forward(
         }
         attempt += 1;
         st.rec.retries = attempt;
+        // Back off only before trying a target again: another target is not the one that
+        // is struggling.
+        if tried.len() < routed.upstream.targets().targets.len() {
+            continue;
+        }
         let pause = Instant::now() + retry.backoff(attempt);
         if f.total.is_some_and(|d| d <= pause) {
             return Err(st.fail(Failure::UpstreamTimeout));
