@@ -116,17 +116,30 @@ pub async fn forward(
         }
         attempt += 1;
         st.rec.retries = attempt;
-        // Back off only before trying a target again: another target is not the one that
-        // is struggling.
-        if tried.len() < routed.upstream.targets().targets.len() {
-            continue;
-        }
-        let pause = Instant::now() + retry.backoff(attempt);
-        if f.total.is_some_and(|d| d <= pause) {
+        if !back_off(routed, &tried, attempt, f.total).await {
             return Err(st.fail(Failure::UpstreamTimeout));
         }
-        tokio::time::sleep_until(pause).await;
     }
+}
+
+/// Waits before retry `attempt`, but only when every target was tried already: another
+/// target is not the one that is struggling. False when the pause would pass the request's
+/// deadline.
+async fn back_off(
+    routed: &Routed<'_>,
+    tried: &[usize],
+    attempt: u32,
+    total: Option<Instant>,
+) -> bool {
+    if tried.len() < routed.upstream.targets().targets.len() {
+        return true;
+    }
+    let pause = Instant::now() + routed.route.retry.backoff(attempt);
+    if total.is_some_and(|d| d <= pause) {
+        return false;
+    }
+    tokio::time::sleep_until(pause).await;
+    true
 }
 
 /// Takes the budget for a retry on `status`; when it is spent, notes that the failure is
