@@ -1530,3 +1530,29 @@ observability:
     );
     assert!(!missing.parent().unwrap().exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_target_is_logged_when_it_starts_failing_and_when_it_answers_again() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let dir = temp_dir("failing-target-log");
+    let file = dir.join("gateway.yaml");
+    std::fs::write(&file, config_for(dead, "/*")).unwrap();
+    let (mut gw, addr) = Running::start(&file);
+    for _ in 0..6 {
+        assert_eq!(get(addr, "/x").await.status, 502);
+    }
+    let origin = Steered::start_on(dead, "back").await;
+    assert_eq!(get(addr, "/x").await.status, 200);
+    assert_eq!(get(addr, "/x").await.status, 200);
+    gw.signal("-TERM");
+    gw.wait_for("stopped");
+    let count = |needle: &str| gw.seen.iter().filter(|l| l.contains(needle)).count();
+    // Before: one WARN per failed attempt (6 requests, 2 attempts each).
+    assert_eq!(count("upstream connect failed"), 1, "{:#?}", gw.seen);
+    assert_eq!(count("target answers again"), 1, "{:#?}", gw.seen);
+    drop(origin);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 const ROUTE: &str = "routes:\n  - {name: r, paths: [\"/*\"], service: svc}\n";
@@ -530,5 +531,68 @@ async fn a_refused_connect_fails_over_for_every_method_without_a_backoff() {
         "about 10 failovers paused: {:?}",
         started.elapsed()
     );
+    g.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_refuses_connections_is_set_aside_by_default() {
+    let a = Steered::start("a").await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    // No `health` at all: the default set-aside (10 s) applies.
+    let g = gateway(&(upstream_yaml_with_service(&[a.addr, dead], "", "") + ROUTE));
+    let mut c = Client::connect(addr(&g)).await;
+    for _ in 0..4 {
+        assert_eq!(c.get("/x").await.status, 200);
+    }
+    assert_eq!(
+        state_of(&g, dead),
+        "ejected",
+        "the refusing target is set aside"
+    );
+    // It comes back, but stays aside for the rest of its time: nothing reaches it.
+    let b = Steered::start_on(dead, "b").await;
+    for _ in 0..10 {
+        assert_eq!(c.get("/x").await.status, 200);
+    }
+    assert_eq!(b.served.load(Ordering::SeqCst), 0, "b was set aside");
+    g.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_aside_target_comes_back_after_its_time_and_a_single_target_never_is_set_aside() {
+    let a = Steered::start("a").await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let health = "    health: {set_aside_on_connect_failure: 300ms}\n";
+    let g = gateway(&(upstream_yaml_with_service(&[a.addr, dead], health, "") + ROUTE));
+    let mut c = Client::connect(addr(&g)).await;
+    for _ in 0..4 {
+        assert_eq!(c.get("/x").await.status, 200);
+    }
+    let b = Steered::start_on(dead, "b").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for _ in 0..10 {
+        assert_eq!(c.get("/x").await.status, 200);
+    }
+    assert!(
+        b.served.load(Ordering::SeqCst) >= 4,
+        "b is back after 300ms"
+    );
+    g.shutdown().await;
+
+    // One target: setting it aside would only turn its next answer into none.
+    drop(b);
+    let g = gateway(&(upstream_yaml_with_service(&[dead], "", "") + ROUTE));
+    let mut c = Client::connect(addr(&g)).await;
+    assert_eq!(c.get("/x").await.status, 502);
+    assert_eq!(state_of(&g, dead), "healthy");
+    let b = Steered::start_on(dead, "b").await;
+    assert_eq!(c.get("/x").await.status, 200, "served at once");
+    assert_eq!(b.served.load(Ordering::SeqCst), 1);
     g.shutdown().await;
 }

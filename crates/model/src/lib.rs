@@ -18,7 +18,7 @@ mod validate;
 
 pub use resilience::{
     ActiveCheck, AllDown, CheckType, CircuitBreaker, Fallback, FallbackCache, Health, PassiveCheck,
-    RetryEvent, RetryOn, RetryPolicy, StaticResponse, IDEMPOTENT,
+    RetryEvent, RetryOn, RetryPolicy, StaticResponse, DEFAULT_SET_ASIDE, IDEMPOTENT,
 };
 
 pub use observability::{

@@ -20,6 +20,24 @@ pub struct Health {
     /// health and balances over all targets (the checks may be what is wrong).
     #[serde(default)]
     pub all_down: AllDown,
+    /// How long a target whose connection failed (refused, unreachable, connect timeout) is
+    /// left out of the balancing, as nginx's `max_fails=1 fail_timeout=10s` does. Applies
+    /// without any `health` too; never sets aside an upstream's last usable target; `0s`
+    /// turns it off.
+    #[serde(
+        default = "default_set_aside",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::duration::at_most::<3600, _>"
+    )]
+    #[schemars(with = "String")]
+    pub set_aside_on_connect_failure: Duration,
+}
+
+/// What [`Health::set_aside_on_connect_failure`] is for an upstream without `health`.
+pub const DEFAULT_SET_ASIDE: Duration = Duration::from_secs(10);
+
+fn default_set_aside() -> Duration {
+    DEFAULT_SET_ASIDE
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -28,6 +28,9 @@ pub struct TargetHealth {
     /// ejection can tell whether it follows closely (and lasts longer).
     ejected_until: AtomicU64,
     ejections: AtomicU32,
+    /// The last attempt on this target failed (no connection, reset, timeout): the log says
+    /// once when a target starts failing and once when it answers again, not per attempt.
+    failing: AtomicBool,
 }
 
 /// What `/upstreams/{name}/health` shows of a target.
@@ -66,6 +69,18 @@ impl TargetHealth {
             ejected_for_ms: left,
             ejections: self.ejections.load(Ordering::Relaxed),
         }
+    }
+
+    /// Records a failed attempt; true when the target was not failing before (worth a log line).
+    pub fn note_failure(&self) -> bool {
+        !self.failing.load(Ordering::Relaxed) && !self.failing.swap(true, Ordering::Relaxed)
+    }
+
+    /// Records an answer; true when the target was failing before. A load, and a write only
+    /// on the change, so that answers do not bounce the cache line between cores.
+    #[inline]
+    pub fn note_answer(&self) -> bool {
+        self.failing.load(Ordering::Relaxed) && self.failing.swap(false, Ordering::Relaxed)
     }
 
     /// Forgets verdicts of checks that are no longer configured.
@@ -209,6 +224,77 @@ impl Passive {
         t.fail_streak.store(0, Ordering::Relaxed);
         t.window.clear();
         Some(Duration::from_nanos(length))
+    }
+}
+
+/// Sets a target aside for a while after a failed connect, without any health checks
+/// configured (nginx's `max_fails=1 fail_timeout=10s`): the requests that follow go straight
+/// to the others instead of each paying a failed connect first.
+pub struct SetAside {
+    length_ns: u64,
+    /// Clock time until which some target may be set aside, 0 when none is: the pick reads
+    /// this one word and looks at targets' health only while it is set.
+    until: AtomicU64,
+}
+
+impl SetAside {
+    /// `None` for a zero length (turned off). `targets` carries what was set aside before a
+    /// reload, so the new snapshot keeps avoiding it.
+    pub fn new(length: Duration, targets: &[Arc<TargetState>]) -> Option<Self> {
+        if length.is_zero() {
+            return None;
+        }
+        let until = targets
+            .iter()
+            .map(|t| t.health.ejected_until.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0);
+        Some(Self {
+            length_ns: ns(length),
+            until: AtomicU64::new(until),
+        })
+    }
+
+    /// Whether a target may be set aside now; clears the mark once its time has passed.
+    #[inline]
+    pub fn active(&self, now: impl FnOnce() -> u64) -> bool {
+        let until = self.until.load(Ordering::Relaxed);
+        if until == 0 {
+            return false;
+        }
+        if now() < until {
+            return true;
+        }
+        let _ = self
+            .until
+            .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed);
+        false
+    }
+
+    /// Sets `targets[idx]` aside after its connect failed, unless it already is or no other
+    /// target would be left to take requests (a single target is never set aside: failing
+    /// fast would only turn a slow answer into none). Returns the length when it did.
+    pub fn report(
+        &self,
+        targets: &[Arc<TargetState>],
+        idx: usize,
+        now_ns: u64,
+    ) -> Option<Duration> {
+        let t = &targets.get(idx)?.health;
+        if !t.available(now_ns) {
+            return None;
+        }
+        let others_up = targets
+            .iter()
+            .enumerate()
+            .any(|(i, o)| i != idx && o.health.available(now_ns));
+        if !others_up {
+            return None;
+        }
+        let until = now_ns.saturating_add(self.length_ns);
+        t.ejected_until.fetch_max(until, Ordering::Relaxed);
+        self.until.fetch_max(until, Ordering::Relaxed);
+        Some(Duration::from_nanos(self.length_ns))
     }
 }
 

@@ -7,6 +7,7 @@
 use super::phases::{self, Answer, Phase};
 use super::replay::Outgoing;
 use super::state::{PluginState, Routed};
+use super::verdict::{self, report};
 use crate::body::InFlight;
 use crate::errors::Failure;
 use crate::observe::{Exchange, TRACEPARENT};
@@ -17,7 +18,7 @@ use gatehouse_runtime::upstream::{
 };
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderName, HeaderValue, Request, Response, Uri, Version};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,7 +117,7 @@ pub async fn exchange(
             Ok(s) => s,
             Err(e) => {
                 rec.attempt(None, target, tried_at, None, Some("connect failed"), why);
-                return connect_failed(call, &set, idx, e);
+                return verdict::connect_failed(up, call.label, &set, idx, e);
             }
         };
         if reused {
@@ -145,7 +146,13 @@ pub async fn exchange(
         let resp = match tokio::time::timeout_at(deadline, sender.send(req)).await {
             Err(_) => {
                 rec.attempt(span_id, target, sent_at, None, Some("timeout"), why);
-                tracing::warn!(route = %call.label, target = %target.address, "upstream response head timed out");
+                let timeout = format!("no response head within {:?}", call.head_timeout);
+                verdict::failed(
+                    call.label,
+                    target,
+                    "upstream response head timed out",
+                    &timeout,
+                );
                 report(up, &set, idx, None, None);
                 return Attempt::Broken(Failure::UpstreamTimeout, Cause::Timeout, idx);
             }
@@ -163,14 +170,15 @@ pub async fn exchange(
                 (Some(unsent), None) => {
                     let note = Some("connection failed before sending");
                     rec.attempt(span_id, target, sent_at, None, note, why);
-                    tracing::warn!(route = %call.label, target = %target.address, error = %e.error(), "upstream connection failed before the request was sent");
+                    let what = "upstream connection failed before the request was sent";
+                    verdict::failed(call.label, target, what, &e.error());
                     report(up, &set, idx, None, None);
                     out.give_back(unsent);
                     return Attempt::NotSent(Failure::UpstreamError, idx);
                 }
                 (None, None) => {
                     rec.attempt(span_id, target, sent_at, None, Some("reset"), why);
-                    tracing::warn!(route = %call.label, target = %target.address, error = %e.error(), "upstream exchange failed");
+                    verdict::failed(call.label, target, "upstream exchange failed", &e.error());
                     report(up, &set, idx, None, None);
                     return Attempt::Broken(Failure::UpstreamError, Cause::Reset, idx);
                 }
@@ -182,6 +190,7 @@ pub async fn exchange(
         rec.attempt(span_id, target, sent_at, Some(status.as_u16()), None, why);
         rec.upstream = Some(rec.upstream.unwrap_or_default() + (head_at - sent_at));
         target.record_latency(head_at - sent_at, head_at.into_std());
+        verdict::answered(target);
         report(up, &set, idx, Some(status), Some(head_at - sent_at));
         return Attempt::Answered(Answered {
             resp,
@@ -205,22 +214,6 @@ fn tell_deadline(
         req.headers_mut()
             .insert(h.clone(), HeaderValue::from(left as u64));
     }
-}
-
-/// A connect that failed: reported to the target's health and breaker unless it was our own
-/// connection cap.
-fn connect_failed(call: &Call<'_>, set: &TargetSet, idx: usize, e: ConnectError) -> Attempt {
-    let address = set.targets.get(idx).map_or("", |t| &*t.address);
-    tracing::warn!(route = %call.label, target = address, error = %e, "upstream connect failed");
-    let failure = match e {
-        ConnectError::Limit(..) => Failure::ConnectionLimit,
-        e if e.is_timeout() => Failure::ConnectTimeout,
-        _ => Failure::ConnectFailed,
-    };
-    if failure != Failure::ConnectionLimit {
-        report(call.upstream, set, idx, None, None);
-    }
-    Attempt::NotSent(failure, idx)
 }
 
 /// The target for this exchange: another than those tried when there is one, the same
@@ -264,36 +257,6 @@ async fn upstream_request_phase(
     .await;
     *req = Request::from_parts(parts, body);
     ran
-}
-
-/// What one attempt on `targets[idx]` told: its status (None: no answer) and how long the
-/// head took. Feeds passive health checks and the target's breaker.
-fn report(
-    up: &UpstreamEntry,
-    set: &TargetSet,
-    idx: usize,
-    status: Option<StatusCode>,
-    took: Option<Duration>,
-) {
-    let passive = up.health.as_ref().and_then(|h| h.passive.as_ref());
-    if passive.is_none() && up.breaker.is_none() {
-        return;
-    }
-    let now = gatehouse_runtime::health::now_ns();
-    let address = set.targets.get(idx).map_or("", |t| &*t.address);
-    if let Some(p) = passive {
-        let failed = status.is_none_or(|s| p.is_failure(s));
-        if let Some(length) = p.report(&set.targets, idx, failed, now) {
-            tracing::warn!(upstream = %up.name, target = address, ?length, "target ejected (passive check)");
-        }
-    }
-    if let (Some(p), Some(t)) = (&up.breaker, set.targets.get(idx)) {
-        let failed = status.is_none_or(|s| p.is_failure(s));
-        let slow = took.is_some_and(|d| p.is_slow(d));
-        if let Some(state) = t.breaker.record(p, now, failed, slow) {
-            tracing::warn!(upstream = %up.name, target = address, state = state.as_str(), "target circuit breaker");
-        }
-    }
 }
 
 /// Why the balancer's pick was `idx`, for the decision trace.

@@ -16,6 +16,7 @@ mod state;
 mod subrequest;
 mod tunnel;
 mod upstream_request;
+mod verdict;
 
 pub use state::ConnInfo;
 

@@ -20,6 +20,7 @@ use gatehouse_plugin_api::{BuildEnv, RedisStore, Registry};
 use http::HeaderName;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 type Upstreams = HashMap<Box<str>, Arc<UpstreamEntry>>;
 
@@ -152,6 +153,12 @@ impl<'c> Compiler<'c> {
                 protocol: u.protocol,
                 keepalive: u.keepalive,
                 health: u.health.as_ref().map(HealthPolicy::new),
+                set_aside: u
+                    .health
+                    .as_ref()
+                    .map_or(gatehouse_model::DEFAULT_SET_ASIDE, |h| {
+                        h.set_aside_on_connect_failure
+                    }),
                 breaker: u.circuit_breaker.as_ref().map(breaker::Policy::new),
             };
             match spec.build(self) {
@@ -491,6 +498,7 @@ struct UpstreamSpec<'a> {
     protocol: UpstreamProtocol,
     keepalive: Keepalive,
     health: Option<HealthPolicy>,
+    set_aside: Duration,
     breaker: Option<breaker::Policy>,
 }
 
@@ -505,6 +513,7 @@ impl<'a> UpstreamSpec<'a> {
             protocol: UpstreamProtocol::Http1,
             keepalive: Keepalive::default(),
             health: None,
+            set_aside: Duration::ZERO,
             breaker: None,
         }
     }
@@ -528,6 +537,7 @@ impl<'a> UpstreamSpec<'a> {
             self.health,
             self.breaker,
             c.changes.clone(),
-        ))
+        )
+        .with_set_aside(self.set_aside))
     }
 }

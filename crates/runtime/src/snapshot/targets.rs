@@ -4,12 +4,13 @@
 
 use crate::balance::Balancer;
 use crate::breaker;
-use crate::health::HealthPolicy;
+use crate::health::{HealthPolicy, SetAside};
 use crate::upstream::TargetState;
 use arc_swap::ArcSwap;
 use gatehouse_model::{AllDown, Keepalive, UpstreamProtocol};
 use http::HeaderName;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// Where a consistent-hash key comes from.
@@ -85,6 +86,8 @@ pub struct UpstreamEntry {
     pub health: Option<HealthPolicy>,
     /// Per-target circuit breakers.
     pub breaker: Option<breaker::Policy>,
+    /// Targets whose connect failed are left out for a while (on by default).
+    pub set_aside: Option<SetAside>,
     /// Told of every target change, so health checks follow without polling.
     changes: Arc<watch::Sender<u64>>,
 }
@@ -110,8 +113,15 @@ impl UpstreamEntry {
             hash,
             health,
             breaker,
+            set_aside: None,
             changes,
         }
+    }
+
+    /// Sets targets aside for `length` after a failed connect (zero: never).
+    pub fn with_set_aside(mut self, length: Duration) -> Self {
+        self.set_aside = SetAside::new(length, &self.set.load().targets);
+        self
     }
 
     /// The targets in use now. A request holds what it loaded for its whole exchange, so
@@ -155,10 +165,18 @@ impl UpstreamEntry {
         tried: &[usize],
     ) -> Result<Option<usize>, AllTargetsDown> {
         let targets = &set.targets;
-        if self.health.is_none() && self.breaker.is_none() {
+        let mut clock = 0;
+        let mut now = || {
+            if clock == 0 {
+                clock = crate::health::now_ns();
+            }
+            clock
+        };
+        let aside = self.set_aside.as_ref().is_some_and(|s| s.active(&mut now));
+        if self.health.is_none() && self.breaker.is_none() && !aside {
             return Ok(set.balancer.pick(targets, hash_key, tried));
         }
-        let now = crate::health::now_ns();
+        let now = now();
         let usable = |t: &TargetState| {
             t.health.available(now)
                 && self
@@ -178,6 +196,11 @@ impl UpstreamEntry {
             return Ok(Some(i));
         }
         let any_up = targets.iter().any(|t| usable(t));
+        if !any_up && self.health.is_none() {
+            // Only set-asides (and breakers) took targets out, and a set-aside is a hint,
+            // never a reason to refuse: try what the breakers admit.
+            return self.pick_ignoring_set_aside(set, hash_key, tried, now);
+        }
         let all_down = self
             .health
             .as_ref()
@@ -187,6 +210,35 @@ impl UpstreamEntry {
             _ if any_up => Ok(None),
             AllDown::TryAnyway => Ok(set.balancer.pick(targets, hash_key, tried)),
             AllDown::FailFast => Err(AllTargetsDown),
+        }
+    }
+
+    fn pick_ignoring_set_aside(
+        &self,
+        set: &TargetSet,
+        hash_key: &[u8],
+        tried: &[usize],
+        now: u64,
+    ) -> Result<Option<usize>, AllTargetsDown> {
+        let Some(p) = &self.breaker else {
+            return Ok(set.balancer.pick(&set.targets, hash_key, tried));
+        };
+        let admitted = set.balancer.pick_where(&set.targets, hash_key, |i| {
+            !tried.contains(&i)
+                && set
+                    .targets
+                    .get(i)
+                    .is_some_and(|t| t.breaker.would_admit(p, now))
+        });
+        match admitted {
+            Some(i) => {
+                if let Some(t) = set.targets.get(i) {
+                    let _ = t.breaker.admit(p, now);
+                }
+                Ok(Some(i))
+            }
+            None if set.targets.iter().any(|t| t.breaker.would_admit(p, now)) => Ok(None),
+            None => Err(AllTargetsDown),
         }
     }
 }
