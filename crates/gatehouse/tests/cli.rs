@@ -57,13 +57,19 @@ routes:
     );
     assert_eq!(code, 1);
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines[0], "routes[0].service: no service named \"users\"");
+    // Each line places the problem in the file.
+    assert_eq!(
+        lines[0],
+        "routes[0].service (line 7 column 24): no service named \"users\""
+    );
     assert!(
-        lines[1].starts_with("routes[1].paths[0]: regex does not compile: regex parse error:"),
+        lines[1].starts_with(
+            "routes[1].paths[0] (line 8 column 35): regex does not compile: regex parse error:"
+        ),
         "{out}"
     );
     assert!(
-        lines[2].starts_with("routes[2].colour: unknown field `colour`"),
+        lines[2].starts_with("routes[2].colour (line 9 column 35): unknown field `colour`"),
         "{out}"
     );
     assert_eq!(lines.len(), 3, "{out}");
@@ -276,7 +282,7 @@ async fn run_reloads_on_edit_and_sighup_rejects_bad_edits_and_drains_on_sigterm(
     .unwrap();
     let line = gw.wait_for("configuration rejected");
     assert!(
-        line.contains("routes[0].service: no service named \"nope\""),
+        line.contains("routes[0].service (line 6 column 43): no service named \"nope\""),
         "{line}"
     );
     assert_eq!(get(addr, "/three").await.status, 200);
@@ -403,7 +409,7 @@ async fn run_refuses_an_invalid_file_at_start() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("routes[0].service: no service named \"missing\""),
+        err.contains("routes[0].service (line 2 column 24): no service named \"missing\""),
         "{err}"
     );
 }
@@ -433,10 +439,12 @@ fn validate_names_the_bad_field_of_a_plugin_config() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
         lines[0],
-        "plugins[1] (rate-limit).config.limit: must be > 0"
+        "plugins[1] (rate-limit).config.limit (line 11 column 40): must be > 0"
     );
     assert!(
-        lines[1].starts_with("plugins[2] (rate-limit).config.algorithm: unknown variant `magic`"),
+        lines[1].starts_with(
+            "plugins[2] (rate-limit).config.algorithm (line 12 column 66): unknown variant `magic`"
+        ),
         "{out}"
     );
     assert_eq!(lines.len(), 2, "{out}");
@@ -452,7 +460,7 @@ fn validate_checks_the_redis_a_redis_policy_needs_without_dialling_it() {
     assert_eq!(code, 1, "{out}");
     assert_eq!(
         out.trim(),
-        "plugins[0] (rate-limit).config.policy: policy redis needs the node's Redis address: \
+        "plugins[0] (rate-limit).config.policy (line 9 column 62): policy redis needs the node's Redis address: \
          set `redis:` in the file or run with --redis URL"
     );
     // Nothing listens on port 1: valid all the same, since validate does not connect.
@@ -460,14 +468,17 @@ fn validate_checks_the_redis_a_redis_policy_needs_without_dialling_it() {
     assert_eq!(code, 0, "{out}");
     let (code, out) = validate(&format!("redis: http://127.0.0.1:6379\n{yaml}"));
     assert_eq!(code, 1, "{out}");
-    // The bad address, and the plugin that needs it.
+    // The bad address first (the root cause), then the plugin that needs it.
     let lines: Vec<&str> = out.lines().collect();
     assert!(
-        lines[0].starts_with("plugins[0] (rate-limit).config.policy: "),
+        lines[0].starts_with("redis (line 1 column 8): not a Redis address"),
         "{out}"
     );
-    assert!(lines[1].starts_with("redis: not a Redis address"), "{out}");
-    assert!(lines[1].contains("expected redis://"), "{out}");
+    assert!(lines[0].contains("expected redis://"), "{out}");
+    assert!(
+        lines[1].starts_with("plugins[0] (rate-limit).config.policy (line 10 column 62): "),
+        "{out}"
+    );
 }
 
 #[test]

@@ -389,7 +389,7 @@ async fn configs_that_break_the_plugin_contracts_are_refused_with_their_paths() 
     assert_eq!(
         e,
         [
-            "plugins[0] (probe).config.alt_upstream: no upstream is called \"nope\"".to_string(),
+            "plugins[0] (probe).config.alt_upstream: no upstream named \"nope\"".to_string(),
             format!(
                 "plugins[0] (probe).config.verify_url: \"https://{}/verify\": only http:// URLs can be called (not https://)",
                 verifier.addr

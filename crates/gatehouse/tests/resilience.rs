@@ -494,7 +494,7 @@ async fn one_upstreams_targets_are_replaced_live_and_health_checks_follow() {
 
     // Bad input changes nothing and says why.
     let e = g.shared().set_targets("nope", &[(&sb, 1)]).unwrap_err();
-    assert_eq!(e, "no upstream is called \"nope\"");
+    assert_eq!(e, "no upstream named \"nope\"");
     let e = g
         .shared()
         .set_targets("up", &[("bad address", 1)])

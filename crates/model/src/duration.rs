@@ -22,17 +22,47 @@ fn parse<E: serde::de::Error>(text: &str, max_secs: u64) -> Result<Duration, E> 
     Ok(d)
 }
 
+/// Reads a duration's text; a bare number gets the form in its error, not "expected a string".
+struct Text(String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Text;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(f, "a duration: {FORM}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Text, E> {
+                Ok(Text(v.to_owned()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Text, E> {
+                Err(E::custom(format!(
+                    "{v} has no unit: write {v}s, {v}ms or {v}m"
+                )))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Text, E> {
+                Err(E::custom(format!("{v} is not a duration: {FORM}")))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Text, E> {
+                Err(E::custom(format!("{v} has no unit: {FORM}")))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// A duration of at most `MAX` seconds.
 pub fn at_most<'de, const MAX: u64, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    parse(&String::deserialize(d)?, MAX)
+    parse(&Text::deserialize(d)?.0, MAX)
 }
 
 /// An optional duration of at most `MAX` seconds.
 pub fn opt_at_most<'de, const MAX: u64, D: Deserializer<'de>>(
     d: D,
 ) -> Result<Option<Duration>, D::Error> {
-    match Option::<String>::deserialize(d)? {
-        Some(text) => parse(&text, MAX).map(Some),
+    match Option::<Text>::deserialize(d)? {
+        Some(text) => parse(&text.0, MAX).map(Some),
         None => Ok(None),
     }
 }

@@ -9,12 +9,13 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 pub mod duration;
+mod locate;
 mod observability;
 mod parse;
 mod resilience;
 mod validate;
 
-pub use parse::{parse_yaml, parse_yaml_with, sort_errors, ConfigError, ConfigErrors};
+pub use parse::{in_words, parse_yaml, parse_yaml_with, sort_errors, ConfigError, ConfigErrors};
 
 pub use resilience::{
     ActiveCheck, AllDown, CheckType, CircuitBreaker, Fallback, FallbackCache, Health, PassiveCheck,

@@ -12,6 +12,8 @@ use std::fmt;
 pub struct ConfigError {
     pub path: String,
     pub message: String,
+    /// `(line, column)` in the file, from 1, when the error came from reading one.
+    pub location: Option<(usize, usize)>,
 }
 
 impl ConfigError {
@@ -19,16 +21,20 @@ impl ConfigError {
         Self {
             path: path.into(),
             message: message.into(),
+            location: None,
         }
     }
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
+        match (&self.location, self.path.is_empty()) {
+            (None, true) => f.write_str(&self.message),
+            (None, false) => write!(f, "{}: {}", self.path, self.message),
+            (Some((l, c)), true) => write!(f, "line {l} column {c}: {}", self.message),
+            (Some((l, c)), false) => {
+                write!(f, "{} (line {l} column {c}): {}", self.path, self.message)
+            }
         }
     }
 }
@@ -65,11 +71,9 @@ pub fn parse_yaml_with(
     checks: &dyn Fn(&Config) -> Vec<ConfigError>,
 ) -> Result<Config, ConfigErrors> {
     let root: yaml_serde::Value = yaml_serde::from_str(text).map_err(|e| {
-        let path = e
-            .location()
-            .map(|l| format!("line {} column {}", l.line(), l.column()))
-            .unwrap_or_default();
-        ConfigErrors(vec![ConfigError::new(path, format!("invalid YAML: {e}"))])
+        let mut error = ConfigError::new("", format!("invalid YAML: {}", clean_serde_message(&e)));
+        error.location = e.location().map(|l| (l.line(), l.column()));
+        ConfigErrors(vec![error])
     })?;
     let mut errors = Vec::new();
     let mut kept = KeptIndices::new();
@@ -83,15 +87,26 @@ pub fn parse_yaml_with(
             )]))
         }
     };
-    let mut found = validate(&config);
-    found.extend(checks(&config));
-    errors.extend(found.into_iter().map(|mut e| {
+    let found = validate(&config);
+    let mut later = checks(&config);
+    // A compile check that fails where validation already did (a router refusing a path
+    // that validation found malformed) says the same thing again, worse.
+    later.retain(|c| !found.iter().any(|f| f.path == c.path));
+    errors.extend(found.into_iter().chain(later).map(|mut e| {
         e.path = kept.original_path(&e.path);
         e.message = kept.original_refs(&e.message);
         e
     }));
+    // An item that did not parse is missing from the config, so everything that names it
+    // fails too: its own error is the one to read.
+    errors.retain(|e| !kept.is_cascade(&e.message));
     sort_errors(&mut errors);
     errors.dedup();
+    for e in errors.iter_mut().take(LOCATED) {
+        if e.location.is_none() && !e.path.is_empty() {
+            e.location = crate::locate::locate(text, &e.path);
+        }
+    }
     if errors.is_empty() {
         Ok(config)
     } else {
@@ -99,31 +114,53 @@ pub fn parse_yaml_with(
     }
 }
 
+/// Errors placed at their line and column: each costs a read of the file, and a file with
+/// thousands of errors is fixed from its first ones.
+const LOCATED: usize = 50;
+
+/// The top-level keys, in the order errors are reported: what others refer to first, so
+/// that a root cause comes before what it breaks.
 const TOP_KEYS: &[&str] = &[
     "listen",
     "admin",
     "node",
     "redis",
-    "routes",
-    "services",
-    "upstreams",
-    "consumers",
-    "plugins",
     "observability",
+    "upstreams",
+    "services",
+    "consumers",
+    "routes",
+    "plugins",
 ];
 
-/// For each section, the file index of every item that parsed. Items that fail to parse are
-/// left out of the [`Config`], so validation sees shifted indices; this maps them back so that
-/// every message names the item as the file numbers it.
-struct KeptIndices(HashMap<&'static str, Vec<usize>>);
+/// What the item-by-item parse left out. For each section, the file index of every item that
+/// parsed: items that fail to parse are left out of the [`Config`], so validation sees shifted
+/// indices; this maps them back so that every message names the item as the file numbers it.
+/// And the names of the items left out, so that references to them are not reported as
+/// missing entities.
+struct KeptIndices {
+    kept: HashMap<&'static str, Vec<usize>>,
+    broken: Vec<(&'static str, String)>,
+}
 
 impl KeptIndices {
     fn new() -> Self {
-        Self(HashMap::new())
+        Self {
+            kept: HashMap::new(),
+            broken: Vec::new(),
+        }
+    }
+
+    /// Whether `message` only says that an item which failed to parse does not exist.
+    fn is_cascade(&self, message: &str) -> bool {
+        self.broken.iter().any(|(section, name)| {
+            let kind = section.trim_end_matches('s');
+            message.contains(&format!("no {kind} named \"{name}\""))
+        })
     }
 
     fn original(&self, section: &str, i: usize) -> usize {
-        self.0
+        self.kept
             .get(section)
             .and_then(|v| v.get(i).copied())
             .unwrap_or(i)
@@ -229,16 +266,27 @@ fn list<T: DeserializeOwned>(
     match v {
         None | Some(yaml_serde::Value::Null) => Vec::new(),
         Some(yaml_serde::Value::Sequence(items)) => {
-            let indices = kept.0.entry(path).or_default();
-            items
+            let mut indices = Vec::new();
+            let parsed = items
                 .into_iter()
                 .enumerate()
                 .filter_map(|(i, item)| {
-                    let t = one(item, &format!("{path}[{i}]"), errors)?;
+                    let key = if path == "consumers" {
+                        "username"
+                    } else {
+                        "name"
+                    };
+                    let name = item.get(key).and_then(|n| n.as_str()).map(String::from);
+                    let Some(t) = one(item, &format!("{path}[{i}]"), errors) else {
+                        kept.broken.extend(name.map(|n| (path, n)));
+                        return None;
+                    };
                     indices.push(i);
                     Some(t)
                 })
-                .collect()
+                .collect();
+            kept.kept.insert(path, indices);
+            parsed
         }
         Some(_) => {
             errors.push(ConfigError::new(path, "must be a list"));
@@ -247,26 +295,76 @@ fn list<T: DeserializeOwned>(
     }
 }
 
-/// Orders errors by path with numbers compared as numbers, so `routes[2]` precedes
+/// Orders errors by section, what others refer to first (upstreams before services before
+/// routes), then by path with numbers compared as numbers, so `routes[2]` precedes
 /// `routes[10]` and a parse error and a reference error of one item stay together.
 pub fn sort_errors(errors: &mut [ConfigError]) {
-    fn key(path: &str) -> Vec<(String, u64)> {
-        path.split(['[', ']'])
+    fn key(path: &str) -> (usize, Vec<(String, u64)>) {
+        let section = path.split(['[', '.', ' ']).next().unwrap_or(path);
+        let rank = TOP_KEYS
+            .iter()
+            .position(|k| *k == section)
+            .unwrap_or(TOP_KEYS.len());
+        let parts = path
+            .split(['[', ']'])
             .map(|part| match part.parse::<u64>() {
                 Ok(n) => (String::new(), n),
                 Err(_) => (part.to_owned(), 0),
             })
-            .collect()
+            .collect();
+        (rank, parts)
     }
     errors.sort_by_cached_key(|e| key(&e.path));
 }
 
-/// serde's messages end with YAML positions that are meaningless once items are re-parsed one
-/// by one (they refer to the item, not the file); the field path says where instead.
+/// serde's messages, said for a config's author: without the YAML positions that are
+/// meaningless once items are re-parsed one by one (the error's own location says where),
+/// with Rust's type names in words and an example where the value has a known form.
 fn clean_serde_message(e: &yaml_serde::Error) -> String {
-    let s = e.to_string();
-    match s.find(" at line ") {
-        Some(i) => s[..i].to_owned(),
+    in_words(&e.to_string())
+}
+
+/// A serde error message (from YAML or JSON) said for a config's author; what
+/// [`clean_serde_message`] does, for messages that come from elsewhere (plugin configs).
+pub fn in_words(s: &str) -> String {
+    let s = match s.find(" at line ") {
+        Some(i) => &s[..i],
         None => s,
+    };
+    let Some((head, expected)) = s.rsplit_once(", expected ") else {
+        return s.to_owned();
+    };
+    let number = match expected {
+        "u8" | "u16" | "u32" | "u64" | "usize" => Some("a whole number, 0 or more"),
+        "i8" | "i16" | "i32" | "i64" | "isize" => Some("a whole number"),
+        "f32" | "f64" => Some("a number"),
+        _ => None,
+    };
+    if let Some(words) = number {
+        // `limit: "10"`: a number in quotes is text to YAML.
+        let quoted = head
+            .strip_prefix("invalid type: string \"")
+            .and_then(|v| v.strip_suffix('"'))
+            .filter(|v| v.parse::<f64>().is_ok());
+        return match quoted {
+            Some(v) => format!("{head}, expected {words}: write it without quotes, as {v}"),
+            None => format!("{head}, expected {words}"),
+        };
     }
+    if let Some(name) = expected.strip_prefix("struct ") {
+        let example = match name {
+            "Listen" => "{address: \"0.0.0.0:8080\"}",
+            "Target" => "{address: \"10.0.0.1:80\", weight: 100}",
+            "Route" => "{name: users, paths: [\"/users/*\"], service: users}",
+            "Service" => "{name: users, upstream: users}",
+            "Upstream" => "{name: users, targets: [{address: \"10.0.0.1:80\"}]}",
+            "Consumer" => "{username: alice}",
+            "PluginInstance" => {
+                "{name: rate-limit, route: users, config: {limit: 100, window: 1m}}"
+            }
+            _ => return format!("{head}, expected a mapping of keys and values"),
+        };
+        return format!("{head}, expected a mapping such as {example}");
+    }
+    s.to_owned()
 }

@@ -18,7 +18,11 @@ fn errors_of(extra: &str) -> Vec<String> {
     };
     match parse_yaml(&text) {
         Ok(_) => Vec::new(),
-        Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        Err(e) => {
+            e.0.iter()
+                .map(|e| format!("{}: {}", e.path, e.message))
+                .collect()
+        }
     }
 }
 
@@ -167,7 +171,7 @@ fn validation_messages() {
         ),
         (
             "routing: []\n",
-            &["routing: unknown key, expected one of: listen, admin, node, redis, routes, services, upstreams, consumers, plugins, observability"],
+            &["routing: unknown key, expected one of: listen, admin, node, redis, observability, upstreams, services, consumers, routes, plugins"],
         ),
         (
             "plugins:\n  - {name: key-auth, route: nope}\n",
@@ -256,4 +260,50 @@ fn observability_messages() {
     for (extra, want) in cases {
         assert_eq!(errors_of(extra), *want, "config:\n{extra}");
     }
+}
+
+#[test]
+fn a_bad_service_is_reported_once_first_and_not_again_for_every_route_that_uses_it() {
+    let text = "\
+upstreams:
+  - {name: u, targets: [{address: \"127.0.0.1:9\"}]}
+routes:
+  - {name: r1, paths: [\"/a\"], service: s}
+  - {name: r2, paths: [\"/b\"], service: s}
+services:
+  - name: s
+    upstream: u
+    timeouts: {connect: \"5\"}
+";
+    let errs = parse_yaml(text).err().map(|e| e.0).unwrap_or_default();
+    // Before: `routes[0].service: no service named "s"` twice, printed before the cause.
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].path, "services[0].timeouts.connect");
+    assert_eq!(errs[0].location, Some((9, 25)));
+    assert!(errs[0].message.contains("e.g. 500ms, 5s"), "{}", errs[0]);
+    assert!(
+        errs[0]
+            .to_string()
+            .starts_with("services[0].timeouts.connect (line 9 column 25): "),
+        "{}",
+        errs[0]
+    );
+}
+
+#[test]
+fn values_of_a_known_form_say_it_with_an_example() {
+    let errs =
+        errors_of("listen: [\"8080\"]\nroutes:\n  - {name: r, service: echo, retries: \"2\"}\n");
+    assert_eq!(
+        errs,
+        [
+            "listen[0]: invalid type: string \"8080\", expected a mapping such as {address: \"0.0.0.0:8080\"}",
+            "routes[0].retries: invalid type: string \"2\", expected a whole number, 0 or more: write it without quotes, as 2",
+        ]
+    );
+    let errs = errors_of("services:\n  - {name: s, upstream: echo, timeouts: {read: 30}}\n");
+    assert_eq!(
+        errs,
+        ["services[0].timeouts.read: 30 has no unit: write 30s, 30ms or 30m"]
+    );
 }

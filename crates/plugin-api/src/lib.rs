@@ -326,7 +326,7 @@ impl BuildEnv {
     /// `Err` (for a [`FieldError`]) when the config has none.
     pub fn upstream(&self, name: &str) -> Result<UpstreamRef, String> {
         if !self.upstreams.contains(name) {
-            return Err(format!("no upstream is called \"{name}\""));
+            return Err(format!("no upstream named \"{name}\""));
         }
         Ok(self.note(UpstreamRef::upstream(name)))
     }

@@ -75,7 +75,7 @@ impl Shared {
     pub fn set_targets(&self, name: &str, targets: &[(&str, u32)]) -> Result<(), String> {
         let snap = self.snapshot.load();
         let Some(u) = snap.upstreams.get(name) else {
-            return Err(format!("no upstream is called \"{name}\""));
+            return Err(format!("no upstream named \"{name}\""));
         };
         u.replace_targets(targets)
     }

@@ -128,7 +128,7 @@ pub fn build_instances(
                 if let Some(r) = gone.first() {
                     errs.push(ConfigError::new(
                         format!("plugins[{i}] ({}).config", p.name),
-                        format!("no upstream is called \"{}\"", r.name()),
+                        format!("no upstream named \"{}\"", r.name()),
                     ));
                     continue;
                 }
@@ -145,7 +145,10 @@ pub fn build_instances(
                             } else {
                                 format!("plugins[{i}] ({}).config.{}", p.name, f.path)
                             };
-                            errs.push(ConfigError::new(path, f.message));
+                            errs.push(ConfigError::new(
+                                path,
+                                gatehouse_model::in_words(&f.message),
+                            ));
                         }
                         continue;
                     }

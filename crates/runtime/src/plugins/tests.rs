@@ -217,7 +217,7 @@ fn a_registered_fake_kind_compiles_into_chains_with_its_needs_and_contracts() {
         .unwrap();
     assert_eq!(
         e,
-        ["plugins[0] (fake).config.upstream: no upstream is called \"nope\""]
+        ["plugins[0] (fake).config.upstream: no upstream named \"nope\""]
     );
     let without_u = format!(
         "{}plugins:\n  - {{name: fake, route: r1, config: {{upstream: u}}}}\n",
@@ -232,6 +232,6 @@ fn a_registered_fake_kind_compiles_into_chains_with_its_needs_and_contracts() {
     let e = Snapshot::compile(config, Some(&s), node).err().unwrap();
     assert_eq!(
         e[0].to_string(),
-        "plugins[0] (fake).config: no upstream is called \"u\""
+        "plugins[0] (fake).config: no upstream named \"u\""
     );
 }
