@@ -750,3 +750,87 @@ async fn access_log_files_rotate_by_age() {
     drop(g);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `n` routes `r0`..: `/r{i}/*` to service `svc`, and `observability.metrics` settings.
+fn many_routes(origin: SocketAddr, n: usize, metrics: &str) -> String {
+    let mut yaml = upstream_yaml(&[origin], "") + "routes:\n";
+    for i in 0..n {
+        yaml += &format!("  - {{name: r{i}, paths: [\"/r{i}/*\"], service: svc}}\n");
+    }
+    yaml + &format!("observability:\n  metrics: {metrics}\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scrape_of_many_routes_is_bounded_and_no_counter_moves_between_series() {
+    let o = Origin::start("a").await;
+    let yaml = many_routes(o.addr, 200, "{max_routes: 3}");
+    let g = gateway(&yaml);
+    let a = addr(&g);
+    let m = scrape(&g);
+    // Before: every route had its four counters at zero, traffic or not.
+    assert!(
+        !m.contains("route=\"r"),
+        "unused routes have no series:\n{m}"
+    );
+
+    for i in 0..3 {
+        assert_eq!(get(a, &format!("/r{i}/x")).await.status, 200);
+    }
+    let m = scrape(&g);
+    for i in 0..3 {
+        let s = format!(
+            "gatehouse_http_responses_total{{route=\"r{i}\",service=\"svc\",code=\"200\"}}"
+        );
+        assert_eq!(sample(&m, &s), Some(1.0), "{m}");
+    }
+    // The cap is reached: later routes are summed under `_other`.
+    for i in 3..8 {
+        assert_eq!(get(a, &format!("/r{i}/x")).await.status, 200);
+        assert_eq!(get(a, &format!("/r{i}/y")).await.status, 200);
+    }
+    assert_eq!(get(a, "/r0/x").await.status, 200);
+    let m = scrape(&g);
+    let other = "gatehouse_http_responses_total{route=\"_other\",service=\"_other\",code=\"200\"}";
+    assert_eq!(sample(&m, other), Some(10.0), "{m}");
+    let r0 = "gatehouse_http_responses_total{route=\"r0\",service=\"svc\",code=\"200\"}";
+    assert_eq!(sample(&m, r0), Some(2.0));
+    assert!(!m.contains("route=\"r3\""), "{m}");
+    let histograms = m
+        .lines()
+        .filter(|l| l.starts_with("gatehouse_request_duration_seconds_count"))
+        .count();
+    assert_eq!(histograms, 4, "3 routes and _other:\n{m}");
+
+    // A reload keeps each route where it was, even one that would now find a free place.
+    let fewer = yaml.replace("  - {name: r1, paths: [\"/r1/*\"], service: svc}\n", "");
+    g.reload(gatehouse_model::parse_yaml(&fewer).unwrap())
+        .unwrap();
+    assert_eq!(get(a, "/r3/z").await.status, 200);
+    assert_eq!(get(a, "/r9/z").await.status, 200);
+    let m = scrape(&g);
+    assert_eq!(sample(&m, other), Some(11.0), "r3 stays in _other:\n{m}");
+    assert!(!m.contains("route=\"r3\""), "{m}");
+    let r9 = "gatehouse_http_responses_total{route=\"r9\",service=\"svc\",code=\"200\"}";
+    assert_eq!(
+        sample(&m, r9),
+        Some(1.0),
+        "r9 takes the place r1 left:\n{m}"
+    );
+
+    // Per-route histograms off: one per service, counting every route.
+    let off = many_routes(o.addr, 200, "{max_routes: 3, route_histograms: false}");
+    g.reload(gatehouse_model::parse_yaml(&off).unwrap())
+        .unwrap();
+    let m = scrape(&g);
+    let count = sample(
+        &m,
+        "gatehouse_request_duration_seconds_count{service=\"svc\"}",
+    );
+    // All 16 requests but r1's, whose statistics went when it left the config.
+    assert_eq!(count, Some(15.0), "{m}");
+    assert!(
+        !m.contains("gatehouse_request_duration_seconds_count{route"),
+        "{m}"
+    );
+    g.shutdown().await;
+}

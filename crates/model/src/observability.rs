@@ -59,6 +59,19 @@ pub struct Metrics {
     /// Upper bounds of the latency histograms' buckets, in seconds, ascending.
     #[serde(default = "default_buckets")]
     pub buckets: Vec<f64>,
+    /// Latency histograms per route (the default); off, they are per service, which bounds
+    /// a scrape on a node with very many routes.
+    #[serde(default = "yes")]
+    pub route_histograms: bool,
+    /// How many routes get series of their own in `/metrics`, in the order a scrape first
+    /// sees them used; the others are summed under `route="_other"`. A route keeps what it
+    /// got for as long as it exists, so no counter moves between series.
+    #[serde(default = "default_max_routes")]
+    pub max_routes: u32,
+}
+
+fn default_max_routes() -> u32 {
+    1000
 }
 
 fn yes() -> bool {
@@ -78,6 +91,8 @@ impl Default for Metrics {
         Self {
             enabled: true,
             consumers: false,
+            route_histograms: true,
+            max_routes: default_max_routes(),
             buckets: default_buckets(),
         }
     }

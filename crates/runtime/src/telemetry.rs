@@ -8,12 +8,12 @@
 //! the hot path shares no cache line between workers. prometheus-client still does the text
 //! encoding, through a [`Collector`] that sums the shards at scrape time.
 
-use crate::snapshot::Snapshot;
 use crate::upstream::worker;
-use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
-use prometheus_client::metrics::MetricType;
-use std::sync::atomic::{AtomicI64, AtomicU16, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU16, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
+
+mod scrape;
+pub use scrape::{encode, SnapshotCollector};
 
 /// Method classes: the common methods by name, everything else as `OTHER` (bounded labels).
 pub const METHODS: [&str; 8] = [
@@ -151,6 +151,9 @@ pub struct Finished {
 pub struct Stats {
     shards: Box<[OnceLock<Box<Shard>>]>,
     bounds: usize,
+    /// Whether the route has series of its own in `/metrics` (see [`scrape`]); decided by
+    /// the first scrape that sees it used, kept with the statistics across reloads.
+    series: AtomicU8,
 }
 
 impl Stats {
@@ -158,6 +161,7 @@ impl Stats {
         Self {
             shards: (0..workers.max(1)).map(|_| OnceLock::new()).collect(),
             bounds,
+            series: AtomicU8::new(scrape::UNDECIDED),
         }
     }
 
@@ -214,10 +218,6 @@ impl Stats {
         self.shards.iter().filter_map(|s| s.get().map(|b| &**b))
     }
 
-    fn sum(&self, f: impl Fn(&Shard) -> &AtomicU64) -> u64 {
-        self.shards().map(|s| f(s).load(Relaxed)).sum()
-    }
-
     fn requests(&self) -> [[u64; 6]; 8] {
         let mut out = [[0u64; 6]; 8];
         for s in self.shards() {
@@ -255,29 +255,6 @@ impl Stats {
         out.sort_unstable();
         out
     }
-
-    fn histo(
-        &self,
-        which: impl Fn(&Shard) -> &Histo,
-        bounds: &[f64],
-    ) -> (f64, u64, Vec<(f64, u64)>) {
-        let mut buckets: Vec<(f64, u64)> = bounds
-            .iter()
-            .copied()
-            .chain(std::iter::once(f64::INFINITY))
-            .map(|b| (b, 0))
-            .collect();
-        let (mut sum, mut count) = (0u64, 0u64);
-        for s in self.shards() {
-            let h = which(s);
-            for (o, b) in buckets.iter_mut().zip(h.buckets.iter()) {
-                o.1 += b.load(Relaxed);
-            }
-            count += h.count.load(Relaxed);
-            sum += h.sum_ns.load(Relaxed);
-        }
-        (sum as f64 / 1e9, count, buckets)
-    }
 }
 
 /// Node-wide counters that belong to no route.
@@ -297,6 +274,8 @@ pub struct NodeStats {
     pub decision_trace_refused: AtomicU64,
     /// Requests no route matched (answered 404).
     pub unrouted: AtomicU64,
+    /// Held by the scrape that decides which routes get series of their own.
+    scrape: std::sync::Mutex<()>,
 }
 
 /// Where a route's plugin rejections are counted: one per plugin kind in its chain, kept
@@ -311,314 +290,6 @@ pub struct Rejections {
     pub count: Arc<AtomicU64>,
 }
 
-/// Encodes the serving snapshot's statistics at scrape time.
-pub struct SnapshotCollector<F>(pub F);
-
-impl<F> std::fmt::Debug for SnapshotCollector<F> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SnapshotCollector")
-    }
-}
-
-impl<F> prometheus_client::collector::Collector for SnapshotCollector<F>
-where
-    F: Fn() -> Arc<Snapshot> + Send + Sync + 'static,
-{
-    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let snap = (self.0)();
-        encode(&snap, &mut e)
-    }
-}
-
-fn counter(m: &mut prometheus_client::encoding::MetricEncoder, v: u64) -> std::fmt::Result {
-    m.encode_counter::<NoLabelSet, _, u64>(&v, None)
-}
-
-fn gauge(m: &mut prometheus_client::encoding::MetricEncoder, v: i64) -> std::fmt::Result {
-    m.encode_gauge(&v)
-}
-
-/// Every data-plane metric of `snap`, named without the `gatehouse_` prefix: the registry
-/// it is registered in adds it.
-pub fn encode(snap: &Snapshot, e: &mut DescriptorEncoder) -> std::fmt::Result {
-    let t = &snap.telemetry;
-    let routes = || {
-        snap.routes.iter().filter_map(|r| {
-            let stats = r.stats.as_ref()?;
-            let service = snap.services.get(r.service).map_or("", |s| &*s.name);
-            Some((&*r.name, service, &**stats))
-        })
-    };
-
-    let mut m = e.encode_descriptor(
-        "http_requests",
-        "Requests by route, service, method class and status class",
-        None,
-        MetricType::Counter,
-    )?;
-    for (route, service, s) in routes() {
-        for (mi, row) in s.requests().iter().enumerate() {
-            for (ci, n) in row.iter().enumerate() {
-                if *n == 0 {
-                    continue;
-                }
-                let labels = [
-                    ("route", route),
-                    ("service", service),
-                    ("method", METHODS.get(mi).copied().unwrap_or("OTHER")),
-                    ("class", CLASSES.get(ci).copied().unwrap_or("other")),
-                ];
-                counter(&mut m.encode_family(&labels)?, *n)?;
-            }
-        }
-    }
-
-    let mut m = e.encode_descriptor(
-        "http_responses",
-        "Responses by route, service and exact status code",
-        None,
-        MetricType::Counter,
-    )?;
-    for (route, service, s) in routes() {
-        for (code, n) in s.codes() {
-            let code = if code == 0 {
-                "other".to_string()
-            } else {
-                code.to_string()
-            };
-            let labels = [("route", route), ("service", service), ("code", &code)];
-            counter(&mut m.encode_family(&labels)?, n)?;
-        }
-    }
-
-    let bounds = &t.bounds_s;
-    for (name, help, which) in [
-        (
-            "request_duration_seconds",
-            "Time from the request's head to the end of its response, by route",
-            (|s: &Shard| &s.total) as fn(&Shard) -> &Histo,
-        ),
-        (
-            "upstream_duration_seconds",
-            "Time the upstream took to send its response head (all attempts), by route",
-            |s: &Shard| &s.upstream,
-        ),
-        (
-            "gateway_duration_seconds",
-            "Time the gateway itself added: total minus upstream, by route",
-            |s: &Shard| &s.gateway,
-        ),
-    ] {
-        let mut m = e.encode_descriptor(name, help, None, MetricType::Histogram)?;
-        for (route, service, s) in routes() {
-            let (sum, count, buckets) = s.histo(which, bounds);
-            if count == 0 {
-                continue;
-            }
-            let labels = [("route", route), ("service", service)];
-            m.encode_family(&labels)?
-                .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
-        }
-    }
-
-    for (name, help, which) in [
-        (
-            "http_request_bytes",
-            "Request body bytes received, by route",
-            (|s: &Shard| &s.bytes_in) as fn(&Shard) -> &AtomicU64,
-        ),
-        (
-            "http_response_bytes",
-            "Response body bytes sent, by route",
-            |s: &Shard| &s.bytes_out,
-        ),
-        (
-            "retries",
-            "Upstream attempts after the first, by route",
-            |s: &Shard| &s.retries,
-        ),
-        (
-            "retry_budget_exhausted",
-            "Requests that could not retry because the service's retry budget was spent, by route",
-            |s: &Shard| &s.budget_exhausted,
-        ),
-    ] {
-        let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
-        for (route, service, s) in routes() {
-            let labels = [("route", route), ("service", service)];
-            counter(&mut m.encode_family(&labels)?, s.sum(which))?;
-        }
-    }
-
-    let mut m = e.encode_descriptor(
-        "plugin_rejections",
-        "Requests a plugin answered itself (limits, shedding, auth), by route, plugin and key class",
-        None,
-        MetricType::Counter,
-    )?;
-    for r in &snap.routes {
-        for j in r.rejections.iter() {
-            let labels = [
-                ("route", &*r.name),
-                ("plugin", j.plugin),
-                ("instance", &*j.instance),
-                ("key", &*j.key),
-            ];
-            counter(&mut m.encode_family(&labels)?, j.count.load(Relaxed))?;
-        }
-    }
-
-    if !snap.consumer_stats.is_empty() {
-        let mut m = e.encode_descriptor(
-            "consumer_requests",
-            "Requests by consumer, method class and status class",
-            None,
-            MetricType::Counter,
-        )?;
-        for (consumer, s) in snap.consumer_stats.iter() {
-            for (mi, row) in s.requests().iter().enumerate() {
-                for (ci, n) in row.iter().enumerate() {
-                    if *n == 0 {
-                        continue;
-                    }
-                    let labels = [
-                        ("consumer", &**consumer),
-                        ("method", METHODS.get(mi).copied().unwrap_or("OTHER")),
-                        ("class", CLASSES.get(ci).copied().unwrap_or("other")),
-                    ];
-                    counter(&mut m.encode_family(&labels)?, *n)?;
-                }
-            }
-        }
-    }
-
-    encode_targets(snap, e)?;
-    encode_node(&t.node, e)
-}
-
-fn encode_targets(snap: &Snapshot, e: &mut DescriptorEncoder) -> std::fmt::Result {
-    let mut ups: Vec<_> = snap.upstreams.values().collect();
-    ups.sort_by(|a, b| a.name.cmp(&b.name));
-    let now = crate::health::now_ns();
-    type Read = fn(&crate::upstream::TargetState, u64) -> i64;
-    let gauges: [(&str, &str, Read); 3] = [
-        (
-            "upstream_connections",
-            "Upstream connections open now (busy or idle), by upstream and target",
-            |t, _| t.open_connections() as i64,
-        ),
-        (
-            "upstream_requests_in_flight",
-            "Requests waiting on a target now",
-            |t, _| t.active.load(Relaxed) as i64,
-        ),
-        (
-            "upstream_target_healthy",
-            "1 when health checks let the target take requests, 0 when it is out",
-            |t, now| t.health.available(now) as i64,
-        ),
-    ];
-    for (name, help, read) in gauges {
-        let mut m = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
-        for u in &ups {
-            for t in &u.targets().targets {
-                let labels = [("upstream", &*u.name), ("target", &*t.address)];
-                gauge(&mut m.encode_family(&labels)?, read(t, now))?;
-            }
-        }
-    }
-    type Count = fn(&crate::upstream::TargetState) -> u64;
-    let counters: [(&str, &str, Count); 2] = [
-        (
-            "upstream_pool_hits",
-            "Requests that reused a pooled upstream connection",
-            |t| t.pool_hits(),
-        ),
-        (
-            "upstream_pool_misses",
-            "Upstream connections opened (a request found no idle one)",
-            |t| t.connects.load(Relaxed),
-        ),
-    ];
-    for (name, help, read) in counters {
-        let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
-        for u in &ups {
-            for t in &u.targets().targets {
-                let labels = [("upstream", &*u.name), ("target", &*t.address)];
-                counter(&mut m.encode_family(&labels)?, read(t))?;
-            }
-        }
-    }
-    Ok(())
-}
-
-fn encode_node(n: &NodeStats, e: &mut DescriptorEncoder) -> std::fmt::Result {
-    let mut m = e.encode_descriptor(
-        "downstream_connections",
-        "Client connections open now",
-        None,
-        MetricType::Gauge,
-    )?;
-    gauge(&mut m, n.downstream_connections.load(Relaxed))?;
-    let counters: [(&str, &str, &AtomicU64); 10] = [
-        (
-            "http_unrouted",
-            "Requests no route matched (answered 404)",
-            &n.unrouted,
-        ),
-        (
-            "downstream_connections_accepted",
-            "Client connections accepted",
-            &n.downstream_accepted,
-        ),
-        (
-            "access_log_lines",
-            "Access log lines written",
-            &n.access_log_written,
-        ),
-        (
-            "access_log_dropped",
-            "Access log lines dropped because the writer's buffer was full",
-            &n.access_log_dropped,
-        ),
-        (
-            "access_log_errors",
-            "Access log writes or rotations that failed",
-            &n.access_log_errors,
-        ),
-        (
-            "trace_spans_exported",
-            "Spans the OTLP collector accepted",
-            &n.spans_exported,
-        ),
-        (
-            "trace_spans_dropped",
-            "Spans dropped: buffer full, or the collector refused or could not be reached",
-            &n.spans_dropped,
-        ),
-        (
-            "trace_export_failures",
-            "OTLP export requests that failed",
-            &n.span_export_failures,
-        ),
-        (
-            "decision_traces",
-            "Requests answered with a decision trace (valid debug token)",
-            &n.decision_traces,
-        ),
-        (
-            "decision_traces_refused",
-            "Requests that asked for a decision trace with a missing, wrong or expired token",
-            &n.decision_trace_refused,
-        ),
-    ];
-    for (name, help, c) in counters {
-        let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
-        counter(&mut m, c.load(Relaxed))?;
-    }
-    Ok(())
-}
-
 /// Compiled observability settings of a snapshot, and what outlives reloads.
 pub struct Telemetry {
     pub node: Arc<NodeStats>,
@@ -627,6 +298,10 @@ pub struct Telemetry {
     pub bounds_s: Box<[f64]>,
     pub access_log: Option<Arc<crate::access_log::AccessLog>>,
     pub tracer: Option<Arc<crate::trace::Tracer>>,
+    /// Latency histograms per route (else per service).
+    pub route_histograms: bool,
+    /// Routes with series of their own in `/metrics`; the rest are `route="_other"`.
+    pub max_routes: usize,
 }
 
 /// Sends a flush request down a writer thread's queue (made by `wrap` around the
@@ -728,6 +403,8 @@ impl Telemetry {
             bounds_s: buckets.as_slice().into(),
             access_log,
             tracer,
+            route_histograms: o.metrics.route_histograms,
+            max_routes: o.metrics.max_routes as usize,
         }
     }
 }
@@ -761,11 +438,11 @@ mod tests {
         assert_eq!(r[0][4], 1);
         assert_eq!(r[2][3], 1);
         assert_eq!(s.codes(), vec![(200, 1), (404, 1), (503, 1)]);
-        let (_, count, b) = s.histo(|s| &s.total, &[1e-6, 1e-5, 1e-4]);
+        let (count, buckets, bytes_out) = scrape::totals_for_test(&s);
         assert_eq!(count, 3);
         // 1 µs lands in `le=1e-6` (upper bound inclusive), 50 µs in 1e-4, 10 ms in +Inf.
-        assert_eq!(b.iter().map(|x| x.1).collect::<Vec<_>>(), vec![1, 0, 1, 1]);
-        assert_eq!(s.sum(|s| &s.bytes_out), 30);
+        assert_eq!(buckets, vec![1, 0, 1, 1]);
+        assert_eq!(bytes_out, 30);
     }
 
     #[test]
