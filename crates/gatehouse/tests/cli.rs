@@ -1567,3 +1567,38 @@ async fn a_failing_target_is_logged_when_it_starts_failing_and_when_it_answers_a
     drop(origin);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_cut_at_the_drain_timeout_has_its_access_log_line() {
+    let origin = Origin::start("a").await;
+    let dir = temp_dir("log-cut-at-drain");
+    let (file, log) = (dir.join("gateway.yaml"), dir.join("access.log"));
+    let config = config_for(origin.addr, "/*")
+        + &format!(
+            "node:\n  drain_timeout: 300ms\nobservability:\n  access_log: {{path: \"{}\"}}\n",
+            log.display()
+        );
+    std::fs::write(&file, config).unwrap();
+    let (mut gw, addr) = Running::start(&file);
+    assert_eq!(get(addr, "/quick").await.status, 200);
+    // Still waiting on the upstream's head when the drain ends.
+    let slow = tokio::spawn(async move { get(addr, "/delay/5000").await.status });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gw.signal("-TERM");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gw.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "gateway did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = slow.await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    let cut = &lines[1];
+    assert_eq!(cut["path"], "/delay/5000", "{text}");
+    assert_eq!(cut["status"], 499, "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

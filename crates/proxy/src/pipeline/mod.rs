@@ -44,15 +44,57 @@ pub async fn handle(
     mut req: Request<Incoming>,
 ) -> Response<Observed> {
     let snap = shared.snapshot.load_full();
-    let mut st = begin(&shared, &snap, info, &mut req);
+    let mut rec = Unfinished::new(Exchange::new(Instant::now(), req.method()), &snap);
+    let mut st = begin(&shared, &snap, info, &mut req, rec.exchange());
     drop(shared);
     let resp = match route::route(&snap, &st.info, &st.client, &mut req) {
         Ok(routed) => proxy(&mut st, routed, req).await,
         Err(failure) => st.fail(failure),
     };
-    let (resp, mut rec) = finish(st, resp);
+    let resp = finish(st, resp);
+    let mut rec = rec.done();
     rec.snap = Some(snap);
     resp.map(|b| Observed::new(b, Some(rec)))
+}
+
+/// The request's record while its handler runs. Dropped with the handler before an answer
+/// (the client went away on HTTP/2, or the drain timeout cut the connection), it records the
+/// request as `499` with what was known, so that the metrics and the access log still see it.
+struct Unfinished<'s> {
+    rec: Option<Box<Exchange>>,
+    snap: &'s Arc<Snapshot>,
+}
+
+impl<'s> Unfinished<'s> {
+    fn new(rec: Exchange, snap: &'s Arc<Snapshot>) -> Self {
+        Self {
+            rec: Some(Box::new(rec)),
+            snap,
+        }
+    }
+
+    fn exchange(&mut self) -> &mut Exchange {
+        // Always Some until `done`, which consumes self.
+        self.rec
+            .get_or_insert_with(|| Box::new(Exchange::new(Instant::now(), &http::Method::GET)))
+    }
+
+    /// The handler answered: the record goes on with the response body.
+    fn done(mut self) -> Box<Exchange> {
+        self.rec
+            .take()
+            .unwrap_or_else(|| Box::new(Exchange::new(Instant::now(), &http::Method::GET)))
+    }
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if let Some(mut rec) = self.rec.take() {
+            // nginx's code for a request that ended before its answer was sent.
+            rec.status = 499;
+            rec.snap = Some(self.snap.clone());
+        }
+    }
 }
 
 /// The first stage: the request id, the observability record, and the debug token.
@@ -61,8 +103,8 @@ fn begin<'s>(
     snap: &'s Arc<Snapshot>,
     info: Arc<ConnInfo>,
     req: &mut Request<Incoming>,
+    rec: &'s mut Exchange,
 ) -> RequestState<'s> {
-    let mut rec = Box::new(Exchange::new(Instant::now(), req.method()));
     let request_id = match req.headers().get(&X_REQUEST_ID) {
         Some(v) => v.clone(),
         None => new_request_id(),
@@ -230,7 +272,7 @@ async fn plugin_access(
         &[Phase::Rewrite],
         parts,
         plugins,
-        &mut st.rec,
+        st.rec,
         ip,
         routed,
         snap,
@@ -256,7 +298,7 @@ async fn plugin_access(
             &[Phase::Access],
             parts,
             plugins,
-            &mut st.rec,
+            st.rec,
             ip,
             routed,
             snap,
@@ -277,11 +319,8 @@ async fn plugin_access(
 }
 
 /// The last stage: Server-Timing, the decision trace, and the log guard on the body.
-fn finish(
-    mut st: RequestState<'_>,
-    mut resp: Response<RespBody>,
-) -> (Response<RespBody>, Box<Exchange>) {
-    let rec = &mut st.rec;
+fn finish(mut st: RequestState<'_>, mut resp: Response<RespBody>) -> Response<RespBody> {
+    let rec = &mut *st.rec;
     rec.status = resp.status().as_u16();
     let route = rec.route.and_then(|i| st.snap.routes.get(i));
     if route.is_some_and(|r| r.observe.server_timing) {
@@ -302,7 +341,7 @@ fn finish(
     if let Some(finale) = st.finale.take() {
         resp = finale.attach(std::mem::take(&mut st.plugins.state), resp);
     }
-    (resp, st.rec)
+    resp
 }
 
 impl RequestState<'_> {

@@ -203,7 +203,7 @@ async fn ask_fallback_upstream(
     // The record's target names one of the route's own upstream targets: keep the one that
     // failed.
     let primary = st.rec.target.take();
-    let attempt = exchange(&call, &mut out, &mut st.rec, None).await;
+    let attempt = exchange(&call, &mut out, st.rec, None).await;
     st.rec.target = primary;
     let answered = match attempt {
         Attempt::Answered(a) => a,

@@ -66,7 +66,7 @@ pub async fn forward(
             snap: st.snap,
         });
         let replayable = out.replay().is_some();
-        let (may, idx) = match exchange(&call, out, &mut st.rec, plugins).await {
+        let (may, idx) = match exchange(&call, out, st.rec, plugins).await {
             Attempt::Answered(a) => {
                 let again = f.allowed.after_send && replayable && attempt < retry.attempts;
                 if !(again

@@ -63,7 +63,7 @@ pub struct RequestState<'s> {
     pub client: Client,
     pub request_id: HeaderValue,
     /// What observability records of the request (metrics, access log, spans, decision).
-    pub rec: Box<Exchange>,
+    pub rec: &'s mut Exchange,
     pub plugins: PluginState,
     /// Body filters and the `log` phase, for routes whose plugins have them.
     pub finale: Option<Finale>,
