@@ -429,7 +429,12 @@ fn validate(path: &Path, redis: Option<&str>) -> ExitCode {
                     println!("{}: valid", path.display());
                     return ExitCode::SUCCESS;
                 }
-                Err(e) => ConfigErrors(e),
+                Err(mut e) => {
+                    if let Ok(text) = std::fs::read_to_string(path) {
+                        gatehouse_model::place(&text, &mut e);
+                    }
+                    ConfigErrors(e)
+                }
             }
         }
         Err(e) => e,
@@ -545,7 +550,10 @@ fn reload(gateway: &Gateway, control: &Control, path: &Path, redis: Option<&str>
     match result {
         Ok(true) => tracing::info!(reason = why, "configuration reloaded"),
         Ok(false) => tracing::debug!(reason = why, "configuration unchanged"),
-        Err(errors) => {
+        Err(mut errors) => {
+            if let Ok(text) = std::fs::read_to_string(path) {
+                gatehouse_model::place(&text, &mut errors);
+            }
             for e in &errors {
                 tracing::error!(
                     reason = why,

@@ -1535,7 +1535,7 @@ observability:
     let (code, out) = validate(&config(&missing));
     assert_eq!(code, 1);
     assert!(
-        out.starts_with("observability.access_log.path: cannot open ")
+        out.starts_with("observability.access_log.path (line 5 column 22): cannot open ")
             && out.contains("No such file or directory"),
         "{out}"
     );

@@ -15,7 +15,9 @@ mod parse;
 mod resilience;
 mod validate;
 
-pub use parse::{in_words, parse_yaml, parse_yaml_with, sort_errors, ConfigError, ConfigErrors};
+pub use parse::{
+    in_words, parse_yaml, parse_yaml_with, place, sort_errors, ConfigError, ConfigErrors,
+};
 
 pub use resilience::{
     ActiveCheck, AllDown, CheckType, CircuitBreaker, Fallback, FallbackCache, Health, PassiveCheck,
@@ -267,14 +269,14 @@ pub struct Route {
     pub retries: Option<u32>,
     /// Overrides the service's `retry` policy for this route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry: Option<RetryPolicy>,
+    pub retry: Option<Box<RetryPolicy>>,
     /// Stops calling the upstream for a while when this route's calls keep failing; while
     /// open, requests get the route's fallback or 503 with Retry-After.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub circuit_breaker: Option<CircuitBreaker>,
+    pub circuit_breaker: Option<Box<CircuitBreaker>>,
     /// What to answer when the upstream fails: the last good response, or a static one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fallback: Option<Fallback>,
+    pub fallback: Option<Box<Fallback>>,
     /// This route's own metrics, access log, tracing and `Server-Timing` choices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observability: Option<RouteObservability>,

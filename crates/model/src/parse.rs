@@ -60,15 +60,16 @@ impl std::error::Error for ConfigErrors {}
 /// Parses YAML (JSON is YAML too) into a [`Config`] and validates it, reporting every problem
 /// found. Each list item is parsed on its own so that one bad route does not hide the others.
 pub fn parse_yaml(text: &str) -> Result<Config, ConfigErrors> {
-    parse_yaml_with(text, &|_| Vec::new())
+    parse_yaml_with(text, &|_, _| Vec::new())
 }
 
-/// [`parse_yaml`] plus `checks` run on whatever parsed (also when some items did not), with
-/// their paths mapped to the file's numbering: how the runtime adds its compile-time checks
-/// (regexes, plugin names) so that one run reports every problem.
+/// [`parse_yaml`] plus `checks` run on whatever parsed (also when some items did not), told
+/// whether problems were found already, with their paths mapped to the file's numbering: how
+/// the runtime adds its compile-time checks (regexes, plugin names) so that one run reports
+/// every problem.
 pub fn parse_yaml_with(
     text: &str,
-    checks: &dyn Fn(&Config) -> Vec<ConfigError>,
+    checks: &dyn Fn(&Config, bool) -> Vec<ConfigError>,
 ) -> Result<Config, ConfigErrors> {
     let root: yaml_serde::Value = yaml_serde::from_str(text).map_err(|e| {
         let mut error = ConfigError::new("", format!("invalid YAML: {}", clean_serde_message(&e)));
@@ -88,7 +89,7 @@ pub fn parse_yaml_with(
         }
     };
     let found = validate(&config);
-    let mut later = checks(&config);
+    let mut later = checks(&config, !errors.is_empty() || !found.is_empty());
     // A compile check that fails where validation already did (a router refusing a path
     // that validation found malformed) says the same thing again, worse.
     later.retain(|c| !found.iter().any(|f| f.path == c.path));
@@ -102,11 +103,7 @@ pub fn parse_yaml_with(
     errors.retain(|e| !kept.is_cascade(&e.message));
     sort_errors(&mut errors);
     errors.dedup();
-    for e in errors.iter_mut().take(LOCATED) {
-        if e.location.is_none() && !e.path.is_empty() {
-            e.location = crate::locate::locate(text, &e.path);
-        }
-    }
+    place(text, &mut errors);
     if errors.is_empty() {
         Ok(config)
     } else {
@@ -120,6 +117,16 @@ const LOCATED: usize = 50;
 
 /// The top-level keys, in the order errors are reported: what others refer to first, so
 /// that a root cause comes before what it breaks.
+/// Gives the first errors of `errors` that have none their line and column in `text`: for
+/// what compiling a parsed config found, when the file's text is at hand.
+pub fn place(text: &str, errors: &mut [ConfigError]) {
+    for e in errors.iter_mut().take(LOCATED) {
+        if e.location.is_none() && !e.path.is_empty() {
+            e.location = crate::locate::locate(text, &e.path);
+        }
+    }
+}
+
 const TOP_KEYS: &[&str] = &[
     "listen",
     "admin",

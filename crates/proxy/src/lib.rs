@@ -107,7 +107,7 @@ impl Shared {
         };
         let mut out = Vec::new();
         for r in &snap.routes {
-            if let Some((p, b)) = &r.breaker {
+            if let Some((p, b)) = r.breaker.as_deref() {
                 out.push((
                     "route",
                     r.name.to_string(),

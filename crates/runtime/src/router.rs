@@ -65,7 +65,9 @@ struct Candidate {
 struct HostTable {
     exact: HashMap<Box<str>, Vec<Candidate>>,
     templates: matchit::Router<Vec<Candidate>>,
+    /// The canonical templates, while the table is built (emptied by `finish`).
     template_keys: HashMap<String, ()>,
+    has_templates: bool,
     prefixes: HashMap<Box<str>, Vec<Candidate>>,
     regex_patterns: Vec<String>,
     regex_routes: Vec<(Regex, Candidate)>,
@@ -398,8 +400,19 @@ impl HostTable {
         for key in self.template_keys.keys() {
             if let Ok(m) = self.templates.at_mut(&template_probe(key)) {
                 m.value.sort_by_key(order);
+                m.value.shrink_to_fit();
             }
         }
+        // Built once, then only read: the spare room vectors and maps grew with is given
+        // back (at 100 000 routes it was most of the table's memory).
+        self.has_templates = !self.template_keys.is_empty();
+        self.template_keys = HashMap::default();
+        self.templates.shrink_to_fit();
+        for list in self.exact.values_mut().chain(self.prefixes.values_mut()) {
+            list.shrink_to_fit();
+        }
+        self.exact.shrink_to_fit();
+        self.prefixes.shrink_to_fit();
         if !self.regex_routes.is_empty() {
             let mut idx: Vec<usize> = (0..self.regex_routes.len()).collect();
             idx.sort_by_key(|&i| order(&self.regex_routes[i].1));
@@ -436,7 +449,7 @@ impl HostTable {
                 });
             }
         }
-        if !self.template_keys.is_empty() {
+        if self.has_templates {
             if let Ok(m) = self.templates.at(path) {
                 if let Some(c) = m.value.iter().find(|c| router.accepts(c.route, req)) {
                     let params = c

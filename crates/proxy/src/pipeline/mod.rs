@@ -268,16 +268,8 @@ async fn plugin_access(
     let started = (needs.log || needs.response_body).then(Instant::now);
     let (ip, snap) = (st.client.ip, st.snap);
     let plugins = &mut st.plugins;
-    let mut verdict = phases::run(
-        &[Phase::Rewrite],
-        parts,
-        plugins,
-        st.rec,
-        ip,
-        routed,
-        snap,
-    )
-    .await;
+    let mut verdict =
+        phases::run(&[Phase::Rewrite], parts, plugins, st.rec, ip, routed, snap).await;
     if let (Ok(()), Some(cap)) = (&verdict, needs.request_body) {
         body = match body {
             ClientBody::Streaming(incoming) => {
@@ -294,16 +286,7 @@ async fn plugin_access(
     }
     if verdict.is_ok() {
         let plugins = &mut st.plugins;
-        verdict = phases::run(
-            &[Phase::Access],
-            parts,
-            plugins,
-            st.rec,
-            ip,
-            routed,
-            snap,
-        )
-        .await;
+        verdict = phases::run(&[Phase::Access], parts, plugins, st.rec, ip, routed, snap).await;
     }
     if needs.request_head {
         st.plugins.head = Some(Box::new(RequestHead::of(parts)));

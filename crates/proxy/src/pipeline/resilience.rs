@@ -63,7 +63,7 @@ pub fn admit(
         replay: out.replay().cloned(),
     };
     let mut refused = None;
-    if let Some((policy, state)) = &route.breaker {
+    if let Some((policy, state)) = route.breaker.as_deref() {
         match state.admit(policy, gatehouse_runtime::health::now_ns()) {
             Ok(()) => guarded.admitted_at = Some(Instant::now()),
             Err(r) => {
@@ -88,7 +88,7 @@ pub async fn after(
 ) -> Response<RespBody> {
     let route = routed.route;
     let status = resp.status();
-    if let (Some((policy, state)), Some(at)) = (&route.breaker, guarded.admitted_at) {
+    if let (Some((policy, state)), Some(at)) = (route.breaker.as_deref(), guarded.admitted_at) {
         let failed = policy.is_failure(status);
         let slow = policy.is_slow(at.elapsed());
         let now = gatehouse_runtime::health::now_ns();

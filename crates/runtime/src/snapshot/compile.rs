@@ -52,7 +52,7 @@ pub(super) fn build(
             |p| p.changes.clone(),
         ),
     };
-    let (env, env_errs) = plugin_env(&config, previous);
+    let (env, env_errs) = plugin_env(&config, config.redis.as_deref(), previous);
     c.errs.extend(env_errs);
     let prev_instances = previous.map(|p| &p.plugin_instances);
     let (plugin_instances, built, plugin_errs) =
@@ -280,7 +280,7 @@ impl<'c> Compiler<'c> {
             let Some(svc) = services.entries.get(service) else {
                 continue;
             };
-            let policy = r.retry.as_ref().or(svc.retry.as_ref());
+            let policy = r.retry.as_deref().or(svc.retry.as_ref());
             let retry = Retry::new(
                 r.retries.unwrap_or(svc.retries),
                 policy.unwrap_or(&RetryPolicy::default()),
@@ -290,18 +290,19 @@ impl<'c> Compiler<'c> {
             let old_route = self.previous.and_then(|p| p.route_named(&r.name));
             let breaker = r.circuit_breaker.as_ref().map(|c| {
                 let state = old_route
-                    .and_then(|o| o.breaker.as_ref())
+                    .and_then(|o| o.breaker.as_deref())
                     .map_or_else(Arc::default, |(_, b)| b.clone());
-                (breaker::Policy::new(c), state)
+                Box::new((breaker::Policy::new(c), state))
             });
             let fallback = r.fallback.as_ref().and_then(|f| {
-                let old = old_route.and_then(|o| o.fallback.as_ref());
+                let old = old_route.and_then(|o| o.fallback.as_deref());
                 let up = f
                     .upstream
                     .as_ref()
                     .and_then(|u| upstreams.get(u.as_str()).cloned());
                 let path = format!("routes[{ri}]");
                 crate::fallback::Compiled::new(f, &path, up, old, self.resources)
+                    .map(Box::new)
                     .map_err(|e| self.errs.push(e))
                     .ok()
             });
@@ -434,9 +435,15 @@ impl<'c> Compiler<'c> {
 /// What plugins are built with: the node's Redis (reused from `previous` while its address
 /// stays, so its connection and health survive reloads), the cluster size, and the names of
 /// the upstreams they may name.
-fn plugin_env(config: &Config, previous: Option<&Snapshot>) -> (BuildEnv, Vec<ConfigError>) {
+/// What plugins are built with: the node's Redis at `redis` (the file's, or the command
+/// line's), the upstream names, the cluster size.
+fn plugin_env(
+    config: &Config,
+    redis: Option<&str>,
+    previous: Option<&Snapshot>,
+) -> (BuildEnv, Vec<ConfigError>) {
     let mut errs = Vec::new();
-    let redis = config.redis.as_deref().and_then(|url| {
+    let redis = redis.and_then(|url| {
         let kept = previous
             .and_then(|p| p.redis.as_ref())
             .filter(|r| r.url() == url);
@@ -453,7 +460,11 @@ fn plugin_env(config: &Config, previous: Option<&Snapshot>) -> (BuildEnv, Vec<Co
 }
 
 /// Parses and checks a config file's text as completely as one pass can: structure,
-/// references, and what compiling finds (regexes, plugin names), every problem reported.
+/// references, and what compiling finds (plugin configs, credentials; regexes and path
+/// conflicts when there were other problems), every problem reported at once. The route
+/// table is only built here for a config that is wrong anyway: a right one is compiled by
+/// the caller next, which reports the same, and building it twice cost a second router at
+/// 100 000 routes.
 pub fn parse_config(
     text: &str,
     registry: &Registry,
@@ -468,25 +479,22 @@ pub fn parse_config_for_node(
     registry: &Registry,
     redis: Option<&str>,
 ) -> Result<Config, gatehouse_model::ConfigErrors> {
-    let with_node = |c: &Config| {
-        let mut c = c.clone();
-        if let Some(url) = redis {
-            c.redis = Some(url.to_owned());
-        }
-        c
-    };
-    let config = gatehouse_model::parse_yaml_with(text, &|c| {
-        let c = with_node(c);
-        let (env, mut errs) = plugin_env(&c, None);
-        let (_, _, plugin_errs) = build_instances(&c, registry, None, &env);
+    let mut config = gatehouse_model::parse_yaml_with(text, &|c, wrong| {
+        let (env, mut errs) = plugin_env(c, redis.or(c.redis.as_deref()), None);
+        let (_, _, plugin_errs) = build_instances(c, registry, None, &env);
         errs.extend(plugin_errs);
-        errs.extend(crate::consumers::index(&c, registry).1);
-        if let Err(e) = Router::build(&c.routes) {
-            errs.extend(e);
+        errs.extend(crate::consumers::index(c, registry).1);
+        if wrong {
+            if let Err(e) = Router::build(&c.routes) {
+                errs.extend(e);
+            }
         }
         errs
     })?;
-    Ok(with_node(&config))
+    if let Some(url) = redis {
+        config.redis = Some(url.to_owned());
+    }
+    Ok(config)
 }
 
 /// One upstream as compiled: its targets and how they are used.

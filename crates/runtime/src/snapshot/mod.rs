@@ -139,10 +139,11 @@ pub struct RouteEntry {
     pub plugins: Chain,
     /// The route's retry policy (its own, else its service's, else the default).
     pub retry: Retry,
-    /// The route's circuit breaker; its state is kept across reloads by route name.
-    pub breaker: Option<(breaker::Policy, Arc<breaker::Breaker>)>,
+    /// The route's circuit breaker; its state is kept across reloads by route name. Boxed,
+    /// like the fallback: few routes have one, and every route would pay its size.
+    pub breaker: Option<Box<(breaker::Policy, Arc<breaker::Breaker>)>>,
     /// What the route answers when its upstream fails.
-    pub fallback: Option<crate::fallback::Compiled>,
+    pub fallback: Option<Box<crate::fallback::Compiled>>,
     /// Its request statistics (None: metrics off for it), kept across reloads by name.
     pub stats: Option<Arc<crate::telemetry::Stats>>,
     /// Rejection counters, one per entry of `plugins`.
