@@ -71,22 +71,14 @@ pub fn parse_yaml_with(
     text: &str,
     checks: &dyn Fn(&Config, bool) -> Vec<ConfigError>,
 ) -> Result<Config, ConfigErrors> {
-    let root: yaml_serde::Value = yaml_serde::from_str(text).map_err(|e| {
-        let mut error = ConfigError::new("", format!("invalid YAML: {}", clean_serde_message(&e)));
-        error.location = e.location().map(|l| (l.line(), l.column()));
-        ConfigErrors(vec![error])
-    })?;
     let mut errors = Vec::new();
     let mut kept = KeptIndices::new();
-    let config = match root {
-        yaml_serde::Value::Null => Config::default(),
-        yaml_serde::Value::Mapping(map) => from_mapping(map, &mut errors, &mut kept),
-        _ => {
-            return Err(ConfigErrors(vec![ConfigError::new(
-                "",
-                "the configuration must be a mapping with keys such as listen, routes, services, upstreams",
-            )]))
-        }
+    // Most files are right: read them straight into the config, without the YAML tree that
+    // reading item by item needs (about as large as the config again at 100 000 routes). A
+    // file that does not read that way is read again item by item, for all its problems.
+    let config = match yaml_serde::from_str::<Config>(text) {
+        Ok(config) => config,
+        Err(_) => read_item_by_item(text, &mut errors, &mut kept)?,
     };
     let found = validate(&config);
     let mut later = checks(&config, !errors.is_empty() || !found.is_empty());
@@ -108,6 +100,28 @@ pub fn parse_yaml_with(
         Ok(config)
     } else {
         Err(ConfigErrors(errors))
+    }
+}
+
+/// The lenient reading: the YAML tree first, then each item of each list on its own, so that
+/// one bad route does not hide the others.
+fn read_item_by_item(
+    text: &str,
+    errors: &mut Vec<ConfigError>,
+    kept: &mut KeptIndices,
+) -> Result<Config, ConfigErrors> {
+    let root: yaml_serde::Value = yaml_serde::from_str(text).map_err(|e| {
+        let mut error = ConfigError::new("", format!("invalid YAML: {}", clean_serde_message(&e)));
+        error.location = e.location().map(|l| (l.line(), l.column()));
+        ConfigErrors(vec![error])
+    })?;
+    match root {
+        yaml_serde::Value::Null => Ok(Config::default()),
+        yaml_serde::Value::Mapping(map) => Ok(from_mapping(map, errors, kept)),
+        _ => Err(ConfigErrors(vec![ConfigError::new(
+            "",
+            "the configuration must be a mapping with keys such as listen, routes, services, upstreams",
+        )])),
     }
 }
 
