@@ -217,6 +217,21 @@ impl Running {
             .unwrap_or_else(|| panic!("no admin address in:\n{}", self.seen.join("\n")))
     }
 
+    /// Waits (up to 10 s) for the process to exit, as after SIGTERM.
+    async fn exited(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not exit after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args([sig, &self.child.id().to_string()])
@@ -300,17 +315,7 @@ async fn run_reloads_on_edit_and_sighup_rejects_bad_edits_and_drains_on_sigterm(
     tokio::time::sleep(Duration::from_millis(150)).await;
     gw.signal("-TERM");
     assert_eq!(slow.await.unwrap(), 200, "in-flight request was cut");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = gw.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "gateway did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = gw.exited().await;
     assert_eq!(status.code(), Some(0));
 }
 
@@ -342,14 +347,7 @@ async fn every_answered_request_has_its_access_log_line_when_the_process_exits()
         b.await.unwrap();
     }
     gw.signal("-TERM");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while gw.child.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "gateway did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gw.exited().await;
     let text = std::fs::read_to_string(&log).unwrap();
     let paths: Vec<String> = text
         .lines()
@@ -1585,11 +1583,7 @@ async fn a_request_cut_at_the_drain_timeout_has_its_access_log_line() {
     let slow = tokio::spawn(async move { get(addr, "/delay/5000").await.status });
     tokio::time::sleep(Duration::from_millis(200)).await;
     gw.signal("-TERM");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while gw.child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "gateway did not exit");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gw.exited().await;
     let _ = slow.await;
     let text = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<serde_json::Value> = text

@@ -147,13 +147,13 @@ pub async fn exchange(
             Err(_) => {
                 rec.attempt(span_id, target, sent_at, None, Some("timeout"), why);
                 let timeout = format!("no response head within {:?}", call.head_timeout);
-                verdict::failed(
-                    call.label,
-                    target,
+                verdict::broke(
+                    call,
+                    &set,
+                    idx,
                     "upstream response head timed out",
                     &timeout,
                 );
-                report(up, &set, idx, None, None);
                 return Attempt::Broken(Failure::UpstreamTimeout, Cause::Timeout, idx);
             }
             Ok(Err(mut e)) => match (e.take_message(), call.body_fault.and_then(BodyFault::get)) {
@@ -171,15 +171,13 @@ pub async fn exchange(
                     let note = Some("connection failed before sending");
                     rec.attempt(span_id, target, sent_at, None, note, why);
                     let what = "upstream connection failed before the request was sent";
-                    verdict::failed(call.label, target, what, &e.error());
-                    report(up, &set, idx, None, None);
+                    verdict::broke(call, &set, idx, what, &e.error());
                     out.give_back(unsent);
                     return Attempt::NotSent(Failure::UpstreamError, idx);
                 }
                 (None, None) => {
                     rec.attempt(span_id, target, sent_at, None, Some("reset"), why);
-                    verdict::failed(call.label, target, "upstream exchange failed", &e.error());
-                    report(up, &set, idx, None, None);
+                    verdict::broke(call, &set, idx, "upstream exchange failed", &e.error());
                     return Attempt::Broken(Failure::UpstreamError, Cause::Reset, idx);
                 }
             },

@@ -3,7 +3,7 @@
 //! per change of the target's state (failing, answering again), not once per attempt: the
 //! access log already has every attempt.
 
-use super::exchange::Attempt;
+use super::exchange::{Attempt, Call};
 use crate::errors::Failure;
 use gatehouse_runtime::snapshot::{TargetSet, UpstreamEntry};
 use gatehouse_runtime::upstream::{ConnectError, TargetState};
@@ -19,6 +19,15 @@ pub fn failed(label: &str, target: &TargetState, what: &str, error: &dyn Display
     } else {
         tracing::debug!(route = label, target = %target.address, error = %error, "{what}");
     }
+}
+
+/// An attempt on `set.targets[idx]` under `call` broke (`what`): logged as [`failed`] and
+/// reported to the target's health and breaker as no answer.
+pub fn broke(call: &Call<'_>, set: &TargetSet, idx: usize, what: &str, error: &dyn Display) {
+    if let Some(target) = set.targets.get(idx) {
+        failed(call.label, target, what, error);
+    }
+    report(call.upstream, set, idx, None, None);
 }
 
 /// `target` answered: worth a line when it was failing.

@@ -204,47 +204,7 @@ pub fn encode(snap: &Snapshot, e: &mut DescriptorEncoder) -> std::fmt::Result {
     let t = &snap.telemetry;
     let (series, in_other) = route_series(snap);
 
-    let mut m = e.encode_descriptor(
-        "http_requests",
-        "Requests by route, service, method class and status class",
-        None,
-        MetricType::Counter,
-    )?;
-    for (route, service, s) in &series {
-        for (mi, row) in s.requests.iter().enumerate() {
-            for (ci, n) in row.iter().enumerate() {
-                if *n == 0 {
-                    continue;
-                }
-                let labels = [
-                    ("route", *route),
-                    ("service", *service),
-                    ("method", METHODS.get(mi).copied().unwrap_or("OTHER")),
-                    ("class", CLASSES.get(ci).copied().unwrap_or("other")),
-                ];
-                counter(&mut m.encode_family(&labels)?, *n)?;
-            }
-        }
-    }
-
-    let mut m = e.encode_descriptor(
-        "http_responses",
-        "Responses by route, service and exact status code",
-        None,
-        MetricType::Counter,
-    )?;
-    for (route, service, s) in &series {
-        for (code, n) in &s.codes {
-            let code = if *code == 0 {
-                "other".to_string()
-            } else {
-                code.to_string()
-            };
-            let labels = [("route", *route), ("service", *service), ("code", &code)];
-            counter(&mut m.encode_family(&labels)?, *n)?;
-        }
-    }
-
+    encode_requests(&series, e)?;
     encode_histograms(snap, &series, e)?;
 
     for (i, (name, help)) in [
@@ -300,6 +260,52 @@ pub fn encode(snap: &Snapshot, e: &mut DescriptorEncoder) -> std::fmt::Result {
 
     encode_targets(snap, e)?;
     encode_node(&t.node, e)
+}
+
+/// Requests by method and status class, and responses by exact code, per series set.
+fn encode_requests(series: &[(&str, &str, Totals)], e: &mut DescriptorEncoder) -> std::fmt::Result {
+    let mut m = e.encode_descriptor(
+        "http_requests",
+        "Requests by route, service, method class and status class",
+        None,
+        MetricType::Counter,
+    )?;
+    for (route, service, s) in series {
+        for (mi, row) in s.requests.iter().enumerate() {
+            for (ci, n) in row.iter().enumerate() {
+                if *n == 0 {
+                    continue;
+                }
+                let labels = [
+                    ("route", *route),
+                    ("service", *service),
+                    ("method", METHODS.get(mi).copied().unwrap_or("OTHER")),
+                    ("class", CLASSES.get(ci).copied().unwrap_or("other")),
+                ];
+                counter(&mut m.encode_family(&labels)?, *n)?;
+            }
+        }
+    }
+
+    let mut m = e.encode_descriptor(
+        "http_responses",
+        "Responses by route, service and exact status code",
+        None,
+        MetricType::Counter,
+    )?;
+    for (route, service, s) in series {
+        for (code, n) in &s.codes {
+            let code = if *code == 0 {
+                "other".to_string()
+            } else {
+                code.to_string()
+            };
+            let labels = [("route", *route), ("service", *service), ("code", &code)];
+            counter(&mut m.encode_family(&labels)?, *n)?;
+        }
+    }
+
+    Ok(())
 }
 
 /// The three latency histograms: per route series set, or, with `metrics.route_histograms`
