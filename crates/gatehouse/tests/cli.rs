@@ -254,6 +254,15 @@ fn config_for(origin: std::net::SocketAddr, path: &str) -> String {
     )
 }
 
+/// [`config_for`] `/*`, with `node` settings and a JSON access log written to `log`.
+fn config_with_log(origin: std::net::SocketAddr, log: &Path, node: &str) -> String {
+    let observability = format!(
+        "observability:\n  access_log: {{path: \"{}\"}}\n",
+        log.display()
+    );
+    config_for(origin, "/*") + node + &observability
+}
+
 /// Polls until `path` answers `status`, returning how long that took.
 async fn until_status(addr: std::net::SocketAddr, path: &str, status: u16) -> Duration {
     let start = Instant::now();
@@ -324,12 +333,7 @@ async fn every_answered_request_has_its_access_log_line_when_the_process_exits()
     let origin = Origin::start("a").await;
     let dir = temp_dir("log-at-exit");
     let (file, log) = (dir.join("gateway.yaml"), dir.join("access.log"));
-    let config = config_for(origin.addr, "/*")
-        + &format!(
-            "observability:\n  access_log: {{path: \"{}\"}}\n",
-            log.display()
-        );
-    std::fs::write(&file, config).unwrap();
+    std::fs::write(&file, config_with_log(origin.addr, &log, "")).unwrap();
     let (mut gw, addr) = Running::start(&file);
     // A burst on 10 connections, then SIGTERM at once: before, the lines queued since the
     // writer's last period (it drains every 20 ms) were lost with the process.
@@ -1227,10 +1231,7 @@ async fn admin_tokens_gate_the_api_by_role_and_name_the_author() {
         "only hashes are stored"
     );
     let url = format!("sqlite://{}/g.db", dir.display());
-    let open = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let open = closed_addr();
     let open_arg = open.to_string();
     let (gw, _) = Running::start_store_with(
         &url,
@@ -1452,10 +1453,7 @@ async fn killing_postgres_never_stops_proxying_and_a_restart_without_it_serves_t
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_health_shows_what_the_active_checks_found() {
     let o = Origin::start("a").await;
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let dead = closed_addr();
     let dir = temp_dir("health");
     let file = dir.join("gateway.yaml");
     std::fs::write(
@@ -1542,10 +1540,7 @@ observability:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_target_is_logged_when_it_starts_failing_and_when_it_answers_again() {
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let dead = closed_addr();
     let dir = temp_dir("failing-target-log");
     let file = dir.join("gateway.yaml");
     std::fs::write(&file, config_for(dead, "/*")).unwrap();
@@ -1571,12 +1566,8 @@ async fn a_request_cut_at_the_drain_timeout_has_its_access_log_line() {
     let origin = Origin::start("a").await;
     let dir = temp_dir("log-cut-at-drain");
     let (file, log) = (dir.join("gateway.yaml"), dir.join("access.log"));
-    let config = config_for(origin.addr, "/*")
-        + &format!(
-            "node:\n  drain_timeout: 300ms\nobservability:\n  access_log: {{path: \"{}\"}}\n",
-            log.display()
-        );
-    std::fs::write(&file, config).unwrap();
+    let node = "node:\n  drain_timeout: 300ms\n";
+    std::fs::write(&file, config_with_log(origin.addr, &log, node)).unwrap();
     let (mut gw, addr) = Running::start(&file);
     assert_eq!(get(addr, "/quick").await.status, 200);
     // Still waiting on the upstream's head when the drain ends.

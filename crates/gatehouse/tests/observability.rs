@@ -60,9 +60,7 @@ const TWO_ROUTES: &str = "routes:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_time_and_size_requests_per_route_and_survive_reloads() {
     let o = Origin::start("a").await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead_addr = dead.local_addr().unwrap();
-    drop(dead);
+    let dead_addr = closed_addr();
     let yaml = (upstream_yaml(&[o.addr], "")
         + &format!(
             "  - name: broken

@@ -338,9 +338,7 @@ async fn a_test_plugin_uses_every_facility_through_the_gateway() {
 
     // Without its verifier the probe says so (the sub-request fails, it answers 503); body
     // filters see the gateway's own answers too.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let gone = closed.local_addr().unwrap();
-    drop(closed);
+    let gone = closed_addr();
     let yaml = config(&main, &alt, &verifier, "").replace(
         &format!("http://{}/verify", verifier.addr),
         &format!("http://{gone}/verify"),

@@ -264,10 +264,7 @@ async fn waiting_at_the_connection_cap_ends_in_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_failure_is_502_and_timeouts_are_504() {
     // A port with nothing listening: bind, note, close.
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let dead = closed_addr();
     let o = Origin::start("a").await;
     let yaml = format!(
         r#"
@@ -311,10 +308,7 @@ routes:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_go_to_another_target_when_connect_fails() {
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let dead = closed_addr();
     let o = Origin::start("alive").await;
     let g = gateway(&(upstream_yaml(&[dead, o.addr], "") + ROUTE_ALL));
     let a = addr(&g);

@@ -507,10 +507,7 @@ async fn one_upstreams_targets_are_replaced_live_and_health_checks_follow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_connect_fails_over_for_every_method_without_a_backoff() {
     let a = Steered::start("a").await;
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let dead = closed_addr();
     // A long backoff, so that pausing before another target would show.
     let service = "    retry: {backoff: 1s, max_backoff: 1s}\n";
     let g = gateway(&(upstream_yaml_with_service(&[a.addr, dead], "", service) + ROUTE));
@@ -537,10 +534,7 @@ async fn a_refused_connect_fails_over_for_every_method_without_a_backoff() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_that_refuses_connections_is_set_aside_by_default() {
     let a = Steered::start("a").await;
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let dead = closed_addr();
     // No `health` at all: the default set-aside (10 s) applies.
     let g = gateway(&(upstream_yaml_with_service(&[a.addr, dead], "", "") + ROUTE));
     let mut c = Client::connect(addr(&g)).await;
@@ -564,10 +558,7 @@ async fn a_target_that_refuses_connections_is_set_aside_by_default() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_set_aside_target_comes_back_after_its_time_and_a_single_target_never_is_set_aside() {
     let a = Steered::start("a").await;
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let dead = closed_addr();
     let health = "    health: {set_aside_on_connect_failure: 300ms}\n";
     let g = gateway(&(upstream_yaml_with_service(&[a.addr, dead], health, "") + ROUTE));
     let mut c = Client::connect(addr(&g)).await;

@@ -521,3 +521,9 @@ impl Steered {
         addr
     }
 }
+
+/// A loopback address nothing listens on (bound, then let go): connecting is refused.
+pub fn closed_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("local addr")
+}

@@ -177,29 +177,26 @@ impl UpstreamEntry {
             return Ok(set.balancer.pick(targets, hash_key, tried));
         }
         let now = now();
-        let usable = |t: &TargetState| {
-            t.health.available(now)
-                && self
-                    .breaker
-                    .as_ref()
-                    .is_none_or(|p| t.breaker.would_admit(p, now))
+        let admits = |t: &TargetState| {
+            self.breaker
+                .as_ref()
+                .is_none_or(|p| t.breaker.would_admit(p, now))
         };
-        let healthy = set.balancer.pick_where(targets, hash_key, |i| {
-            !tried.contains(&i) && targets.get(i).is_some_and(|t| usable(t))
-        });
-        if let Some(i) = healthy {
-            if let (Some(p), Some(t)) = (&self.breaker, targets.get(i)) {
-                // Takes a half-open probe slot. A race may let one probe more through than
-                // configured; refusing the request for it would be worse.
-                let _ = t.breaker.admit(p, now);
-            }
+        let usable = |t: &TargetState| t.health.available(now) && admits(t);
+        if let Some(i) = self.take(set, hash_key, tried, now, usable) {
             return Ok(Some(i));
         }
         let any_up = targets.iter().any(|t| usable(t));
         if !any_up && self.health.is_none() {
             // Only set-asides (and breakers) took targets out, and a set-aside is a hint,
             // never a reason to refuse: try what the breakers admit.
-            return self.pick_ignoring_set_aside(set, hash_key, tried, now);
+            if let Some(i) = self.take(set, hash_key, tried, now, admits) {
+                return Ok(Some(i));
+            }
+            if self.breaker.is_none() || targets.iter().any(|t| admits(t)) {
+                return Ok(None);
+            }
+            return Err(AllTargetsDown);
         }
         let all_down = self
             .health
@@ -213,32 +210,24 @@ impl UpstreamEntry {
         }
     }
 
-    fn pick_ignoring_set_aside(
+    /// A target not yet `tried` that passes `ok`, as the balancer picks; takes a half-open
+    /// probe slot of its breaker. A race may let one probe more through than configured;
+    /// refusing the request for it would be worse.
+    fn take(
         &self,
         set: &TargetSet,
         hash_key: &[u8],
         tried: &[usize],
         now: u64,
-    ) -> Result<Option<usize>, AllTargetsDown> {
-        let Some(p) = &self.breaker else {
-            return Ok(set.balancer.pick(&set.targets, hash_key, tried));
-        };
-        let admitted = set.balancer.pick_where(&set.targets, hash_key, |i| {
-            !tried.contains(&i)
-                && set
-                    .targets
-                    .get(i)
-                    .is_some_and(|t| t.breaker.would_admit(p, now))
-        });
-        match admitted {
-            Some(i) => {
-                if let Some(t) = set.targets.get(i) {
-                    let _ = t.breaker.admit(p, now);
-                }
-                Ok(Some(i))
-            }
-            None if set.targets.iter().any(|t| t.breaker.would_admit(p, now)) => Ok(None),
-            None => Err(AllTargetsDown),
+        ok: impl Fn(&TargetState) -> bool,
+    ) -> Option<usize> {
+        let targets = &set.targets;
+        let i = set.balancer.pick_where(targets, hash_key, |i| {
+            !tried.contains(&i) && targets.get(i).is_some_and(|t| ok(t))
+        })?;
+        if let (Some(p), Some(t)) = (&self.breaker, targets.get(i)) {
+            let _ = t.breaker.admit(p, now);
         }
+        Some(i)
     }
 }
