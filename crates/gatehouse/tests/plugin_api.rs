@@ -214,8 +214,8 @@ fn config(main: &Origin, alt: &Origin, verifier: &Origin, extra: &str) -> String
 services: [{{name: svc, upstream: main}}]
 routes: [{{name: api, paths: ["/api/*"], service: svc}}]
 consumers:
-  - {{username: alice, credentials: {{probe: [{{key: alice-secret}}]}}}}
-  - {{username: bob, credentials: {{probe: [{{key: bob-secret}}]}}}}
+  - {{username: alice, credentials: [{{type: probe, key: alice-secret}}]}}
+  - {{username: bob, credentials: [{{type: probe, key: bob-secret}}]}}
 plugins:
   - name: probe
     route: api
@@ -397,16 +397,16 @@ async fn configs_that_break_the_plugin_contracts_are_refused_with_their_paths() 
     // Credentials are checked by the kind that owns them, and must be unique per kind.
     let e = errors("", &|y| {
         y.replace(
-            "{probe: [{key: bob-secret}]}",
-            "{probe: [{key: alice-secret}, {nope: 1}], rate-limit: [{}]}",
+            "[{type: probe, key: bob-secret}]",
+            "[{type: probe, key: alice-secret}, {type: probe, nope: 1}, {type: rate-limit}]",
         )
     });
     assert_eq!(
         e,
         [
-            "consumers[1].credentials.probe[0]: consumer \"alice\" already has a probe credential with this id; ids must be unique per kind",
-            "consumers[1].credentials.probe[1].nope: unknown field `nope`, expected `key`",
-            "consumers[1].credentials.rate-limit: rate-limit takes no consumer credentials",
+            "consumers[1].credentials[0]: consumer \"alice\" already has a probe credential with this id; ids must be unique per kind",
+            "consumers[1].credentials[1].nope: unknown field `nope`, expected `key`",
+            "consumers[1].credentials[2].type: rate-limit takes no consumer credentials",
         ]
     );
     // A kind the registry does not have is unknown, here and in credentials.
@@ -428,7 +428,7 @@ async fn configs_that_break_the_plugin_contracts_are_refused_with_their_paths() 
         "{errs:?}"
     );
     assert!(
-        errs.contains(&"consumers[0].credentials.probe: unknown plugin \"probe\"".to_string()),
+        errs.contains(&"consumers[0].credentials[0].type: unknown plugin \"probe\"".to_string()),
         "{errs:?}"
     );
     let _ = PluginKind::name(&PROBE);

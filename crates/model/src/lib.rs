@@ -8,6 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+mod consumers;
 pub mod duration;
 mod locate;
 mod observability;
@@ -18,6 +19,8 @@ mod validate;
 pub use parse::{
     in_words, parse_yaml, parse_yaml_with, place, sort_errors, ConfigError, ConfigErrors,
 };
+
+pub use consumers::{Consumer, ConsumerHeaders, CredentialSpec};
 
 pub use resilience::{
     ActiveCheck, AllDown, CheckType, CircuitBreaker, Fallback, FallbackCache, Health, PassiveCheck,
@@ -169,6 +172,10 @@ pub struct Node {
     /// one of them. From any other peer, the peer is the client. Empty: nobody is trusted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_proxies: Vec<String>,
+    /// The headers that tell the upstream who the caller is, on routes with an
+    /// authentication plugin (a client's own values of them are removed there).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub consumer_headers: ConsumerHeaders,
 }
 
 /// An address or a CIDR block (`10.0.0.0/8`, `::1`), as `trusted_proxies` lists them.
@@ -219,6 +226,7 @@ impl Default for Node {
             cluster_size: one_node(),
             encoded_slashes: EncodedSlashes::Reject,
             trusted_proxies: Vec::new(),
+            consumer_headers: ConsumerHeaders::default(),
         }
     }
 }
@@ -489,19 +497,6 @@ impl Default for Keepalive {
             idle_timeout: default_idle_timeout(),
         }
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Consumer {
-    #[schemars(regex(pattern = r"^[A-Za-z0-9._~-]{1,128}$"))]
-    pub username: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub custom_id: Option<String>,
-    /// The consumer's credentials by the plugin kind that checks them (`key-auth: [{key:
-    /// ...}]`); each kind defines, and checks, the shape of its own.
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub credentials: std::collections::BTreeMap<String, Vec<serde_json::Value>>,
 }
 
 /// A plugin instance, scoped globally or to a route, service or consumer.

@@ -12,9 +12,30 @@ pub struct Consumer {
     /// Index in the config's `consumers`: how consumer-scoped plugin instances are found.
     pub index: usize,
     pub username: Arc<str>,
+    /// The consumer's `custom_id`.
+    pub custom_id: Option<Arc<str>>,
+    /// The consumer's `groups` (what `acl` decides by).
+    pub groups: Arc<[Arc<str>]>,
     /// The credential that identified the caller (an API key's id, a JWT `sub`...), when it
     /// differs from the username; limits can be keyed by it.
     pub credential: Option<Arc<str>>,
+}
+
+impl Consumer {
+    /// A consumer with only a name (no custom id, groups or credential).
+    pub fn named(index: usize, username: &str) -> Self {
+        Self {
+            index,
+            username: username.into(),
+            custom_id: None,
+            groups: Arc::from([]),
+            credential: None,
+        }
+    }
+
+    pub fn in_group(&self, group: &str) -> bool {
+        self.groups.iter().any(|g| &**g == group)
+    }
 }
 
 /// One credential of a consumer as its plugin kind made it from config: the `id` lookups go
@@ -55,22 +76,42 @@ impl Found {
     pub fn data<T: Any>(&self) -> Option<&T> {
         self.data.downcast_ref()
     }
+
+    /// The kind's data, shared, for a check that finishes later (in a [`crate::Flow::Wait`]).
+    pub fn data_arc(&self) -> Arc<dyn Any + Send + Sync> {
+        self.data.clone()
+    }
 }
 
 /// Every consumer of a snapshot and their credentials by kind and id.
 #[derive(Default)]
 pub struct ConsumerIndex {
     consumers: Vec<Consumer>,
+    by_name: HashMap<Arc<str>, usize>,
     by_kind: HashMap<&'static str, HashMap<Box<str>, Found>>,
 }
 
 impl ConsumerIndex {
     /// Adds the next consumer (its index is its position in `consumers`).
     pub fn push(&mut self, username: &str) -> usize {
+        self.push_with(username, None, &[])
+    }
+
+    /// Adds the next consumer with its custom id and groups.
+    pub fn push_with(
+        &mut self,
+        username: &str,
+        custom_id: Option<&str>,
+        groups: &[String],
+    ) -> usize {
         let index = self.consumers.len();
+        let username: Arc<str> = username.into();
+        self.by_name.insert(username.clone(), index);
         self.consumers.push(Consumer {
             index,
-            username: username.into(),
+            username,
+            custom_id: custom_id.map(Into::into),
+            groups: groups.iter().map(|g| Arc::from(g.as_str())).collect(),
             credential: None,
         });
         index
@@ -116,7 +157,7 @@ impl ConsumerIndex {
     }
 
     pub fn by_username(&self, username: &str) -> Option<&Consumer> {
-        self.consumers.iter().find(|c| &*c.username == username)
+        self.consumers.get(*self.by_name.get(username)?)
     }
 
     pub fn len(&self) -> usize {

@@ -43,6 +43,9 @@ pub struct Later {
     pub headers: HeaderMap,
     /// Something to keep until the request ends (see [`RequestCtx::holds`]).
     pub hold: Option<Hold>,
+    /// The caller, when the wait was an authentication's check (see
+    /// [`RequestCtx::authenticate`]).
+    pub consumer: Option<Consumer>,
 }
 
 impl From<HeaderMap> for Later {
@@ -50,6 +53,7 @@ impl From<HeaderMap> for Later {
         Later {
             headers,
             hold: None,
+            consumer: None,
         }
     }
 }
@@ -250,6 +254,11 @@ pub trait Plugin: Send + Sync + 'static {
     fn key_of(&self, _ctx: &RequestCtx<'_>) -> Option<String> {
         None
     }
+    /// For an authentication plugin: the consumer (username) a request is let through as
+    /// when no authentication plugin of its route identifies it (Kong's `anonymous`).
+    fn anonymous(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// The finished request as the `log` phase sees it.
@@ -380,7 +389,14 @@ pub trait PluginKind: Send + Sync + 'static {
     /// Whether an instance may be scoped to one consumer (an authentication plugin may not:
     /// Kong's `no_consumer`). A config that scopes one anyway is rejected.
     fn consumer_scopable(&self) -> bool {
-        true
+        !self.authenticates()
+    }
+    /// Whether the kind identifies callers. The authentication plugins of a route are
+    /// alternatives: the first that identifies the caller wins, the others are skipped, and
+    /// the request is refused (with the first refusal) only when none does and no
+    /// `anonymous` consumer is configured.
+    fn authenticates(&self) -> bool {
+        false
     }
     /// For kinds that identify callers: the JSON Schema of one credential in
     /// `consumers[].credentials.<kind>`.
@@ -394,6 +410,18 @@ pub trait PluginKind: Send + Sync + 'static {
             format!("{} takes no consumer credentials", self.name()),
         )])
     }
+
+    /// Turns one credential, as written to the admin API, into what is stored: a secret
+    /// that only needs checking is replaced by its hash. The default keeps it as given.
+    fn seal_credential(
+        &self,
+        _fields: &mut serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), Vec<FieldError>> {
+        Ok(())
+    }
+    /// Takes out of a stored credential what must never be read back (a secret the gateway
+    /// uses, such as an HMAC key): the admin API and `config export` show it without.
+    fn redact_credential(&self, _fields: &mut serde_json::Map<String, serde_json::Value>) {}
 }
 
 /// The status of a rejection, from config field `field`: an error status (400-599), or a

@@ -56,9 +56,11 @@ pub trait TypedKind: Send + Sync + 'static {
     const NAME: &'static str;
     /// Higher runs first within a phase (see [`PluginKind::priority`]).
     const PRIORITY: i32;
+    /// Whether the kind identifies callers (see [`PluginKind::authenticates`]).
+    const AUTHENTICATES: bool = false;
     /// Whether an instance may be scoped to one consumer. An authentication plugin may not:
     /// it runs before there is a consumer, so such an instance could never run.
-    const CONSUMER_SCOPABLE: bool = true;
+    const CONSUMER_SCOPABLE: bool = !Self::AUTHENTICATES;
     type Config: DeserializeOwned + schemars::JsonSchema;
 
     /// Checks a parsed config (every problem reported) and builds the instance.
@@ -81,6 +83,18 @@ pub trait TypedKind: Send + Sync + 'static {
             format!("{} takes no consumer credentials", Self::NAME),
         )])
     }
+
+    /// Turns one credential, as written to the admin API, into what is stored: a secret
+    /// that only needs checking is replaced by its hash. The default keeps it as given.
+    fn seal_credential(
+        &self,
+        _fields: &mut serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), Vec<FieldError>> {
+        Ok(())
+    }
+    /// Takes out of a stored credential what must never be read back (a secret the gateway
+    /// uses, such as an HMAC key): the admin API and `config export` show it without.
+    fn redact_credential(&self, _fields: &mut serde_json::Map<String, serde_json::Value>) {}
 }
 
 impl<T: TypedKind> PluginKind for T {
@@ -96,6 +110,9 @@ impl<T: TypedKind> PluginKind for T {
     fn consumer_scopable(&self) -> bool {
         T::CONSUMER_SCOPABLE
     }
+    fn authenticates(&self) -> bool {
+        T::AUTHENTICATES
+    }
     fn build(
         &self,
         config: &serde_json::Value,
@@ -108,5 +125,14 @@ impl<T: TypedKind> PluginKind for T {
     }
     fn credential(&self, config: &serde_json::Value) -> Result<Credential, Vec<FieldError>> {
         TypedKind::credential(self, config)
+    }
+    fn seal_credential(
+        &self,
+        fields: &mut serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), Vec<FieldError>> {
+        TypedKind::seal_credential(self, fields)
+    }
+    fn redact_credential(&self, fields: &mut serde_json::Map<String, serde_json::Value>) {
+        TypedKind::redact_credential(self, fields)
     }
 }

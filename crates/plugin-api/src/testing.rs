@@ -140,6 +140,9 @@ impl TestRequest {
                     self.response_headers.append(name, value.clone());
                 }
                 self.holds.extend(later.hold);
+                if let Some(c) = later.consumer {
+                    self.consumer = Some(c);
+                }
                 Ok(())
             }
         }

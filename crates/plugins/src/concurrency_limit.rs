@@ -186,8 +186,8 @@ impl Plugin for ConcurrencyLimit {
             drop(waiting);
             match got {
                 Ok(Ok(permit)) => Ok(Later {
-                    headers: HeaderMap::new(),
                     hold: Some(Box::new(permit)),
+                    ..Later::default()
                 }),
                 _ => Err(me.reject()),
             }

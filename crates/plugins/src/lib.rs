@@ -5,6 +5,7 @@ use gatehouse_plugin_api::Registry;
 use std::sync::OnceLock;
 
 pub mod adaptive_shed;
+pub mod auth;
 pub mod concurrency_limit;
 mod cpu;
 pub mod key;
@@ -23,6 +24,8 @@ pub fn registry() -> &'static Registry {
             &concurrency_limit::Kind,
             &request_size_limit::Kind,
             &adaptive_shed::Kind,
+            &auth::key_auth::Kind,
+            &auth::basic_auth::Kind,
         ])
     })
 }

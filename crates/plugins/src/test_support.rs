@@ -33,3 +33,8 @@ impl AccessNow for Req {
         }
     }
 }
+
+/// A GET of `uri` from 127.0.0.1.
+pub fn get(uri: &str) -> Req {
+    TestRequest::get(uri)
+}

@@ -1,56 +1,135 @@
 //! The config's consumers compiled into the [`ConsumerIndex`] authentication plugins look
 //! credentials up in: each credential checked by the plugin kind that owns its shape.
 
-use gatehouse_model::{Config, ConfigError};
-use gatehouse_plugin_api::{ConsumerIndex, Registry};
+use gatehouse_model::{Config, ConfigError, ConsumerHeaders};
+use gatehouse_plugin_api::{header_name, Consumer, ConsumerIndex, Registry};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// The index of `config`'s consumers and their credentials; every problem is reported.
 pub fn index(config: &Config, registry: &Registry) -> (ConsumerIndex, Vec<ConfigError>) {
     let mut ix = ConsumerIndex::default();
     let mut errs = Vec::new();
     for (i, c) in config.consumers.iter().enumerate() {
-        let index = ix.push(&c.username);
-        for (kind_name, list) in &c.credentials {
-            let at = format!("consumers[{i}].credentials.{kind_name}");
+        let index = ix.push_with(&c.username, c.custom_id.as_deref(), &c.groups);
+        for (j, spec) in c.credentials.iter().enumerate() {
+            let at = format!("consumers[{i}].credentials[{j}]");
+            let kind_name = &spec.kind;
             let Some(kind) = registry.find(kind_name) else {
                 errs.push(ConfigError::new(
-                    at,
+                    format!("{at}.type"),
                     format!("unknown plugin \"{kind_name}\""),
                 ));
                 continue;
             };
             if kind.credential_schema().is_none() {
                 errs.push(ConfigError::new(
-                    at,
+                    format!("{at}.type"),
                     format!("{kind_name} takes no consumer credentials"),
                 ));
                 continue;
             }
-            for (j, value) in list.iter().enumerate() {
-                let at = format!("{at}[{j}]");
-                match kind.credential(value) {
-                    Ok(credential) => {
-                        if let Err(owner) = ix.add_credential(index, kind.name(), credential) {
-                            errs.push(ConfigError::new(
-                                at,
-                                format!(
-                                    "consumer \"{owner}\" already has a {kind_name} credential \
-                                     with this id; ids must be unique per kind"
-                                ),
-                            ));
-                        }
+            match kind.credential(&spec.fields_value()) {
+                Ok(credential) => {
+                    if let Err(owner) = ix.add_credential(index, kind.name(), credential) {
+                        errs.push(ConfigError::new(
+                            at,
+                            format!(
+                                "consumer \"{owner}\" already has a {kind_name} credential \
+                                 with this id; ids must be unique per kind"
+                            ),
+                        ));
                     }
-                    Err(fields) => errs.extend(fields.into_iter().map(|f| {
-                        let path = if f.path.is_empty() {
-                            at.clone()
-                        } else {
-                            format!("{at}.{}", f.path)
-                        };
-                        ConfigError::new(path, f.message)
-                    })),
                 }
+                Err(fields) => errs.extend(fields.into_iter().map(|f| {
+                    let path = if f.path.is_empty() {
+                        at.clone()
+                    } else {
+                        format!("{at}.{}", f.path)
+                    };
+                    ConfigError::new(path, gatehouse_model::in_words(&f.message))
+                })),
             }
         }
     }
     (ix, errs)
+}
+
+/// `node.consumer_headers` compiled: the names to set (or clear) on routes with an
+/// authentication plugin.
+#[derive(Debug, Default)]
+pub struct IdentityHeaders {
+    username: Option<HeaderName>,
+    id: Option<HeaderName>,
+    groups: Option<HeaderName>,
+    credential: Option<HeaderName>,
+    anonymous: Option<HeaderName>,
+}
+
+impl IdentityHeaders {
+    pub fn compile(h: &ConsumerHeaders) -> Result<Self, Vec<ConfigError>> {
+        let mut errs = Vec::new();
+        let mut name = |field: &str, v: &str| {
+            if v.is_empty() {
+                return None;
+            }
+            header_name(v)
+                .map_err(|e| {
+                    errs.push(ConfigError::new(
+                        format!("node.consumer_headers.{field}"),
+                        e,
+                    ))
+                })
+                .ok()
+        };
+        let out = Self {
+            username: name("username", &h.username),
+            id: name("id", &h.id),
+            groups: name("groups", &h.groups),
+            credential: name("credential", &h.credential),
+            anonymous: name("anonymous", &h.anonymous),
+        };
+        if errs.is_empty() {
+            Ok(out)
+        } else {
+            Err(errs)
+        }
+    }
+
+    fn names(&self) -> impl Iterator<Item = &HeaderName> {
+        [
+            &self.username,
+            &self.id,
+            &self.groups,
+            &self.credential,
+            &self.anonymous,
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    /// Removes whatever the client sent under these names (so nobody can claim to be a
+    /// consumer), then says who `consumer` is.
+    pub fn apply(&self, headers: &mut HeaderMap, consumer: Option<&Consumer>, anonymous: bool) {
+        for n in self.names() {
+            headers.remove(n);
+        }
+        let Some(c) = consumer else { return };
+        let mut set = |name: &Option<HeaderName>, value: &str| {
+            if let (Some(n), Ok(v)) = (name, HeaderValue::from_str(value)) {
+                headers.insert(n.clone(), v);
+            }
+        };
+        set(&self.username, &c.username);
+        set(&self.id, c.custom_id.as_deref().unwrap_or(&c.username));
+        if !c.groups.is_empty() {
+            let groups: Vec<&str> = c.groups.iter().map(|g| &**g).collect();
+            set(&self.groups, &groups.join(","));
+        }
+        if let Some(cred) = c.credential.as_deref() {
+            set(&self.credential, cred);
+        }
+        if anonymous {
+            set(&self.anonymous, "true");
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! Plugin instances of a snapshot, and for each route the precomputed chain saying which
 //! instance of each kind runs (most specific scope wins), so no request resolves scopes.
 
+use crate::consumers::IdentityHeaders;
 use gatehouse_model::{Config, ConfigError, PluginInstance};
 use gatehouse_plugin_api::{BuildEnv, Needs, Plugin, PluginKind, Registry, UpstreamRef};
 use std::collections::HashMap;
@@ -13,6 +14,20 @@ pub struct Chain {
     /// What the chain's instances (default or consumer-scoped) ask of the pipeline together:
     /// decided here so that requests on other routes do not look.
     pub needs: Needs,
+    /// Present when the chain has authentication plugins.
+    pub auth: Option<AuthGroup>,
+}
+
+/// A chain's authentication plugins taken together: alternatives, the first to identify the
+/// caller wins (see [`PluginKind::authenticates`]).
+pub struct AuthGroup {
+    /// The chain index of the last authentication entry: past it, a request no plugin
+    /// identified is refused or let through as `anonymous`.
+    pub last: usize,
+    /// The consumer (index) let through when none identifies the caller.
+    pub anonymous: Option<usize>,
+    /// What tells the upstream who the caller is.
+    pub headers: Arc<IdentityHeaders>,
 }
 
 /// One kind of plugin in a chain.
@@ -25,6 +40,8 @@ pub struct ChainEntry {
     pub default_index: Option<usize>,
     /// Consumer-scoped instances, by consumer index, sorted for binary search.
     pub consumers: Box<[(usize, Arc<dyn Plugin>)]>,
+    /// The kind identifies callers (one of the chain's [`AuthGroup`]).
+    pub auth: bool,
 }
 
 impl ChainEntry {
@@ -155,6 +172,15 @@ pub fn build_instances(
                 }
             }
         };
+        if let Some(anon) = plugin.anonymous() {
+            if !config.consumers.iter().any(|c| c.username == anon) {
+                errs.push(ConfigError::new(
+                    format!("plugins[{i}] ({}).config.anonymous", p.name),
+                    format!("no consumer named \"{anon}\""),
+                ));
+                continue;
+            }
+        }
         instances.insert(identity, (plugin.clone(), named));
         built.push((i, plugin));
     }
@@ -167,6 +193,7 @@ pub fn chains(
     registry: &Registry,
     built: &[(usize, Arc<dyn Plugin>)],
     routes: &[(&str, &str)],
+    identity: &Arc<IdentityHeaders>,
 ) -> Vec<Chain> {
     let consumers: HashMap<&str, usize> = config
         .consumers
@@ -189,7 +216,7 @@ pub fn chains(
         .collect();
     routes
         .iter()
-        .map(|(route, service)| chain_for(&built, route, service, &consumers))
+        .map(|(route, service)| chain_for(&built, route, service, &consumers, identity))
         .collect()
 }
 
@@ -198,6 +225,7 @@ fn chain_for(
     route: &str,
     service: &str,
     consumers: &HashMap<&str, usize>,
+    identity: &Arc<IdentityHeaders>,
 ) -> Chain {
     let applies = |b: &&Resolved<'_>| {
         b.spec.route.as_deref().is_none_or(|r| r == route)
@@ -240,6 +268,7 @@ fn chain_for(
                 default_index: default.as_ref().map(|d| d.0),
                 default: default.map(|d| d.1),
                 consumers: per_consumer.into(),
+                auth: kind.authenticates(),
             }
         })
         .collect();
@@ -247,7 +276,20 @@ fn chain_for(
         .iter()
         .flat_map(|e| e.default.iter().chain(e.consumers.iter().map(|(_, p)| p)))
         .fold(Needs::default(), |n, p| n.union(p.needs()));
-    Chain { entries, needs }
+    let auth = entries.iter().rposition(|e| e.auth).map(|last| AuthGroup {
+        last,
+        anonymous: entries
+            .iter()
+            .filter(|e| e.auth)
+            .find_map(|e| e.default.as_ref()?.anonymous())
+            .and_then(|name| consumers.get(name).copied()),
+        headers: identity.clone(),
+    });
+    Chain {
+        entries,
+        needs,
+        auth,
+    }
 }
 
 #[cfg(test)]

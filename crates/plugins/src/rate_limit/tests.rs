@@ -102,11 +102,7 @@ fn composite_and_consumer_keys() {
     assert!(anon.access_now(&*p).is_err());
     // An identified consumer is counted apart from its ip.
     let mut alice = req("10.0.0.1");
-    alice.consumer = Some(Consumer {
-        index: 0,
-        username: "alice".into(),
-        credential: None,
-    });
+    alice.consumer = Some(Consumer::named(0, "alice"));
     assert!(alice.access_now(&*p).is_ok());
     assert!(alice.access_now(&*p).is_err());
     // Another tenant is another key.

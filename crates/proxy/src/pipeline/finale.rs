@@ -182,11 +182,7 @@ routes: [{name: r, service: s}]
             snap,
             route: 0,
             client_ip: "10.1.2.3".parse().unwrap(),
-            consumer: Some(Consumer {
-                index: 0,
-                username: "alice".into(),
-                credential: None,
-            }),
+            consumer: Some(Consumer::named(0, "alice")),
             status: StatusCode::OK,
             started: Instant::now(),
             log: plugins.clone(),

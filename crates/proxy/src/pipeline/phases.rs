@@ -10,7 +10,7 @@ use crate::headers::X_REQUEST_ID;
 use crate::observe::{Exchange, PluginStep};
 use bytes::Bytes;
 use gatehouse_plugin_api::{ErrorMessage, Flow, Plugin, RequestCtx, ResponseCtx};
-use gatehouse_runtime::plugins::Chain;
+use gatehouse_runtime::plugins::{AuthGroup, Chain};
 use gatehouse_runtime::snapshot::Snapshot;
 use http::request::Parts;
 use http::{HeaderMap, Response, StatusCode};
@@ -83,7 +83,8 @@ pub async fn run(
     result
 }
 
-/// Runs one request phase of every plugin in `chain`; the first that answers ends it.
+/// Runs one request phase of every plugin in `chain`; the first that answers ends it, except
+/// among authentication plugins in `access` (see [`gatehouse_runtime::plugins::AuthGroup`]).
 /// With `steps` (a decision trace), each plugin's verdict, time and headers are noted.
 async fn run_phase(
     chain: &Chain,
@@ -91,7 +92,17 @@ async fn run_phase(
     phase: Phase,
     mut steps: Option<&mut Vec<PluginStep>>,
 ) -> Result<(), Answer> {
+    let auth = match phase {
+        Phase::Access => chain.auth.as_ref(),
+        _ => None,
+    };
+    let mut refused: Option<Answer> = None;
     for (i, entry) in chain.entries.iter().enumerate() {
+        let alternative = auth.is_some() && entry.auth;
+        // Another authentication plugin already identified the caller.
+        if alternative && ctx.consumer.is_some() {
+            continue;
+        }
         let Some(plugin) = entry.pick(ctx.consumer.as_ref().map(|c| c.index)) else {
             continue;
         };
@@ -110,6 +121,9 @@ async fn run_phase(
                 Ok(later) => {
                     append_all(ctx.response_headers, later.headers);
                     ctx.holds.extend(later.hold);
+                    if let Some(c) = later.consumer {
+                        ctx.authenticate(&c);
+                    }
                     Ok(())
                 }
                 Err(resp) => Err(resp),
@@ -126,11 +140,48 @@ async fn run_phase(
                 before,
             ));
         }
-        if let Err(resp) = result {
-            return Err((i, resp));
+        match result {
+            Err(resp) if alternative => {
+                refused.get_or_insert((i, resp));
+            }
+            Err(resp) => return Err((i, resp)),
+            Ok(()) => {}
+        }
+        if let Some(group) = auth.filter(|g| g.last == i) {
+            if let Some(answer) = settle(group, ctx, refused.take()) {
+                return Err(answer);
+            }
         }
     }
     Ok(())
+}
+
+/// After a chain's last authentication plugin: the caller is known, or is let through as the
+/// `anonymous` consumer, or gets the first refusal (returned). Then the upstream is told
+/// who it is.
+fn settle(group: &AuthGroup, ctx: &mut RequestCtx<'_>, refused: Option<Answer>) -> Option<Answer> {
+    let mut anonymous = false;
+    if ctx.consumer.is_none() {
+        match group
+            .anonymous
+            .and_then(|i| ctx.consumers().get(i))
+            .cloned()
+        {
+            Some(anon) => {
+                ctx.authenticate(&anon);
+                anonymous = true;
+            }
+            None => {
+                if refused.is_some() {
+                    return refused;
+                }
+            }
+        }
+    }
+    group
+        .headers
+        .apply(&mut ctx.parts.headers, ctx.consumer.as_ref(), anonymous);
+    None
 }
 
 /// The decision trace's note of one plugin's hook.

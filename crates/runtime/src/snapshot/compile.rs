@@ -9,6 +9,7 @@ use super::{
 };
 use crate::balance::subset;
 use crate::breaker;
+use crate::consumers::IdentityHeaders;
 use crate::health::HealthPolicy;
 use crate::plugins::{build_instances, chains, Built, Instances};
 use crate::retry::Retry;
@@ -375,7 +376,14 @@ impl<'c> Compiler<'c> {
             .filter(|r| services.index.contains_key(r.service.as_str()))
             .map(|r| (r.name.as_str(), r.service.as_str()))
             .collect();
-        let all = chains(config, self.node.registry, built, &scopes);
+        let identity = match IdentityHeaders::compile(&config.node.consumer_headers) {
+            Ok(h) => Arc::new(h),
+            Err(e) => {
+                self.errs.extend(e);
+                Arc::default()
+            }
+        };
+        let all = chains(config, self.node.registry, built, &scopes, &identity);
         for (route, chain) in routes.iter_mut().zip(all) {
             route.plugins = chain;
             let old = self.previous.and_then(|p| p.route_named(&route.name));
