@@ -4,6 +4,7 @@
 use gatehouse_plugin_api::Registry;
 use std::sync::OnceLock;
 
+pub mod access;
 pub mod adaptive_shed;
 pub mod auth;
 pub mod concurrency_limit;
@@ -26,6 +27,11 @@ pub fn registry() -> &'static Registry {
             &adaptive_shed::Kind,
             &auth::key_auth::Kind,
             &auth::basic_auth::Kind,
+            &access::acl::Kind,
+            &access::ip_restriction::Kind,
+            &access::ua_restriction::Kind,
+            &access::referer_restriction::Kind,
+            &access::cors::Kind,
         ])
     })
 }

@@ -180,19 +180,23 @@ async fn answer(
     Ok(resp)
 }
 
+/// How tests start gateways: on 127.0.0.1:0 with two workers and the stock plugins.
+pub fn test_options() -> StartOptions {
+    StartOptions {
+        listen: vec!["127.0.0.1:0".parse().expect("addr")],
+        workers: 2,
+        node_index: 0,
+        registry: gatehouse_plugins::registry(),
+    }
+}
+
 /// Starts a gateway in-process from YAML, on 127.0.0.1:0 with two workers.
 pub fn gateway(yaml: &str) -> Gateway {
     let config = match gatehouse_model::parse_yaml(yaml) {
         Ok(c) => c,
         Err(e) => panic!("test config invalid:\n{e}"),
     };
-    let opts = StartOptions {
-        listen: vec!["127.0.0.1:0".parse().expect("addr")],
-        workers: 2,
-        node_index: 0,
-        registry: gatehouse_plugins::registry(),
-    };
-    match Gateway::start(config, &opts) {
+    match Gateway::start(config, &test_options()) {
         Ok(g) => g,
         Err(e) => panic!("gateway did not start: {e}"),
     }

@@ -10,7 +10,7 @@ use crate::headers::X_REQUEST_ID;
 use crate::observe::{Exchange, PluginStep};
 use bytes::Bytes;
 use gatehouse_plugin_api::{ErrorMessage, Flow, Plugin, RequestCtx, ResponseCtx};
-use gatehouse_runtime::plugins::{AuthGroup, Chain};
+use gatehouse_runtime::plugins::{AuthGroup, Chain, ChainEntry};
 use gatehouse_runtime::snapshot::Snapshot;
 use http::request::Parts;
 use http::{HeaderMap, Response, StatusCode};
@@ -99,53 +99,18 @@ async fn run_phase(
     let mut refused: Option<Answer> = None;
     for (i, entry) in chain.entries.iter().enumerate() {
         let alternative = auth.is_some() && entry.auth;
-        // Another authentication plugin already identified the caller.
-        if alternative && ctx.consumer.is_some() {
-            continue;
-        }
-        let Some(plugin) = entry.pick(ctx.consumer.as_ref().map(|c| c.index)) else {
-            continue;
+        // Skipped when another authentication plugin already identified the caller.
+        let plugin = match alternative && ctx.consumer.is_some() {
+            true => None,
+            false => entry.pick(ctx.consumer.as_ref().map(|c| c.index)),
         };
-        let began = steps
-            .as_ref()
-            .map(|_| (Instant::now(), ctx.response_headers.len()));
-        let flow = match phase {
-            Phase::Rewrite => plugin.rewrite(ctx),
-            Phase::Access => plugin.access(ctx),
-            Phase::UpstreamRequest => plugin.upstream_request(ctx),
-        };
-        let result = match flow {
-            Flow::Continue => Ok(()),
-            Flow::Respond(resp) => Err(resp),
-            Flow::Wait(later) => match later.await {
-                Ok(later) => {
-                    append_all(ctx.response_headers, later.headers);
-                    ctx.holds.extend(later.hold);
-                    if let Some(c) = later.consumer {
-                        ctx.authenticate(&c);
-                    }
-                    Ok(())
+        if let Some(plugin) = plugin {
+            if let Err(answer) = run_one(entry, plugin, ctx, phase, steps.as_deref_mut()).await {
+                if !alternative {
+                    return Err((i, answer));
                 }
-                Err(resp) => Err(resp),
-            },
-        };
-        if let (Some(steps), Some((at, before))) = (steps.as_deref_mut(), began) {
-            steps.push(step(
-                entry.kind,
-                phase,
-                plugin.as_ref(),
-                ctx,
-                &result,
-                at,
-                before,
-            ));
-        }
-        match result {
-            Err(resp) if alternative => {
-                refused.get_or_insert((i, resp));
+                refused.get_or_insert((i, answer));
             }
-            Err(resp) => return Err((i, resp)),
-            Ok(()) => {}
         }
         if let Some(group) = auth.filter(|g| g.last == i) {
             if let Some(answer) = settle(group, ctx, refused.take()) {
@@ -154,6 +119,51 @@ async fn run_phase(
         }
     }
     Ok(())
+}
+
+/// Runs one plugin's hook for `phase`, waiting if it waits; `Err` is its answer.
+async fn run_one(
+    entry: &ChainEntry,
+    plugin: &Arc<dyn Plugin>,
+    ctx: &mut RequestCtx<'_>,
+    phase: Phase,
+    steps: Option<&mut Vec<PluginStep>>,
+) -> Result<(), Response<Bytes>> {
+    let began = steps
+        .as_ref()
+        .map(|_| (Instant::now(), ctx.response_headers.len()));
+    let flow = match phase {
+        Phase::Rewrite => plugin.rewrite(ctx),
+        Phase::Access => plugin.access(ctx),
+        Phase::UpstreamRequest => plugin.upstream_request(ctx),
+    };
+    let result = match flow {
+        Flow::Continue => Ok(()),
+        Flow::Respond(resp) => Err(resp),
+        Flow::Wait(later) => match later.await {
+            Ok(later) => {
+                append_all(ctx.response_headers, later.headers);
+                ctx.holds.extend(later.hold);
+                if let Some(c) = later.consumer {
+                    ctx.authenticate(&c);
+                }
+                Ok(())
+            }
+            Err(resp) => Err(resp),
+        },
+    };
+    if let (Some(steps), Some((at, before))) = (steps, began) {
+        steps.push(step(
+            entry.kind,
+            phase,
+            plugin.as_ref(),
+            ctx,
+            &result,
+            at,
+            before,
+        ));
+    }
+    result
 }
 
 /// After a chain's last authentication plugin: the caller is known, or is let through as the

@@ -1,0 +1,277 @@
+//! Authentication and access control through the real gateway: consumers with credentials,
+//! auth plugins as alternatives with an anonymous consumer, who the upstream is told called
+//! (and that a client cannot claim it), consumer-scoped limits, acl and the allow/deny
+//! plugins, CORS.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+
+fn basic(user: &str, pass: &str) -> String {
+    use base64::Engine;
+    let b = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+    format!("Basic {b}")
+}
+
+/// The issue's example: alice (a partner) with a key, bob (a user) with a key and a login,
+/// a guest for anonymous requests on the open route.
+fn config(origin: std::net::SocketAddr) -> String {
+    upstream_yaml(&[origin], "")
+        + "routes:
+  - {name: api, paths: [\"/api/*\"], service: svc}
+  - {name: open, paths: [\"/open/*\"], service: svc}
+  - {name: partners, paths: [\"/partners/*\"], service: svc}
+consumers:
+  - username: alice
+    custom_id: u-1001
+    groups: [partners]
+    tags: [team-a]
+    credentials:
+      - {type: key-auth, key: alice-key-1}
+  - username: bob
+    groups: [users]
+    credentials:
+      - {type: key-auth, key: bob-key-1, id: bobs-laptop}
+      - {type: basic-auth, username: bob, password: bob-pw}
+  - username: guest
+plugins:
+  - {name: key-auth, service: svc, config: {header: apikey, hide_credentials: true}}
+  - {name: basic-auth, route: open, config: {anonymous: guest}}
+  - {name: key-auth, route: open, config: {anonymous: guest}}
+  - {name: acl, route: partners, config: {allow: [partners]}}
+  - {name: rate-limit, route: api, config: {limit: 100, window: 1m, algorithm: fixed_window}}
+  - {name: rate-limit, consumer: bob, config: {limit: 2, window: 1m, algorithm: fixed_window}}
+"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_identifies_the_consumer_and_the_upstream_is_told_who_called() {
+    let o = Origin::start("a").await;
+    let g = gateway(&config(o.addr));
+    let a = addr(&g);
+    let r = get_with(
+        a,
+        "/api/x",
+        &[("apikey", "alice-key-1"), ("x-consumer-username", "bob")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let h = &r.json()["headers"];
+    assert_eq!(
+        h["x-consumer-username"], "alice",
+        "the client's claim is replaced"
+    );
+    assert_eq!(h["x-consumer-id"], "u-1001");
+    assert_eq!(h["x-consumer-groups"], "partners");
+    assert!(h["x-credential-identifier"]
+        .as_str()
+        .unwrap()
+        .starts_with("key-"));
+    assert!(h.get("apikey").is_none(), "hide_credentials");
+    assert!(h.get("x-anonymous-consumer").is_none());
+    // No key, a wrong key: 401 that says which, in the gateway's error shape.
+    let r = get_with(a, "/api/x", &[("x-consumer-username", "alice")]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"], "no API key in the request");
+    assert_eq!(r.headers["www-authenticate"], "Key realm=\"gatehouse\"");
+    let r = get_with(a, "/api/x", &[("apikey", "alice-key-2")]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"], "invalid API key");
+    // A key too large to be one, and one that is not text: 401, never a 500.
+    let huge = "k".repeat(9000);
+    let r = get_with(a, "/api/x", &[("apikey", &huge)]).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    let resp = raw(
+        a,
+        b"GET /api/x HTTP/1.1\r\nHost: a\r\napikey: \xff\xfe\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 401"), "{resp}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_scoped_limit_applies_to_that_consumer_only() {
+    let o = Origin::start("a").await;
+    let g = gateway(&config(o.addr));
+    let a = addr(&g);
+    for _ in 0..2 {
+        assert_eq!(
+            get_with(a, "/api/x", &[("apikey", "bob-key-1")])
+                .await
+                .status,
+            200
+        );
+    }
+    let r = get_with(a, "/api/x", &[("apikey", "bob-key-1")]).await;
+    assert_eq!(r.status, 429, "bob's own limit of 2");
+    for _ in 0..5 {
+        assert_eq!(
+            get_with(a, "/api/x", &[("apikey", "alice-key-1")])
+                .await
+                .status,
+            200
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_auth_plugin_may_identify_the_caller_and_the_rest_go_on_as_anonymous() {
+    let o = Origin::start("a").await;
+    let g = gateway(&config(o.addr));
+    let a = addr(&g);
+    let who = |r: &Reply| r.json()["headers"]["x-consumer-username"].clone();
+    let r = get_with(a, "/open/x", &[("authorization", &basic("bob", "bob-pw"))]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(who(&r), "bob");
+    let r = get_with(a, "/open/x", &[("apikey", "alice-key-1")]).await;
+    assert_eq!(who(&r), "alice", "basic-auth failed, key-auth succeeded");
+    assert_eq!(
+        r.json()["headers"]["apikey"],
+        "alice-key-1",
+        "kept on this route"
+    );
+    let r = get_with(a, "/open/x", &[("authorization", &basic("bob", "wrong"))]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(who(&r), "guest");
+    assert_eq!(r.json()["headers"]["x-anonymous-consumer"], "true");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_lets_a_group_through_and_refuses_the_rest() {
+    let o = Origin::start("a").await;
+    let g = gateway(&config(o.addr));
+    let a = addr(&g);
+    let r = get_with(a, "/partners/x", &[("apikey", "alice-key-1")]).await;
+    assert_eq!(r.status, 200);
+    let r = get_with(a, "/partners/x", &[("apikey", "bob-key-1")]).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["error"], "this consumer may not use this route");
+    let r = get(a, "/partners/x").await;
+    assert_eq!(r.status, 401, "key-auth refuses before acl runs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_auth_config_is_refused_with_the_field_named() {
+    let o = Origin::start("a").await;
+    let errors = |yaml: &str| -> Vec<String> {
+        let cfg = gatehouse_model::parse_yaml(yaml).unwrap();
+        match gatehouse_proxy::Gateway::start(cfg, &test_options()) {
+            Err(gatehouse_proxy::StartError::Config(e)) => {
+                e.iter().map(|e| e.to_string()).collect()
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("accepted"),
+        }
+    };
+    let yaml = config(o.addr)
+        .replace(
+            "{anonymous: guest}}\n  - {name: key-auth",
+            "{anonymous: nobody}}\n  - {name: key-auth",
+        )
+        .replace(
+            "{type: key-auth, key: bob-key-1, id: bobs-laptop}",
+            "{type: key-auth, key: alice-key-1}",
+        )
+        .replace("password: bob-pw", "pasword: bob-pw");
+    let e = errors(&yaml);
+    assert!(
+        e.contains(
+            &"plugins[1] (basic-auth).config.anonymous: no consumer named \"nobody\"".to_string()
+        ),
+        "{e:?}"
+    );
+    assert!(
+        e.iter().any(|e| e.starts_with(
+            "consumers[1].credentials[0]: consumer \"alice\" already has a key-auth credential"
+        )),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|e| e.starts_with("consumers[1].credentials[1].pasword: unknown field")),
+        "{e:?}"
+    );
+    let yaml = config(o.addr).replace(
+        "{name: acl, route: partners,",
+        "{name: key-auth, consumer: alice,",
+    );
+    let e = errors(&yaml);
+    assert!(
+        e.iter().any(|e| e.starts_with(
+            "plugins[3].consumer: a key-auth instance cannot be scoped to a consumer"
+        )),
+        "{e:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ip_ua_and_cors_decide_before_authentication() {
+    let o = Origin::start("a").await;
+    let yaml = upstream_yaml(&[o.addr], "")
+        + "routes:
+  - {name: api, paths: [\"/api/*\"], service: svc}
+consumers:
+  - {username: alice, credentials: [{type: key-auth, key: k}]}
+node: {trusted_proxies: [127.0.0.1]}
+plugins:
+  - {name: ip-restriction, config: {deny: [\"203.0.113.0/24\"]}}
+  - {name: ua-restriction, config: {deny: [\"~(?i)bot\"], bypass_missing: true}}
+  - {name: cors, config: {origins: [\"https://app.example.com\"], credentials: true}}
+  - {name: key-auth, route: api}
+";
+    let g = gateway(&yaml);
+    let a = addr(&g);
+    let r = get_with(
+        a,
+        "/api/x",
+        &[("x-forwarded-for", "203.0.113.9"), ("apikey", "k")],
+    )
+    .await;
+    assert_eq!(r.status, 403, "the real client is the forwarded one");
+    assert_eq!(r.json()["error"], "your IP address is not allowed");
+    let r = get_with(
+        a,
+        "/api/x",
+        &[("x-forwarded-for", "198.51.100.1"), ("apikey", "k")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = get_with(a, "/api/x", &[("user-agent", "SomeBot/1"), ("apikey", "k")]).await;
+    assert_eq!(r.status, 403);
+    // A preflight carries no key and is answered by the gateway.
+    let mut c = Client::connect(a).await;
+    let r = c
+        .request(
+            "OPTIONS",
+            "/api/x",
+            &[
+                ("origin", "https://app.example.com"),
+                ("access-control-request-method", "POST"),
+            ],
+            b"",
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        r.headers["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    // A 401 to an allowed origin still carries CORS headers, so the page can read it.
+    let r = get_with(a, "/api/x", &[("origin", "https://app.example.com")]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.headers["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert_eq!(r.headers["access-control-allow-credentials"], "true");
+    let r = get_with(
+        a,
+        "/api/x",
+        &[("origin", "https://evil.test"), ("apikey", "k")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(!r.headers.contains_key("access-control-allow-origin"));
+}
