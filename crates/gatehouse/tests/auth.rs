@@ -275,3 +275,121 @@ plugins:
     assert_eq!(r.status, 200);
     assert!(!r.headers.contains_key("access-control-allow-origin"));
 }
+
+/// A JWKS endpoint the test rotates, and tokens signed by the two keys it will serve.
+mod jwks {
+    use super::*;
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    use std::sync::{Arc, Mutex};
+
+    const KEY_1: &str = include_str!("../../plugins/src/auth/jwt_auth/testdata/rsa.key");
+    const KEY_2: &str = include_str!("../../plugins/src/auth/jwt_auth/testdata/attacker.key");
+
+    fn jwk(pem: &str, kid: &str) -> serde_json::Value {
+        let key = EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap();
+        let mut j = serde_json::to_value(
+            jsonwebtoken::jwk::Jwk::from_encoding_key(&key, Algorithm::RS256).unwrap(),
+        )
+        .unwrap();
+        j["kid"] = kid.into();
+        j
+    }
+
+    pub fn token(pem: &str, kid: &str, sub: &str) -> String {
+        let mut h = Header::new(Algorithm::RS256);
+        h.kid = Some(kid.into());
+        let exp = jsonwebtoken::get_current_timestamp() + 600;
+        let claims = serde_json::json!({"sub": sub, "exp": exp, "iss": "https://idp.test"});
+        encode(
+            &h,
+            &claims,
+            &EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jwks_keys_are_fetched_kept_and_rotated_against_a_real_server() {
+        let served = Arc::new(Mutex::new(
+            serde_json::json!({"keys": [jwk(KEY_1, "2026-11")]}),
+        ));
+        let doc = served.clone();
+        let idp = Scripted::start(Arc::new(move |parts, _| {
+            assert_eq!(parts.uri.path(), "/.well-known/jwks.json");
+            http::Response::new(bytes::Bytes::from(doc.lock().unwrap().to_string()))
+        }))
+        .await;
+        let o = Origin::start("a").await;
+        let yaml = upstream_yaml(&[o.addr], "")
+            + &format!(
+                "routes:
+  - {{name: api, paths: [\"/api/*\"], service: svc}}
+consumers:
+  - {{username: alice, groups: [staff]}}
+plugins:
+  - name: jwt-auth
+    config:
+      jwks_uri: http://{}/.well-known/jwks.json
+      jwks_min_refresh: 300ms
+      consumer_claim: sub
+      issuer: [\"https://idp.test\"]
+      claims_to_headers: {{iss: X-Token-Issuer}}
+",
+                idp.addr
+            );
+        let g = gateway(&yaml);
+        let a = addr(&g);
+        let bearer = |t: String| format!("Bearer {t}");
+        let r = get_with(
+            a,
+            "/api/x",
+            &[("authorization", &bearer(token(KEY_1, "2026-11", "alice")))],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["headers"]["x-consumer-username"], "alice");
+        assert_eq!(r.json()["headers"]["x-token-issuer"], "https://idp.test");
+        for _ in 0..5 {
+            let r = get_with(
+                a,
+                "/api/x",
+                &[("authorization", &bearer(token(KEY_1, "2026-11", "alice")))],
+            )
+            .await;
+            assert_eq!(r.status, 200);
+        }
+        assert_eq!(idp.hits(), 1, "the set is kept");
+        // The provider rotates: a token under the new key is refused until the set is
+        // fetched again, which its unknown kid triggers (at most once per 300ms).
+        *served.lock().unwrap() = serde_json::json!({"keys": [jwk(KEY_2, "2026-12")]});
+        tokio::time::sleep(std::time::Duration::from_millis(350)).await;
+        let r = get_with(
+            a,
+            "/api/x",
+            &[("authorization", &bearer(token(KEY_2, "2026-12", "alice")))],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(idp.hits(), 2);
+        let r = get_with(
+            a,
+            "/api/x",
+            &[("authorization", &bearer(token(KEY_2, "2026-13", "alice")))],
+        )
+        .await;
+        assert_eq!(r.status, 401);
+        assert_eq!(r.json()["error"], "the token's key id is unknown");
+        assert_eq!(idp.hits(), 2, "no fetch storm on unknown kids");
+        let r = get_with(
+            a,
+            "/api/x",
+            &[("authorization", &bearer(token(KEY_2, "2026-12", "mallory")))],
+        )
+        .await;
+        assert_eq!(r.status, 401);
+        assert_eq!(
+            r.json()["error"],
+            "the consumer the token names does not exist"
+        );
+    }
+}

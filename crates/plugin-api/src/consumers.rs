@@ -66,6 +66,7 @@ impl Credential {
 }
 
 /// What a credential lookup found: the consumer (with `credential` set) and the kind's data.
+#[derive(Clone)]
 pub struct Found {
     pub consumer: Consumer,
     data: Arc<dyn Any + Send + Sync>,
@@ -84,7 +85,7 @@ impl Found {
 }
 
 /// Every consumer of a snapshot and their credentials by kind and id.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct ConsumerIndex {
     consumers: Vec<Consumer>,
     by_name: HashMap<Arc<str>, usize>,

@@ -132,6 +132,9 @@ pub trait Gateway: Send + Sync {
     /// The consumers of the snapshot serving the request, with their credentials.
     fn consumers(&self) -> &ConsumerIndex;
 
+    /// The same consumers, shared, for a check that finishes in a [`crate::Flow::Wait`].
+    fn shared_consumers(&self) -> Arc<ConsumerIndex>;
+
     /// Sends `req` (origin-form URI; the Host is the target's unless set) to `to` through the
     /// gateway's pools. Not retried: a plugin that wants retries says so itself.
     fn subrequest(&self, to: &UpstreamRef, req: Request<Bytes>, limits: SubLimits) -> SubFuture;

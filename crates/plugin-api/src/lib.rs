@@ -46,6 +46,9 @@ pub struct Later {
     /// The caller, when the wait was an authentication's check (see
     /// [`RequestCtx::authenticate`]).
     pub consumer: Option<Consumer>,
+    /// Headers to set on the request that goes upstream (replacing any of the same name),
+    /// e.g. claims of a token checked while waiting.
+    pub upstream_headers: HeaderMap,
 }
 
 impl From<HeaderMap> for Later {
@@ -54,6 +57,26 @@ impl From<HeaderMap> for Later {
             headers,
             hold: None,
             consumer: None,
+            upstream_headers: HeaderMap::new(),
+        }
+    }
+}
+
+/// Sets every header of `from` on `to`, replacing what `to` had under those names (values of
+/// one name in `from` are all kept).
+pub fn set_all(to: &mut HeaderMap, from: HeaderMap) {
+    let mut last: Option<HeaderName> = None;
+    for (name, value) in from {
+        match name {
+            Some(n) => {
+                to.insert(n.clone(), value);
+                last = Some(n);
+            }
+            None => {
+                if let Some(n) = &last {
+                    to.append(n.clone(), value);
+                }
+            }
         }
     }
 }

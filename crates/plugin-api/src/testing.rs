@@ -25,6 +25,10 @@ impl Gateway for TestGateway {
         &self.consumers
     }
 
+    fn shared_consumers(&self) -> Arc<ConsumerIndex> {
+        Arc::new(self.consumers.clone())
+    }
+
     fn subrequest(&self, to: &UpstreamRef, req: Request<Bytes>, _limits: SubLimits) -> SubFuture {
         let result = match &self.answer {
             Some(f) => f(to, req),
@@ -143,6 +147,7 @@ impl TestRequest {
                 if let Some(c) = later.consumer {
                     self.consumer = Some(c);
                 }
+                crate::set_all(&mut self.parts.headers, later.upstream_headers);
                 Ok(())
             }
         }

@@ -27,6 +27,7 @@ pub fn registry() -> &'static Registry {
             &adaptive_shed::Kind,
             &auth::key_auth::Kind,
             &auth::basic_auth::Kind,
+            &auth::jwt_auth::Kind,
             &access::acl::Kind,
             &access::ip_restriction::Kind,
             &access::ua_restriction::Kind,

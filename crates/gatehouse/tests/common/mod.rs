@@ -14,6 +14,10 @@ use tokio::net::{TcpListener, TcpStream};
 
 pub use gatehouse_proxy::{Gateway, StartOptions};
 
+mod scripted;
+#[allow(unused_imports)]
+pub use scripted::{Script, Scripted};
+
 /// An origin server. Paths it understands:
 /// - `/delay/MS/...`: waits MS milliseconds before answering;
 /// - `/bytes/N`: answers N bytes, streamed in 64 KiB chunks;

@@ -4,7 +4,7 @@
 
 pub mod basic_auth;
 // pub mod hmac_auth;
-// pub mod jwt_auth;
+pub mod jwt_auth;
 pub mod key_auth;
 
 use gatehouse_plugin_api::{json_response, Flow};

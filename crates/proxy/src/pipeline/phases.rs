@@ -147,6 +147,7 @@ async fn run_one(
                 if let Some(c) = later.consumer {
                     ctx.authenticate(&c);
                 }
+                gatehouse_plugin_api::set_all(&mut ctx.parts.headers, later.upstream_headers);
                 Ok(())
             }
             Err(resp) => Err(resp),

@@ -25,6 +25,10 @@ impl gatehouse_plugin_api::Gateway for Gateway<'_> {
         &self.snap.consumers
     }
 
+    fn shared_consumers(&self) -> Arc<ConsumerIndex> {
+        self.snap.consumers.clone()
+    }
+
     fn subrequest(&self, to: &UpstreamRef, req: Request<Bytes>, limits: SubLimits) -> SubFuture {
         Box::pin(send(self.snap.clone(), to.clone(), req, limits))
     }

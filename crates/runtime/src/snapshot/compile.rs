@@ -110,7 +110,7 @@ pub(super) fn build(
         drain_timeout: config.node.drain_timeout,
         plugin_instances,
         redis: env.redis,
-        consumers,
+        consumers: Arc::new(consumers),
         changes,
         telemetry,
         consumer_stats,

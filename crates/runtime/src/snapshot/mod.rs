@@ -95,7 +95,7 @@ pub struct Snapshot {
     /// The node's Redis, kept across reloads while its address stays.
     pub redis: Option<Arc<RedisStore>>,
     /// The consumers and their credentials, for authentication plugins.
-    pub consumers: ConsumerIndex,
+    pub consumers: Arc<ConsumerIndex>,
     /// Told of every change of targets (a reload, or one upstream's targets replaced), so
     /// health checks follow without polling. One channel for the life of the gateway.
     pub changes: Arc<tokio::sync::watch::Sender<u64>>,
