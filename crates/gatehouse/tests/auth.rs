@@ -5,8 +5,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/redis_server.rs"]
+mod redis_server;
 
 use common::*;
+use redis_server::RedisServer;
 
 fn basic(user: &str, pass: &str) -> String {
     use base64::Engine;
@@ -392,4 +395,122 @@ plugins:
             "the consumer the token names does not exist"
         );
     }
+}
+
+/// Headers for a request signed by `fixtures/hmac_sign.py` (Python's own hmac).
+fn python_signed(
+    style: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Vec<(String, String)> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/hmac_sign.py");
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args([
+        script,
+        style,
+        "alice",
+        "alice-secret-0123456789",
+        "hmac-sha256",
+        method,
+        path,
+    ]);
+    cmd.args(body);
+    let out = cmd.output().expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+        .collect()
+}
+
+fn hmac_config(origin: std::net::SocketAddr, redis: &str) -> String {
+    upstream_yaml(&[origin], "")
+        + &format!(
+            "redis: {redis}
+routes:
+  - {{name: api, paths: [\"/api/*\"], service: svc}}
+consumers:
+  - username: alice
+    credentials: [{{type: hmac-auth, key_id: alice, secret: alice-secret-0123456789}}]
+plugins:
+  - {{name: hmac-auth, config: {{replay: redis, validate_request_body: true, hide_credentials: true}}}}
+"
+        )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_signed_requests_pass_once_across_nodes_sharing_redis() {
+    let redis = RedisServer::start().await;
+    let o = Origin::start("a").await;
+    let (g1, g2) = (
+        gateway(&hmac_config(o.addr, &redis.url())),
+        gateway(&hmac_config(o.addr, &redis.url())),
+    );
+    let (a1, a2) = (addr(&g1), addr(&g2));
+    let body = r#"{"order": 42}"#;
+    let send = |a, headers: Vec<(String, String)>, body: &'static str| async move {
+        let h: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let mut c = Client::connect(a).await;
+        c.request("POST", "/api/orders", &h, body.as_bytes())
+            .await
+            .unwrap()
+    };
+    let signed = python_signed("apisix", "POST", "/api/orders", Some(body));
+    let r = send(a1, signed.clone(), r#"{"order": 42}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["headers"]["x-consumer-username"], "alice");
+    assert!(r.json()["headers"].get("authorization").is_none(), "hidden");
+    // The same request again, to the other node: a replay, refused there too.
+    let r = send(a2, signed.clone(), r#"{"order": 42}"#).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(
+        r.json()["error"],
+        "this signature was already used (a replayed request)"
+    );
+    // Its signature with another body: the digest no longer matches.
+    let r = send(
+        a2,
+        python_signed("apisix", "POST", "/api/orders", Some(body)),
+        r#"{"order": 43}"#,
+    )
+    .await;
+    assert_eq!(
+        r.json()["error"],
+        "the body does not match its Digest header"
+    );
+    // Kong's style of the same scheme.
+    let r = send(
+        a2,
+        python_signed("kong", "POST", "/api/orders", Some(body)),
+        r#"{"order": 42}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A Date outside the skew window is refused whatever the signature.
+    let mut skewed = python_signed("apisix", "POST", "/api/orders", Some(body));
+    for (k, v) in skewed.iter_mut() {
+        if k == "Date" {
+            *v = "Sun, 06 Nov 1994 08:49:37 GMT".into();
+        }
+    }
+    let r = send(a1, skewed, r#"{"order": 42}"#).await;
+    assert_eq!(r.status, 401);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("the Date is "),
+        "{}",
+        r.text()
+    );
 }

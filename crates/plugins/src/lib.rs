@@ -28,6 +28,7 @@ pub fn registry() -> &'static Registry {
             &auth::key_auth::Kind,
             &auth::basic_auth::Kind,
             &auth::jwt_auth::Kind,
+            &auth::hmac_auth::Kind,
             &access::acl::Kind,
             &access::ip_restriction::Kind,
             &access::ua_restriction::Kind,
