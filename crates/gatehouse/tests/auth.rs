@@ -10,6 +10,7 @@ mod redis_server;
 
 use common::*;
 use redis_server::RedisServer;
+use std::sync::Arc;
 
 fn basic(user: &str, pass: &str) -> String {
     use base64::Engine;
@@ -283,7 +284,7 @@ plugins:
 mod jwks {
     use super::*;
     use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
 
     const KEY_1: &str = include_str!("../../plugins/src/auth/jwt_auth/testdata/rsa.key");
     const KEY_2: &str = include_str!("../../plugins/src/auth/jwt_auth/testdata/attacker.key");
@@ -512,5 +513,90 @@ async fn python_signed_requests_pass_once_across_nodes_sharing_redis() {
             .starts_with("the Date is "),
         "{}",
         r.text()
+    );
+}
+
+/// A company SSO: a request with the session cookie is let through as its user, any other
+/// is sent to the login page.
+async fn sso() -> Scripted {
+    Scripted::start(Arc::new(|parts, _| {
+        let cookie = parts
+            .headers
+            .get("cookie")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let uri = parts
+            .headers
+            .get("x-forwarded-uri")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let mut resp = http::Response::new(bytes::Bytes::new());
+        if cookie.contains("session=good") && parts.uri.path() == "/check" {
+            resp.headers_mut()
+                .insert("x-user", "alice".parse().unwrap());
+            resp.headers_mut()
+                .insert("x-internal", "not for upstream".parse().unwrap());
+        } else {
+            *resp.status_mut() = http::StatusCode::FOUND;
+            let login = format!("https://sso.test/login?return={uri}");
+            resp.headers_mut()
+                .insert("location", login.parse().unwrap());
+            resp.headers_mut()
+                .insert("set-cookie", "state=1; HttpOnly".parse().unwrap());
+        }
+        resp
+    }))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_auth_lets_the_sso_decide_and_passes_its_redirect_to_the_client() {
+    let sso = sso().await;
+    let o = Origin::start("a").await;
+    let yaml = |auth: String, extra: &str| {
+        upstream_yaml(&[o.addr], "")
+            + &format!(
+                "routes:
+  - {{name: app, paths: [\"/app/*\"], service: svc}}
+plugins:
+  - {{name: forward-auth, config: {{uri: \"http://{auth}/check\", upstream_headers: [x-user]{extra}}}}}
+"
+            )
+    };
+    let g = gateway(&yaml(sso.addr.to_string(), ""));
+    let a = addr(&g);
+    let r = get_with(
+        a,
+        "/app/orders?page=2",
+        &[("cookie", "session=good"), ("x-user", "root")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["headers"]["x-user"],
+        "alice",
+        "the SSO's word, not the client's"
+    );
+    assert!(r.json()["headers"].get("x-internal").is_none());
+    let r = get_with(a, "/app/orders?page=2", &[("x-user", "root")]).await;
+    assert_eq!(r.status, 302);
+    assert_eq!(
+        r.headers["location"],
+        "https://sso.test/login?return=/app/orders?page=2"
+    );
+    assert_eq!(r.headers["set-cookie"], "state=1; HttpOnly");
+    assert_eq!(sso.hits(), 2);
+    // The SSO unreachable: refused by default, let through when so configured.
+    let down = closed_addr().to_string();
+    let g = gateway(&yaml(down.clone(), ""));
+    let r = get_with(addr(&g), "/app/x", &[("cookie", "session=good")]).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"], "the auth service is unavailable");
+    let g = gateway(&yaml(down, ", on_error: allow"));
+    let r = get_with(addr(&g), "/app/x", &[("x-user", "root")]).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.json()["headers"].get("x-user").is_none(),
+        "a client's claim never passes"
     );
 }

@@ -29,6 +29,7 @@ pub fn registry() -> &'static Registry {
             &auth::basic_auth::Kind,
             &auth::jwt_auth::Kind,
             &auth::hmac_auth::Kind,
+            &auth::forward_auth::Kind,
             &access::acl::Kind,
             &access::ip_restriction::Kind,
             &access::ua_restriction::Kind,

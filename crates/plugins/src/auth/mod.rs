@@ -3,6 +3,7 @@
 //! request before it goes upstream.
 
 pub mod basic_auth;
+pub mod forward_auth;
 pub mod hmac_auth;
 pub mod jwt_auth;
 pub mod key_auth;
