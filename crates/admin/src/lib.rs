@@ -65,6 +65,13 @@ pub trait GatewayView: Send + Sync + 'static {
     fn ready(&self) -> Result<(), String> {
         Ok(())
     }
+    /// Makes `new` what is stored: secrets that are only checked become hashes, and a
+    /// credential written back as read keeps its stored secret from `old`.
+    fn seal(&self, _new: &mut Config, _old: &Config) -> Vec<ConfigError> {
+        Vec::new()
+    }
+    /// Takes write-only secrets out of `config` before it is shown.
+    fn redact(&self, _config: &mut Config) {}
 }
 
 /// What the admin API reads from the running gateway, and what the gateway reports to it.
@@ -147,6 +154,38 @@ impl Control {
             tokens: Arc::new(auth::Tokens::new(&[])),
             metrics,
         }
+    }
+
+    /// The config being served as the API shows it: write-only secrets left out.
+    pub(crate) fn shown_config(&self) -> Config {
+        let mut config = self.view.config();
+        self.view.redact(&mut config);
+        config
+    }
+
+    /// An entity's JSON as the API shows it (a consumer without write-only secrets).
+    pub(crate) fn shown_entity(
+        &self,
+        kind: Kind,
+        value: Option<serde_json::Value>,
+    ) -> Option<serde_json::Value> {
+        let value = value?;
+        if !matches!(kind, Kind::Consumers) {
+            return Some(value);
+        }
+        let Ok(consumer) = serde_json::from_value::<gatehouse_model::Consumer>(value.clone())
+        else {
+            return Some(value);
+        };
+        let mut config = Config {
+            consumers: vec![consumer],
+            ..Config::default()
+        };
+        self.view.redact(&mut config);
+        config
+            .consumers
+            .pop()
+            .and_then(|c| serde_json::to_value(c).ok())
     }
 
     /// Requires one of `tokens` on every call (viewers read, admins also write).
@@ -419,7 +458,7 @@ async fn put_config(
 #[utoipa::path(get, path = "/config", tag = "config",
     responses((status = 200, description = "The whole config being served, as the YAML file holds it (JSON)", body = Object)))]
 async fn config(State(c): State<Shared>) -> Response {
-    let mut config = c.view.config();
+    let mut config = c.shown_config();
     // Token hashes stay on the node.
     if let Some(a) = &mut config.admin {
         a.tokens.clear();
@@ -553,7 +592,7 @@ impl Kind {
 }
 
 fn list(c: &Control, kind: Kind, query: &BTreeMap<String, String>) -> Response {
-    let items = entities(&c.view.config(), kind)
+    let items = entities(&c.shown_config(), kind)
         .into_iter()
         .map(|(_, v)| v)
         .collect();
@@ -564,7 +603,7 @@ fn list(c: &Control, kind: Kind, query: &BTreeMap<String, String>) -> Response {
 }
 
 fn one(c: &Control, kind: Kind, id: &str) -> Response {
-    match entities(&c.view.config(), kind)
+    match entities(&c.shown_config(), kind)
         .into_iter()
         .find(|(i, _)| i == id)
     {

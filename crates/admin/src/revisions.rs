@@ -112,7 +112,8 @@ pub(crate) async fn one(State(c): State<Shared>, Path(id): Path<String>) -> Resp
         return error(StatusCode::NOT_FOUND, format!("no revision {id}"));
     };
     match store.revision(id).await {
-        Ok(Some((revision, config))) => {
+        Ok(Some((revision, mut config))) => {
+            c.view.redact(&mut config);
             Json(RevisionWithConfig { revision, config }).into_response()
         }
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no revision {id}")),

@@ -307,11 +307,21 @@ pub(crate) async fn write(c: &Control, kind: Kind, op: Op, body: &[u8], who: &st
         Ok(x) => x,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
+    let previous = config.clone();
     let (id, before, after) = match apply_op(&mut config, kind, &op, body) {
         Ok(x) => x,
         Err(r) => return *r,
     };
-    let errors = c.view.check(&config);
+    let mut errors = c.view.seal(&mut config, &previous);
+    // What is stored, and what the audit log and the answer show: sealed, then redacted.
+    let after = match (kind, &after) {
+        (Kind::Consumers, Some(_)) => entity_json(&config, kind, &id),
+        _ => after,
+    };
+    let (before, after) = (c.shown_entity(kind, before), c.shown_entity(kind, after));
+    if errors.is_empty() {
+        errors = c.view.check(&config);
+    }
     if !errors.is_empty() {
         // Problems of the entity written are named relative to it (`routes.paths[0]`);
         // others (a route left pointing at a deleted service) keep their full path.
@@ -475,7 +485,11 @@ pub(crate) async fn replace_all(c: &Control, body: &[u8], who: &str) -> Response
         Ok(x) => x,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
-    let errors = c.view.check(&entities);
+    let mut entities = entities;
+    let mut errors = c.view.seal(&mut entities, &current);
+    if errors.is_empty() {
+        errors = c.view.check(&entities);
+    }
     if !errors.is_empty() {
         let fields = errors.into_iter().map(|e| (e.path, e.message)).collect();
         return invalid(
@@ -489,8 +503,8 @@ pub(crate) async fn replace_all(c: &Control, body: &[u8], who: &str) -> Response
         message: "apply a whole config",
         action: "apply",
         entity: "config",
-        before: serde_json::to_value(&current).ok(),
-        after: serde_json::to_value(&entities).ok(),
+        before: serde_json::to_value(shown(c, current)).ok(),
+        after: serde_json::to_value(shown(c, entities.clone())).ok(),
     };
     let revision = match commit_and_apply(c, store, parent, entities, change).await {
         Ok(r) => r,
@@ -501,4 +515,22 @@ pub(crate) async fn replace_all(c: &Control, body: &[u8], who: &str) -> Response
         Json(serde_json::json!({ "revision": revision })),
     )
         .into_response()
+}
+
+/// `config` without write-only secrets (for the audit log).
+fn shown(c: &Control, mut config: Config) -> Config {
+    c.view.redact(&mut config);
+    config
+}
+
+/// Entity `id` of `config` as JSON.
+fn entity_json(config: &Config, kind: Kind, id: &str) -> Option<serde_json::Value> {
+    let i = entity_index(config, kind, id)?;
+    match kind {
+        Kind::Routes => serde_json::to_value(config.routes.get(i)?).ok(),
+        Kind::Services => serde_json::to_value(config.services.get(i)?).ok(),
+        Kind::Upstreams => serde_json::to_value(config.upstreams.get(i)?).ok(),
+        Kind::Consumers => serde_json::to_value(config.consumers.get(i)?).ok(),
+        Kind::Plugins => serde_json::to_value(config.plugins.get(i)?).ok(),
+    }
 }

@@ -32,6 +32,14 @@ impl GatewayView for NodeView {
         self.shared.snapshot.load().config.clone()
     }
 
+    fn seal(&self, new: &mut Config, old: &Config) -> Vec<ConfigError> {
+        gatehouse_runtime::consumers::seal(new, old, self.shared.node.registry)
+    }
+
+    fn redact(&self, config: &mut Config) {
+        gatehouse_runtime::consumers::redact(config, self.shared.node.registry)
+    }
+
     fn check(&self, config: &Config) -> Vec<ConfigError> {
         self.shared.check(self.node_config(config.clone()))
     }

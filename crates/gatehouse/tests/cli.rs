@@ -872,6 +872,108 @@ async fn create_app(admin: std::net::SocketAddr, origin: std::net::SocketAddr) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_stored_hashed_and_secrets_are_never_read_back() {
+    use base64::Engine;
+    let o = Origin::start("a").await;
+    let dir = temp_dir("creds");
+    let (gw, addr) = Running::start_store(&format!("sqlite://{}/g.db", dir.display()), &dir);
+    let admin = gw.admin_addr();
+    create_app(admin, o.addr).await;
+    let mut c = Client::connect(admin).await;
+    let alice = r#"{"username": "alice", "groups": ["partners"], "credentials": [
+        {"type": "key-auth", "key": "alice-key-1", "id": "k1"},
+        {"type": "basic-auth", "username": "alice", "password": "correct horse"},
+        {"type": "hmac-auth", "key_id": "alice", "secret": "alice-secret-0123456789"}]}"#;
+    let r = c.send("POST", "/consumers", alice.into()).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let shown = c
+        .send("GET", "/consumers/alice", String::new())
+        .await
+        .json();
+    let creds = &shown["credentials"];
+    assert!(creds[0].get("key").is_none(), "{shown}");
+    assert_eq!(
+        creds[0]["key_hash"].as_str().unwrap().len(),
+        71,
+        "sha256: + 64 hex"
+    );
+    assert!(creds[1]["password_hash"]
+        .as_str()
+        .unwrap()
+        .starts_with("$argon2id$"));
+    assert!(creds[1].get("password").is_none());
+    assert!(creds[2].get("secret").is_none(), "write-only: {shown}");
+    let export = c.send("GET", "/config", String::new()).await.text();
+    for secret in ["alice-key-1", "correct horse", "alice-secret-0123456789"] {
+        assert!(!export.contains(secret), "{secret} in the export");
+    }
+    let audit = c.send("GET", "/audit", String::new()).await.text();
+    assert!(!audit.contains("alice-secret-0123456789") && !audit.contains("correct horse"));
+    let r = c
+        .send(
+            "POST",
+            "/plugins",
+            r#"{"name": "key-auth", "route": "r"}"#.into(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(
+        get_with(addr, "/app/x", &[("apikey", "alice-key-1")])
+            .await
+            .status,
+        200
+    );
+    // What was read, written back (a tag added): the stored secrets stay.
+    let mut again = shown.clone();
+    again["tags"] = serde_json::json!(["edited"]);
+    let r = c.send("PUT", "/consumers/alice", again.to_string()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = c
+        .send(
+            "POST",
+            "/plugins",
+            r#"{"name": "basic-auth", "route": "r"}"#.into(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let login = base64::engine::general_purpose::STANDARD.encode("alice:correct horse");
+    let r = get_with(
+        addr,
+        "/app/x",
+        &[("authorization", &format!("Basic {login}"))],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["headers"]["x-consumer-username"], "alice");
+    assert_eq!(
+        get_with(addr, "/app/x", &[("apikey", "alice-key-1")])
+            .await
+            .status,
+        200
+    );
+    let stored = c
+        .send("GET", "/consumers/alice", String::new())
+        .await
+        .json();
+    assert_eq!(stored["tags"][0], "edited");
+    // A credential naming a kind that takes none is refused with its field.
+    let r = c
+        .send(
+            "PUT",
+            "/consumers/bob",
+            r#"{"username": "bob", "credentials": [{"type": "rate-limit"}]}"#.into(),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text()
+            .contains("rate-limit takes no consumer credentials"),
+        "{}",
+        r.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entities_take_a_json_merge_patch() {
     let o = Origin::start("a").await;
     let dir = temp_dir("patch");

@@ -133,3 +133,54 @@ impl IdentityHeaders {
         }
     }
 }
+
+/// Turns what a client wrote into what is stored: each credential's kind replaces secrets
+/// that only need checking by their hashes. A credential written back as it was read (its
+/// write-only secret left out) keeps the stored one from `old`, so reading a consumer and
+/// writing it back loses nothing.
+pub fn seal(new: &mut Config, old: &Config, registry: &Registry) -> Vec<ConfigError> {
+    let mut errs = Vec::new();
+    for (i, c) in new.consumers.iter_mut().enumerate() {
+        let before = old.consumers.iter().find(|o| o.username == c.username);
+        for (j, spec) in c.credentials.iter_mut().enumerate() {
+            let Some(kind) = registry.find(&spec.kind) else {
+                continue;
+            };
+            let kept = before.and_then(|b| {
+                b.credentials.iter().find(|o| {
+                    let mut shown = (*o).clone();
+                    kind.redact_credential(&mut shown.fields);
+                    o.kind == spec.kind && shown == *spec && shown != **o
+                })
+            });
+            if let Some(stored) = kept {
+                *spec = stored.clone();
+                continue;
+            }
+            if let Err(fields) = kind.seal_credential(&mut spec.fields) {
+                errs.extend(fields.into_iter().map(|f| {
+                    ConfigError::new(
+                        format!("consumers[{i}].credentials[{j}].{}", f.path),
+                        f.message,
+                    )
+                }));
+            }
+        }
+    }
+    errs
+}
+
+/// Takes write-only secrets out of every credential, for the admin API and exports.
+pub fn redact(config: &mut Config, registry: &Registry) {
+    for c in &mut config.consumers {
+        redact_consumer(c, registry);
+    }
+}
+
+pub fn redact_consumer(c: &mut gatehouse_model::Consumer, registry: &Registry) {
+    for spec in &mut c.credentials {
+        if let Some(kind) = registry.find(&spec.kind) {
+            kind.redact_credential(&mut spec.fields);
+        }
+    }
+}
