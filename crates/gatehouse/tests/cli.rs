@@ -142,9 +142,19 @@ impl Running {
     }
 
     fn start_with(
+        cmd: Command,
+        source: &[&std::ffi::OsStr],
+        workers: usize,
+    ) -> (Running, std::net::SocketAddr) {
+        Running::start_with_admin(cmd, source, workers, "127.0.0.1:0")
+    }
+
+    /// [`Running::start_with`] with the admin API on `admin`.
+    fn start_with_admin(
         mut cmd: Command,
         source: &[&std::ffi::OsStr],
         workers: usize,
+        admin: &str,
     ) -> (Running, std::net::SocketAddr) {
         let child = cmd
             .args([
@@ -152,7 +162,7 @@ impl Running {
                 "--listen",
                 "127.0.0.1:0",
                 "--admin",
-                "127.0.0.1:0",
+                admin,
                 "--workers",
             ])
             .arg(workers.to_string())
@@ -971,6 +981,44 @@ async fn credentials_are_stored_hashed_and_secrets_are_never_read_back() {
         "{}",
         r.text()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_through_the_gateway_example_lets_ops_in_and_no_one_else() {
+    let example =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/admin-through-gateway.yaml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let yaml = std::fs::read_to_string(example)
+        .unwrap()
+        .replace("127.0.0.1:9180", &format!("127.0.0.1:{port}"));
+    let dir = temp_dir("admin-through");
+    let file = dir.join("gateway.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let admin = format!("127.0.0.1:{port}");
+    let (_gw, addr) = Running::start_with_admin(
+        Command::new(BIN),
+        &["-c".as_ref(), file.as_os_str()],
+        2,
+        &admin,
+    );
+    let r = get_with(
+        addr,
+        "/admin/status",
+        &[("x-api-key", "ops-alice-demo-key")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["mode"], "file");
+    let r = get_with(addr, "/admin/status", &[("x-api-key", "crawler-demo-key")]).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = get(addr, "/admin/status").await;
+    assert_eq!(r.status, 401);
+    let r = get(addr, "/admin/status?apikey=ops-alice-demo-key").await;
+    assert_eq!(r.status, 401, "keys only in the header here");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
