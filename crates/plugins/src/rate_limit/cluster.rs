@@ -257,7 +257,7 @@ impl State {
         // A hash tag around the whole name keeps a key's window counters in one slot.
         let name = format!("{{{}{}}}", self.prefix, text);
         let call = async {
-            let mut c = self.store.connection()?;
+            let mut c = self.store.connection().await?;
             SCRIPT
                 .key(name)
                 .arg(algo)

@@ -84,7 +84,7 @@ impl Replay {
         }
         let key = format!("{prefix}:{}", super::super::hex(&digest[..16]));
         let call = async {
-            let mut c = store.connection()?;
+            let mut c = store.connection().await?;
             redis::cmd("SET")
                 .arg(&key)
                 .arg(1)
