@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README and CI run it: installs what a fresh machine of this
-# kind lacks (Debian's redis-server and PostgreSQL, schemathesis from PyPI), starts
-# PostgreSQL when none answers, then runs formatting, lints and every test binary.
+# kind lacks (Debian's redis-server and PostgreSQL, schemathesis from PyPI, oidc-provider from
+# npm), starts PostgreSQL when none answers, then runs formatting, lints and every test binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,6 +44,17 @@ fi
 if ! command -v schemathesis >/dev/null 2>&1; then
   echo "== installing schemathesis"
   python3 -m pip install -q schemathesis
+fi
+
+# The openid-connect tests run a real OpenID provider (panva/oidc-provider) on Node.js, from
+# the npm registry at the version the lock file pins.
+if ! command -v node >/dev/null 2>&1; then
+  echo "== installing nodejs"
+  apt_install nodejs npm
+fi
+if [ ! -d crates/gatehouse/tests/fixtures/oidc/node_modules/oidc-provider ]; then
+  echo "== installing oidc-provider"
+  npm ci --prefix crates/gatehouse/tests/fixtures/oidc --no-audit --no-fund >/dev/null
 fi
 
 echo "== cargo fmt --check"

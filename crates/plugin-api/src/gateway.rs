@@ -138,6 +138,10 @@ pub trait Gateway: Send + Sync {
     /// Sends `req` (origin-form URI; the Host is the target's unless set) to `to` through the
     /// gateway's pools. Not retried: a plugin that wants retries says so itself.
     fn subrequest(&self, to: &UpstreamRef, req: Request<Bytes>, limits: SubLimits) -> SubFuture;
+
+    /// The same gateway, owned, for a [`crate::Flow::Wait`] that makes sub-requests one after
+    /// another (a token exchange after a discovery fetch).
+    fn detached(&self) -> Arc<dyn Gateway>;
 }
 
 #[cfg(test)]

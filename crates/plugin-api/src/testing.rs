@@ -14,7 +14,7 @@ pub type Answerer =
     dyn Fn(&UpstreamRef, Request<Bytes>) -> Result<Response<Bytes>, SubrequestError> + Send + Sync;
 
 /// A gateway for unit tests: its consumers, and sub-requests answered by a function.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct TestGateway {
     pub consumers: ConsumerIndex,
     pub answer: Option<Arc<Answerer>>,
@@ -27,6 +27,10 @@ impl Gateway for TestGateway {
 
     fn shared_consumers(&self) -> Arc<ConsumerIndex> {
         Arc::new(self.consumers.clone())
+    }
+
+    fn detached(&self) -> Arc<dyn Gateway> {
+        Arc::new(self.clone())
     }
 
     fn subrequest(&self, to: &UpstreamRef, req: Request<Bytes>, _limits: SubLimits) -> SubFuture {

@@ -30,6 +30,7 @@ pub fn registry() -> &'static Registry {
             &auth::jwt_auth::Kind,
             &auth::hmac_auth::Kind,
             &auth::forward_auth::Kind,
+            &auth::openid_connect::Kind,
             &access::acl::Kind,
             &access::ip_restriction::Kind,
             &access::ua_restriction::Kind,

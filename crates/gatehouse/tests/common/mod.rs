@@ -278,6 +278,33 @@ impl Client {
         })
     }
 
+    /// A request with headers and an owned body.
+    pub async fn request_owned(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(String, String)],
+        body: Vec<u8>,
+    ) -> Reply {
+        let mut b = hyper::Request::builder().method(method).uri(path);
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            b = b.header("host", self.addr.to_string());
+        }
+        for (k, v) in headers {
+            b = b.header(k.as_str(), v.as_str());
+        }
+        let req = b.body(Full::new(Bytes::from(body))).expect("request");
+        self.sender.ready().await.expect("ready");
+        let resp = self.sender.send_request(req).await.expect("response");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        Reply {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        }
+    }
+
     /// A request with an owned body (e.g. JSON for the admin API).
     pub async fn send(&mut self, method: &str, path: &str, body: String) -> Reply {
         self.send_as(None, method, path, body).await

@@ -7,6 +7,7 @@ pub mod forward_auth;
 pub mod hmac_auth;
 pub mod jwt_auth;
 pub mod key_auth;
+pub mod openid_connect;
 
 use gatehouse_plugin_api::{json_response, Flow};
 use http::{HeaderMap, HeaderValue, StatusCode};

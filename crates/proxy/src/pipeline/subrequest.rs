@@ -32,6 +32,31 @@ impl gatehouse_plugin_api::Gateway for Gateway<'_> {
     fn subrequest(&self, to: &UpstreamRef, req: Request<Bytes>, limits: SubLimits) -> SubFuture {
         Box::pin(send(self.snap.clone(), to.clone(), req, limits))
     }
+
+    fn detached(&self) -> Arc<dyn gatehouse_plugin_api::Gateway> {
+        Arc::new(Owned(self.snap.clone()))
+    }
+}
+
+/// The gateway of one snapshot, owned (see [`gatehouse_plugin_api::Gateway::detached`]).
+struct Owned(Arc<Snapshot>);
+
+impl gatehouse_plugin_api::Gateway for Owned {
+    fn consumers(&self) -> &ConsumerIndex {
+        &self.0.consumers
+    }
+
+    fn shared_consumers(&self) -> Arc<ConsumerIndex> {
+        self.0.consumers.clone()
+    }
+
+    fn subrequest(&self, to: &UpstreamRef, req: Request<Bytes>, limits: SubLimits) -> SubFuture {
+        Box::pin(send(self.0.clone(), to.clone(), req, limits))
+    }
+
+    fn detached(&self) -> Arc<dyn gatehouse_plugin_api::Gateway> {
+        Arc::new(Owned(self.0.clone()))
+    }
 }
 
 /// One exchange with `to`, its whole response read within `limits`.

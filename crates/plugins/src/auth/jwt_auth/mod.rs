@@ -7,7 +7,7 @@
 //! key allows (so an HS256 token cannot be checked with an RSA public key as its secret),
 //! `none` is refused, and `jwk`/`jku`/`x5u` in its header are never fetched or used.
 
-mod keys;
+pub(crate) mod keys;
 #[cfg(test)]
 mod tests;
 
