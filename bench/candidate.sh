@@ -6,6 +6,10 @@
 # (BENCH_LIMIT, default 10^9), so every request pays for the check and none is rejected.
 # BENCH_PLUGINS=rate-limit-redis: the same limit with policy redis on BENCH_REDIS, leasing
 # BENCH_BATCH at a time (default: the plugin's, 1 % of the limit).
+# BENCH_PLUGINS=key-auth: a consumer with an API key (BENCH_KEY, default bench-key), key-auth
+# and a per-consumer rate-limit no run reaches on the route: send the key in `apikey`.
+# BENCH_PLUGINS=jwt: jwt-auth with an RS256 consumer key (bench/jwt/rsa.pub): send
+# `Authorization: Bearer $(bench/jwt/token.sh)`.
 # BENCH_OBSERVE=off: no metrics, no access log. BENCH_OBSERVE=metrics (or unset): the defaults,
 # metrics on and no access log. BENCH_OBSERVE=log: metrics (the default) and a
 # JSON access log line per request to BENCH_LOG (default /tmp/gatehouse-bench-logs/access.log,
@@ -66,6 +70,32 @@ plugins:
       algorithm: sliding_window
       policy: redis
 $( [[ -n ${BENCH_BATCH:-} ]] && echo "      redis_batch: $BENCH_BATCH" )
+YAML
+  ;;
+  key-auth) cat >> "$cfg" <<YAML
+consumers:
+  - username: bench
+    credentials: [{type: key-auth, key: "${BENCH_KEY:-bench-key}"}]
+plugins:
+  - name: key-auth
+    route: all
+  - name: rate-limit
+    route: all
+    config: {limit: ${BENCH_LIMIT:-1000000000}, window: 1s, key: consumer, algorithm: sliding_window}
+YAML
+  ;;
+  jwt) pem=$(sed 's/^/        /' "$(dirname "$0")/jwt/rsa.pub"); cat >> "$cfg" <<YAML
+consumers:
+  - username: bench
+    credentials:
+      - type: jwt-auth
+        key: bench-iss
+        algorithm: RS256
+        public_key: |
+$pem
+plugins:
+  - name: jwt-auth
+    route: all
 YAML
   ;;
   *) echo "unknown BENCH_PLUGINS: $BENCH_PLUGINS" >&2; exit 2 ;;

@@ -16,6 +16,9 @@
 # and wrk (apt-get install -y nginx wrk). Run it both ways round (A B, then B A) to see that
 # the order does not matter; an A/A run shows the method's own spread.
 set -euo pipefail
+if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
+  apt-get install -y -qq nginx wrk >/dev/null || { echo "needs nginx and wrk" >&2; exit 2; }
+fi
 a=$1 b=$2 rounds=${3:-5} secs=${4:-5}
 here=$(cd "$(dirname "$0")" && pwd)
 proxy_cpu=${PROXY_CPU:-1} load_cpu=${LOAD_CPU:-0}
@@ -83,10 +86,12 @@ start "$b" "$pb" "$dir/b"
 pid_a=${pids[0]} pid_b=${pids[1]}
 sleep 1
 cpu() { local s; s=($(sed 's/.*) //' "/proc/$1/stat")); echo $((s[11] + s[12])); }
+# WRK_HEADER="name: value" is sent by both loads (a credential for a route that needs one).
+hdr=(); [[ -n ${WRK_HEADER:-} ]] && hdr=(-H "$WRK_HEADER")
 load() { # seconds -> requests for A and B
-  taskset -c "$load_cpu" wrk -t1 -c50 -d"$1"s "http://127.0.0.1:$pa/" >"$dir/wa" 2>&1 &
+  taskset -c "$load_cpu" wrk -t1 -c50 -d"$1"s "${hdr[@]}" "http://127.0.0.1:$pa/" >"$dir/wa" 2>&1 &
   local w=$!
-  taskset -c "$load_cpu" wrk -t1 -c50 -d"$1"s "http://127.0.0.1:$pb/" >"$dir/wb" 2>&1
+  taskset -c "$load_cpu" wrk -t1 -c50 -d"$1"s "${hdr[@]}" "http://127.0.0.1:$pb/" >"$dir/wb" 2>&1
   wait "$w"
 }
 load 2 # warm-up: pools, caches, branch predictors

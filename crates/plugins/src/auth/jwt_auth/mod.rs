@@ -10,6 +10,7 @@
 pub(crate) mod keys;
 #[cfg(test)]
 mod tests;
+mod verified;
 
 use super::{unauthorized, without_query_arg};
 use base64::Engine;
@@ -85,6 +86,14 @@ pub struct Config {
     /// Claims sent upstream as headers: `{sub: X-User-Id}`.
     #[serde(default)]
     pub claims_to_headers: BTreeMap<String, String>,
+    /// How many verified tokens are remembered, so a client's next request with the same
+    /// token skips the signature check (0: none).
+    #[serde(default = "ten_thousand")]
+    pub verified_cache: u64,
+    /// The longest a verified token is remembered.
+    #[serde(default = "one_minute", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub verified_cache_ttl: Duration,
     /// The longest token looked at, in bytes.
     #[serde(default = "eight_kib")]
     pub max_token_bytes: usize,
@@ -111,6 +120,12 @@ fn ten_seconds() -> Duration {
 }
 fn five_seconds() -> Duration {
     Duration::from_secs(5)
+}
+fn ten_thousand() -> u64 {
+    10_000
+}
+fn one_minute() -> Duration {
+    Duration::from_secs(60)
 }
 fn eight_kib() -> usize {
     8192
@@ -171,6 +186,7 @@ pub struct JwtAuth {
     key_claim: String,
     jwks: Option<Arc<Jwks>>,
     check: Arc<Checker>,
+    verified: verified::Cache,
     max_bytes: usize,
     hide: bool,
     anonymous: Option<String>,
@@ -270,6 +286,13 @@ fn build(c: Config, env: &BuildEnv) -> Result<Arc<dyn Plugin>, Vec<FieldError>> 
             consumer_claim: c.consumer_claim,
             claims_to_headers,
         }),
+        verified: verified::Cache::new(
+            c.verified_cache,
+            c.verified_cache_ttl,
+            c.leeway.as_secs(),
+            c.claims_to_verify.iter().any(|x| x == "exp"),
+            c.claims_to_verify.iter().any(|x| x == "nbf"),
+        ),
         max_bytes: c.max_token_bytes,
         hide: c.hide_credentials,
         anonymous: c.anonymous,
@@ -442,9 +465,17 @@ impl Plugin for JwtAuth {
             Ok(t) if t.len() > self.max_bytes => {
                 return unauthorized("the token is too large", CHALLENGE)
             }
-            Ok(t) => t.into_owned(),
+            Ok(t) => t,
             Err(why) => return unauthorized(why, CHALLENGE),
         };
+        let seen = self.verified.get(&token);
+        let token = token.into_owned();
+        if let Some(flow) = seen.and_then(|v| self.as_before(ctx, &v)) {
+            if self.hide {
+                self.hide_token(ctx);
+            }
+            return flow;
+        }
         let (alg, kid) = match header_of(&token) {
             Ok(h) => h,
             Err(why) => return unauthorized(why, CHALLENGE),
@@ -467,6 +498,33 @@ impl Plugin for JwtAuth {
 }
 
 impl JwtAuth {
+    /// A token verified before: admitted as it was then, if the key that verified it is
+    /// still the configured one (`None`: verify it afresh).
+    fn as_before(&self, ctx: &mut RequestCtx<'_>, v: &verified::Verified) -> Option<Flow> {
+        match &v.source {
+            verified::Source::Credential(id) => {
+                let found = ctx.consumers().find(NAME, id)?;
+                if !v.same_key(&found.data_arc()) {
+                    return None;
+                }
+                let consumer = found.consumer.clone();
+                ctx.authenticate(&consumer);
+            }
+            verified::Source::Jwks { kid, .. } => {
+                let key: Arc<dyn std::any::Any + Send + Sync> =
+                    self.jwks.as_ref()?.keys.load().find(kid.as_deref())?;
+                if !v.same_key(&key) {
+                    return None;
+                }
+                if let Some(c) = v.consumer(ctx.consumers())?.cloned() {
+                    ctx.authenticate(&c);
+                }
+            }
+        }
+        gatehouse_plugin_api::set_all(&mut ctx.parts.headers, v.headers.clone());
+        Some(Flow::Continue)
+    }
+
     fn with_consumer_key(
         &self,
         ctx: &mut RequestCtx<'_>,
@@ -494,8 +552,12 @@ impl JwtAuth {
         match self.check.verify(token, alg, key) {
             Ok(claims) => {
                 let consumer = found.consumer.clone();
-                ctx.authenticate(&consumer);
                 let headers = self.check.claim_headers(&claims);
+                let source = verified::Source::Credential(id.into());
+                let seen =
+                    verified::Verified::new(source, found.data_arc(), headers.clone(), &claims);
+                self.verified.put(token, seen);
+                ctx.authenticate(&consumer);
                 gatehouse_plugin_api::set_all(&mut ctx.parts.headers, headers);
                 Flow::Continue
             }
@@ -530,10 +592,17 @@ impl JwtAuth {
                 .and_then(|claims| Ok((self.check.consumer_of(ctx.consumers(), &claims)?, claims)));
             return match checked {
                 Ok((consumer, claims)) => {
+                    let headers = self.check.claim_headers(&claims);
+                    let source = verified::Source::Jwks {
+                        kid: kid.as_deref().map(Into::into),
+                        consumer: consumer.as_ref().map(|c| (*c.username).into()),
+                    };
+                    let seen =
+                        verified::Verified::new(source, key.clone(), headers.clone(), &claims);
+                    self.verified.put(&token, seen);
                     if let Some(c) = consumer {
                         ctx.authenticate(&c);
                     }
-                    let headers = self.check.claim_headers(&claims);
                     gatehouse_plugin_api::set_all(&mut ctx.parts.headers, headers);
                     Flow::Continue
                 }

@@ -408,3 +408,28 @@ async fn claims_go_upstream_and_a_jwks_key_is_fetched_once_and_never_from_the_to
     let _ = request("k8").access(&*p).await.unwrap_err();
     assert_eq!(fetches.load(Ordering::SeqCst), 2);
 }
+
+#[test]
+fn a_verified_token_is_remembered_but_not_past_its_key_or_its_expiry() {
+    let p = plugin(serde_json::json!({"leeway": "0s"}));
+    let rsa = EncodingKey::from_rsa_pem(RSA_KEY.as_bytes()).unwrap();
+    let mut c = claims("rsa-iss");
+    c["exp"] = (now() + 1).into();
+    let token = sign(Algorithm::RS256, &rsa, c);
+    assert_eq!(run(&*p, &token), Ok("rsa".into()));
+    assert_eq!(run(&*p, &token), Ok("rsa".into()), "from memory");
+    // The consumer's key replaced (a reload): the remembered verification no longer counts.
+    let mut r = get("/").header("authorization", &format!("Bearer {token}"));
+    let i = r.gateway.consumers.push("rsa");
+    let other = include_str!("testdata/attacker.pub");
+    let cred = credential(
+        serde_json::json!({"key": "rsa-iss", "algorithm": "RS256", "public_key": other}),
+    );
+    r.gateway.consumers.add_credential(i, NAME, cred).unwrap();
+    let resp = r.access_now(&*p).unwrap_err();
+    let v: Value = serde_json::from_slice(resp.body()).unwrap();
+    assert_eq!(v["error"], "invalid signature");
+    // Its expiry passes while it is remembered: refused all the same.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert_eq!(run(&*p, &token), Err("the token has expired".into()));
+}
