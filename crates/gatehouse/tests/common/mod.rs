@@ -318,24 +318,12 @@ impl Client {
         path: &str,
         body: String,
     ) -> Reply {
-        let mut b = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", self.addr.to_string())
-            .header("content-type", "application/json");
+        let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
         if let Some(t) = token {
-            b = b.header("authorization", format!("Bearer {t}"));
+            headers.push(("authorization".into(), format!("Bearer {t}")));
         }
-        let req = b.body(Full::new(Bytes::from(body))).expect("request");
-        self.sender.ready().await.expect("ready");
-        let resp = self.sender.send_request(req).await.expect("response");
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await.expect("body").to_bytes();
-        Reply {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            body,
-        }
+        self.request_owned(method, path, &headers, body.into_bytes())
+            .await
     }
 
     /// Sends a GET and returns the status once the head arrives, leaving the body unread and

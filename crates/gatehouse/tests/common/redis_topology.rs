@@ -14,7 +14,14 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn spawn(args: &[String], dir: &PathBuf) -> Child {
+/// A redis-server on loopback that keeps nothing on disk, with `args` besides.
+fn server(args: &[&str], dir: &PathBuf) -> Child {
+    let mut all = vec!["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+    all.extend_from_slice(args);
+    spawn(&all, dir)
+}
+
+fn spawn(args: &[&str], dir: &PathBuf) -> Child {
     Command::new("redis-server")
         .args(args)
         .current_dir(dir)
@@ -106,26 +113,18 @@ impl RedisCluster {
         let procs = ports
             .iter()
             .map(|p| {
-                let args: Vec<String> = [
+                let (port, conf) = (p.to_string(), format!("nodes-{p}.conf"));
+                let args = [
                     "--port",
-                    &p.to_string(),
-                    "--bind",
-                    "127.0.0.1",
+                    &port,
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
-                    &format!("nodes-{p}.conf"),
+                    &conf,
                     "--cluster-node-timeout",
                     "1000",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-                (*p, Some(spawn(&args, &dir)))
+                ];
+                (*p, Some(server(&args, &dir)))
             })
             .collect();
         let nodes = Nodes { procs, dir };
@@ -242,29 +241,10 @@ impl RedisSentinel {
     pub fn start() -> RedisSentinel {
         let dir = temp("sentinel");
         let (primary, replica, sentinel) = (free_port(), free_port(), free_port());
-        let base = |p: u16| -> Vec<String> {
-            [
-                "--port",
-                &p.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
-        };
-        let mut procs = vec![(primary, Some(spawn(&base(primary), &dir)))];
-        let mut r = base(replica);
-        r.extend([
-            "--replicaof".into(),
-            "127.0.0.1".into(),
-            primary.to_string(),
-        ]);
-        procs.push((replica, Some(spawn(&r, &dir))));
+        let (p, r) = (primary.to_string(), replica.to_string());
+        let mut procs = vec![(primary, Some(server(&["--port", &p], &dir)))];
+        let replica_args = ["--port", &r, "--replicaof", "127.0.0.1", &p];
+        procs.push((replica, Some(server(&replica_args, &dir))));
         let conf = dir.join("sentinel.conf");
         std::fs::write(
             &conf,
@@ -274,8 +254,8 @@ impl RedisSentinel {
             ),
         )
         .unwrap();
-        let args = vec![conf.display().to_string(), "--sentinel".to_string()];
-        procs.push((sentinel, Some(spawn(&args, &dir))));
+        let conf = conf.display().to_string();
+        procs.push((sentinel, Some(spawn(&[&conf, "--sentinel"], &dir))));
         let s = RedisSentinel {
             nodes: Nodes { procs, dir },
             primary,
@@ -417,13 +397,12 @@ impl RedisTls {
             "ext.cnf",
         ]);
         let port = free_port();
-        let args: Vec<String> = [
+        let tls_port = port.to_string();
+        let args = [
             "--port",
             "0",
             "--tls-port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
+            &tls_port,
             "--tls-cert-file",
             "redis.pem",
             "--tls-key-file",
@@ -432,15 +411,8 @@ impl RedisTls {
             "ca.pem",
             "--tls-auth-clients",
             "no",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let child = spawn(&args, &dir);
+        ];
+        let child = server(&args, &dir);
         let ca = dir.join("ca.pem");
         let t = RedisTls {
             nodes: Nodes {
