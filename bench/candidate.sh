@@ -84,7 +84,7 @@ plugins:
     config: {limit: ${BENCH_LIMIT:-1000000000}, window: 1s, key: consumer, algorithm: sliding_window}
 YAML
   ;;
-  jwt) pem=$(sed 's/^/        /' "$(dirname "$0")/jwt/rsa.pub"); cat >> "$cfg" <<YAML
+  jwt) pem=$(sed 's/^/          /' "$(dirname "$0")/jwt/rsa.pub"); cat >> "$cfg" <<YAML
 consumers:
   - username: bench
     credentials:

@@ -18,8 +18,11 @@ gpid=$!
 sleep 1
 
 pid=$gpid
-taskset -c 0 wrk -t1 -c50 -d2s http://127.0.0.1:$gw/ > /dev/null
-taskset -c 0 wrk -t1 -c50 -d6s http://127.0.0.1:$gw/ > $dir/wrk.txt &
+# WRK_HEADER="name: value": sent with every request (a credential); BENCH_* pick the route's
+# plugins and observability, as for candidate.sh.
+hdr=(); [[ -n ${WRK_HEADER:-} ]] && hdr=(-H "$WRK_HEADER")
+taskset -c 0 wrk -t1 -c50 -d2s "${hdr[@]}" http://127.0.0.1:$gw/ > /dev/null
+taskset -c 0 wrk -t1 -c50 -d6s "${hdr[@]}" http://127.0.0.1:$gw/ > $dir/wrk.txt &
 wpid=$!
 sleep 1
 perf record -e cpu-clock -g -p $pid -o $out -- sleep 4 2>/dev/null

@@ -19,6 +19,33 @@ pub struct Consumer {
     /// The credential that identified the caller (an API key's id, a JWT `sub`...), when it
     /// differs from the username; limits can be keyed by it.
     pub credential: Option<Arc<str>>,
+    /// The same, made into header values once, so telling the upstream who called copies no
+    /// bytes per request.
+    pub values: Arc<Values>,
+}
+
+/// A consumer's identity as header values.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Values {
+    pub username: Option<http::HeaderValue>,
+    /// The `custom_id`, or the username when there is none.
+    pub id: Option<http::HeaderValue>,
+    /// The groups, comma-separated.
+    pub groups: Option<http::HeaderValue>,
+    pub credential: Option<http::HeaderValue>,
+}
+
+impl Values {
+    fn of(c: &Consumer) -> Self {
+        let v = |s: &str| http::HeaderValue::from_str(s).ok();
+        let groups: Vec<&str> = c.groups.iter().map(|g| &**g).collect();
+        Self {
+            username: v(&c.username),
+            id: v(c.custom_id.as_deref().unwrap_or(&c.username)),
+            groups: (!groups.is_empty()).then(|| v(&groups.join(","))).flatten(),
+            credential: c.credential.as_deref().and_then(v),
+        }
+    }
 }
 
 impl Consumer {
@@ -30,7 +57,15 @@ impl Consumer {
             custom_id: None,
             groups: Arc::from([]),
             credential: None,
+            values: Arc::default(),
         }
+        .with_values()
+    }
+
+    /// This consumer with its header values made from its fields.
+    fn with_values(mut self) -> Self {
+        self.values = Arc::new(Values::of(&self));
+        self
     }
 
     pub fn in_group(&self, group: &str) -> bool {
@@ -108,13 +143,17 @@ impl ConsumerIndex {
         let index = self.consumers.len();
         let username: Arc<str> = username.into();
         self.by_name.insert(username.clone(), index);
-        self.consumers.push(Consumer {
-            index,
-            username,
-            custom_id: custom_id.map(Into::into),
-            groups: groups.iter().map(|g| Arc::from(g.as_str())).collect(),
-            credential: None,
-        });
+        self.consumers.push(
+            Consumer {
+                index,
+                username,
+                custom_id: custom_id.map(Into::into),
+                groups: groups.iter().map(|g| Arc::from(g.as_str())).collect(),
+                credential: None,
+                values: Arc::default(),
+            }
+            .with_values(),
+        );
         index
     }
 
@@ -137,7 +176,8 @@ impl ConsumerIndex {
         let consumer = Consumer {
             credential: Some(shown.into()),
             ..owner.clone()
-        };
+        }
+        .with_values();
         ids.insert(
             credential.id,
             Found {

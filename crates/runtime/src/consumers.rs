@@ -108,28 +108,24 @@ impl IdentityHeaders {
     }
 
     /// Removes whatever the client sent under these names (so nobody can claim to be a
-    /// consumer), then says who `consumer` is.
+    /// consumer), then says who `consumer` is: values made when the config was compiled.
     pub fn apply(&self, headers: &mut HeaderMap, consumer: Option<&Consumer>, anonymous: bool) {
         for n in self.names() {
             headers.remove(n);
         }
         let Some(c) = consumer else { return };
-        let mut set = |name: &Option<HeaderName>, value: &str| {
-            if let (Some(n), Ok(v)) = (name, HeaderValue::from_str(value)) {
-                headers.insert(n.clone(), v);
+        let v = &c.values;
+        let mut set = |name: &Option<HeaderName>, value: &Option<HeaderValue>| {
+            if let (Some(n), Some(v)) = (name, value) {
+                headers.insert(n.clone(), v.clone());
             }
         };
-        set(&self.username, &c.username);
-        set(&self.id, c.custom_id.as_deref().unwrap_or(&c.username));
-        if !c.groups.is_empty() {
-            let groups: Vec<&str> = c.groups.iter().map(|g| &**g).collect();
-            set(&self.groups, &groups.join(","));
-        }
-        if let Some(cred) = c.credential.as_deref() {
-            set(&self.credential, cred);
-        }
+        set(&self.username, &v.username);
+        set(&self.id, &v.id);
+        set(&self.groups, &v.groups);
+        set(&self.credential, &v.credential);
         if anonymous {
-            set(&self.anonymous, "true");
+            set(&self.anonymous, &Some(HeaderValue::from_static("true")));
         }
     }
 }

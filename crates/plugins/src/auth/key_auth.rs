@@ -137,6 +137,17 @@ impl TypedKind for Kind {
     }
 }
 
+/// SHA-256 of `bytes` in lower-case hex, on the stack (a lookup allocates nothing).
+fn hex_digest(bytes: &[u8]) -> [u8; 64] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 64];
+    for (i, b) in super::sha256(bytes).iter().enumerate() {
+        out[2 * i] = DIGITS[(b >> 4) as usize];
+        out[2 * i + 1] = DIGITS[(b & 15) as usize];
+    }
+    out
+}
+
 pub struct KeyAuth {
     header: Option<HeaderName>,
     query: Option<String>,
@@ -175,12 +186,16 @@ impl Plugin for KeyAuth {
         if key.len() > MAX_CREDENTIAL {
             return self.refuse("the API key is too long");
         }
-        let hash = sha256_hex(key.as_bytes());
-        let Some(found) = ctx.consumers().find(NAME, &hash) else {
+        let hash = hex_digest(key.as_bytes());
+        let Ok(hash) = std::str::from_utf8(&hash) else {
             return self.refuse("invalid API key");
         };
-        let consumer = found.consumer.clone();
-        ctx.authenticate(&consumer);
+        // Through the gateway reference, so the lookup does not borrow the context.
+        let gateway = ctx.gateway;
+        let Some(found) = gateway.consumers().find(NAME, hash) else {
+            return self.refuse("invalid API key");
+        };
+        ctx.authenticate(&found.consumer);
         if self.hide {
             if let Some(h) = &self.header {
                 ctx.parts.headers.remove(h);
