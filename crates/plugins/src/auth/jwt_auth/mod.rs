@@ -198,6 +198,8 @@ struct Checker {
     /// One prepared validation per accepted algorithm.
     validations: HashMap<Algorithm, Validation>,
     required: Vec<String>,
+    /// Clock skew allowed, in seconds (also for `iat`, which the library does not check).
+    leeway: u64,
     consumer_claim: Option<String>,
     claims_to_headers: Vec<(String, HeaderName)>,
 }
@@ -283,6 +285,7 @@ fn build(c: Config, env: &BuildEnv) -> Result<Arc<dyn Plugin>, Vec<FieldError>> 
         check: Arc::new(Checker {
             validations,
             required: c.required_claims,
+            leeway: c.leeway.as_secs(),
             consumer_claim: c.consumer_claim,
             claims_to_headers,
         }),
@@ -368,6 +371,14 @@ impl Checker {
             .map_err(|e| refusal(e.kind()))?;
         if self.required.iter().any(|c| !data.claims.contains_key(c)) {
             return Err("the token lacks a required claim");
+        }
+        let now = jsonwebtoken::get_current_timestamp();
+        match data.claims.get("iat") {
+            Some(iat) if iat.as_f64().is_none() => return Err("the token's iat is not a time"),
+            Some(iat) if iat.as_f64().is_some_and(|t| t > (now + self.leeway) as f64) => {
+                return Err("the token was issued in the future")
+            }
+            _ => {}
         }
         Ok(data.claims)
     }

@@ -221,6 +221,8 @@ fn attack_tokens_are_all_refused_with_what_was_wrong() {
     };
     let mut wrong_aud = claims("rsa-iss");
     wrong_aud["aud"] = "other".into();
+    let mut future_iat = claims("rsa-iss");
+    future_iat["iat"] = (now() + 600).into();
     let mut no_exp = claims("rsa-iss");
     no_exp.as_object_mut().unwrap().remove("exp");
     let table: Vec<(&str, String, &str)> = vec![
@@ -253,6 +255,11 @@ fn attack_tokens_are_all_refused_with_what_was_wrong() {
             "no exp",
             sign(Algorithm::RS256, &rsa, no_exp),
             "the token lacks a required claim",
+        ),
+        (
+            "issued in the future",
+            sign(Algorithm::RS256, &rsa, future_iat),
+            "the token was issued in the future",
         ),
         (
             "unknown issuer",
