@@ -9,7 +9,9 @@
 # BENCH_PLUGINS=key-auth: a consumer with an API key (BENCH_KEY, default bench-key), key-auth
 # and a per-consumer rate-limit no run reaches on the route: send the key in `apikey`.
 # BENCH_PLUGINS=jwt: jwt-auth with an RS256 consumer key (bench/jwt/rsa.pub): send
-# `Authorization: Bearer $(bench/jwt/token.sh)`.
+# `Authorization: Bearer $(bench/jwt/token.sh)`. BENCH_JWT_CACHE=0: verify the signature on every
+# request (no remembered tokens).
+# BENCH_CONSUMER_HEADERS=off: no X-Consumer-* headers upstream.
 # BENCH_OBSERVE=off: no metrics, no access log. BENCH_OBSERVE=metrics (or unset): the defaults,
 # metrics on and no access log. BENCH_OBSERVE=log: metrics (the default) and a
 # JSON access log line per request to BENCH_LOG (default /tmp/gatehouse-bench-logs/access.log,
@@ -23,6 +25,7 @@ listen:
   - address: 127.0.0.1:$port
 node:
   workers: 1
+$( [[ ${BENCH_CONSUMER_HEADERS:-} == off ]] && echo '  consumer_headers: {username: "", id: "", groups: "", credential: "", anonymous: ""}' )
 upstreams:
   - name: origin
     targets: [{address: "127.0.0.1:$upstream"}]
@@ -96,6 +99,7 @@ $pem
 plugins:
   - name: jwt-auth
     route: all
+    config: {verified_cache: ${BENCH_JWT_CACHE:-10000}}
 YAML
   ;;
   *) echo "unknown BENCH_PLUGINS: $BENCH_PLUGINS" >&2; exit 2 ;;
