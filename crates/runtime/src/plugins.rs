@@ -172,19 +172,28 @@ pub fn build_instances(
                 }
             }
         };
-        if let Some(anon) = plugin.anonymous() {
-            if !config.consumers.iter().any(|c| c.username == anon) {
-                errs.push(ConfigError::new(
-                    format!("plugins[{i}] ({}).config.anonymous", p.name),
-                    format!("no consumer named \"{anon}\""),
-                ));
-                continue;
-            }
+        if let Err(e) = anonymous_exists(config, i, plugin.as_ref()) {
+            errs.push(e);
+            continue;
         }
         instances.insert(identity, (plugin.clone(), named));
         built.push((i, plugin));
     }
     (instances, built, errs)
+}
+
+/// An authentication instance's `anonymous` must name a consumer of the config.
+fn anonymous_exists(config: &Config, i: usize, plugin: &dyn Plugin) -> Result<(), ConfigError> {
+    match plugin.anonymous() {
+        Some(anon) if !config.consumers.iter().any(|c| c.username == anon) => {
+            let name = config.plugins.get(i).map_or("", |p| p.name.as_str());
+            Err(ConfigError::new(
+                format!("plugins[{i}] ({name}).config.anonymous"),
+                format!("no consumer named \"{anon}\""),
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The chain of every route, in `routes` order (route name, service name).
