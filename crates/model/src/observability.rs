@@ -186,6 +186,26 @@ pub struct AccessLog {
     /// Rotated files kept (`access.log.1` is the newest); older ones are deleted.
     #[serde(default = "default_keep")]
     pub keep: u32,
+    /// Query arguments whose values are logged as `***`: where clients put credentials (an
+    /// API key, a token, an OpenID login's code).
+    #[serde(default = "default_redact_query")]
+    pub redact_query: Vec<String>,
+}
+
+fn default_redact_query() -> Vec<String> {
+    [
+        "apikey",
+        "api_key",
+        "key",
+        "jwt",
+        "token",
+        "access_token",
+        "code",
+        "password",
+        "secret",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 fn one() -> f64 {

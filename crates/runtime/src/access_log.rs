@@ -107,6 +107,11 @@ impl AccessLog {
             capacity: settings.buffer,
             out,
             fields,
+            redact: settings
+                .redact_query
+                .iter()
+                .map(|s| s.as_str().into())
+                .collect(),
             node: node.clone(),
             buf: Vec::with_capacity(64 * 1024),
         };
@@ -260,6 +265,8 @@ struct Writer {
     capacity: usize,
     out: Output,
     fields: Vec<LogField>,
+    /// Query arguments logged as `***`.
+    redact: Box<[Box<str>]>,
     node: Arc<NodeStats>,
     buf: Vec<u8>,
 }
@@ -318,7 +325,13 @@ impl Writer {
     }
 
     fn line(&mut self, l: &Line) {
-        format(&mut self.buf, &mut self.clock, &self.fields, l);
+        format(
+            &mut self.buf,
+            &mut self.clock,
+            &self.fields,
+            &self.redact,
+            l,
+        );
         self.buf.push(b'\n');
         self.node.access_log_written.fetch_add(1, Relaxed);
     }
@@ -470,6 +483,29 @@ impl Clock {
     }
 }
 
+/// `path` with the values of the query arguments named in `names` replaced by `***`;
+/// borrowed, with no copy, when it has none of them (the common case).
+fn redacted<'p>(path: &'p str, names: &[Box<str>]) -> std::borrow::Cow<'p, str> {
+    let Some((p, query)) = path.split_once('?') else {
+        return path.into();
+    };
+    let secret = |pair: &str| {
+        let name = pair.split_once('=').map_or(pair, |(k, _)| k);
+        names.iter().any(|n| **n == *name)
+    };
+    if !query.split('&').any(secret) {
+        return path.into();
+    }
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if secret(pair) => format!("{k}=***"),
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{p}?{}", pairs.join("&")).into()
+}
+
 fn protocol(v: Version) -> &'static [u8] {
     match v {
         Version::HTTP_09 => b"HTTP/0.9",
@@ -482,7 +518,13 @@ fn protocol(v: Version) -> &'static [u8] {
 }
 
 /// One request as a JSON object with the chosen fields, in their order.
-pub fn format(buf: &mut Vec<u8>, clock: &mut Clock, fields: &[LogField], l: &Line) {
+pub fn format(
+    buf: &mut Vec<u8>,
+    clock: &mut Clock,
+    fields: &[LogField],
+    redact: &[Box<str>],
+    l: &Line,
+) {
     let route = l.route.and_then(|i| l.snap.routes.get(i));
     let service = route.and_then(|r| l.snap.services.get(r.service));
     let mut o = Obj { buf, first: true };
@@ -524,13 +566,10 @@ pub fn format(buf: &mut Vec<u8>, clock: &mut Clock, fields: &[LogField], l: &Lin
             }
             LogField::Method => o.text("method", l.method.as_str().as_bytes()),
             LogField::Host => o.opt_text("host", l.host.as_ref().map(|h| h.as_bytes())),
-            LogField::Path => o.text(
-                "path",
-                l.uri
-                    .path_and_query()
-                    .map_or("/", |p| p.as_str())
-                    .as_bytes(),
-            ),
+            LogField::Path => {
+                let path = l.uri.path_and_query().map_or("/", |p| p.as_str());
+                o.text("path", redacted(path, redact).as_bytes())
+            }
             LogField::Protocol => o.text("protocol", protocol(l.version)),
             LogField::Status => o.uint("status", l.status as u64),
             LogField::BytesIn => o.uint("bytes_in", l.bytes_in),
@@ -562,6 +601,25 @@ pub fn format(buf: &mut Vec<u8>, clock: &mut Clock, fields: &[LogField], l: &Lin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_in_the_query_are_not_logged() {
+        let names: Vec<Box<str>> = ["apikey", "code"].map(Into::into).to_vec();
+        assert_eq!(
+            redacted("/a?apikey=s3cr3t&x=1", &names),
+            "/a?apikey=***&x=1"
+        );
+        assert_eq!(
+            redacted("/cb?state=1&code=abc", &names),
+            "/cb?state=1&code=***"
+        );
+        assert!(matches!(
+            redacted("/a?x=1", &names),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(redacted("/a", &names), "/a");
+        assert_eq!(redacted("/a?apikeys=1", &names), "/a?apikeys=1");
+    }
 
     #[test]
     fn strings_are_escaped_and_made_utf8() {
@@ -650,7 +708,7 @@ mod timing {
         let t = Instant::now();
         let mut total = 0;
         for l in &lines {
-            format(&mut buf, &mut clock, &LogField::ALL, l);
+            format(&mut buf, &mut clock, &LogField::ALL, &[], l);
             buf.push(b'\n');
             if buf.len() > 64 * 1024 {
                 total += buf.len();
