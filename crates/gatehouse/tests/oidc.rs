@@ -246,6 +246,10 @@ async fn a_browser_logs_in_through_the_provider_and_an_api_takes_its_bearer_toke
     assert_eq!(h["x-user-id"], "alice");
     assert_eq!(h["x-user-email"], "alice@example.test");
     assert_eq!(h["x-consumer-username"], "alice");
+    assert!(
+        h.get("cookie").is_none(),
+        "the gateway's cookies stay with it: {h}"
+    );
     let access_token = h["x-access-token"].as_str().unwrap().to_string();
 
     // 4. The same callback again (a replayed code or state) is refused.

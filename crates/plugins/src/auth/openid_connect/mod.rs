@@ -274,6 +274,43 @@ impl Inner {
             headers.remove(n);
         }
     }
+
+    /// Takes the plugin's own cookies (the session, a login in progress) out of the request
+    /// that goes upstream: they are the gateway's, and the session holds the tokens.
+    fn strip_own_cookies(&self, headers: &mut HeaderMap) {
+        let ours = |pair: &str| {
+            let name = pair.trim().split_once('=').map_or(pair.trim(), |(k, _)| k);
+            name == self.cookie || name == self.login_cookie
+        };
+        let values: Vec<HeaderValue> = headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .cloned()
+            .collect();
+        if !values
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| v.split(';').any(ours)))
+        {
+            return;
+        }
+        headers.remove(http::header::COOKIE);
+        for v in values {
+            let Ok(text) = v.to_str() else {
+                headers.append(http::header::COOKIE, v);
+                continue;
+            };
+            let kept: Vec<&str> = text
+                .split(';')
+                .map(str::trim)
+                .filter(|p| !ours(p))
+                .collect();
+            if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+                if !kept.is_empty() {
+                    headers.append(http::header::COOKIE, v);
+                }
+            }
+        }
+    }
 }
 
 impl Plugin for Oidc {
@@ -302,6 +339,7 @@ impl Plugin for Oidc {
                 session.access_token.as_deref(),
             ) {
                 Ok((headers, consumer)) => {
+                    me.strip_own_cookies(&mut ctx.parts.headers);
                     gatehouse_plugin_api::set_all(&mut ctx.parts.headers, headers);
                     if let Some(c) = consumer {
                         ctx.authenticate(&c);
@@ -320,5 +358,64 @@ impl Plugin for Oidc {
 
     fn anonymous(&self) -> Option<&str> {
         self.0.anonymous.as_deref()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn inner() -> Arc<Inner> {
+        let env = BuildEnv::default();
+        Arc::new(Inner {
+            provider: Provider::new(
+                env.url("http://127.0.0.1:9/x").unwrap(),
+                "http://127.0.0.1:9/x",
+                "c".into(),
+                "s".into(),
+            ),
+            sealer: Sealer::new("0123456789abcdef0123456789abcdef").unwrap(),
+            client_id: "c".into(),
+            redirect_uri: "https://gw.test/callback".into(),
+            callback: "/callback".into(),
+            scopes: "openid".into(),
+            cookie: "gatehouse_session".into(),
+            login_cookie: "gatehouse_session_login".into(),
+            lifetime: Duration::from_secs(60),
+            secure: true,
+            logout_path: None,
+            post_logout: None,
+            unauth: UnauthAction::Auth,
+            bearer: Bearer::Jwt,
+            audience: vec!["c".into()],
+            claims_to_headers: Vec::new(),
+            token_header: None,
+            consumer_claim: None,
+            anonymous: None,
+        })
+    }
+
+    #[test]
+    fn the_gateways_cookies_are_taken_out_and_the_others_kept() {
+        let me = inner();
+        let mut h = HeaderMap::new();
+        h.append(
+            "cookie",
+            "theme=dark; gatehouse_session=abc".parse().unwrap(),
+        );
+        h.append("cookie", "gatehouse_session_login=x".parse().unwrap());
+        me.strip_own_cookies(&mut h);
+        let left: Vec<&str> = h
+            .get_all("cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(left, ["theme=dark"]);
+        let mut h = HeaderMap::new();
+        h.append("cookie", "a=1; b=2".parse().unwrap());
+        me.strip_own_cookies(&mut h);
+        assert_eq!(h["cookie"], "a=1; b=2", "untouched when none is ours");
+        assert!(me.secure);
     }
 }
