@@ -127,6 +127,17 @@ fn location(r: &Reply, base: &str) -> String {
     }
 }
 
+/// Where a provider's redirect (302 or 303) sends the browser.
+fn redirected(r: &Reply, base: &str) -> String {
+    assert!(
+        r.status == 303 || r.status == 302,
+        "{}: {}",
+        r.status,
+        r.text()
+    );
+    location(r, base)
+}
+
 /// The `action` of the page's first form.
 fn form_action(html: &str) -> String {
     let at = html.find("action=\"").expect("a form") + 8;
@@ -209,23 +220,10 @@ async fn a_browser_logs_in_through_the_provider_and_an_api_takes_its_bearer_toke
             } else {
                 "prompt=consent"
             };
-            let r = b.go("POST", &action, Some(form)).await;
-            assert!(
-                r.status == 303 || r.status == 302,
-                "{}: {}",
-                r.status,
-                r.text()
-            );
-            next = location(&r, &idp_base);
+            next = redirected(&b.go("POST", &action, Some(form)).await, &idp_base);
             continue;
         }
-        assert!(
-            r.status == 303 || r.status == 302,
-            "{}: {}",
-            r.status,
-            r.text()
-        );
-        next = location(&r, &idp_base);
+        next = redirected(&r, &idp_base);
         if next.starts_with(&gw) {
             break;
         }
