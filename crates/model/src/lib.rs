@@ -14,6 +14,7 @@ mod locate;
 mod observability;
 mod parse;
 mod resilience;
+mod tls;
 mod validate;
 
 pub use parse::{
@@ -21,6 +22,11 @@ pub use parse::{
 };
 
 pub use consumers::{Consumer, ConsumerHeaders, CredentialSpec};
+
+pub use tls::{
+    is_inline_pem, Certificate, ClientCertificate, ListenTls, RouteProtocol, TlsVersion,
+    UpstreamTls, HTTPS_REDIRECT_CODES,
+};
 
 pub use resilience::{
     ActiveCheck, AllDown, CheckType, CircuitBreaker, Fallback, FallbackCache, Health, PassiveCheck,
@@ -31,7 +37,8 @@ pub use observability::{
     default_buckets, AccessLog, LogField, Metrics, Observability, RouteObservability, Tracing,
 };
 pub use validate::{
-    check_host_port, check_path_pattern, is_valid_name, parse_service_url, validate,
+    check_host_port, check_path_pattern, is_valid_name, parse_service_url,
+    parse_service_url_with_scheme, validate,
 };
 
 /// The whole configuration of one gateway: node settings and all entities.
@@ -61,6 +68,9 @@ pub struct Config {
     pub consumers: Vec<Consumer>,
     #[serde(default)]
     pub plugins: Vec<PluginInstance>,
+    /// Certificates the TLS listeners serve, chosen by SNI.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<Certificate>,
     /// Metrics, access log, tracing, `Server-Timing` and the debug decision trace.
     #[serde(default, skip_serializing_if = "is_default")]
     pub observability: Observability,
@@ -80,6 +90,9 @@ pub struct Listen {
     /// one is closed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub proxy_protocol: bool,
+    /// Serve HTTPS here (certificates from `certificates[]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenTls>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -176,6 +189,80 @@ pub struct Node {
     /// authentication plugin (a client's own values of them are removed there).
     #[serde(default, skip_serializing_if = "is_default")]
     pub consumer_headers: ConsumerHeaders,
+    /// Limits on HTTP/2 client connections (h2 over TLS and h2c).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub http2: Http2Limits,
+}
+
+/// HTTP/2 limits on client connections: what keeps one client from holding a worker with
+/// streams, header blocks or resets (CVE-2023-44487 "rapid reset").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Http2Limits {
+    /// Streams a client may have open at once on one connection.
+    #[serde(default = "default_h2_streams")]
+    pub max_concurrent_streams: u32,
+    /// The largest header block (all HEADERS and CONTINUATION frames of a request,
+    /// decoded), e.g. `32KiB`. A larger one is refused and the stream reset.
+    #[serde(default = "default_h2_header_list")]
+    #[schemars(with = "String")]
+    pub max_header_list_size: bytesize::ByteSize,
+    /// Streams the client reset before the gateway took them, at once, before the
+    /// connection is closed with GOAWAY (ENHANCE_YOUR_CALM): the rapid-reset defence.
+    #[serde(default = "default_h2_resets")]
+    pub max_pending_reset_streams: usize,
+    /// Streams the gateway reset because the client broke the protocol, before the
+    /// connection is closed.
+    #[serde(default = "default_h2_error_resets")]
+    pub max_error_reset_streams: usize,
+    /// Send a PING after this long without a frame from the client...
+    #[serde(
+        default = "default_h2_ping",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::duration::at_most::<3600, _>"
+    )]
+    #[schemars(with = "String")]
+    pub ping_interval: Duration,
+    /// ...and close the connection when its answer takes longer than this.
+    #[serde(
+        default = "default_h2_ping_timeout",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::duration::at_most::<3600, _>"
+    )]
+    #[schemars(with = "String")]
+    pub ping_timeout: Duration,
+}
+
+fn default_h2_streams() -> u32 {
+    128
+}
+fn default_h2_header_list() -> bytesize::ByteSize {
+    bytesize::ByteSize::kib(32)
+}
+fn default_h2_resets() -> usize {
+    20
+}
+fn default_h2_error_resets() -> usize {
+    256
+}
+fn default_h2_ping() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_h2_ping_timeout() -> Duration {
+    Duration::from_secs(20)
+}
+
+impl Default for Http2Limits {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: default_h2_streams(),
+            max_header_list_size: default_h2_header_list(),
+            max_pending_reset_streams: default_h2_resets(),
+            max_error_reset_streams: default_h2_error_resets(),
+            ping_interval: default_h2_ping(),
+            ping_timeout: default_h2_ping_timeout(),
+        }
+    }
 }
 
 /// An address or a CIDR block (`10.0.0.0/8`, `::1`), as `trusted_proxies` lists them.
@@ -227,6 +314,7 @@ impl Default for Node {
             encoded_slashes: EncodedSlashes::Reject,
             trusted_proxies: Vec::new(),
             consumer_headers: ConsumerHeaders::default(),
+            http2: Http2Limits::default(),
         }
     }
 }
@@ -288,6 +376,18 @@ pub struct Route {
     /// This route's own metrics, access log, tracing and `Server-Timing` choices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observability: Option<RouteObservability>,
+    /// The protocols the route takes requests over: `http`, `https`. Empty (the default):
+    /// both. A request over a protocol not listed gets `https_redirect_status_code`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub protocols: Vec<RouteProtocol>,
+    /// What a plain-HTTP request to an HTTPS-only route gets: 426 (the default, as in
+    /// Kong), 403, or a redirect to its `https://` URL (301, 302, 307, 308).
+    #[serde(default = "default_https_redirect")]
+    pub https_redirect_status_code: u16,
+}
+
+fn default_https_redirect() -> u16 {
+    426
 }
 
 /// A route's importance under overload.
@@ -406,6 +506,12 @@ pub struct Upstream {
     /// Use at most this many targets on this node, chosen so that nodes spread evenly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subset_size: Option<usize>,
+    /// `http` (default) or `https`: how the targets are reached.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub scheme: Scheme,
+    /// With `scheme: https`: server name, verification, client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
     #[serde(default)]
     pub protocol: UpstreamProtocol,
     #[serde(default)]
@@ -446,6 +552,23 @@ pub enum UpstreamProtocol {
     Http1,
     /// HTTP/2 over cleartext with prior knowledge.
     H2c,
+    /// HTTP/2: over TLS (negotiated by ALPN) with `scheme: https`, else as `h2c`.
+    H2,
+}
+
+impl UpstreamProtocol {
+    pub fn is_h2(self) -> bool {
+        !matches!(self, UpstreamProtocol::Http1)
+    }
+}
+
+/// How an upstream's targets are reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Scheme {
+    #[default]
+    Http,
+    Https,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

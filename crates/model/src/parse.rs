@@ -152,6 +152,7 @@ const TOP_KEYS: &[&str] = &[
     "consumers",
     "routes",
     "plugins",
+    "certificates",
 ];
 
 /// What the item-by-item parse left out. For each section, the file index of every item that
@@ -250,6 +251,7 @@ fn from_mapping(
         upstreams: list(take("upstreams"), "upstreams", errors, kept),
         consumers: list(take("consumers"), "consumers", errors, kept),
         plugins: list(take("plugins"), "plugins", errors, kept),
+        certificates: list(take("certificates"), "certificates", errors, kept),
     }
 }
 

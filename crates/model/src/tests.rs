@@ -53,7 +53,7 @@ fn validation_messages() {
         ),
         (
             "routes:\n  - name: r\n    service: echo\n    colour: red\n",
-            &["routes[0].colour: unknown field `colour`, expected one of `name`, `hosts`, `paths`, `methods`, `headers`, `query`, `cookies`, `service`, `priority`, `strip_prefix`, `rewrite`, `preserve_host`, `priority_class`, `retries`, `retry`, `circuit_breaker`, `fallback`, `observability`"],
+            &["routes[0].colour: unknown field `colour`, expected one of `name`, `hosts`, `paths`, `methods`, `headers`, `query`, `cookies`, `service`, `priority`, `strip_prefix`, `rewrite`, `preserve_host`, `priority_class`, `retries`, `retry`, `circuit_breaker`, `fallback`, `observability`, `protocols`, `https_redirect_status_code`"],
         ),
         (
             "routes:\n  - {name: a, service: echo}\n  - {name: a, service: echo}\n",
@@ -154,11 +154,11 @@ fn validation_messages() {
             ],
         ),
         (
-            "services:\n  - {name: s2, upstream: nope}\n  - {name: s3}\n  - {name: s4, url: \"https://x\"}\n",
+            "services:\n  - {name: s2, upstream: nope}\n  - {name: s3}\n  - {name: s4, url: \"ftp://x\"}\n",
             &[
                 "services[0].upstream: no upstream named \"nope\"",
                 "services[1]: needs an upstream or a url",
-                "services[2].url: must start with http:// (TLS to upstreams comes with the TLS milestone)",
+                "services[2].url: must start with http:// or https://",
             ],
         ),
         (
@@ -171,7 +171,7 @@ fn validation_messages() {
         ),
         (
             "routing: []\n",
-            &["routing: unknown key, expected one of: listen, admin, node, redis, observability, upstreams, services, consumers, routes, plugins"],
+            &["routing: unknown key, expected one of: listen, admin, node, redis, observability, upstreams, services, consumers, routes, plugins, certificates"],
         ),
         (
             "plugins:\n  - {name: key-auth, route: nope}\n",

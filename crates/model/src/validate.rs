@@ -1,7 +1,7 @@
 //! Checks a parsed [`Config`] for problems serde cannot see: references between entities,
 //! duplicate names, address and path syntax, mutually exclusive fields.
 
-use crate::{Balance, Config, ConfigError, HashOn, Predicate, Route};
+use crate::{Balance, Config, ConfigError, HashOn, Predicate, Route, Scheme};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
@@ -73,6 +73,7 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
     if config.node.cluster_size == 0 {
         err("node.cluster_size".into(), "must be at least 1".into());
     }
+    crate::tls::validate(config, &mut err);
 
     let upstreams = names(
         config.upstreams.iter().map(|u| u.name.as_str()),
@@ -501,15 +502,24 @@ pub fn check_host_port(addr: &str) -> Result<(), String> {
 
 /// A service `url`, split into the target `host:port` and the path prefix (no trailing `/`).
 pub fn parse_service_url(url: &str) -> Result<(String, String), String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        "must start with http:// (TLS to upstreams comes with the TLS milestone)".to_string()
-    })?;
+    parse_service_url_with_scheme(url).map(|(_, hostport, path)| (hostport, path))
+}
+
+/// [`parse_service_url`], with the scheme it names (`http://` or `https://`).
+pub fn parse_service_url_with_scheme(url: &str) -> Result<(Scheme, String, String), String> {
+    let (scheme, rest, port) = if let Some(rest) = url.strip_prefix("http://") {
+        (Scheme::Http, rest, 80)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        (Scheme::Https, rest, 443)
+    } else {
+        return Err("must start with http:// or https://".to_string());
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, ""),
     };
     if authority.contains('@') || path.contains('?') || path.contains('#') {
-        return Err("must be http://host[:port][/path], without user, query or fragment".into());
+        return Err("must be http(s)://host[:port][/path], without user, query or fragment".into());
     }
     let hostport = if authority
         .rsplit_once(':')
@@ -517,8 +527,8 @@ pub fn parse_service_url(url: &str) -> Result<(String, String), String> {
     {
         authority.to_owned()
     } else {
-        format!("{authority}:80")
+        format!("{authority}:{port}")
     };
     check_host_port(&hostport)?;
-    Ok((hostport, path.trim_end_matches('/').to_owned()))
+    Ok((scheme, hostport, path.trim_end_matches('/').to_owned()))
 }

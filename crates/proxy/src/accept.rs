@@ -1,6 +1,6 @@
 //! The accept stage of a client connection, before HTTP: the PROXY protocol header on
-//! listeners that expect one, then the protocol (HTTP/1.1, or h2c with prior knowledge).
-//! TLS and ALPN slot in here.
+//! listeners that expect one, then TLS on TLS listeners (ALPN picks HTTP/2 or HTTP/1.1), else
+//! the protocol (HTTP/1.1, or h2c with prior knowledge).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -123,6 +123,43 @@ const V1_MAX: usize = 107;
 async fn peek(stream: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
     stream.readable().await?;
     stream.peek(buf).await
+}
+
+/// A completed TLS handshake: the stream, whether ALPN chose HTTP/2, and the connection's
+/// TLS facts.
+pub type Handshaken = (
+    tokio_rustls::server::TlsStream<TcpStream>,
+    bool,
+    crate::pipeline::TlsFacts,
+);
+
+/// The TLS handshake of a client connection, within `timeout`; `Err` is the reason it
+/// failed, as the failures counter labels it.
+pub async fn tls(
+    stream: TcpStream,
+    config: std::sync::Arc<rustls::ServerConfig>,
+    timeout: Duration,
+    subject_header: Option<&http::HeaderName>,
+) -> Result<Handshaken, &'static str> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Err(_) => return Err("timeout"),
+        Ok(Err(e)) => return Err(gatehouse_runtime::tls::failure_reason(&e)),
+        Ok(Ok(tls)) => tls,
+    };
+    let (_, conn) = tls.get_ref();
+    let h2 = conn.alpn_protocol() == Some(gatehouse_runtime::tls::server::ALPN_H2);
+    let client_subject = conn
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(gatehouse_runtime::tls::subject_of)
+        .and_then(|s| http::HeaderValue::from_str(&s).ok());
+    let facts = crate::pipeline::TlsFacts {
+        sni: conn.server_name().map(Into::into),
+        client_subject,
+        subject_header: subject_header.cloned(),
+    };
+    Ok((tls, h2, facts))
 }
 
 /// Reads ahead without consuming to tell an h2c client (prior knowledge) from HTTP/1.1.

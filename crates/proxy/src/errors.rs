@@ -33,6 +33,9 @@ pub enum Failure {
     /// The client's body broke off while the gateway read it (to keep it for a retry).
     ClientBody,
     ClientBodyTimeout,
+    /// A plain-HTTP request to an HTTPS-only route: the route's `https_redirect_status_code`
+    /// (426, 403, or a redirect, which `pipeline::https_required` answers with a Location).
+    HttpsRequired(u16),
 }
 
 impl Failure {
@@ -51,6 +54,9 @@ impl Failure {
             Failure::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Failure::ClientBody => StatusCode::BAD_REQUEST,
             Failure::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Failure::HttpsRequired(code) => {
+                StatusCode::from_u16(code).unwrap_or(StatusCode::UPGRADE_REQUIRED)
+            }
         }
     }
 
@@ -74,6 +80,7 @@ impl Failure {
             Failure::BodyTooLarge => "request body too large",
             Failure::ClientBody => "request body could not be read",
             Failure::ClientBodyTimeout => "request body not received in time",
+            Failure::HttpsRequired(_) => "HTTPS required",
         }
     }
 }

@@ -17,6 +17,7 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static VIA: HeaderName = http::header::VIA;
 pub static VIA_VALUE: HeaderValue = HeaderValue::from_static("1.1 gatehouse");
 pub static HTTP: HeaderValue = HeaderValue::from_static("http");
+pub static HTTPS: HeaderValue = HeaderValue::from_static("https");
 pub static TRAILERS: HeaderValue = HeaderValue::from_static("trailers");
 
 /// Removes hop-by-hop headers. With `keep_upgrade` (a WebSocket handshake) `Upgrade` and
@@ -204,6 +205,7 @@ pub fn set_forwarded(
     peer: &HeaderValue,
     client: &HeaderValue,
     host: Option<HeaderValue>,
+    https: bool,
 ) {
     let xff = match headers.get(&X_FORWARDED_FOR) {
         Some(prev) => {
@@ -217,7 +219,8 @@ pub fn set_forwarded(
     };
     headers.insert(X_FORWARDED_FOR.clone(), xff);
     headers.insert(X_REAL_IP.clone(), client.clone());
-    headers.insert(X_FORWARDED_PROTO.clone(), HTTP.clone());
+    let proto = if https { &HTTPS } else { &HTTP };
+    headers.insert(X_FORWARDED_PROTO.clone(), proto.clone());
     match host {
         Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h),
         None => headers.remove(&X_FORWARDED_HOST),
@@ -336,6 +339,7 @@ mod tests {
             &HeaderValue::from_static("127.0.0.1"),
             &HeaderValue::from_static("127.0.0.1"),
             Some(HeaderValue::from_static("a.com")),
+            false,
         );
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 127.0.0.1");
         assert_eq!(h["x-real-ip"], "127.0.0.1");

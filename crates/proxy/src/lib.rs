@@ -36,6 +36,8 @@ pub struct Shared {
     pub debug_tokens: gatehouse_runtime::debug::DebugTokens,
     /// The listening sockets, changed by reloads.
     pub listeners: Listeners,
+    /// The certificates TLS listeners serve: the serving snapshot's, swapped with it.
+    pub certificates: Arc<ArcSwap<gatehouse_runtime::tls::CertIndex>>,
 }
 
 /// Settings fixed at start.
@@ -63,7 +65,9 @@ impl Shared {
                 .apply(&ListenSpec::from_config(&next.config))
                 .map_err(|e| vec![e])?;
         }
+        let certificates = next.certificates.clone();
         self.snapshot.store(Arc::new(next));
+        self.certificates.store(certificates);
         self.snapshot.load().changes.send_modify(|n| *n += 1);
         Ok(())
     }
@@ -183,23 +187,22 @@ impl Gateway {
         let specs = if opts.listen.is_empty() {
             ListenSpec::from_config(&config)
         } else {
-            opts.listen
-                .iter()
-                .map(|&address| ListenSpec {
-                    address,
-                    proxy_protocol: false,
-                })
-                .collect()
+            opts.listen.iter().map(|&a| ListenSpec::plain(a)).collect()
         };
         let snapshot = Snapshot::compile(config, None, node).map_err(StartError::Config)?;
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..node.workers)
             .map(|_| mpsc::unbounded_channel::<listeners::Command>())
             .unzip();
+        let certificates = Arc::new(ArcSwap::new(snapshot.certificates.clone()));
+        let resolver = Arc::new(gatehouse_runtime::tls::CertResolver {
+            index: certificates.clone(),
+        });
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             node,
             debug_tokens: Default::default(),
-            listeners: Listeners::new(senders, !opts.listen.is_empty()),
+            listeners: Listeners::new(senders, !opts.listen.is_empty(), resolver),
+            certificates,
         });
         let (stop, stop_rx) = watch::channel(false);
         let mut done = Vec::with_capacity(node.workers);
@@ -287,7 +290,7 @@ async fn worker(
     while !*stop.borrow_and_update() {
         tokio::select! {
             command = commands.recv() => match command {
-                Some(listeners::Command::Add { id, socket, proxy_protocol }) => {
+                Some(listeners::Command::Add { id, socket, accepting: how }) => {
                     let l = match TcpListener::from_std(socket) {
                         Ok(l) => l,
                         Err(e) => {
@@ -296,7 +299,7 @@ async fn worker(
                         }
                     };
                     let (shared, stop, alive) = (shared.clone(), stop.clone(), alive.clone());
-                    let task = tokio::spawn(accept_loop(l, proxy_protocol, shared, stop, alive));
+                    let task = tokio::spawn(accept_loop(l, how, shared, stop, alive));
                     accepting.insert(id, task);
                 }
                 Some(listeners::Command::Remove(id)) => {
@@ -328,7 +331,7 @@ async fn worker(
 
 async fn accept_loop(
     listener: TcpListener,
-    proxy_protocol: bool,
+    accepting: listeners::Accepting,
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
@@ -345,8 +348,9 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let (shared, stop, alive) = (shared.clone(), stop.clone(), alive.clone());
+        let accepting = accepting.clone();
         tokio::spawn(async move {
-            serve(stream, peer, proxy_protocol, shared, stop).await;
+            serve(stream, peer, accepting, shared, stop).await;
             drop(alive);
         });
     }
@@ -355,9 +359,9 @@ async fn accept_loop(
 async fn serve(
     mut stream: TcpStream,
     peer: SocketAddr,
-    proxy_protocol: bool,
+    accepting: listeners::Accepting,
     shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     // Counted on the snapshot's node statistics, which every snapshot shares.
     let node = shared.snapshot.load().telemetry.node.clone();
@@ -365,8 +369,8 @@ async fn serve(
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     node.downstream_connections
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let _open = OpenConnection(node);
-    let peer = if proxy_protocol {
+    let _open = OpenConnection(node.clone());
+    let peer = if accepting.proxy_protocol {
         match accept::proxy_header(&mut stream, peer).await {
             Ok(client) => client,
             Err(e) => {
@@ -377,14 +381,47 @@ async fn serve(
     } else {
         peer
     };
-    let h2 = match accept::is_h2c(&stream).await {
-        Ok(h2) => h2,
-        Err(_) => return,
+    let Some(config) = accepting.tls else {
+        let h2 = match accept::is_h2c(&stream).await {
+            Ok(h2) => h2,
+            Err(_) => return,
+        };
+        return serve_http(stream, peer, h2, None, shared, stop).await;
     };
+    let subject_header = accepting.client_subject_header.as_ref();
+    match accept::tls(stream, config, accepting.handshake_timeout, subject_header).await {
+        Ok((tls, h2, facts)) => {
+            node.tls_handshakes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            serve_http(tls, peer, h2, Some(facts), shared, stop).await
+        }
+        Err(reason) => {
+            node.tls_failed(reason);
+            tracing::debug!(%peer, reason, "TLS handshake failed");
+        }
+    }
+}
+
+/// Serves HTTP on an accepted connection (plain or TLS): HTTP/1.1 with upgrades, or HTTP/2.
+async fn serve_http<IO>(
+    stream: IO,
+    peer: SocketAddr,
+    h2: bool,
+    tls: Option<pipeline::TlsFacts>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let findings = (!h2).then(|| Arc::new(framing::Findings::default()));
-    let info = Arc::new(pipeline::ConnInfo::new(peer, h2, findings.clone()));
+    let mut info = pipeline::ConnInfo::new(peer, h2, findings.clone());
+    if let Some(facts) = tls {
+        info = info.with_tls(facts);
+    }
+    let info = Arc::new(info);
     let conn_info = info.clone();
-    let client_timeout = shared.snapshot.load().config.node.client_timeout;
+    let node = shared.snapshot.load().config.node.clone();
+    let client_timeout = node.client_timeout;
     let svc = service_fn(move |req| {
         let (shared, info) = (shared.clone(), info.clone());
         async move { Ok::<_, std::convert::Infallible>(pipeline::handle(shared, info, req).await) }
@@ -402,8 +439,15 @@ async fn serve(
     } else {
         let activity = idle::Activity::new();
         let io = TokioIo::new(idle::Tracked::new(stream, activity.clone()));
+        let limits = &node.http2;
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .max_header_list_size(limits.max_header_list_size.as_u64().min(u32::MAX as u64) as u32)
+            .max_pending_accept_reset_streams(limits.max_pending_reset_streams)
+            .max_local_error_reset_streams(Some(limits.max_error_reset_streams))
+            .keep_alive_interval(Some(limits.ping_interval))
+            .keep_alive_timeout(limits.ping_timeout)
             .serve_connection(io, svc);
         let idle = h2_idle(activity, conn_info, client_timeout);
         drive(conn, &mut stop, idle, client_timeout).await;

@@ -3,9 +3,10 @@
 //! all of it is bound tells the workers to start accepting on it and to stop accepting on
 //! what was removed (connections already accepted there finish as they would).
 
-use gatehouse_model::{Config, ConfigError};
+use gatehouse_model::{Config, ConfigError, ListenTls};
+use gatehouse_runtime::tls::CertResolver;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 /// Where the node listens when neither the config nor the command line says.
@@ -20,6 +21,31 @@ pub struct ListenSpec {
     pub address: SocketAddr,
     /// Connections start with a PROXY protocol header.
     pub proxy_protocol: bool,
+    /// HTTPS: its TLS settings.
+    pub tls: Option<ListenTls>,
+}
+
+impl ListenSpec {
+    /// A plain HTTP listener on `address`.
+    pub fn plain(address: SocketAddr) -> Self {
+        Self {
+            address,
+            proxy_protocol: false,
+            tls: None,
+        }
+    }
+}
+
+/// How a listener's connections start, as its workers accept them.
+#[derive(Clone)]
+pub struct Accepting {
+    pub proxy_protocol: bool,
+    /// The TLS server config (certificates by SNI from the node's index).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// How long a handshake may take.
+    pub handshake_timeout: std::time::Duration,
+    /// Where the verified client certificate's subject goes upstream.
+    pub client_subject_header: Option<http::HeaderName>,
 }
 
 impl ListenSpec {
@@ -30,10 +56,7 @@ impl ListenSpec {
             return DEFAULT_LISTEN
                 .parse()
                 .into_iter()
-                .map(|address| ListenSpec {
-                    address,
-                    proxy_protocol: false,
-                })
+                .map(ListenSpec::plain)
                 .collect();
         }
         config
@@ -43,6 +66,7 @@ impl ListenSpec {
                 Some(ListenSpec {
                     address: l.address.parse().ok()?,
                     proxy_protocol: l.proxy_protocol,
+                    tls: l.tls.clone(),
                 })
             })
             .collect()
@@ -55,7 +79,7 @@ pub enum Command {
     Add {
         id: u64,
         socket: std::net::TcpListener,
-        proxy_protocol: bool,
+        accepting: Accepting,
     },
     /// Stop accepting on listener `id`.
     Remove(u64),
@@ -74,15 +98,44 @@ pub struct Listeners {
     active: Mutex<(u64, Vec<Active>)>,
     /// Set by the command line (`--listen`): the config's `listen` is then ignored.
     fixed: bool,
+    /// What TLS listeners choose certificates with.
+    resolver: Arc<CertResolver>,
 }
 
 impl Listeners {
-    pub fn new(workers: Vec<mpsc::UnboundedSender<Command>>, fixed: bool) -> Self {
+    pub fn new(
+        workers: Vec<mpsc::UnboundedSender<Command>>,
+        fixed: bool,
+        resolver: Arc<CertResolver>,
+    ) -> Self {
         Self {
             workers,
             active: Mutex::new((0, Vec::new())),
             fixed,
+            resolver,
         }
+    }
+
+    /// How connections of `spec` (listener `i`) start; `Err` when its TLS settings do not
+    /// build.
+    fn accepting(&self, i: usize, spec: &ListenSpec) -> Result<Accepting, ConfigError> {
+        let mut a = Accepting {
+            proxy_protocol: spec.proxy_protocol,
+            tls: None,
+            handshake_timeout: std::time::Duration::ZERO,
+            client_subject_header: None,
+        };
+        if let Some(tls) = &spec.tls {
+            let config = gatehouse_runtime::tls::server::server_config(tls, self.resolver.clone())
+                .map_err(|(field, m)| ConfigError::new(format!("listen[{i}].tls.{field}"), m))?;
+            a.tls = Some(Arc::new(config));
+            a.handshake_timeout = tls.handshake_timeout;
+            a.client_subject_header = tls
+                .client_subject_header
+                .as_deref()
+                .and_then(|h| http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).ok());
+        }
+        Ok(a)
     }
 
     /// Whether the config's `listen` decides (not the command line).
@@ -111,24 +164,30 @@ impl Listeners {
             if active.iter().any(|a| a.spec == *spec) {
                 continue;
             }
+            let accepting = self.accepting(i, spec)?;
             let sockets = self.bind_on_workers(spec.address).map_err(|e| {
                 ConfigError::new(
                     format!("listen[{i}].address"),
                     format!("cannot listen on {}: {e}", spec.address),
                 )
             })?;
-            bound.push((spec.clone(), sockets));
+            bound.push((spec.clone(), accepting, sockets));
         }
-        for (spec, (addr, sockets)) in bound {
+        for (spec, accepting, (addr, sockets)) in bound {
             *next_id += 1;
             for (w, socket) in self.workers.iter().zip(sockets) {
                 let _ = w.send(Command::Add {
                     id: *next_id,
                     socket,
-                    proxy_protocol: spec.proxy_protocol,
+                    accepting: accepting.clone(),
                 });
             }
-            tracing::info!(address = %addr, proxy_protocol = spec.proxy_protocol, "listening");
+            tracing::info!(
+                address = %addr,
+                proxy_protocol = spec.proxy_protocol,
+                tls = spec.tls.is_some(),
+                "listening"
+            );
             active.push(Active {
                 spec,
                 bound: addr,

@@ -27,6 +27,8 @@ fn route(i: usize, path: String) -> Route {
         circuit_breaker: None,
         fallback: None,
         observability: None,
+        protocols: Vec::new(),
+        https_redirect_status_code: 426,
     }
 }
 

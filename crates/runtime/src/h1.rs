@@ -120,7 +120,7 @@ impl Conn {
 
     /// Whether the target closed the connection (or sent bytes nobody asked for) while it was
     /// idle. Costs no system call unless the socket reported readiness.
-    pub fn is_closed(&self) -> bool {
+    pub fn is_closed(&mut self) -> bool {
         if !self.buf.is_empty() {
             return true;
         }
@@ -792,7 +792,7 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let io = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (s, _) = l.accept().await.unwrap();
-        let conn = Conn::new(Stream::Tcp(io), Box::new(()));
+        let mut conn = Conn::new(Stream::Tcp(io), Box::new(()));
         assert!(!conn.is_closed());
         drop(s);
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;

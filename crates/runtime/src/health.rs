@@ -349,13 +349,19 @@ pub async fn probe(target: &TargetState, check: &ActiveCheck) -> Result<(), Stri
 }
 
 async fn probe_inner(target: &TargetState, check: &ActiveCheck) -> Result<(), String> {
-    let stream = TcpStream::connect(&*target.address)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
     if check.kind == CheckType::Tcp {
+        TcpStream::connect(&*target.address)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
         return Ok(());
     }
-    let _ = stream.set_nodelay(true);
+    // Through the target's own connector: an https target is probed over TLS, with the
+    // verification its requests get.
+    let stream = target
+        .connector
+        .connect(None, &target.address)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
     let io = TokioIo::new(stream);
     let host = check.host.as_deref().unwrap_or(&target.address);
     let mut req =
@@ -374,7 +380,7 @@ async fn probe_inner(target: &TargetState, check: &ActiveCheck) -> Result<(), St
                 .map_err(|e| format!("request: {e}"))?;
             sender.send_request(req).await
         }
-        UpstreamProtocol::H2c => {
+        UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
             let (mut sender, conn) =
                 hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
                     .await

@@ -19,6 +19,7 @@ pub mod plugins;
 pub mod retry;
 pub mod snapshot;
 pub mod telemetry;
+pub mod tls;
 pub mod trace;
 pub mod upstream;
 pub mod window;

@@ -257,6 +257,34 @@ impl Stats {
     }
 }
 
+/// Why TLS handshakes fail, as `crate::tls::failure_reason` names it (plus `timeout`).
+pub const TLS_FAILURE_REASONS: [&str; 11] = [
+    "no_certificate",
+    "protocol_version",
+    "no_shared_cipher",
+    "incompatible",
+    "client_certificate",
+    "alert_received",
+    "bad_message",
+    "timeout",
+    "closed",
+    "io",
+    "other",
+];
+
+impl NodeStats {
+    /// Counts a failed TLS handshake under `reason` (one of [`TLS_FAILURE_REASONS`]).
+    pub fn tls_failed(&self, reason: &str) {
+        let i = TLS_FAILURE_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(TLS_FAILURE_REASONS.len() - 1);
+        if let Some(c) = self.tls_handshake_failures.get(i) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+}
+
 /// Node-wide counters that belong to no route.
 #[derive(Default)]
 pub struct NodeStats {
@@ -274,6 +302,10 @@ pub struct NodeStats {
     pub decision_trace_refused: AtomicU64,
     /// Requests no route matched (answered 404).
     pub unrouted: AtomicU64,
+    /// TLS handshakes completed on TLS listeners.
+    pub tls_handshakes: AtomicU64,
+    /// TLS handshakes that failed, by [`TLS_FAILURE_REASONS`].
+    pub tls_handshake_failures: [AtomicU64; TLS_FAILURE_REASONS.len()],
     /// Held by the scrape that decides which routes get series of their own.
     scrape: std::sync::Mutex<()>,
 }

@@ -195,9 +195,9 @@ impl SendError {
 }
 
 impl Sender {
-    fn is_closed(&self) -> bool {
+    fn is_closed(&mut self) -> bool {
         match self {
-            Sender::H1(c) => c.as_ref().is_none_or(|c| c.is_closed()),
+            Sender::H1(c) => c.as_mut().is_none_or(|c| c.is_closed()),
             Sender::H2(s) => s.is_closed(),
         }
     }
@@ -206,7 +206,7 @@ impl Sender {
     /// wait for a stream).
     pub async fn ready(&mut self) -> bool {
         match self {
-            Sender::H1(c) => c.as_ref().is_some_and(|c| !c.is_closed()),
+            Sender::H1(c) => c.as_mut().is_some_and(|c| !c.is_closed()),
             Sender::H2(s) => s.ready().await.is_ok(),
         }
     }
@@ -399,6 +399,20 @@ impl TargetState {
         })
     }
 
+    /// Dials through `connector` (TLS for `https` upstreams) instead of plain TCP.
+    pub fn with_connector(mut self, connector: crate::connector::Connector) -> Self {
+        if matches!(connector, crate::connector::Connector::Tls(_)) {
+            // The Host an https target expects leaves out the default port.
+            if let Some(host) = self.address.strip_suffix(":443") {
+                if let Ok(v) = HeaderValue::from_str(host) {
+                    self.authority = v;
+                }
+            }
+        }
+        self.connector = connector;
+        self
+    }
+
     /// Counts a request served on a pooled connection.
     #[inline]
     pub fn count_hit(&self) {
@@ -446,7 +460,7 @@ impl TargetState {
 
     /// The most recently returned live connection of `list`, dropping stale ones on the way.
     fn pop_usable(&self, list: &mut Vec<Idle>) -> Option<Sender> {
-        while let Some(idle) = list.pop() {
+        while let Some(mut idle) = list.pop() {
             if idle.sender.is_closed() || idle.since.elapsed() > self.keepalive.idle_timeout {
                 continue;
             }
@@ -462,7 +476,7 @@ impl TargetState {
     }
 
     /// Returns a connection whose exchange finished; dropped (closed) past the idle cap.
-    pub fn put_idle(&self, sender: Sender) {
+    pub fn put_idle(&self, mut sender: Sender) {
         if sender.is_closed() {
             return;
         }
@@ -470,7 +484,7 @@ impl TargetState {
             return;
         };
         if let Ok(mut list) = slot.lock() {
-            if matches!(sender, Sender::H2(_)) && list.iter().any(|i| !i.sender.is_closed()) {
+            if matches!(sender, Sender::H2(_)) && list.iter_mut().any(|i| !i.sender.is_closed()) {
                 return;
             }
             if list.len() < self.idle_cap {
@@ -490,7 +504,7 @@ impl TargetState {
     pub fn sweep_idle(&self) {
         if let Some(Ok(mut list)) = self.idle.get(worker()).map(|s| s.lock()) {
             let timeout = self.keepalive.idle_timeout;
-            list.retain(|i| !i.sender.is_closed() && i.since.elapsed() <= timeout);
+            list.retain_mut(|i| !i.sender.is_closed() && i.since.elapsed() <= timeout);
         }
     }
 
@@ -552,7 +566,7 @@ impl TargetState {
                 stream,
                 Box::new(slot),
             ))))),
-            UpstreamProtocol::H2c => {
+            UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
                 let addr = self.address.clone();
                 let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                     .handshake(TokioIo::new(stream))

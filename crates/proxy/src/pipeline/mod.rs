@@ -18,7 +18,7 @@ mod tunnel;
 mod upstream_request;
 mod verdict;
 
-pub use state::ConnInfo;
+pub use state::{ConnInfo, TlsFacts};
 
 use crate::body::RespBody;
 use crate::errors::{respond, Failure};
@@ -49,6 +49,7 @@ pub async fn handle(
     drop(shared);
     let resp = match route::route(&snap, &st.info, &st.client, &mut req) {
         Ok(routed) => proxy(&mut st, routed, req).await,
+        Err(Failure::HttpsRequired(code)) => route::https_required(&st, code, &req),
         Err(failure) => st.fail(failure),
     };
     let resp = finish(st, resp);

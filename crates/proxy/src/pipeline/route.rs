@@ -51,6 +51,12 @@ pub fn route<'s, B>(
     };
     let m = snap.router.find(&view).ok_or(Failure::NoRoute)?;
     let route = snap.routes.get(m.route).ok_or(Failure::NoRoute)?;
+    match (info.tls.is_some(), route.protocols) {
+        (false, p) if !p.http => return Err(Failure::HttpsRequired(p.https_redirect)),
+        // As in Kong: an HTTPS request does not match an HTTP-only route.
+        (true, p) if !p.https => return Err(Failure::NoRoute),
+        _ => {}
+    }
     let service = snap.services.get(route.service).ok_or(Failure::NoRoute)?;
     let new_path = upstream_path(route, service, &m, &view, info.h2);
     let hash_key = hash_key(&service.upstream.hash, &view, client.value(info));
@@ -63,6 +69,42 @@ pub fn route<'s, B>(
         hash_key,
         host: host_value,
     })
+}
+
+/// The answer to a plain-HTTP request for an HTTPS-only route: a redirect to the same URL
+/// over `https://` (on the default port), or the refusal `code` names (426 with
+/// `Upgrade: TLS/1.2, HTTP/1.1` as RFC 2817 asks, or 403).
+pub fn https_required<B>(
+    st: &RequestState<'_>,
+    code: u16,
+    req: &Request<B>,
+) -> http::Response<crate::body::RespBody> {
+    let mut resp = st.fail(Failure::HttpsRequired(code));
+    if matches!(code, 301 | 302 | 307 | 308) {
+        let host = client_host(req)
+            .ok()
+            .flatten()
+            .and_then(|h| h.to_str().ok().map(|h| strip_port(h).to_owned()));
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let location = host.and_then(|h| HeaderValue::from_str(&format!("https://{h}{pq}")).ok());
+        match location {
+            Some(l) => {
+                resp.headers_mut().insert(http::header::LOCATION, l);
+            }
+            // No host to send the client to: it is told to use TLS instead.
+            None => return st.fail(Failure::HttpsRequired(426)),
+        }
+    } else if code == 426 {
+        resp.headers_mut().insert(
+            http::header::UPGRADE,
+            HeaderValue::from_static("TLS/1.2, HTTP/1.1"),
+        );
+        resp.headers_mut().insert(
+            http::header::CONNECTION,
+            HeaderValue::from_static("Upgrade"),
+        );
+    }
+    resp
 }
 
 /// Sends the request to the upstream a plugin chose (`set_upstream`) instead of its

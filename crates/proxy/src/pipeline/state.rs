@@ -22,6 +22,8 @@ pub struct ConnInfo {
     /// `ip` as a header value (what `X-Forwarded-For` gets appended).
     pub client_ip: HeaderValue,
     pub h2: bool,
+    /// Set on connections to TLS listeners.
+    pub tls: Option<Box<TlsFacts>>,
     /// HTTP/1.1 only: what the framing watcher found, and how many requests came so far.
     framing: Option<Arc<Findings>>,
     requests: AtomicU64,
@@ -36,9 +38,16 @@ impl ConnInfo {
             client_ip: HeaderValue::from_str(&ip.to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             h2,
+            tls: None,
             framing,
             requests: AtomicU64::new(0),
         }
+    }
+
+    /// The connection came over TLS, with these facts.
+    pub fn with_tls(mut self, tls: TlsFacts) -> Self {
+        self.tls = Some(Box::new(tls));
+        self
     }
 
     /// How many requests came on this connection so far.
@@ -52,6 +61,17 @@ impl ConnInfo {
         let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
         self.framing.as_ref().is_some_and(|f| f.is_ambiguous(n))
     }
+}
+
+/// What the TLS handshake of a client connection settled.
+pub struct TlsFacts {
+    /// The server name the client asked for.
+    pub sni: Option<Box<str>>,
+    /// The verified client certificate's subject (`CN=alice,O=Example`), when the listener
+    /// verifies client certificates and one was presented.
+    pub client_subject: Option<HeaderValue>,
+    /// The header the subject goes upstream in (the listener's `client_subject_header`).
+    pub subject_header: Option<http::HeaderName>,
 }
 
 /// The request's state from its first stage to its last.

@@ -35,7 +35,23 @@ pub fn build(
     }
     remove_hop_by_hop(&mut parts.headers, upgrade);
     let (peer, client) = (&st.info.client_ip, st.client.value(&st.info));
-    set_forwarded(&mut parts.headers, peer, client, routed.host.clone());
+    let tls = st.info.tls.as_deref();
+    set_forwarded(
+        &mut parts.headers,
+        peer,
+        client,
+        routed.host.clone(),
+        tls.is_some(),
+    );
+    if let Some(t) = tls {
+        if let Some(h) = &t.subject_header {
+            // Only the listener's verification may say who the client certificate names.
+            match &t.client_subject {
+                Some(subject) => parts.headers.insert(h.clone(), subject.clone()),
+                None => parts.headers.remove(h),
+            };
+        }
+    }
     if let (Some(h), false) = (
         &routed.route.retry.deadline_header,
         st.client.via_trusted_proxy,

@@ -4,18 +4,21 @@
 //! lends state (pools, counters, breakers) to what stays.
 
 use super::{
-    parse_template, HashSource, NodeContext, Resources, RouteEntry, RouteObserve, ServiceEntry,
-    Snapshot, TargetSet, TargetSettings, UpstreamEntry,
+    parse_template, HashSource, NodeContext, Resources, RouteEntry, RouteObserve, RouteProtocols,
+    ServiceEntry, Snapshot, TargetSet, TargetSettings, UpstreamEntry,
 };
 use crate::balance::subset;
 use crate::breaker;
+use crate::connector::Connector;
 use crate::consumers::IdentityHeaders;
 use crate::health::HealthPolicy;
 use crate::plugins::{build_instances, chains, Built, Instances};
 use crate::retry::Retry;
 use crate::router::Router;
+use crate::tls::CertIndex;
 use gatehouse_model::{
-    parse_service_url, Config, ConfigError, HashOn, Keepalive, RetryPolicy, UpstreamProtocol,
+    parse_service_url_with_scheme, Config, ConfigError, HashOn, Keepalive, RetryPolicy, Scheme,
+    UpstreamProtocol, UpstreamTls,
 };
 use gatehouse_plugin_api::{BuildEnv, RedisStore, Registry};
 use http::HeaderName;
@@ -70,6 +73,8 @@ pub(super) fn build(
     let (consumers, consumer_errs) = crate::consumers::index(&config, node.registry);
     c.errs.extend(consumer_errs);
     let consumer_stats = c.consumer_stats();
+    let certificates = CertIndex::compile(&config.certificates, &mut c.errs);
+    crate::tls::server::check_listeners(&config.listen, &mut c.errs);
     let telemetry = crate::telemetry::Telemetry::new(
         &config.observability,
         previous.map(|p| &p.telemetry),
@@ -111,6 +116,7 @@ pub(super) fn build(
         plugin_instances,
         redis: env.redis,
         consumers: Arc::new(consumers),
+        certificates: Arc::new(certificates),
         changes,
         telemetry,
         consumer_stats,
@@ -146,11 +152,23 @@ impl<'c> Compiler<'c> {
                     .filter_map(|k| list.get(k).copied())
                     .collect();
             }
+            let connector = match connector(u.scheme, u.tls.as_ref(), u.protocol) {
+                Ok(c) => c,
+                Err((field, m)) => {
+                    let path = match field {
+                        "tls" => format!("upstreams[{i}].tls"),
+                        f => format!("upstreams[{i}].tls.{f}"),
+                    };
+                    self.errs.push(ConfigError::new(path, m));
+                    continue;
+                }
+            };
             let spec = UpstreamSpec {
                 name: &u.name,
                 list,
                 balance: u.balance,
                 hash,
+                connector,
                 protocol: u.protocol,
                 keepalive: u.keepalive,
                 health: u.health.as_ref().map(HealthPolicy::new),
@@ -231,13 +249,22 @@ impl<'c> Compiler<'c> {
                     None => continue, // reported by validate
                 },
                 (None, Some(url)) => {
-                    let Ok((target, prefix)) = parse_service_url(url) else {
+                    let Ok((scheme, target, prefix)) = parse_service_url_with_scheme(url) else {
                         continue;
                     };
                     // Named so that it cannot clash with a configured upstream (names have
                     // no ':').
                     let name = format!("service:{}", s.name);
-                    match UpstreamSpec::single(&name, &target).build(self) {
+                    let mut spec = UpstreamSpec::single(&name, &target);
+                    match connector(scheme, None, UpstreamProtocol::Http1) {
+                        Ok(c) => spec.connector = c,
+                        Err((_, m)) => {
+                            self.errs
+                                .push(ConfigError::new(format!("services[{i}].url"), m));
+                            continue;
+                        }
+                    }
+                    match spec.build(self) {
                         Ok(e) => {
                             let e = Arc::new(e);
                             upstreams.insert(name.into(), e.clone());
@@ -319,6 +346,7 @@ impl<'c> Compiler<'c> {
                 strip_prefix: r.strip_prefix,
                 rewrite: r.rewrite.as_deref().map(parse_template),
                 preserve_host: r.preserve_host,
+                protocols: RouteProtocols::of(r),
                 priority_class: match r.priority_class {
                     gatehouse_model::PriorityClass::Critical => {
                         gatehouse_plugin_api::PriorityClass::Critical
@@ -505,12 +533,28 @@ pub fn parse_config_for_node(
     Ok(config)
 }
 
+/// How an upstream's targets are dialled: TLS (with its settings compiled) for `https`.
+fn connector(
+    scheme: Scheme,
+    tls: Option<&UpstreamTls>,
+    protocol: UpstreamProtocol,
+) -> Result<Connector, (&'static str, String)> {
+    match scheme {
+        Scheme::Http => Ok(Connector::Tcp),
+        Scheme::Https => {
+            let tls = crate::connector::Tls::new(tls, protocol.is_h2())?;
+            Ok(Connector::Tls(Arc::new(tls)))
+        }
+    }
+}
+
 /// One upstream as compiled: its targets and how they are used.
 struct UpstreamSpec<'a> {
     name: &'a str,
     list: Vec<(&'a str, u32)>,
     balance: gatehouse_model::Balance,
     hash: HashSource,
+    connector: Connector,
     protocol: UpstreamProtocol,
     keepalive: Keepalive,
     health: Option<HealthPolicy>,
@@ -526,6 +570,7 @@ impl<'a> UpstreamSpec<'a> {
             list: vec![(target, 1)],
             balance: gatehouse_model::Balance::RoundRobin,
             hash: HashSource::None,
+            connector: Connector::Tcp,
             protocol: UpstreamProtocol::Http1,
             keepalive: Keepalive::default(),
             health: None,
@@ -540,11 +585,12 @@ impl<'a> UpstreamSpec<'a> {
         let old = c.previous.and_then(|p| p.upstreams.get(self.name));
         let settings = TargetSettings {
             balance: self.balance,
+            connector: self.connector,
             protocol: self.protocol,
             keepalive: self.keepalive,
             workers: c.node.workers,
         };
-        let set = TargetSet::build(&self.list, settings, old.map(|o| o.targets()).as_deref())?;
+        let set = TargetSet::build(&self.list, &settings, old.map(|o| o.targets()).as_deref())?;
         Ok(UpstreamEntry::new(
             self.name,
             set,

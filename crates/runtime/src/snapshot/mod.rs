@@ -96,6 +96,9 @@ pub struct Snapshot {
     pub redis: Option<Arc<RedisStore>>,
     /// The consumers and their credentials, for authentication plugins.
     pub consumers: Arc<ConsumerIndex>,
+    /// The certificates TLS listeners serve, by SNI (the node's resolver is pointed at this
+    /// snapshot's index when it is swapped in).
+    pub certificates: Arc<crate::tls::CertIndex>,
     /// Told of every change of targets (a reload, or one upstream's targets replaced), so
     /// health checks follow without polling. One channel for the life of the gateway.
     pub changes: Arc<tokio::sync::watch::Sender<u64>>,
@@ -134,6 +137,8 @@ pub struct RouteEntry {
     pub strip_prefix: bool,
     pub rewrite: Option<Vec<Piece>>,
     pub preserve_host: bool,
+    /// Which of plain HTTP and HTTPS the route takes.
+    pub protocols: RouteProtocols,
     pub priority_class: gatehouse_plugin_api::PriorityClass,
     /// The plugins that run for this route, resolved across scopes.
     pub plugins: Chain,
@@ -149,6 +154,28 @@ pub struct RouteEntry {
     /// Rejection counters, one per entry of `plugins`.
     pub rejections: Box<[crate::telemetry::Rejections]>,
     pub observe: RouteObserve,
+}
+
+/// Which protocols a route takes requests over, and what a plain-HTTP request to an
+/// HTTPS-only route gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteProtocols {
+    pub http: bool,
+    pub https: bool,
+    /// 426, 403, or a redirect code (301, 302, 307, 308).
+    pub https_redirect: u16,
+}
+
+impl RouteProtocols {
+    pub fn of(r: &gatehouse_model::Route) -> Self {
+        use gatehouse_model::RouteProtocol;
+        let any = r.protocols.is_empty();
+        Self {
+            http: any || r.protocols.contains(&RouteProtocol::Http),
+            https: any || r.protocols.contains(&RouteProtocol::Https),
+            https_redirect: r.https_redirect_status_code,
+        }
+    }
 }
 
 /// A part of a rewrite template.

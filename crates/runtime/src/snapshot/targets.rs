@@ -30,10 +30,12 @@ pub struct TargetSet {
 
 /// How an upstream's targets are connected to and balanced: what a new target set is built
 /// with.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct TargetSettings {
     pub balance: gatehouse_model::Balance,
     pub protocol: UpstreamProtocol,
+    /// TCP, or TLS with its client settings.
+    pub connector: crate::connector::Connector,
     pub keepalive: Keepalive,
     pub workers: usize,
 }
@@ -43,28 +45,30 @@ impl TargetSet {
     /// `old`'s targets whose address and connection settings stay.
     pub fn build(
         list: &[(&str, u32)],
-        settings: TargetSettings,
+        settings: &TargetSettings,
         old: Option<&TargetSet>,
     ) -> Result<TargetSet, String> {
         let (protocol, keepalive) = (settings.protocol, settings.keepalive);
+        let connector = &settings.connector;
         let mut targets = Vec::with_capacity(list.len());
         for (addr, _) in list {
             let reused = old.and_then(|o| {
                 o.targets
                     .iter()
                     .find(|t| {
-                        &*t.address == *addr && t.protocol == protocol && t.keepalive == keepalive
+                        &*t.address == *addr
+                            && t.protocol == protocol
+                            && t.keepalive == keepalive
+                            && t.connector == *connector
                     })
                     .cloned()
             });
             let state = match reused {
                 Some(s) => s,
-                None => Arc::new(TargetState::new(
-                    addr,
-                    protocol,
-                    keepalive,
-                    settings.workers,
-                )?),
+                None => Arc::new(
+                    TargetState::new(addr, protocol, keepalive, settings.workers)?
+                        .with_connector(connector.clone()),
+                ),
             };
             targets.push(state);
         }
@@ -141,7 +145,7 @@ impl UpstreamEntry {
             }
         }
         let old = self.set.load();
-        let set = TargetSet::build(list, self.settings, Some(&old))?;
+        let set = TargetSet::build(list, &self.settings, Some(&old))?;
         if self.health.is_some() {
             let active = self.health.as_ref().is_some_and(|h| h.active.is_some());
             let passive = self.health.as_ref().is_some_and(|h| h.passive.is_some());

@@ -259,6 +259,7 @@ pub fn encode(snap: &Snapshot, e: &mut DescriptorEncoder) -> std::fmt::Result {
     }
 
     encode_targets(snap, e)?;
+    encode_certificates(snap, e)?;
     encode_node(&t.node, e)
 }
 
@@ -540,6 +541,49 @@ fn encode_node(n: &NodeStats, e: &mut DescriptorEncoder) -> std::fmt::Result {
     for (name, help, c) in counters {
         let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
         counter(&mut m, c.load(Relaxed))?;
+    }
+    let mut m = e.encode_descriptor(
+        "tls_handshakes",
+        "TLS handshakes completed on TLS listeners",
+        None,
+        MetricType::Counter,
+    )?;
+    counter(&mut m, n.tls_handshakes.load(Relaxed))?;
+    let mut m = e.encode_descriptor(
+        "tls_handshake_failures",
+        "TLS handshakes that failed, by reason",
+        None,
+        MetricType::Counter,
+    )?;
+    for (reason, c) in super::TLS_FAILURE_REASONS
+        .iter()
+        .zip(&n.tls_handshake_failures)
+    {
+        counter(
+            &mut m.encode_family(&[("reason", *reason)])?,
+            c.load(Relaxed),
+        )?;
+    }
+    Ok(())
+}
+
+/// When each certificate expires, as Prometheus alert rules want it (Unix seconds).
+fn encode_certificates(snap: &Snapshot, e: &mut DescriptorEncoder) -> std::fmt::Result {
+    let infos = &snap.certificates.infos;
+    if infos.is_empty() {
+        return Ok(());
+    }
+    let mut m = e.encode_descriptor(
+        "certificate_expiry_timestamp_seconds",
+        "When the certificate stops being valid (not_after), in Unix seconds",
+        None,
+        MetricType::Gauge,
+    )?;
+    for c in infos {
+        gauge(
+            &mut m.encode_family(&[("name", c.name.as_str())])?,
+            c.not_after,
+        )?;
     }
     Ok(())
 }
