@@ -72,6 +72,24 @@ pub trait GatewayView: Send + Sync + 'static {
     }
     /// Takes write-only secrets out of `config` before it is shown.
     fn redact(&self, _config: &mut Config) {}
+    /// The certificates TLS listeners serve, with their expiry.
+    fn certificates(&self) -> Vec<CertificateStatus> {
+        Vec::new()
+    }
+}
+
+/// A served certificate, as `/status` shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CertificateStatus {
+    pub name: String,
+    /// The server names it is chosen for.
+    pub snis: Vec<String>,
+    pub subject: String,
+    /// When it stops being valid, Unix seconds.
+    pub not_after: i64,
+    /// Whole days left (negative once expired).
+    pub expires_in_days: i64,
+    pub default: bool,
 }
 
 /// What the admin API reads from the running gateway, and what the gateway reports to it.
@@ -163,29 +181,35 @@ impl Control {
         config
     }
 
-    /// An entity's JSON as the API shows it (a consumer without write-only secrets).
+    /// An entity's JSON as the API shows it: consumers, certificates and upstreams without
+    /// their write-only secrets.
     pub(crate) fn shown_entity(
         &self,
         kind: Kind,
         value: Option<serde_json::Value>,
     ) -> Option<serde_json::Value> {
         let value = value?;
-        if !matches!(kind, Kind::Consumers) {
-            return Some(value);
+        fn through<T: serde::de::DeserializeOwned + Serialize>(
+            c: &Control,
+            value: serde_json::Value,
+            list: fn(&mut Config) -> &mut Vec<T>,
+        ) -> Option<serde_json::Value> {
+            let Ok(item) = serde_json::from_value::<T>(value.clone()) else {
+                return Some(value);
+            };
+            let mut config = Config::default();
+            list(&mut config).push(item);
+            c.view.redact(&mut config);
+            list(&mut config)
+                .pop()
+                .and_then(|i| serde_json::to_value(i).ok())
         }
-        let Ok(consumer) = serde_json::from_value::<gatehouse_model::Consumer>(value.clone())
-        else {
-            return Some(value);
-        };
-        let mut config = Config {
-            consumers: vec![consumer],
-            ..Config::default()
-        };
-        self.view.redact(&mut config);
-        config
-            .consumers
-            .pop()
-            .and_then(|c| serde_json::to_value(c).ok())
+        match kind {
+            Kind::Consumers => through(self, value, |c| &mut c.consumers),
+            Kind::Certificates => through(self, value, |c| &mut c.certificates),
+            Kind::Upstreams => through(self, value, |c| &mut c.upstreams),
+            _ => Some(value),
+        }
     }
 
     /// Requires one of `tokens` on every call (viewers read, admins also write).
@@ -252,6 +276,8 @@ pub struct Status {
     pub store: StoreStatus,
     /// Every configured circuit breaker and its state.
     pub circuit_breakers: Vec<BreakerStatus>,
+    /// The certificates served by SNI, soonest to expire first.
+    pub certificates: Vec<CertificateStatus>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -300,6 +326,11 @@ async fn status(State(c): State<Shared>) -> Json<Status> {
         mode,
         store,
         circuit_breakers: c.view.breakers(),
+        certificates: {
+            let mut certs = c.view.certificates();
+            certs.sort_by_key(|c| c.not_after);
+            certs
+        },
     })
 }
 
@@ -545,6 +576,7 @@ fn entities(config: &Config, kind: Kind) -> Vec<(String, serde_json::Value)> {
         Kind::Services => by(&config.services, |s| s.name.clone()),
         Kind::Upstreams => by(&config.upstreams, |u| u.name.clone()),
         Kind::Consumers => by(&config.consumers, |c| c.username.clone()),
+        Kind::Certificates => by(&config.certificates, |c| c.name.clone()),
         Kind::Plugins => config
             .plugins
             .iter()
@@ -567,6 +599,7 @@ enum Kind {
     Upstreams,
     Consumers,
     Plugins,
+    Certificates,
 }
 
 impl Kind {
@@ -577,6 +610,7 @@ impl Kind {
             Kind::Upstreams => "upstreams",
             Kind::Consumers => "consumers",
             Kind::Plugins => "plugins",
+            Kind::Certificates => "certificates",
         }
     }
 
@@ -587,6 +621,7 @@ impl Kind {
             Kind::Upstreams => "upstream",
             Kind::Consumers => "consumer",
             Kind::Plugins => "plugin instance",
+            Kind::Certificates => "certificate",
         }
     }
 }
@@ -782,6 +817,20 @@ entity_handlers!(
     "The instance's kind and scope, e.g. `rate-limit:route=api` or `cors:global`"
 );
 
+entity_handlers!(
+    list_certificates,
+    get_certificate,
+    create_certificate,
+    put_certificate,
+    patch_certificate,
+    delete_certificate,
+    Kind::Certificates,
+    "/certificates",
+    "/certificates/{id}",
+    "certificates",
+    "The certificate's name"
+);
+
 #[utoipa::path(get, path = "/upstreams/{id}/targets", tag = "upstreams",
     params(
         ("id" = String, Path, description = "The upstream's name"),
@@ -922,6 +971,13 @@ pub fn router(control: Arc<Control>) -> axum::Router {
         ))
         .routes(routes!(list_plugins, create_plugin))
         .routes(routes!(get_plugin, put_plugin, patch_plugin, delete_plugin))
+        .routes(routes!(list_certificates, create_certificate))
+        .routes(routes!(
+            get_certificate,
+            put_certificate,
+            patch_certificate,
+            delete_certificate
+        ))
         .routes(routes!(revisions::list))
         .routes(routes!(revisions::audit))
         .routes(routes!(revisions::one))

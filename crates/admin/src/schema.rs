@@ -169,6 +169,7 @@ struct Bodies {
     upstreams: Validator,
     consumers: Validator,
     plugins: Validator,
+    certificates: Validator,
     targets: Validator,
 }
 
@@ -198,6 +199,7 @@ fn bodies() -> Option<&'static Bodies> {
                 upstreams: build::<Upstream>()?,
                 consumers: build::<Consumer>()?,
                 plugins: build::<PluginInstance>()?,
+                certificates: build::<gatehouse_model::Certificate>()?,
                 targets: build::<Target>()?,
             })
         })
@@ -222,6 +224,7 @@ pub(crate) fn violations(of: Body, body: &Value) -> BTreeMap<String, String> {
         Body::Entity(Kind::Upstreams) => (&b.upstreams, "upstreams"),
         Body::Entity(Kind::Consumers) => (&b.consumers, "consumers"),
         Body::Entity(Kind::Plugins) => (&b.plugins, "plugins"),
+        Body::Entity(Kind::Certificates) => (&b.certificates, "certificates"),
         Body::Target => (&b.targets, "targets"),
     };
     for e in validator.iter_errors(body) {

@@ -229,6 +229,13 @@ fn apply_op(config: &mut Config, kind: Kind, op: &Op, body: &[u8]) -> Result<Cha
             op,
             body,
         )?),
+        Kind::Certificates => json(change_list(
+            kind,
+            &mut config.certificates,
+            |c| c.name.clone(),
+            op,
+            body,
+        )?),
     })
 }
 
@@ -409,6 +416,7 @@ fn entity_index(config: &Config, kind: Kind, id: &str) -> Option<usize> {
             .plugins
             .iter()
             .position(|p| crate::plugin_id(p) == id),
+        Kind::Certificates => config.certificates.iter().position(|c| c.name == id),
     }
 }
 
@@ -532,5 +540,6 @@ fn entity_json(config: &Config, kind: Kind, id: &str) -> Option<serde_json::Valu
         Kind::Upstreams => serde_json::to_value(config.upstreams.get(i)?).ok(),
         Kind::Consumers => serde_json::to_value(config.consumers.get(i)?).ok(),
         Kind::Plugins => serde_json::to_value(config.plugins.get(i)?).ok(),
+        Kind::Certificates => serde_json::to_value(config.certificates.get(i)?).ok(),
     }
 }

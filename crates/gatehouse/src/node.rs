@@ -33,11 +33,33 @@ impl GatewayView for NodeView {
     }
 
     fn seal(&self, new: &mut Config, old: &Config) -> Vec<ConfigError> {
+        gatehouse_runtime::tls::keep_keys(new, old);
         gatehouse_runtime::consumers::seal(new, old, self.shared.node.registry)
     }
 
     fn redact(&self, config: &mut Config) {
+        gatehouse_runtime::tls::redact(config);
         gatehouse_runtime::consumers::redact(config, self.shared.node.registry)
+    }
+
+    fn certificates(&self) -> Vec<gatehouse_admin::CertificateStatus> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        self.shared
+            .certificates
+            .load()
+            .infos
+            .iter()
+            .map(|c| gatehouse_admin::CertificateStatus {
+                name: c.name.clone(),
+                snis: c.snis.clone(),
+                subject: c.subject.clone(),
+                not_after: c.not_after,
+                expires_in_days: (c.not_after - now).div_euclid(86_400),
+                default: c.default,
+            })
+            .collect()
     }
 
     fn check(&self, config: &Config) -> Vec<ConfigError> {

@@ -3,6 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/tls_kit.rs"]
+mod tls_kit;
 
 use common::*;
 use std::io::{BufRead, BufReader};
@@ -1736,4 +1738,91 @@ async fn a_request_cut_at_the_drain_timeout_has_its_access_log_line() {
     assert_eq!(cut["path"], "/delay/5000", "{text}");
     assert_eq!(cut["status"], 499, "{text}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `/certificates` in the admin API: the key is write-only (never in a read, the export or
+/// the audit log), a certificate written back as read keeps its key, a bad one is refused
+/// with the field named and the stored config unchanged, and `/status` and `/metrics` tell
+/// when each expires.
+#[tokio::test]
+async fn certificates_are_managed_through_the_admin_api_and_their_keys_never_read_back() {
+    let ca = tls_kit::Ca::new("Admin test CA");
+    let api = ca.server(&["api.example.test"]);
+    let dir = temp_dir("certs");
+    let (gw, _) = Running::start_store(&format!("sqlite://{}/g.db", dir.display()), &dir);
+    let admin = gw.admin_addr();
+    let mut c = Client::connect(admin).await;
+    let body = serde_json::json!({"name": "api", "cert": api.cert, "key": api.key});
+    let r = c.send("POST", "/certificates", body.to_string()).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let key_line = api.key.lines().nth(1).unwrap().to_owned();
+    let shown = c.send("GET", "/certificates/api", String::new()).await;
+    assert_eq!(shown.status, 200);
+    assert!(shown.json().get("key").is_none(), "{}", shown.text());
+    assert_eq!(shown.json()["cert"], api.cert.as_str());
+    for path in ["/certificates", "/config", "/audit"] {
+        let text = c.send("GET", path, String::new()).await.text();
+        assert!(!text.contains(&key_line), "the key is in {path}");
+    }
+    // Written back as read (with SNIs added): the key stays.
+    let mut again = shown.json();
+    again["snis"] = serde_json::json!(["api.example.test", "www.example.test"]);
+    let r = c.send("PUT", "/certificates/api", again.to_string()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A key that is not the certificate's: refused, nothing stored.
+    let other = ca.server(&["other.example.test"]);
+    let bad = serde_json::json!({"name": "api", "cert": api.cert, "key": other.key});
+    let r = c.send("PUT", "/certificates/api", bad.to_string()).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(
+        r.json()["fields"]["certificates.key"],
+        "does not match the certificate's public key (keys may not be consistent: KeyMismatch)"
+    );
+    let status = c.send("GET", "/status", String::new()).await.json();
+    let cert = &status["certificates"][0];
+    assert_eq!(cert["name"], "api");
+    assert_eq!(
+        cert["snis"],
+        serde_json::json!(["api.example.test", "www.example.test"])
+    );
+    assert!(cert["expires_in_days"].as_i64().unwrap() > 300, "{status}");
+    let metrics = get(admin, "/metrics").await.text();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("gatehouse_certificate_expiry_timestamp_seconds{name=\"api\"} ")),
+        "{metrics}"
+    );
+    let r = c.send("DELETE", "/certificates/api", String::new()).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn validate_names_what_is_wrong_with_a_certificate() {
+    let ca = tls_kit::Ca::new("Validate CA");
+    let a = ca.server(&["a.example.test"]);
+    let b = ca.server(&["b.example.test"]);
+    let yaml = format!(
+        "certificates:\n  - name: a\n    cert: {}    key: {}  - name: b\n    snis: [a.example.test]\n    cert: {}    key: {}  - name: c\n    cert: /nonexistent/c.pem\n    key: /nonexistent/c.key\n",
+        tls_kit::yaml_block(&a.cert, 6),
+        tls_kit::yaml_block(&a.key, 6),
+        tls_kit::yaml_block(&b.cert, 6),
+        tls_kit::yaml_block(&a.key, 6),
+    );
+    let (code, out) = validate(&yaml);
+    assert_eq!(code, 1, "{out}");
+    // Each message names its field (and where it is in the file).
+    let has = |field: &str, message: &str| {
+        out.lines()
+            .any(|l| l.starts_with(&format!("{field} (line ")) && l.contains(message))
+    };
+    assert!(has("certificates[1].key", "): does not match"), "{out}");
+    assert!(
+        has(
+            "certificates[2].cert",
+            "): cannot read PEM file \"/nonexistent/c.pem\""
+        ),
+        "{out}"
+    );
 }

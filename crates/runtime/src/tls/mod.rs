@@ -127,3 +127,36 @@ pub fn failure_reason(e: &std::io::Error) -> &'static str {
         _ => "other",
     }
 }
+
+/// Takes the write-only TLS secrets out of `config` before it is shown: certificates' keys
+/// and upstreams' client keys.
+pub fn redact(config: &mut gatehouse_model::Config) {
+    for c in &mut config.certificates {
+        c.key = None;
+    }
+    for u in &mut config.upstreams {
+        if let Some(t) = &mut u.tls {
+            t.client_key = None;
+        }
+    }
+}
+
+/// A certificate (or upstream) written back without its key keeps the one stored under
+/// its name: what the API showed can be sent back as it is.
+pub fn keep_keys(new: &mut gatehouse_model::Config, old: &gatehouse_model::Config) {
+    for c in new.certificates.iter_mut().filter(|c| c.key.is_none()) {
+        if let Some(o) = old.certificates.iter().find(|o| o.name == c.name) {
+            c.key.clone_from(&o.key);
+        }
+    }
+    for u in &mut new.upstreams {
+        let Some(t) = u.tls.as_mut().filter(|t| t.client_key.is_none()) else {
+            continue;
+        };
+        if let Some(o) = old.upstreams.iter().find(|o| o.name == u.name) {
+            if let Some(ot) = &o.tls {
+                t.client_key.clone_from(&ot.client_key);
+            }
+        }
+    }
+}
