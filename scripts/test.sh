@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README and CI run it: installs what a fresh machine of this
-# kind lacks (Debian's redis-server and PostgreSQL, schemathesis from PyPI, oidc-provider from
-# npm), starts PostgreSQL when none answers, then runs formatting, lints and every test binary.
+# kind lacks (Debian's redis-server and PostgreSQL, schemathesis and grpcio from PyPI,
+# oidc-provider from npm), starts PostgreSQL when none answers, then runs formatting, lints and every test binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,6 +44,21 @@ fi
 if ! command -v schemathesis >/dev/null 2>&1; then
   echo "== installing schemathesis"
   python3 -m pip install -q schemathesis
+fi
+
+# The TLS tests check the listeners with curl and `openssl s_client`.
+for tool in curl openssl; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "== installing $tool"
+    apt_install "$tool"
+  fi
+done
+
+# The gRPC tests run a real gRPC server and client: Python's grpcio (PyPI), at the versions
+# the fixture pins.
+if ! python3 -c "import grpc, grpc_tools, grpc_health" >/dev/null 2>&1; then
+  echo "== installing grpcio"
+  python3 -m pip install -q -r crates/gatehouse/tests/fixtures/grpc/requirements.txt
 fi
 
 # The openid-connect tests run a real OpenID provider (panva/oidc-provider) on Node.js, from

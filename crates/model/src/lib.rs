@@ -10,6 +10,7 @@ use std::time::Duration;
 
 mod consumers;
 pub mod duration;
+mod grpc;
 mod locate;
 mod observability;
 mod parse;
@@ -22,6 +23,7 @@ pub use parse::{
 };
 
 pub use consumers::{Consumer, ConsumerHeaders, CredentialSpec};
+pub use grpc::GrpcCode;
 
 pub use tls::{
     is_inline_pem, Certificate, ClientCertificate, ListenTls, RouteProtocol, TlsVersion,

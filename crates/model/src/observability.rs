@@ -125,10 +125,12 @@ pub enum LogField {
     Degraded,
     TraceId,
     UserAgent,
+    /// The `grpc-status` of a gRPC call's answer (null for other requests).
+    GrpcStatus,
 }
 
 impl LogField {
-    pub const ALL: [LogField; 23] = [
+    pub const ALL: [LogField; 24] = [
         LogField::Time,
         LogField::RequestId,
         LogField::ClientIp,
@@ -152,6 +154,7 @@ impl LogField {
         LogField::Degraded,
         LogField::TraceId,
         LogField::UserAgent,
+        LogField::GrpcStatus,
     ];
 }
 

@@ -56,6 +56,9 @@ pub enum CheckType {
     Http,
     /// A TCP connect.
     Tcp,
+    /// The standard gRPC health check, `grpc.health.v1.Health/Check` for `grpc_service`,
+    /// over HTTP/2: healthy when it answers SERVING. Needs `protocol: h2` or `h2c`.
+    Grpc,
 }
 
 /// An active probe.
@@ -73,6 +76,9 @@ pub struct ActiveCheck {
     /// Statuses that mean healthy. Default: any 2xx or 3xx.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub expected_statuses: Vec<u16>,
+    /// `grpc`: the service asked about (`""`, the default, is the server as a whole).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub grpc_service: String,
     /// A healthy answer's body must contain this text (only the first 64 KiB are read).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_contains: Option<String>,
@@ -314,6 +320,12 @@ pub struct RetryPolicy {
     /// when there is a per-try or total timeout). Empty: not sent.
     #[serde(default = "default_deadline_header")]
     pub deadline_header: String,
+    /// gRPC statuses retried when an answer carries one in its head (the trailers-only
+    /// answer a failing gRPC server sends), e.g. `[unavailable]`. gRPC calls are POSTs: they
+    /// are retried after being sent only when `methods` lists POST (the call must be safe to
+    /// repeat).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grpc_status: Vec<crate::GrpcCode>,
 }
 
 /// A retry condition: an event, or a response status.
@@ -344,6 +356,7 @@ impl Default for RetryPolicy {
             budget_min_per_second: ten(),
             max_body: default_max_body(),
             deadline_header: default_deadline_header(),
+            grpc_status: Vec::new(),
         }
     }
 }

@@ -242,7 +242,7 @@ fn observability_messages() {
         ),
         (
             "observability:\n  access_log: {path: x, fields: [colour]}\n",
-            &["observability.access_log.fields[0]: unknown variant `colour`, expected one of `time`, `request_id`, `client_ip`, `consumer`, `route`, `service`, `upstream`, `target`, `method`, `host`, `path`, `protocol`, `status`, `bytes_in`, `bytes_out`, `duration`, `upstream_duration`, `gateway_duration`, `retries`, `rejected_by`, `degraded`, `trace_id`, `user_agent`"],
+            &["observability.access_log.fields[0]: unknown variant `colour`, expected one of `time`, `request_id`, `client_ip`, `consumer`, `route`, `service`, `upstream`, `target`, `method`, `host`, `path`, `protocol`, `status`, `bytes_in`, `bytes_out`, `duration`, `upstream_duration`, `gateway_duration`, `retries`, `rejected_by`, `degraded`, `trace_id`, `user_agent`, `grpc_status`"],
         ),
         (
             "observability:\n  tracing: {endpoint: \"https://collector:4318/v1/traces\", sample_ratio: -0.5}\n  debug_header: \"bad header\"\n",

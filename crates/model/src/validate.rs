@@ -160,6 +160,16 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
         }
         if let Some(h) = &u.health {
             crate::resilience::check_health(h, &mut |f, m| err(format!("{p}.health.{f}"), m));
+            let grpc = h
+                .active
+                .as_ref()
+                .is_some_and(|a| a.kind == crate::CheckType::Grpc);
+            if grpc && !u.protocol.is_h2() {
+                err(
+                    format!("{p}.health.active.type"),
+                    "a grpc check speaks HTTP/2: the upstream needs protocol: h2 or h2c".into(),
+                );
+            }
         }
         if let Some(b) = &u.circuit_breaker {
             crate::resilience::check_breaker(b, &mut |f, m| {

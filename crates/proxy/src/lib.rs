@@ -9,6 +9,7 @@ pub mod accept;
 pub mod body;
 pub mod errors;
 pub mod framing;
+pub mod grpc;
 pub mod headers;
 pub mod idle;
 pub mod listeners;

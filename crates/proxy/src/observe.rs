@@ -159,6 +159,8 @@ pub struct Exchange {
     pub target: Option<Arc<TargetState>>,
     pub retries: u32,
     pub budget_exhausted: bool,
+    /// A gRPC call's status: from the answer's head, else its trailers.
+    pub grpc_status: Option<u8>,
     pub rejected_by: Option<&'static str>,
     pub degraded: Option<&'static str>,
     pub consumer: Option<Consumer>,
@@ -182,6 +184,7 @@ impl Exchange {
             target: None,
             retries: 0,
             budget_exhausted: false,
+            grpc_status: None,
             rejected_by: None,
             degraded: None,
             consumer: None,
@@ -267,6 +270,7 @@ impl Exchange {
                     bytes_out: self.bytes_out,
                     retries: self.retries,
                     budget_exhausted: self.budget_exhausted,
+                    grpc_status: self.grpc_status,
                 },
             );
         } else if route.is_none() && self.status == 404 {
@@ -326,6 +330,7 @@ impl Exchange {
                     degraded: self.degraded,
                     trace_id: self.span.as_ref().map(|s| s.trace_id),
                     user_agent: parts.user_agent,
+                    grpc_status: self.grpc_status,
                 });
             }
         }
@@ -447,6 +452,10 @@ impl Body for Observed {
         if let (Poll::Ready(Some(Ok(f))), Some(x)) = (&r, this.x.as_mut()) {
             if let Some(d) = f.data_ref() {
                 x.bytes_out += d.len() as u64;
+            } else if let Some(t) = f.trailers_ref() {
+                if let Some(code) = crate::grpc::status_of(t) {
+                    x.grpc_status = Some(code);
+                }
             }
         }
         r

@@ -41,6 +41,7 @@ pub struct Line {
     pub degraded: Option<&'static str>,
     pub trace_id: Option<[u8; 16]>,
     pub user_agent: Option<HeaderValue>,
+    pub grpc_status: Option<u8>,
 }
 
 /// A running access log writer; dropping the last handle ends its thread (after it wrote
@@ -593,6 +594,10 @@ pub fn format(
             LogField::UserAgent => {
                 o.opt_text("user_agent", l.user_agent.as_ref().map(|h| h.as_bytes()))
             }
+            LogField::GrpcStatus => match l.grpc_status {
+                Some(c) => o.uint("grpc_status", c as u64),
+                None => o.null("grpc_status"),
+            },
         }
     }
     o.end();
@@ -701,6 +706,7 @@ mod timing {
             degraded: None,
             trace_id: None,
             user_agent: Some(HeaderValue::from_static("wrk/4.2.0")),
+            grpc_status: None,
         };
         let lines: Vec<Line> = (0..100_000).map(|_| line()).collect();
         let mut buf = Vec::with_capacity(128 * 1024);

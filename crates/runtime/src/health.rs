@@ -349,6 +349,9 @@ pub async fn probe(target: &TargetState, check: &ActiveCheck) -> Result<(), Stri
 }
 
 async fn probe_inner(target: &TargetState, check: &ActiveCheck) -> Result<(), String> {
+    if check.kind == CheckType::Grpc {
+        return grpc::probe(target, check).await;
+    }
     if check.kind == CheckType::Tcp {
         TcpStream::connect(&*target.address)
             .await
@@ -423,6 +426,8 @@ async fn probe_inner(target: &TargetState, check: &ActiveCheck) -> Result<(), St
     }
     Err(format!("body does not contain {needle:?}"))
 }
+
+mod grpc;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]

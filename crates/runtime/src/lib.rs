@@ -18,6 +18,7 @@ pub mod path;
 pub mod plugins;
 pub mod retry;
 pub mod snapshot;
+pub mod tee;
 pub mod telemetry;
 pub mod tls;
 pub mod trace;

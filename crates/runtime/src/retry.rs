@@ -34,6 +34,8 @@ pub struct Retry {
     on_reset: bool,
     on_timeout: bool,
     statuses: Box<[u16]>,
+    /// gRPC statuses (in an answer's head) retried.
+    grpc: Box<[u8]>,
     methods: Box<[Method]>,
     pub per_try: Option<Duration>,
     backoff: Duration,
@@ -75,6 +77,7 @@ impl Retry {
                     RetryOn::Event(_) => None,
                 })
                 .collect(),
+            grpc: p.grpc_status.iter().map(|c| c.code()).collect(),
             methods: p
                 .methods
                 .iter()
@@ -96,10 +99,18 @@ impl Retry {
         }
     }
 
-    /// What this policy allows for `method`.
-    pub fn allowed(&self, method: &Method) -> Allowed {
+    /// What this policy allows for `method`; `grpc`: the request is a gRPC call, which a
+    /// listed POST may retry after it was sent.
+    pub fn allowed(&self, method: &Method, grpc: bool) -> Allowed {
         if self.attempts == 0 {
             return Allowed::default();
+        }
+        if grpc {
+            return Allowed {
+                before_send: self.on_connect,
+                after_send: self.methods.contains(method)
+                    && (self.on_reset || self.on_timeout || !self.grpc.is_empty()),
+            };
         }
         // A request that never reached a target is safe to send elsewhere whatever its method
         // (nginx and Envoy do the same); `methods` decides only what was sent.
@@ -122,6 +133,17 @@ impl Retry {
 
     pub fn retries_status(&self, status: StatusCode) -> bool {
         self.statuses.contains(&status.as_u16())
+    }
+
+    /// Whether an answer with `status` and `headers` is retried: its status, or the gRPC
+    /// status in its head.
+    pub fn retries_answer(&self, status: StatusCode, headers: &http::HeaderMap) -> bool {
+        self.retries_status(status)
+            || (!self.grpc.is_empty()
+                && headers
+                    .get("grpc-status")
+                    .and_then(|v| std::str::from_utf8(v.as_bytes()).ok()?.parse::<u8>().ok())
+                    .is_some_and(|c| self.grpc.contains(&c)))
     }
 
     /// Whether this policy has a budget to count requests into.
@@ -175,14 +197,14 @@ mod tests {
     #[test]
     fn every_method_is_retried_before_sending_and_only_listed_idempotent_ones_after() {
         let r = policy("{on: [connect_failure, reset, 503]}");
-        let get = r.allowed(&Method::GET);
+        let get = r.allowed(&Method::GET, false);
         assert_eq!((get.before_send, get.after_send), (true, true));
         // Before: a POST whose connection was refused got 502; nothing was sent, so it goes
         // to another target.
-        let post = r.allowed(&Method::POST);
+        let post = r.allowed(&Method::POST, false);
         assert_eq!((post.before_send, post.after_send), (true, false));
         let r = policy("{on: [connect_failure, reset, 503], methods: [GET, POST]}");
-        let post = r.allowed(&Method::POST);
+        let post = r.allowed(&Method::POST, false);
         assert_eq!(
             (post.before_send, post.after_send),
             (true, false),
@@ -191,7 +213,16 @@ mod tests {
         assert!(r.retries_status(StatusCode::SERVICE_UNAVAILABLE));
         assert!(!r.retries_status(StatusCode::INTERNAL_SERVER_ERROR));
         let r = policy("{on: [connect_failure, reset], methods: [POST]}");
-        assert!(!r.allowed(&Method::GET).after_send, "GET not listed");
+        assert!(!r.allowed(&Method::GET, false).after_send, "GET not listed");
+        // gRPC calls are POSTs: retried after sending when POST is listed.
+        let r = policy("{on: [connect_failure], grpc_status: [unavailable], methods: [POST]}");
+        assert!(r.allowed(&Method::POST, true).after_send);
+        assert!(!r.allowed(&Method::POST, false).after_send);
+        let mut h = http::HeaderMap::new();
+        h.insert("grpc-status", http::HeaderValue::from_static("14"));
+        assert!(r.retries_answer(StatusCode::OK, &h));
+        h.insert("grpc-status", http::HeaderValue::from_static("13"));
+        assert!(!r.retries_answer(StatusCode::OK, &h));
     }
 
     #[test]

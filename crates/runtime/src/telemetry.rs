@@ -94,6 +94,8 @@ pub struct Shard {
     bytes_out: AtomicU64,
     retries: AtomicU64,
     budget_exhausted: AtomicU64,
+    /// gRPC answers by `grpc-status` (0-16; anything else counts as 2, UNKNOWN).
+    grpc: [AtomicU64; 17],
 }
 
 impl Shard {
@@ -110,6 +112,7 @@ impl Shard {
             bytes_out: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             budget_exhausted: AtomicU64::new(0),
+            grpc: Default::default(),
         }
     }
 
@@ -145,6 +148,8 @@ pub struct Finished {
     pub bytes_out: u64,
     pub retries: u32,
     pub budget_exhausted: bool,
+    /// The gRPC status of a gRPC call's answer.
+    pub grpc_status: Option<u8>,
 }
 
 /// A route's (or consumer's) shards, one per worker, each made on its worker's first request.
@@ -199,6 +204,23 @@ impl Stats {
         if f.budget_exhausted {
             bump(&s.budget_exhausted, 1);
         }
+        if let Some(code) = f.grpc_status {
+            let i = if code <= 16 { code as usize } else { 2 };
+            if let Some(c) = s.grpc.get(i) {
+                bump(c, 1);
+            }
+        }
+    }
+
+    /// gRPC answers by status code, over all workers.
+    pub(crate) fn grpc_codes(&self) -> [u64; 17] {
+        let mut out = [0u64; 17];
+        for s in self.shards() {
+            for (o, c) in out.iter_mut().zip(&s.grpc) {
+                *o += c.load(Relaxed);
+            }
+        }
+        out
     }
 
     /// Requests by status class only (consumers' statistics).

@@ -51,6 +51,11 @@ pub enum ProxyBody {
         fault: Arc<BodyFault>,
         seen: Option<Arc<AtomicU64>>,
     },
+    /// A body copied as it streams, so that a retry can send it again (`crate::tee`).
+    Tee {
+        inner: Box<ProxyBody>,
+        copy: Arc<crate::tee::TeeCopy>,
+    },
 }
 
 /// What went wrong with the client's body while it streamed upstream, if anything.
@@ -151,6 +156,20 @@ impl Body for ProxyBody {
                 }
                 other => other.map_err(Into::into),
             },
+            ProxyBody::Tee { inner, copy } => {
+                let r = Pin::new(&mut **inner).poll_frame(cx);
+                match &r {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(d) = frame.data_ref() {
+                            copy.data(d);
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => copy.end(false),
+                    Poll::Ready(None) => copy.end(true),
+                    Poll::Pending => {}
+                }
+                r
+            }
         }
     }
 
@@ -158,6 +177,14 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Incoming(b) | ProxyBody::Limited { body: b, .. } => b.is_end_stream(),
             ProxyBody::Bytes(b) => b.is_none(),
+            ProxyBody::Tee { inner, copy } => {
+                // The sender stops polling once told the body ended: the copy is whole then.
+                let end = inner.is_end_stream();
+                if end {
+                    copy.end(true);
+                }
+                end
+            }
         }
     }
 
@@ -165,6 +192,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Incoming(b) | ProxyBody::Limited { body: b, .. } => b.size_hint(),
             ProxyBody::Bytes(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::Tee { inner, .. } => inner.size_hint(),
         }
     }
 }

@@ -47,15 +47,40 @@ pub async fn handle(
     let mut rec = Unfinished::new(Exchange::new(Instant::now(), req.method()), &snap);
     let mut st = begin(&shared, &snap, info, &mut req, rec.exchange());
     drop(shared);
+    let grpc = crate::grpc::kind(req.headers());
     let resp = match route::route(&snap, &st.info, &st.client, &mut req) {
-        Ok(routed) => proxy(&mut st, routed, req).await,
+        Ok(routed) => proxy(&mut st, routed, req, grpc).await,
         Err(Failure::HttpsRequired(code)) => route::https_required(&st, code, &req),
         Err(failure) => st.fail(failure),
+    };
+    let resp = match grpc {
+        Some(kind) => grpc_answer(&mut st, resp, kind),
+        None => resp,
     };
     let resp = finish(st, resp);
     let mut rec = rec.done();
     rec.snap = Some(snap);
     resp.map(|b| Observed::new(b, Some(rec)))
+}
+
+/// A gRPC call's answer: the upstream's as it came (its status noted when in the head), the
+/// gateway's own made a gRPC answer.
+fn grpc_answer(
+    st: &mut RequestState<'_>,
+    resp: Response<RespBody>,
+    kind: crate::grpc::Kind,
+) -> Response<RespBody> {
+    if resp
+        .extensions()
+        .get::<crate::grpc::FromUpstream>()
+        .is_some()
+    {
+        st.rec.grpc_status = crate::grpc::status_of(resp.headers());
+        return resp;
+    }
+    let (resp, code) = crate::grpc::answer(resp, kind);
+    st.rec.grpc_status = Some(code);
+    resp
 }
 
 /// The request's record while its handler runs. Dropped with the handler before an answer
@@ -153,11 +178,14 @@ async fn proxy(
     st: &mut RequestState<'_>,
     mut routed: Routed<'_>,
     mut req: Request<Incoming>,
+    grpc: Option<crate::grpc::Kind>,
 ) -> Response<RespBody> {
     observe_route(st, &routed, &req);
     let key = resilience::cache_key(&routed, &req);
     let keep = req.method() == http::Method::GET;
-    let allowed = routed.route.retry.allowed(req.method());
+    let allowed = routed.route.retry.allowed(req.method(), grpc.is_some());
+    // A gRPC call's own deadline bounds the whole exchange, like the service's total.
+    let call_deadline = grpc.and_then(|_| crate::grpc::deadline(req.headers()));
     let upgrade = !st.info.h2 && wants_upgrade(req.headers());
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
@@ -185,14 +213,21 @@ async fn proxy(
         Ok(r) => r,
         Err(failure) => return st.fail(failure),
     };
-    let total = routed.service.timeouts.total.map(|t| Instant::now() + t);
+    let total = match (routed.service.timeouts.total, call_deadline) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+    .map(|t| Instant::now() + t);
     let mut out = Outgoing::new(request);
     let fallback_upstream = routed
         .route
         .fallback
         .as_ref()
         .is_some_and(|f| f.upstream.is_some());
-    if allowed.after_send || fallback_upstream {
+    if grpc.is_some() && allowed.after_send && !fallback_upstream {
+        // A call may stream both ways: its body is copied as it goes, not held back.
+        out.copy_while_streaming(routed.route.retry.max_body);
+    } else if allowed.after_send || fallback_upstream {
         let (max, read) = (routed.route.retry.max_body, routed.service.timeouts.read);
         if let Err(f) = Box::pin(out.keep_for_replay(max, read)).await {
             let over_limit = fault.as_ref().and_then(|f| f.get()) == Some(ClientFault::OverLimit);

@@ -4,6 +4,7 @@
 
 use crate::errors::Failure;
 use bytes::Bytes;
+use gatehouse_runtime::tee::TeeCopy;
 use gatehouse_runtime::upstream::ProxyBody;
 use http::{HeaderMap, Request, Uri, Version};
 use std::sync::Arc;
@@ -13,6 +14,9 @@ use std::time::Duration;
 pub struct Outgoing {
     request: Option<Request<ProxyBody>>,
     replay: Option<Arc<Replay>>,
+    /// A copy taken while the body streams, and the head it goes with: a replay once the
+    /// body is whole.
+    tee: Option<(Arc<TeeCopy>, Box<Replay>)>,
 }
 
 impl Outgoing {
@@ -20,6 +24,7 @@ impl Outgoing {
         Self {
             request: Some(request),
             replay: None,
+            tee: None,
         }
     }
 
@@ -39,6 +44,45 @@ impl Outgoing {
 
     pub fn replay(&self) -> Option<&Arc<Replay>> {
         self.replay.as_ref()
+    }
+
+    /// Whether the request can be sent again: kept before it went, or copied whole while it
+    /// streamed (which makes the replay now).
+    pub fn ensure_replay(&mut self) -> bool {
+        if self.replay.is_some() {
+            return true;
+        }
+        let Some(body) = self.tee.as_ref().and_then(|(copy, _)| copy.whole()) else {
+            return false;
+        };
+        if let Some((_, head)) = self.tee.take() {
+            self.replay = Some(Arc::new(Replay { body, ..*head }));
+        }
+        true
+    }
+
+    /// Copies the body as it streams, up to `max` bytes, instead of holding it back: for
+    /// bodies of no declared length that may be long-lived (a gRPC call's stream), so a
+    /// retry is possible when the body ended within `max` by the time the answer came.
+    pub fn copy_while_streaming(&mut self, max: u64) {
+        let Some(req) = self.request.take() else {
+            return;
+        };
+        let (parts, body) = req.into_parts();
+        let copy = Arc::new(TeeCopy::new(max));
+        let head = Box::new(Replay {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            body: Bytes::new(),
+        });
+        let body = ProxyBody::Tee {
+            inner: Box::new(body),
+            copy: copy.clone(),
+        };
+        self.tee = Some((copy, head));
+        self.request = Some(Request::from_parts(parts, body));
     }
 
     /// Reads a small request body (declared by Content-Length, at most `max` bytes) so it can

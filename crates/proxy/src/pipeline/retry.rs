@@ -65,12 +65,11 @@ pub async fn forward(
             client_ip: st.client.ip,
             snap: st.snap,
         });
-        let replayable = out.replay().is_some();
         let (may, idx) = match exchange(&call, out, st.rec, plugins).await {
             Attempt::Answered(a) => {
-                let again = f.allowed.after_send && replayable && attempt < retry.attempts;
+                let again = f.allowed.after_send && attempt < retry.attempts && out.ensure_replay();
                 if !(again
-                    && retry.retries_status(a.resp.status())
+                    && retry.retries_answer(a.resp.status(), a.resp.headers())
                     && take_budget(st, routed, a.resp.status()))
                 {
                     return Ok(a);
@@ -98,7 +97,10 @@ pub async fn forward(
                     Cause::Timeout => retry.on_timeout(),
                     Cause::Reset => retry.on_reset(),
                 };
-                (Some(condition && f.allowed.after_send && replayable), idx)
+                (
+                    Some(condition && f.allowed.after_send && out.ensure_replay()),
+                    idx,
+                )
             }
         };
         if let Some(may) = may {

@@ -97,6 +97,8 @@ struct Totals {
     histos: [HistoSum; 3],
     /// Bytes in, bytes out, retries, budget exhausted.
     counters: [u64; 4],
+    /// gRPC answers by status code.
+    grpc: [u64; 17],
 }
 
 impl Totals {
@@ -104,6 +106,7 @@ impl Totals {
         let mut t = Totals {
             requests: s.requests(),
             codes: s.codes(),
+            grpc: s.grpc_codes(),
             ..Default::default()
         };
         for shard in s.shards() {
@@ -144,6 +147,9 @@ impl Totals {
             a.add(b);
         }
         for (a, b) in self.counters.iter_mut().zip(&o.counters) {
+            *a += b;
+        }
+        for (a, b) in self.grpc.iter_mut().zip(&o.grpc) {
             *a += b;
         }
     }
@@ -232,6 +238,7 @@ pub fn encode(snap: &Snapshot, e: &mut DescriptorEncoder) -> std::fmt::Result {
         }
     }
 
+    encode_grpc(&series, e)?;
     encode_rejections(snap, &in_other, e)?;
 
     if !snap.consumer_stats.is_empty() {
@@ -563,6 +570,36 @@ fn encode_node(n: &NodeStats, e: &mut DescriptorEncoder) -> std::fmt::Result {
             &mut m.encode_family(&[("reason", *reason)])?,
             c.load(Relaxed),
         )?;
+    }
+    Ok(())
+}
+
+/// gRPC answers by route and `grpc-status`, for the codes that occurred.
+fn encode_grpc(series: &[(&str, &str, Totals)], e: &mut DescriptorEncoder) -> std::fmt::Result {
+    if series
+        .iter()
+        .all(|(_, _, t)| t.grpc.iter().all(|n| *n == 0))
+    {
+        return Ok(());
+    }
+    let mut m = e.encode_descriptor(
+        "grpc_responses",
+        "gRPC calls answered, by route, service and grpc-status code",
+        None,
+        MetricType::Counter,
+    )?;
+    let mut code = itoa::Buffer::new();
+    for (route, service, t) in series {
+        for (c, n) in t.grpc.iter().enumerate() {
+            if *n > 0 {
+                let labels = [
+                    ("route", *route),
+                    ("service", *service),
+                    ("grpc_status", code.format(c)),
+                ];
+                counter(&mut m.encode_family(&labels)?, *n)?;
+            }
+        }
     }
     Ok(())
 }
