@@ -435,3 +435,167 @@ async fn grpc_statuses_are_counted_and_logged() {
     let _ = std::fs::remove_file(&log);
     let _ = Bytes::new();
 }
+
+/// A gRPC message frame of `message`.
+fn grpc_frame(message: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8];
+    f.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    f.extend_from_slice(message);
+    f
+}
+
+/// EchoRequest{message, count}: fields 1 (string) and 2 (varint).
+fn echo_request(message: &str, count: u8) -> Vec<u8> {
+    let mut m = vec![0x0a, message.len() as u8];
+    m.extend_from_slice(message.as_bytes());
+    if count > 0 {
+        m.extend_from_slice(&[0x10, count]);
+    }
+    m
+}
+
+/// The frames of a gRPC-Web body: (flag, payload).
+fn web_frames(body: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut rest = body;
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        out.push((rest[0], rest[5..5 + len].to_vec()));
+        rest = &rest[5 + len..];
+    }
+    assert!(rest.is_empty(), "trailing bytes");
+    out
+}
+
+/// EchoReply.message (field 1) of a reply message.
+fn reply_message(m: &[u8]) -> String {
+    assert_eq!(m[0], 0x0a);
+    String::from_utf8(m[2..2 + m[1] as usize].to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn grpc_web_calls_from_browsers_are_translated_both_ways() {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let server = GrpcServer::start(&[]).await;
+    let g = h2c_gateway(
+        &[server.addr],
+        "",
+        r#"plugins:
+  - name: cors
+    route: echo
+    config:
+      origins: ["https://app.example"]
+      methods: [POST]
+      headers: [content-type, x-grpc-web, x-user-agent]
+      expose_headers: [grpc-status, grpc-message]
+"#,
+    );
+    let mut c = Client::connect(addr(&g)).await;
+    let h = |ct: &str| {
+        vec![
+            ("content-type".to_string(), ct.to_string()),
+            ("x-grpc-web".to_string(), "1".to_string()),
+            ("origin".to_string(), "https://app.example".to_string()),
+        ]
+    };
+    // The browser's preflight, answered by the route's CORS.
+    let pre = c
+        .request_owned(
+            "OPTIONS",
+            "/gatehouse.test.Echo/Unary",
+            &[
+                ("origin".into(), "https://app.example".into()),
+                ("access-control-request-method".into(), "POST".into()),
+                (
+                    "access-control-request-headers".into(),
+                    "content-type,x-grpc-web".into(),
+                ),
+            ],
+            vec![],
+        )
+        .await;
+    assert!(pre.status == 204 || pre.status == 200, "{}", pre.status);
+    assert_eq!(
+        pre.headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+
+    // Binary: one message, then the trailers frame.
+    let r = c
+        .request_owned(
+            "POST",
+            "/gatehouse.test.Echo/Unary",
+            &h("application/grpc-web+proto"),
+            grpc_frame(&echo_request("web", 0)),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.headers["content-type"], "application/grpc-web+proto",
+        "{:?} {:?}",
+        r.headers, r.body
+    );
+    assert_eq!(
+        r.headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let frames = web_frames(&r.body);
+    assert_eq!(frames.len(), 2, "{frames:?}");
+    assert_eq!(frames[0].0, 0);
+    assert_eq!(reply_message(&frames[0].1), "echo:web");
+    assert_eq!(frames[1].0, 0x80);
+    let trailers = String::from_utf8(frames[1].1.clone()).unwrap();
+    assert!(trailers.contains("grpc-status:0\r\n"), "{trailers}");
+    assert!(trailers.contains("x-trailer:unary\r\n"), "{trailers}");
+
+    // Text (base64 both ways), a server stream of three.
+    let body = b64.encode(grpc_frame(&echo_request("txt", 3)));
+    let r = c
+        .request_owned(
+            "POST",
+            "/gatehouse.test.Echo/ServerStream",
+            &h("application/grpc-web-text"),
+            body.into_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["content-type"], "application/grpc-web-text+proto");
+    let decoded = b64.decode(&r.body).unwrap();
+    let frames = web_frames(&decoded);
+    assert_eq!(frames.len(), 4, "{frames:?}");
+    for f in &frames[..3] {
+        assert_eq!(reply_message(&f.1), "echo:txt");
+    }
+    assert!(String::from_utf8_lossy(&frames[3].1).contains("grpc-status:0"));
+
+    // An error of the server (trailers-only): its status is in the head.
+    let mut failing = echo_request("x", 0);
+    failing.extend_from_slice(&[0x28, 7]); // fail_code = 7
+    let r = c
+        .request_owned(
+            "POST",
+            "/gatehouse.test.Echo/Unary",
+            &h("application/grpc-web+proto"),
+            grpc_frame(&failing),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["grpc-status"], "7");
+    // And the gateway's own answers are gRPC-Web too.
+    let r = c
+        .request_owned(
+            "POST",
+            "/nothing.Here/Call",
+            &h("application/grpc-web+proto"),
+            grpc_frame(b""),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["grpc-status"], "12");
+    assert_eq!(
+        r.headers["content-type"], "application/grpc-web+proto",
+        "{:?}",
+        r.headers
+    );
+}

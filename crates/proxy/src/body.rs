@@ -200,6 +200,15 @@ fn finish(inner: &mut UpBody, sender: &mut Option<Sender>, in_flight: &mut Optio
     }
 }
 
+/// Turns a response body's frames into others as they stream: protocol conversion
+/// (gRPC-Web puts trailers into the body).
+pub trait Convert: Send {
+    /// One frame in; what goes out for it, if anything yet.
+    fn frame(&mut self, frame: Frame<Bytes>) -> Option<Frame<Bytes>>;
+    /// The body ended: what is left to send.
+    fn end(&mut self) -> Option<Frame<Bytes>>;
+}
+
 /// Sees (and may change) each chunk of a response body as it streams; `end` on the last call.
 /// Dropped with the body.
 pub trait Filter: Send {
@@ -215,6 +224,8 @@ pin_project_lite::pin_project! {
         Full { bytes: Option<Bytes>, holds: Vec<Hold> },
         // A body whose chunks go through a filter; `done` once it saw the end.
         Filtered { inner: Pin<Box<RespBody>>, filter: Box<dyn Filter>, done: bool, holds: Vec<Hold> },
+        // A body whose frames are converted into others; `done` once it saw the end.
+        Converted { inner: Pin<Box<RespBody>>, conv: Box<dyn Convert>, done: bool, holds: Vec<Hold> },
     }
 }
 
@@ -237,6 +248,7 @@ impl RespBody {
             RespBody::Upstream { body } => body.holds.push(h),
             RespBody::Full { holds, .. } => holds.push(h),
             RespBody::Filtered { holds, .. } => holds.push(h),
+            RespBody::Converted { holds, .. } => holds.push(h),
         }
         self
     }
@@ -246,6 +258,15 @@ impl RespBody {
         RespBody::Filtered {
             inner: Box::pin(self),
             filter,
+            done: false,
+            holds: Vec::new(),
+        }
+    }
+    /// This body with its frames converted by `conv`.
+    pub fn converted(self, conv: Box<dyn Convert>) -> Self {
+        RespBody::Converted {
+            inner: Box::pin(self),
+            conv,
             done: false,
             holds: Vec::new(),
         }
@@ -281,6 +302,29 @@ impl Body for RespBody {
                 done,
                 ..
             } => poll_filtered(inner.as_mut(), filter.as_mut(), done, cx),
+            RespBodyProj::Converted {
+                inner, conv, done, ..
+            } => loop {
+                if *done {
+                    return Poll::Ready(None);
+                }
+                match inner.as_mut().poll_frame(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(Err(e))) => {
+                        *done = true;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                    Poll::Ready(None) => {
+                        *done = true;
+                        return Poll::Ready(conv.end().map(Ok));
+                    }
+                    Poll::Ready(Some(Ok(f))) => {
+                        if let Some(out) = conv.frame(f) {
+                            return Poll::Ready(Some(Ok(out)));
+                        }
+                    }
+                }
+            },
         }
     }
 
@@ -289,14 +333,14 @@ impl Body for RespBody {
             RespBody::Upstream { body } => body.is_end_stream(),
             RespBody::Full { bytes, .. } => bytes.is_none(),
             // Not before the filter saw the end: it may still add to the body.
-            RespBody::Filtered { done, .. } => *done,
+            RespBody::Filtered { done, .. } | RespBody::Converted { done, .. } => *done,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             RespBody::Upstream { body } => body.size_hint(),
-            RespBody::Filtered { .. } => SizeHint::default(),
+            RespBody::Filtered { .. } | RespBody::Converted { .. } => SizeHint::default(),
             RespBody::Full { bytes, .. } => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }

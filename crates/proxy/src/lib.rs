@@ -10,6 +10,7 @@ pub mod body;
 pub mod errors;
 pub mod framing;
 pub mod grpc;
+pub mod grpc_web;
 pub mod headers;
 pub mod idle;
 pub mod listeners;

@@ -51,6 +51,8 @@ pub enum ProxyBody {
         fault: Arc<BodyFault>,
         seen: Option<Arc<AtomicU64>>,
     },
+    /// A body the gateway converts as it streams (gRPC-Web's base64 text).
+    Boxed(http_body_util::combinators::BoxBody<Bytes, BoxError>),
     /// A body copied as it streams, so that a retry can send it again (`crate::tee`).
     Tee {
         inner: Box<ProxyBody>,
@@ -156,6 +158,7 @@ impl Body for ProxyBody {
                 }
                 other => other.map_err(Into::into),
             },
+            ProxyBody::Boxed(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Tee { inner, copy } => {
                 let r = Pin::new(&mut **inner).poll_frame(cx);
                 match &r {
@@ -177,6 +180,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Incoming(b) | ProxyBody::Limited { body: b, .. } => b.is_end_stream(),
             ProxyBody::Bytes(b) => b.is_none(),
+            ProxyBody::Boxed(b) => b.is_end_stream(),
             ProxyBody::Tee { inner, copy } => {
                 // The sender stops polling once told the body ended: the copy is whole then.
                 let end = inner.is_end_stream();
@@ -193,6 +197,7 @@ impl Body for ProxyBody {
             ProxyBody::Incoming(b) | ProxyBody::Limited { body: b, .. } => b.size_hint(),
             ProxyBody::Bytes(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             ProxyBody::Tee { inner, .. } => inner.size_hint(),
+            ProxyBody::Boxed(b) => b.size_hint(),
         }
     }
 }

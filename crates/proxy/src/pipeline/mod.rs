@@ -76,7 +76,10 @@ fn grpc_answer(
         .is_some()
     {
         st.rec.grpc_status = crate::grpc::status_of(resp.headers());
-        return resp;
+        if kind == crate::grpc::Kind::Grpc {
+            return resp;
+        }
+        return crate::grpc_web::from_grpc(resp, kind);
     }
     let (resp, code) = crate::grpc::answer(resp, kind);
     st.rec.grpc_status = Some(code);
@@ -209,10 +212,14 @@ async fn proxy(
             }
         }
     }
-    let (request, fault) = match upstream_request::build(st, &mut routed, parts, body, upgrade) {
+    let (mut request, fault) = match upstream_request::build(st, &mut routed, parts, body, upgrade)
+    {
         Ok(r) => r,
         Err(failure) => return st.fail(failure),
     };
+    if let Some(kind @ (crate::grpc::Kind::Web | crate::grpc::Kind::WebText)) = grpc {
+        request = crate::grpc_web::to_grpc(request, kind);
+    }
     let total = match (routed.service.timeouts.total, call_deadline) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
