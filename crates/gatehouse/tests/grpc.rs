@@ -599,3 +599,186 @@ async fn grpc_web_calls_from_browsers_are_translated_both_ways() {
         r.headers
     );
 }
+
+fn library_gateway(server: SocketAddr) -> Gateway {
+    let descriptor = grpc_peer::stubs().join("library.pb");
+    gateway(&format!(
+        r#"
+upstreams:
+  - name: lib
+    protocol: h2c
+    targets: [{{address: "{server}"}}]
+services:
+  - {{name: lib, upstream: lib}}
+routes:
+  - name: library
+    paths: ["/v1/*"]
+    service: lib
+    grpc_transcode:
+      descriptor: "{}"
+      mappings:
+        - {{method: gatehouse.library.Library/Search, post: "/v1/search", body: "*"}}
+"#,
+        descriptor.display()
+    ))
+}
+
+#[tokio::test]
+async fn http_json_is_transcoded_to_grpc_and_back() {
+    let server = GrpcServer::start(&[]).await;
+    let g = library_gateway(server.addr);
+    let mut c = Client::connect(addr(&g)).await;
+    let json_h = [("content-type".to_string(), "application/json".to_string())];
+
+    // A path template with a nested field; nested messages, an enum, repeated fields back.
+    let r = c.get("/v1/shelves/main/books/1").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.headers["content-type"], "application/json");
+    assert_eq!(
+        r.json(),
+        json!({"id": "1", "title": "Dune", "genre": "FICTION", "tags": ["sand", "spice"],
+               "author": {"name": "Frank Herbert", "born": 1920}})
+    );
+    // gRPC errors map to HTTP statuses.
+    let r = c.get("/v1/shelves/main/books/999").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        r.json(),
+        json!({"code": 5, "message": "no book 999 on shelf main"})
+    );
+    // A body field, with the path filling the rest.
+    let book = json!({"title": "Contact", "genre": "SCIENCE", "tags": ["radio"],
+                      "author": {"name": "Carl Sagan", "born": 1934}});
+    let r = c
+        .request_owned(
+            "POST",
+            "/v1/shelves/main/books",
+            &json_h,
+            book.to_string().into_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["id"], "102");
+    assert_eq!(r.json()["tags"], json!(["radio"]));
+    // Query arguments: a repeated enum and a scalar.
+    let r = c
+        .get("/v1/shelves/main/books?genres=SCIENCE&page_size=5")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let listed = r.json();
+    let titles: Vec<&str> = listed["books"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(titles, vec!["Cosmos", "Contact"]);
+    // A method mapped in the config, the body as the whole message.
+    let r = c
+        .request_owned(
+            "POST",
+            "/v1/search",
+            &json_h,
+            br#"{"query": "dun"}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["books"][0]["title"], "Dune");
+    // The server's INVALID_ARGUMENT is a 400.
+    let r = c
+        .request_owned(
+            "POST",
+            "/v1/shelves/main/books",
+            &json_h,
+            br#"{"title": ""}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["code"], 3);
+
+    // What cannot be made a message: 400 naming the field.
+    let r = c
+        .request_owned(
+            "POST",
+            "/v1/shelves/main/books",
+            &json_h,
+            br#"{"titel": "x"}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("titel"),
+        "{}",
+        r.text()
+    );
+    let r = c
+        .request_owned(
+            "POST",
+            "/v1/search",
+            &json_h,
+            br#"{"author": {"born": "old"}}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["field"], "author.born", "{}", r.text());
+    let r = c
+        .request_owned("POST", "/v1/search", &json_h, b"{".to_vec())
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = c.get("/v1/shelves/main/books/abc").await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["field"], "book.id", "{}", r.text());
+    assert!(r.json()["error"].as_str().unwrap().contains("int64"));
+    let r = c.get("/v1/shelves/main/books?genres=POETRY").await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["field"], "genres");
+    // No method for this HTTP method and path.
+    let r = c
+        .request_owned("DELETE", "/v1/shelves/main", &[], vec![])
+        .await;
+    assert_eq!(r.status, 404);
+}
+
+#[test]
+fn a_transcoding_route_without_a_usable_descriptor_is_refused() {
+    let yaml = format!(
+        r#"
+upstreams:
+  - {{name: lib, protocol: h2c, targets: [{{address: "127.0.0.1:1"}}]}}
+  - {{name: plain, targets: [{{address: "127.0.0.1:1"}}]}}
+services:
+  - {{name: lib, upstream: lib}}
+  - {{name: plain, upstream: plain}}
+routes:
+  - {{name: a, paths: ["/a/*"], service: lib, grpc_transcode: {{descriptor: /nonexistent.pb}}}}
+  - {{name: b, paths: ["/b/*"], service: plain, grpc_transcode: {{descriptor: "{}"}}}}
+  - name: c
+    paths: ["/c/*"]
+    service: lib
+    grpc_transcode:
+      descriptor: "{}"
+      mappings: [{{method: gatehouse.library.Library/Nope, get: /c}}]
+"#,
+        grpc_peer::stubs().join("library.pb").display(),
+        grpc_peer::stubs().join("library.pb").display(),
+    );
+    let config = gatehouse_model::parse_yaml(&yaml).unwrap();
+    let err = match Gateway::start(config, &test_options()) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("started"),
+    };
+    assert!(
+        err.contains("routes[0].grpc_transcode.descriptor: cannot read \"/nonexistent.pb\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("routes[1].grpc_transcode: the service's upstream must speak gRPC"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "routes[2].grpc_transcode.mappings[0]: no method \"gatehouse.library.Library/Nope\""
+        ),
+        "{err}"
+    );
+}

@@ -23,7 +23,7 @@ pub use parse::{
 };
 
 pub use consumers::{Consumer, ConsumerHeaders, CredentialSpec};
-pub use grpc::GrpcCode;
+pub use grpc::{GrpcCode, GrpcTranscode, TranscodeMapping};
 
 pub use tls::{
     is_inline_pem, Certificate, ClientCertificate, ListenTls, RouteProtocol, TlsVersion,
@@ -386,6 +386,9 @@ pub struct Route {
     /// Kong), 403, or a redirect to its `https://` URL (301, 302, 307, 308).
     #[serde(default = "default_https_redirect")]
     pub https_redirect_status_code: u16,
+    /// Serve the route's gRPC upstream to HTTP/JSON clients (see `GrpcTranscode`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_transcode: Option<Box<GrpcTranscode>>,
 }
 
 fn default_https_redirect() -> u16 {

@@ -53,7 +53,7 @@ fn validation_messages() {
         ),
         (
             "routes:\n  - name: r\n    service: echo\n    colour: red\n",
-            &["routes[0].colour: unknown field `colour`, expected one of `name`, `hosts`, `paths`, `methods`, `headers`, `query`, `cookies`, `service`, `priority`, `strip_prefix`, `rewrite`, `preserve_host`, `priority_class`, `retries`, `retry`, `circuit_breaker`, `fallback`, `observability`, `protocols`, `https_redirect_status_code`"],
+            &["routes[0].colour: unknown field `colour`, expected one of `name`, `hosts`, `paths`, `methods`, `headers`, `query`, `cookies`, `service`, `priority`, `strip_prefix`, `rewrite`, `preserve_host`, `priority_class`, `retries`, `retry`, `circuit_breaker`, `fallback`, `observability`, `protocols`, `https_redirect_status_code`, `grpc_transcode`"],
         ),
         (
             "routes:\n  - {name: a, service: echo}\n  - {name: a, service: echo}\n",

@@ -29,6 +29,7 @@ fn route(i: usize, path: String) -> Route {
         observability: None,
         protocols: Vec::new(),
         https_redirect_status_code: 426,
+        grpc_transcode: None,
     }
 }
 

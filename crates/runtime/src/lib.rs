@@ -22,6 +22,7 @@ pub mod tee;
 pub mod telemetry;
 pub mod tls;
 pub mod trace;
+pub mod transcode;
 pub mod upstream;
 pub mod window;
 

@@ -12,21 +12,19 @@ pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/grpc")
 }
 
-/// The generated Python stubs and the descriptor set of echo.proto, in a directory of this
-/// test process.
+/// The generated Python stubs, and the descriptor set of library.proto (`library.pb`, with
+/// its imports), in a directory of this test process.
 pub fn stubs() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("gatehouse-grpc-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let out = std::process::Command::new("python3")
-            .args(["-m", "grpc_tools.protoc", "-I"])
-            .arg(fixtures())
+            .args(["-m", "grpc_tools.protoc", "-I", "."])
             .arg(format!("--python_out={}", dir.display()))
             .arg(format!("--grpc_python_out={}", dir.display()))
-            .arg(format!("--descriptor_set_out={}", dir.join("echo.pb").display()))
-            .arg("--include_imports")
-            .arg(fixtures().join("echo.proto"))
+            .args(["echo.proto", "library.proto", "google/api/http.proto", "google/api/annotations.proto"])
+            .current_dir(fixtures())
             .output()
             .expect("python3 runs");
         assert!(
@@ -34,6 +32,14 @@ pub fn stubs() -> &'static Path {
             "grpc_tools could not generate stubs (pip install -r tests/fixtures/grpc/requirements.txt): {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let out = std::process::Command::new("python3")
+            .args(["-m", "grpc_tools.protoc", "-I", "."])
+            .arg(format!("--descriptor_set_out={}", dir.join("library.pb").display()))
+            .args(["--include_imports", "library.proto"])
+            .current_dir(fixtures())
+            .output()
+            .expect("python3 runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         dir
     })
 }

@@ -14,6 +14,7 @@ mod retry;
 mod route;
 mod state;
 mod subrequest;
+mod transcode;
 mod tunnel;
 mod upstream_request;
 mod verdict;
@@ -212,6 +213,16 @@ async fn proxy(
             }
         }
     }
+    let mut transcoding = None;
+    if let (Some(t), None) = (routed.route.transcode.as_deref(), grpc) {
+        match Box::pin(transcode::request(st, &mut routed, t, &mut parts, body)).await {
+            Ok((b, pending)) => {
+                body = b;
+                transcoding = Some(pending);
+            }
+            Err(resp) => return resp,
+        }
+    }
     let (mut request, fault) = match upstream_request::build(st, &mut routed, parts, body, upgrade)
     {
         Ok(r) => r,
@@ -259,9 +270,13 @@ async fn proxy(
                 on_upgrade,
                 total,
             };
-            match retry::forward(st, &routed, &mut out, f).await {
+            let resp = match retry::forward(st, &routed, &mut out, f).await {
                 Ok(answered) => answer::respond(st, &routed, answered, down),
                 Err(resp) => resp,
+            };
+            match transcoding {
+                Some(p) => Box::pin(transcode::response(p, resp)).await,
+                None => resp,
             }
         }
     };

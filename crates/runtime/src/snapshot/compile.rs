@@ -334,7 +334,21 @@ impl<'c> Compiler<'c> {
                     .map_err(|e| self.errs.push(e))
                     .ok()
             });
+            let transcode = r.grpc_transcode.as_deref().and_then(|t| {
+                let p = format!("routes[{ri}].grpc_transcode");
+                if !svc.upstream.settings.protocol.is_h2() {
+                    self.errs.push(ConfigError::new(
+                        p.clone(),
+                        "the service's upstream must speak gRPC: protocol h2 or h2c",
+                    ));
+                }
+                crate::transcode::Transcoder::compile(t)
+                    .map(Arc::new)
+                    .map_err(|(f, m)| self.errs.push(ConfigError::new(format!("{p}.{f}"), m)))
+                    .ok()
+            });
             routes.push(RouteEntry {
+                transcode,
                 stats: self.route_stats(r, old_route),
                 rejections: Box::new([]),
                 observe: self.route_observe(r),

@@ -139,6 +139,8 @@ pub struct RouteEntry {
     pub preserve_host: bool,
     /// Which of plain HTTP and HTTPS the route takes.
     pub protocols: RouteProtocols,
+    /// HTTP/JSON to gRPC transcoding, when the route has it.
+    pub transcode: Option<Arc<crate::transcode::Transcoder>>,
     pub priority_class: gatehouse_plugin_api::PriorityClass,
     /// The plugins that run for this route, resolved across scopes.
     pub plugins: Chain,
