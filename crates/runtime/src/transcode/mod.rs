@@ -152,17 +152,11 @@ impl Transcoder {
         let mut msg = DynamicMessage::new(desc.clone());
         let body = body.trim_ascii();
         match b.body.as_deref() {
-            Some("*") => {
-                if !body.is_empty() {
-                    msg = from_json(desc, body, None)?;
-                }
+            Some("*") if !body.is_empty() => msg = from_json(desc, body, None)?,
+            Some(field) if field != "*" && !body.is_empty() => {
+                fields::set_json(&mut msg, field, body)?
             }
-            Some(field) => {
-                if !body.is_empty() {
-                    fields::set_json(&mut msg, field, body)?;
-                }
-            }
-            None => {}
+            _ => {}
         }
         for (field, value) in vars {
             fields::set_text(&mut msg, field, value)?;
