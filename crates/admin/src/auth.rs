@@ -17,7 +17,12 @@ use subtle::ConstantTimeEq;
 #[derive(Debug, Clone)]
 pub struct Who(pub String);
 
-pub struct Tokens(Vec<(String, AdminRole, [u8; 32])>);
+pub struct Tokens(
+    Vec<(String, AdminRole, [u8; 32])>,
+    /// Tokens sent over plain HTTP to an address off loopback are refused: anyone on the
+    /// path could read and replay them.
+    std::sync::atomic::AtomicBool,
+);
 
 impl Tokens {
     /// Tokens from config; entries whose hash is not 64 hex digits are refused by
@@ -28,7 +33,14 @@ impl Tokens {
                 .iter()
                 .filter_map(|t| Some((t.name.clone(), t.role, from_hex(&t.sha256)?)))
                 .collect(),
+            Default::default(),
         )
+    }
+
+    /// Whether calls arrive over plain HTTP on an address off loopback (then tokens are
+    /// refused).
+    pub fn set_plain_off_loopback(&self, yes: bool) {
+        self.1.store(yes, std::sync::atomic::Ordering::Release);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -83,6 +95,14 @@ pub async fn check(State(tokens): State<Arc<Tokens>>, mut req: Request, next: Ne
     if tokens.is_empty() || req.uri().path() == "/ready" {
         req.extensions_mut().insert(Who("admin-api".into()));
         return next.run(req).await;
+    }
+    if tokens.1.load(std::sync::atomic::Ordering::Acquire) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "admin tokens are refused over plain HTTP on an address off loopback: serve the \
+             admin API over HTTPS (admin.tls, or --admin-tls in store mode), or on a loopback \
+             address",
+        );
     }
     let secret = req
         .headers()

@@ -7,6 +7,7 @@ mod auth;
 mod metrics;
 mod revisions;
 mod schema;
+mod tls_listener;
 mod write;
 
 pub use auth::{hash_hex, new_token};
@@ -1008,12 +1009,28 @@ pub fn router(control: Arc<Control>) -> axum::Router {
         .layer(axum::middleware::from_fn_with_state(tokens, auth::check))
 }
 
-/// Serves the admin API on `listener` until `shutdown` resolves.
+/// Serves the admin API over plain HTTP on `listener` until `shutdown` resolves. Off
+/// loopback, calls with tokens are refused (they would cross the network in clear).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     control: Arc<Control>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let loopback = listener.local_addr()?.ip().is_loopback();
+    control.tokens.set_plain_off_loopback(!loopback);
+    axum::serve(listener, router(control))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Serves the admin API over HTTPS with `tls` on `listener` until `shutdown` resolves.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    control: Arc<Control>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = tls_listener::TlsListener::new(listener, tls)?;
     axum::serve(listener, router(control))
         .with_graceful_shutdown(shutdown)
         .await

@@ -99,6 +99,10 @@ enum Command {
         /// admin.metrics_address; none).
         #[arg(long)]
         metrics: Option<SocketAddr>,
+        /// Serve the admin API over HTTPS, with the config's certificates chosen by SNI (as
+        /// the file's admin.tls does).
+        #[arg(long)]
+        admin_tls: bool,
     },
     /// Make an admin API token: prints the secret (shown once) and the entry to store.
     AdminToken {
@@ -282,6 +286,7 @@ fn main() -> ExitCode {
             admin,
             admin_tokens,
             metrics,
+            admin_tls,
         } => rt.block_on(async move {
             let flags = NodeFlags {
                 listen,
@@ -292,6 +297,7 @@ fn main() -> ExitCode {
                 data_dir,
                 admin_tokens: load_tokens(admin_tokens.as_deref())?,
                 metrics,
+                admin_tls,
             };
             match config {
                 Some(file) => run(file, flags).await,
@@ -336,6 +342,8 @@ pub struct NodeFlags {
     pub admin_tokens: Option<Vec<gatehouse_model::AdminToken>>,
     /// `--metrics ADDR`: `/metrics` and `/ready` with no token.
     pub metrics: Option<SocketAddr>,
+    /// `--admin-tls`: the admin API over HTTPS.
+    pub admin_tls: bool,
 }
 
 /// Reads `--admin-tokens FILE`: a YAML list of `{name, role, sha256}`, checked like the
@@ -351,6 +359,7 @@ fn load_tokens(path: Option<&Path>) -> anyhow::Result<Option<Vec<gatehouse_model
             address: "127.0.0.1:9180".into(),
             tokens: tokens.clone(),
             metrics_address: None,
+            tls: None,
         }),
         ..Config::default()
     };
@@ -452,6 +461,7 @@ async fn run(path: PathBuf, flags: NodeFlags) -> anyhow::Result<()> {
         admin,
         admin_tokens,
         metrics,
+        admin_tls,
         ..
     } = flags;
     let redis = redis.as_deref();
@@ -480,6 +490,11 @@ async fn run(path: PathBuf, flags: NodeFlags) -> anyhow::Result<()> {
     let tokens = admin_tokens
         .or_else(|| config.admin.as_ref().map(|a| a.tokens.clone()))
         .unwrap_or_default();
+    let admin_tls = config
+        .admin
+        .as_ref()
+        .and_then(|a| a.tls.clone())
+        .or_else(|| admin_tls.then(node::default_admin_tls));
     gatehouse_admin::check_address(admin_addr, !tokens.is_empty())
         .map_err(|e| anyhow::anyhow!(e))?;
     let node = node_context(&config, workers, node_index);
@@ -504,7 +519,12 @@ async fn run(path: PathBuf, flags: NodeFlags) -> anyhow::Result<()> {
         changes,
         _watcher: watcher,
     };
-    node::serve(gateway, control, admin_addr, metrics, node.workers, source).await
+    let admin = node::AdminListen {
+        address: admin_addr,
+        metrics,
+        tls: admin_tls,
+    };
+    node::serve(gateway, control, admin, node.workers, source).await
 }
 
 /// File mode's config: a YAML file, watched.
@@ -649,6 +669,7 @@ observability:
         data_dir: std::env::temp_dir(),
         admin_tokens: Some(Vec::new()),
         metrics: None,
+        admin_tls: false,
     };
     let served = run(file.clone(), flags).await;
     let _ = std::fs::remove_file(&file);

@@ -136,15 +136,42 @@ pub(crate) trait ConfigSource {
     async fn follow(&mut self, gateway: &Gateway, control: &Control, why: &str);
 }
 
-/// Serves the admin API on `admin` and follows `source` until SIGTERM or SIGINT, then drains.
+/// Where the admin API listens, and how.
+pub(crate) struct AdminListen {
+    pub address: SocketAddr,
+    /// `/metrics` and `/ready` with no token, apart from the API.
+    pub metrics: Option<SocketAddr>,
+    /// HTTPS, with the gateway's certificates.
+    pub tls: Option<gatehouse_model::ListenTls>,
+}
+
+/// `--admin-tls`: HTTPS with every default.
+pub(crate) fn default_admin_tls() -> gatehouse_model::ListenTls {
+    gatehouse_model::ListenTls {
+        min_version: Default::default(),
+        cipher_suites: Vec::new(),
+        http2: false,
+        client_ca: None,
+        client_certificate: Default::default(),
+        client_subject_header: None,
+        handshake_timeout: Duration::from_secs(10),
+    }
+}
+
+/// Serves the admin API as `admin` says and follows `source` until SIGTERM or SIGINT, then
+/// drains.
 pub(crate) async fn serve(
     gateway: Gateway,
     control: Arc<Control>,
-    admin: SocketAddr,
-    open: Option<SocketAddr>,
+    admin: AdminListen,
     workers: usize,
     mut source: impl ConfigSource,
 ) -> anyhow::Result<()> {
+    let AdminListen {
+        address: admin,
+        metrics: open,
+        tls,
+    } = admin;
     // `/metrics` and `/ready` with no token, apart from the admin API, when asked for.
     let open_task = match open {
         Some(addr) => {
@@ -163,12 +190,34 @@ pub(crate) async fn serve(
     let admin_listener = tokio::net::TcpListener::bind(admin)
         .await
         .with_context(|| format!("cannot listen for the admin API on {admin}"))?;
-    tracing::info!(address = %admin_listener.local_addr()?, "admin API listening");
-    let admin_task = tokio::spawn(gatehouse_admin::serve(
-        admin_listener,
-        control.clone(),
-        std::future::pending(),
-    ));
+    tracing::info!(
+        address = %admin_listener.local_addr()?,
+        https = tls.is_some(),
+        "admin API listening"
+    );
+    let admin_task = match tls {
+        Some(tls) => {
+            let resolver = Arc::new(gatehouse_runtime::tls::CertResolver {
+                index: gateway.shared().certificates.clone(),
+            });
+            // HTTP/1.1 only: axum's server is given the stream as it is, without ALPN.
+            let mut tls = tls;
+            tls.http2 = false;
+            let config = gatehouse_runtime::tls::server::server_config(&tls, resolver)
+                .map_err(|(f, m)| anyhow::anyhow!("admin.tls.{f}: {m}"))?;
+            tokio::spawn(gatehouse_admin::serve_tls(
+                admin_listener,
+                Arc::new(config),
+                control.clone(),
+                std::future::pending(),
+            ))
+        }
+        None => tokio::spawn(gatehouse_admin::serve(
+            admin_listener,
+            control.clone(),
+            std::future::pending(),
+        )),
+    };
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

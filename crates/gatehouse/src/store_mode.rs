@@ -66,7 +66,11 @@ pub async fn run(url: String, flags: NodeFlags) -> anyhow::Result<()> {
     };
     let gateway = Gateway::start(config, &opts)
         .with_context(|| format!("the config in {url} (revision {revision}) does not start"))?;
-    let metrics = flags.metrics;
+    let admin = crate::node::AdminListen {
+        address: admin_addr,
+        metrics: flags.metrics,
+        tls: flags.admin_tls.then(crate::node::default_admin_tls),
+    };
     let flags = Arc::new(flags);
     let shared = gateway.shared().clone();
     let view = NodeView {
@@ -89,7 +93,7 @@ pub async fn run(url: String, flags: NodeFlags) -> anyhow::Result<()> {
         poll: tokio::time::interval(POLL),
         rejected: 0,
     };
-    crate::node::serve(gateway, control, admin_addr, metrics, node.workers, source).await
+    crate::node::serve(gateway, control, admin, node.workers, source).await
 }
 
 /// Store mode's config: the store's latest revision. PostgreSQL announces new revisions at

@@ -1826,3 +1826,75 @@ fn validate_names_what_is_wrong_with_a_certificate() {
         "{out}"
     );
 }
+
+/// The admin API over HTTPS with the gateway's own certificates; and off loopback over plain
+/// HTTP, tokens refused.
+#[tokio::test]
+async fn the_admin_api_serves_https_and_refuses_tokens_in_clear_off_loopback() {
+    let ca = tls_kit::Ca::new("Admin CA");
+    let cert = ca.server(&["localhost"]);
+    let dir = temp_dir("admin-https");
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let file = dir.join("gateway.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "admin:\n  address: 127.0.0.1:9180\n  tls: {{}}\ncertificates:\n  - name: admin\n    default: true\n    cert: {}    key: {}",
+            tls_kit::yaml_block(&cert.cert, 6),
+            tls_kit::yaml_block(&cert.key, 6)
+        ),
+    )
+    .unwrap();
+    let (gw, _) = Running::start_with_admin(
+        Command::new(BIN),
+        &["-c".as_ref(), file.as_os_str()],
+        1,
+        "127.0.0.1:0",
+    );
+    let port = gw.admin_addr().port();
+    let out = Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(&ca_file)
+        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .arg(format!("https://localhost:{port}/status"))
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(status["mode"], "file");
+    assert_eq!(status["certificates"][0]["name"], "admin");
+    // Plain HTTP to the HTTPS port gets nothing useful.
+    let plain = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://127.0.0.1:{port}/status"))
+        .output()
+        .unwrap();
+    assert_ne!(String::from_utf8_lossy(&plain.stdout), "200");
+    drop(gw);
+
+    // Off loopback, plain HTTP: a call with a token is refused, whatever the token.
+    let (secret, hash) = gatehouse_admin::new_token().unwrap();
+    std::fs::write(
+        &file,
+        format!("admin:\n  address: 0.0.0.0:0\n  tokens: [{{name: ops, role: admin, sha256: {hash}}}]\n"),
+    )
+    .unwrap();
+    let (gw, _) = Running::start_with_admin(
+        Command::new(BIN),
+        &["-c".as_ref(), file.as_os_str()],
+        1,
+        "0.0.0.0:0",
+    );
+    let port = gw.admin_addr().port();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let r = get_with(
+        admin,
+        "/status",
+        &[("authorization", &format!("Bearer {secret}"))],
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("over plain HTTP"), "{}", r.text());
+    let _ = std::fs::remove_dir_all(&dir);
+}

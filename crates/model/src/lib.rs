@@ -109,6 +109,11 @@ pub struct Admin {
     /// anyone who can reach it may call it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tokens: Vec<AdminToken>,
+    /// Serve the admin API over HTTPS, with a certificate from `certificates[]` chosen by
+    /// SNI (the default one for clients that send none). Off loopback without it, calls
+    /// with tokens are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenTls>,
 }
 
 /// An admin API token, stored as the SHA-256 of its secret (`gatehouse admin-token` makes
