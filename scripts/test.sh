@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README and CI run it: installs what a fresh machine of this
-# kind lacks (Debian's redis-server and PostgreSQL, schemathesis and grpcio from PyPI,
-# oidc-provider from npm), starts PostgreSQL when none answers, then runs formatting, lints and every test binary.
+# kind lacks (Debian's redis-server, PostgreSQL, pebble, curl and openssl; schemathesis and
+# grpcio from PyPI; oidc-provider from npm), starts PostgreSQL when none answers, then runs
+# formatting, lints and every test binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,6 +54,13 @@ for tool in curl openssl; do
     apt_install "$tool"
   fi
 done
+
+# The ACME tests order certificates from a real ACME server: Debian's pebble (with its
+# challenge test server as DNS).
+if ! command -v pebble >/dev/null 2>&1 || ! command -v pebble-challtestsrv >/dev/null 2>&1; then
+  echo "== installing pebble"
+  apt_install pebble
+fi
 
 # The gRPC tests run a real gRPC server and client: Python's grpcio (PyPI), at the versions
 # the fixture pins.

@@ -486,6 +486,9 @@ pub(crate) async fn replace_all(c: &Control, body: &[u8], who: &str) -> Response
         upstreams: new.upstreams,
         consumers: new.consumers,
         plugins: new.plugins,
+        // Cluster-wide: every node serves the same certificates (and one orders ACME ones).
+        certificates: new.certificates,
+        acme: new.acme,
         ..Config::default()
     };
     let _serial = c.writes.lock().await;

@@ -1,6 +1,7 @@
 //! The `gatehouse` binary: `run` a gateway from a YAML file (hot-reloaded on change and on
 //! SIGHUP), `validate` a file, or start a `demo` with a built-in echo upstream.
 
+mod acme;
 mod config_cmd;
 mod diff;
 mod echo;
@@ -462,6 +463,7 @@ async fn run(path: PathBuf, flags: NodeFlags) -> anyhow::Result<()> {
         admin_tokens,
         metrics,
         admin_tls,
+        data_dir,
         ..
     } = flags;
     let redis = redis.as_deref();
@@ -524,7 +526,18 @@ async fn run(path: PathBuf, flags: NodeFlags) -> anyhow::Result<()> {
         metrics,
         tls: admin_tls,
     };
+    tokio::spawn(acme::run(
+        gateway.shared().clone(),
+        acme::Storage::Dir(data_dir.join("acme")),
+        acme_holder(),
+    ));
     node::serve(gateway, control, admin, node.workers, source).await
+}
+
+/// Who holds an ACME lease: this host and process.
+pub(crate) fn acme_holder() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}:{}", host.trim(), std::process::id())
 }
 
 /// File mode's config: a YAML file, watched.

@@ -199,6 +199,7 @@ pub(crate) async fn serve(
         Some(tls) => {
             let resolver = Arc::new(gatehouse_runtime::tls::CertResolver {
                 index: gateway.shared().certificates.clone(),
+                challenges: gateway.shared().challenges.clone(),
             });
             // HTTP/1.1 only: axum's server is given the stream as it is, without ALPN.
             let mut tls = tls;

@@ -83,6 +83,15 @@ pub async fn run(url: String, flags: NodeFlags) -> anyhow::Result<()> {
     let control =
         Arc::new(Control::with_store(store.clone(), Arc::new(view), revision).with_tokens(&tokens));
     control.set_from_snapshot(from_snapshot);
+    gateway
+        .shared()
+        .challenges
+        .share_tokens(Arc::new(crate::acme::StoreTokens(store.clone())));
+    tokio::spawn(crate::acme::run(
+        gateway.shared().clone(),
+        crate::acme::Storage::Store(store.clone()),
+        crate::acme_holder(),
+    ));
     let source = StoreSource {
         changes: store.changes(),
         store,

@@ -26,8 +26,8 @@ pub use consumers::{Consumer, ConsumerHeaders, CredentialSpec};
 pub use grpc::{GrpcCode, GrpcTranscode, TranscodeMapping};
 
 pub use tls::{
-    is_inline_pem, Certificate, ClientCertificate, ListenTls, RouteProtocol, TlsVersion,
-    UpstreamTls, HTTPS_REDIRECT_CODES,
+    is_inline_pem, Acme, AcmeCertificate, AcmeChallenge, Certificate, ClientCertificate, ListenTls,
+    RouteProtocol, TlsVersion, UpstreamTls, HTTPS_REDIRECT_CODES,
 };
 
 pub use resilience::{
@@ -73,6 +73,9 @@ pub struct Config {
     /// Certificates the TLS listeners serve, chosen by SNI.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<Certificate>,
+    /// Certificates obtained automatically from an ACME directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acme: Option<Acme>,
     /// Metrics, access log, tracing, `Server-Timing` and the debug decision trace.
     #[serde(default, skip_serializing_if = "is_default")]
     pub observability: Observability,

@@ -153,6 +153,7 @@ const TOP_KEYS: &[&str] = &[
     "routes",
     "plugins",
     "certificates",
+    "acme",
 ];
 
 /// What the item-by-item parse left out. For each section, the file index of every item that
@@ -237,6 +238,7 @@ fn from_mapping(
     let node = take("node")
         .and_then(|v| one(v, "node", errors))
         .unwrap_or_default();
+    let acme = take("acme").and_then(|v| one(v, "acme", errors));
     let observability = take("observability")
         .and_then(|v| one(v, "observability", errors))
         .unwrap_or_default();
@@ -252,6 +254,7 @@ fn from_mapping(
         consumers: list(take("consumers"), "consumers", errors, kept),
         plugins: list(take("plugins"), "plugins", errors, kept),
         certificates: list(take("certificates"), "certificates", errors, kept),
+        acme,
     }
 }
 

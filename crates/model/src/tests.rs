@@ -171,7 +171,7 @@ fn validation_messages() {
         ),
         (
             "routing: []\n",
-            &["routing: unknown key, expected one of: listen, admin, node, redis, observability, upstreams, services, consumers, routes, plugins, certificates"],
+            &["routing: unknown key, expected one of: listen, admin, node, redis, observability, upstreams, services, consumers, routes, plugins, certificates, acme"],
         ),
         (
             "plugins:\n  - {name: key-auth, route: nope}\n",

@@ -138,6 +138,7 @@ pub fn is_inline_pem(text: &str) -> bool {
 
 /// The TLS settings' problems serde cannot see (PEM contents are checked when compiled).
 pub(crate) fn validate(config: &crate::Config, err: &mut impl FnMut(String, String)) {
+    validate_acme(config, err);
     for (i, l) in config.listen.iter().enumerate() {
         let Some(t) = &l.tls else { continue };
         let p = format!("listen[{i}].tls");
@@ -253,5 +254,110 @@ pub fn check_sni(sni: &str) -> Result<(), String> {
         Err(format!(
             "\"{sni}\" is not a server name (a.example.com, or *.example.com)"
         ))
+    }
+}
+
+/// Certificates obtained automatically from an ACME directory (RFC 8555: Let's Encrypt,
+/// ZeroSSL, pebble for tests), stored (in the store when there is one, so every node serves
+/// the same and one orders it; else in the data directory), renewed before they expire, and
+/// served by SNI like `certificates[]`, without a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Acme {
+    /// The directory URL, e.g. `https://acme-v02.api.letsencrypt.org/directory`.
+    pub directory: String,
+    /// The account's contact address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// A PEM file of the CA the directory's own HTTPS chains to, for test directories
+    /// (pebble). Default: the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory_ca: Option<String>,
+    /// How domains are proven: `http-01` (the default: a plain listener on port 80 answers
+    /// `/.well-known/acme-challenge/`) or `tls-alpn-01` (a TLS listener on 443 answers).
+    #[serde(default)]
+    pub challenge: AcmeChallenge,
+    /// Renew a certificate this long before it expires.
+    #[serde(
+        default = "default_renew_before",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::duration::at_most::<7776000, _>"
+    )]
+    #[schemars(with = "String")]
+    pub renew_before: Duration,
+    /// The certificates to obtain.
+    #[serde(default)]
+    pub certificates: Vec<AcmeCertificate>,
+}
+
+fn default_renew_before() -> Duration {
+    Duration::from_secs(30 * 86400)
+}
+
+/// How an ACME server checks that the gateway answers for a domain.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum AcmeChallenge {
+    #[default]
+    #[serde(rename = "http-01")]
+    Http01,
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+}
+
+/// One certificate obtained by ACME.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeCertificate {
+    #[schemars(regex(pattern = r"^[A-Za-z0-9._~-]{1,128}$"))]
+    pub name: String,
+    /// The names it covers (and is served for).
+    pub domains: Vec<String>,
+    /// Served to clients with no SNI or an unknown one (unless a `certificates[]` entry is
+    /// the default).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub default: bool,
+}
+
+/// `acme`'s problems serde cannot see.
+pub(crate) fn validate_acme(config: &crate::Config, err: &mut impl FnMut(String, String)) {
+    let Some(a) = &config.acme else { return };
+    if !a.directory.starts_with("https://") && !a.directory.starts_with("http://") {
+        err(
+            "acme.directory".into(),
+            "must be the directory's http(s):// URL".into(),
+        );
+    }
+    let mut names: std::collections::HashSet<&str> = config
+        .certificates
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    for (i, c) in a.certificates.iter().enumerate() {
+        let p = format!("acme.certificates[{i}]");
+        if !crate::is_valid_name(&c.name) {
+            err(
+                format!("{p}.name"),
+                "must be 1-128 letters, digits, '-', '_', '.' or '~'".into(),
+            );
+        }
+        if !names.insert(c.name.as_str()) {
+            err(
+                format!("{p}.name"),
+                format!("\"{}\" is another certificate's name already", c.name),
+            );
+        }
+        if c.domains.is_empty() {
+            err(format!("{p}.domains"), "needs at least one domain".into());
+        }
+        for (j, d) in c.domains.iter().enumerate() {
+            if let Err(m) = check_sni(d) {
+                err(format!("{p}.domains[{j}]"), m);
+            } else if d.starts_with("*.") {
+                err(
+                    format!("{p}.domains[{j}]"),
+                    "wildcards need the dns-01 challenge, which is not offered".into(),
+                );
+            }
+        }
     }
 }

@@ -125,6 +125,9 @@ async fn peek(stream: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
     stream.peek(buf).await
 }
 
+/// Not a failure: an ACME server's TLS-ALPN-01 validation, done once the handshake is.
+pub const ACME_VALIDATION: &str = "acme_validation";
+
 /// A completed TLS handshake: the stream, whether ALPN chose HTTP/2, and the connection's
 /// TLS facts.
 pub type Handshaken = (
@@ -148,6 +151,10 @@ pub async fn tls(
         Ok(Ok(tls)) => tls,
     };
     let (_, conn) = tls.get_ref();
+    if conn.alpn_protocol() == Some(gatehouse_runtime::tls::challenges::ACME_TLS_ALPN) {
+        // A CA validating TLS-ALPN-01: the handshake was the answer.
+        return Err(ACME_VALIDATION);
+    }
     let h2 = conn.alpn_protocol() == Some(gatehouse_runtime::tls::server::ALPN_H2);
     let client_subject = conn
         .peer_certificates()

@@ -38,8 +38,13 @@ pub struct Shared {
     pub debug_tokens: gatehouse_runtime::debug::DebugTokens,
     /// The listening sockets, changed by reloads.
     pub listeners: Listeners,
-    /// The certificates TLS listeners serve: the serving snapshot's, swapped with it.
+    /// The certificates TLS listeners serve: the serving snapshot's (with what ACME
+    /// obtained), swapped with it.
     pub certificates: Arc<ArcSwap<gatehouse_runtime::tls::CertIndex>>,
+    /// The ACME challenges this node answers now.
+    pub challenges: Arc<gatehouse_runtime::tls::Challenges>,
+    /// The certificates ACME obtained (PEM), served beside `certificates[]`.
+    acme_certificates: std::sync::Mutex<Vec<gatehouse_model::Certificate>>,
 }
 
 /// Settings fixed at start.
@@ -67,11 +72,38 @@ impl Shared {
                 .apply(&ListenSpec::from_config(&next.config))
                 .map_err(|e| vec![e])?;
         }
-        let certificates = next.certificates.clone();
+        let certificates = self.with_acme(&next);
         self.snapshot.store(Arc::new(next));
         self.certificates.store(certificates);
         self.snapshot.load().changes.send_modify(|n| *n += 1);
         Ok(())
+    }
+
+    /// Serves `certs` (obtained by ACME) beside the config's certificates from now on.
+    pub fn set_acme_certificates(&self, certs: Vec<gatehouse_model::Certificate>) {
+        if let Ok(mut held) = self.acme_certificates.lock() {
+            *held = certs;
+        }
+        let snap = self.snapshot.load();
+        self.certificates.store(self.with_acme(&snap));
+    }
+
+    /// `snap`'s certificate index, with the ACME certificates added when there are any.
+    fn with_acme(&self, snap: &Snapshot) -> Arc<gatehouse_runtime::tls::CertIndex> {
+        let acme = match self.acme_certificates.lock() {
+            Ok(a) if !a.is_empty() => a.clone(),
+            _ => return snap.certificates.clone(),
+        };
+        let mut all = snap.config.certificates.clone();
+        all.extend(acme);
+        let mut errs = Vec::new();
+        let index = gatehouse_runtime::tls::CertIndex::compile(&all, &mut errs);
+        for e in errs {
+            // An ACME certificate that does not load (its names clash with a configured
+            // one's, say) is left out; the configured ones keep serving.
+            tracing::warn!(error = %e, "an ACME certificate is not served");
+        }
+        Arc::new(index)
     }
 
     /// Replaces the targets of upstream `name` (address, weight) without compiling the
@@ -196,8 +228,10 @@ impl Gateway {
             .map(|_| mpsc::unbounded_channel::<listeners::Command>())
             .unzip();
         let certificates = Arc::new(ArcSwap::new(snapshot.certificates.clone()));
+        let challenges = Arc::new(gatehouse_runtime::tls::Challenges::default());
         let resolver = Arc::new(gatehouse_runtime::tls::CertResolver {
             index: certificates.clone(),
+            challenges: challenges.clone(),
         });
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -205,6 +239,8 @@ impl Gateway {
             debug_tokens: Default::default(),
             listeners: Listeners::new(senders, !opts.listen.is_empty(), resolver),
             certificates,
+            challenges,
+            acme_certificates: Default::default(),
         });
         let (stop, stop_rx) = watch::channel(false);
         let mut done = Vec::with_capacity(node.workers);
@@ -396,6 +432,9 @@ async fn serve(
             node.tls_handshakes
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             serve_http(tls, peer, h2, Some(facts), shared, stop).await
+        }
+        Err(accept::ACME_VALIDATION) => {
+            tracing::info!(%peer, "answered an ACME TLS-ALPN-01 validation");
         }
         Err(reason) => {
             node.tls_failed(reason);

@@ -63,6 +63,12 @@ pub struct Store {
     postgres: bool,
 }
 
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 /// The PostgreSQL channel that announces each new revision (payload: its id).
 const CHANNEL: &str = "gatehouse_config";
 
@@ -124,6 +130,72 @@ impl Store {
             None => Ok((0, Config::default())),
             Some(r) => Ok((r.try_get("id").map_err(other)?, config_of(&r)?)),
         }
+    }
+
+    /// What is stored for ACME under `name` (a certificate, the account), if anything.
+    pub async fn acme_get(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT data FROM acme WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unreachable)?;
+        match row {
+            Some(r) => {
+                let data: String = r.try_get("data").map_err(other)?;
+                Ok((!data.is_empty()).then_some(data))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Takes the lease on `name` for `holder` until `until` (Unix seconds) when nobody else
+    /// holds it now; true when taken (or already held by `holder`).
+    pub async fn acme_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        until: i64,
+    ) -> Result<bool, StoreError> {
+        let now = now_secs();
+        let r = sqlx::query(
+            "INSERT INTO acme (name, data, holder, lease_until) VALUES ($1, '', $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET holder = $2, lease_until = $3 \
+             WHERE acme.lease_until < $4 OR acme.holder = $2",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(until)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(unreachable)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Stores `data` under `name` and ends `holder`'s lease.
+    pub async fn acme_put(&self, name: &str, holder: &str, data: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO acme (name, data, holder, lease_until) VALUES ($1, $2, $3, 0) \
+             ON CONFLICT (name) DO UPDATE SET data = $2, holder = $3, lease_until = 0",
+        )
+        .bind(name)
+        .bind(data)
+        .bind(holder)
+        .execute(&self.pool)
+        .await
+        .map_err(unreachable)?;
+        Ok(())
+    }
+
+    /// Ends `holder`'s lease on `name` without storing anything (an order failed).
+    pub async fn acme_release(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE acme SET lease_until = 0 WHERE name = $1 AND holder = $2")
+            .bind(name)
+            .bind(holder)
+            .execute(&self.pool)
+            .await
+            .map_err(unreachable)?;
+        Ok(())
     }
 
     /// The latest revision id alone (cheap: for polling).

@@ -53,6 +53,50 @@ async fn revisions_commit_conflict_and_read_back(store: &Store) {
     let (rev, cfg) = store.revision(1).await.unwrap().unwrap();
     assert_eq!((rev.author.as_str(), cfg), ("test", config("/a")));
     assert!(store.revision(7).await.unwrap().is_none());
+    acme_leases_let_one_node_order(store).await;
+}
+
+/// One node at a time holds an ACME lease; the holder may renew it; storing (or releasing)
+/// ends it; an expired lease can be taken over.
+async fn acme_leases_let_one_node_order(store: &Store) {
+    let far = now_secs() + 600;
+    assert_eq!(store.acme_get("cert:a").await.unwrap(), None);
+    assert!(store.acme_lease("cert:a", "node-1", far).await.unwrap());
+    assert!(!store.acme_lease("cert:a", "node-2", far).await.unwrap());
+    assert!(
+        store.acme_lease("cert:a", "node-1", far).await.unwrap(),
+        "renewed"
+    );
+    assert_eq!(
+        store.acme_get("cert:a").await.unwrap(),
+        None,
+        "nothing stored yet"
+    );
+    store
+        .acme_put("cert:a", "node-1", "{\"cert\":1}")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.acme_get("cert:a").await.unwrap().as_deref(),
+        Some("{\"cert\":1}")
+    );
+    assert!(
+        store.acme_lease("cert:a", "node-2", far).await.unwrap(),
+        "free again"
+    );
+    store.acme_release("cert:a", "node-2").await.unwrap();
+    assert!(store
+        .acme_lease("cert:b", "node-1", now_secs() - 1)
+        .await
+        .unwrap());
+    assert!(
+        store.acme_lease("cert:b", "node-2", far).await.unwrap(),
+        "expired"
+    );
+    assert_eq!(
+        store.acme_get("cert:a").await.unwrap().as_deref(),
+        Some("{\"cert\":1}")
+    );
 }
 
 #[tokio::test]

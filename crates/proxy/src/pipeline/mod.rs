@@ -44,6 +44,11 @@ pub async fn handle(
     info: Arc<ConnInfo>,
     mut req: Request<Incoming>,
 ) -> Response<Observed> {
+    if req.uri().path().starts_with(HTTP01_PREFIX) {
+        if let Some(answer) = Box::pin(acme_http01(&shared, &req)).await {
+            return answer;
+        }
+    }
     let snap = shared.snapshot.load_full();
     let mut rec = Unfinished::new(Exchange::new(Instant::now(), req.method()), &snap);
     let mut st = begin(&shared, &snap, info, &mut req, rec.exchange());
@@ -62,6 +67,24 @@ pub async fn handle(
     let mut rec = rec.done();
     rec.snap = Some(snap);
     resp.map(|b| Observed::new(b, Some(rec)))
+}
+
+use gatehouse_runtime::tls::challenges::HTTP01_PREFIX;
+
+/// The answer to an ACME server's HTTP-01 validation of a token this node holds.
+async fn acme_http01<B>(shared: &Shared, req: &Request<B>) -> Option<Response<Observed>> {
+    let token = req.uri().path().strip_prefix(HTTP01_PREFIX)?;
+    let key_authorization = shared.challenges.http_anywhere(token).await?;
+    tracing::info!(token, "answered an ACME HTTP-01 validation");
+    let mut resp = Response::new(Observed::new(
+        RespBody::full(bytes::Bytes::from(key_authorization)),
+        None,
+    ));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    Some(resp)
 }
 
 /// A gRPC call's answer: the upstream's as it came (its status noted when in the head), the

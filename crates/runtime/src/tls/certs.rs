@@ -63,7 +63,7 @@ impl CertIndex {
         self.infos.is_empty()
     }
 
-    /// Compiles `certificates[]`; problems are pushed with their paths (`certificates[1].key:
+    /// Compiles `certificates[]` and the certificates ACME obtained; problems are pushed with their paths (`certificates[1].key:
     /// does not match the certificate`) and the certificate is left out.
     pub fn compile(certs: &[Certificate], errs: &mut Vec<ConfigError>) -> CertIndex {
         let mut index = CertIndex::default();
@@ -198,10 +198,18 @@ fn dns_names(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<String
 #[derive(Debug)]
 pub struct CertResolver {
     pub index: Arc<ArcSwap<CertIndex>>,
+    /// ACME TLS-ALPN-01 certificates, for handshakes that offer `acme-tls/1`.
+    pub challenges: Arc<super::Challenges>,
 }
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let acme = hello
+            .alpn()
+            .is_some_and(|mut a| a.any(|p| p == super::challenges::ACME_TLS_ALPN));
+        if acme {
+            return self.challenges.alpn(hello.server_name()?);
+        }
         // rustls gives the SNI lower-cased and validated as a DNS name.
         self.index.load().resolve(hello.server_name())
     }

@@ -3,10 +3,12 @@
 //! ([`client`]), all on rustls with the aws-lc-rs provider (one crypto library in the binary).
 
 pub mod certs;
+pub mod challenges;
 pub mod client;
 pub mod server;
 
 pub use certs::{CertIndex, CertInfo, CertResolver};
+pub use challenges::Challenges;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;

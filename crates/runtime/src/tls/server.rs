@@ -54,6 +54,10 @@ pub fn server_config(
     } else {
         vec![ALPN_HTTP1.to_vec()]
     };
+    // Only ACME's validation offers it; such a connection ends after its handshake.
+    config
+        .alpn_protocols
+        .push(super::challenges::ACME_TLS_ALPN.to_vec());
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
     config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
         .map_err(|e| ("min_version", format!("no session ticketer: {e}")))?;
@@ -68,6 +72,7 @@ pub fn check_listeners(
 ) {
     let resolver = Arc::new(CertResolver {
         index: Default::default(),
+        challenges: Default::default(),
     });
     for (i, l) in listen.iter().enumerate() {
         let Some(tls) = &l.tls else { continue };
