@@ -55,7 +55,6 @@ events { worker_connections 4096; }
 http {
   access_log off;
   keepalive_requests 1000000;
-  http2_max_requests 1000000;
   server {
     listen 127.0.0.1:$origin;
     location / { return 200 "$body"; }
@@ -101,7 +100,7 @@ if [[ $scenario == grpc ]]; then
   listen="listen 127.0.0.1:$pn http2;"
   location="location / { grpc_pass grpc://grpc_up; }"
 else
-  listen="listen 127.0.0.1:$pn ssl; http2 on;
+  listen="listen 127.0.0.1:$pn ssl http2;
     ssl_certificate $dir/cert.pem; ssl_certificate_key $dir/key.pem;
     ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m;"
   location="location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; }"
@@ -113,7 +112,6 @@ events { worker_connections 4096; }
 http {
   access_log off;
   keepalive_requests 1000000; keepalive_timeout 60s;
-  http2_max_requests 1000000;
   upstream up { server 127.0.0.1:$origin; keepalive 64; keepalive_requests 1000000; }
   upstream grpc_up { server 127.0.0.1:$origin_h2; keepalive 64; keepalive_requests 1000000; }
   server {

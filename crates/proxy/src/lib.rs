@@ -73,6 +73,7 @@ impl Shared {
                 .map_err(|e| vec![e])?;
         }
         let certificates = self.with_acme(&next);
+        next.telemetry.node.set_certificates(&certificates);
         self.snapshot.store(Arc::new(next));
         self.certificates.store(certificates);
         self.snapshot.load().changes.send_modify(|n| *n += 1);
@@ -85,7 +86,9 @@ impl Shared {
             *held = certs;
         }
         let snap = self.snapshot.load();
-        self.certificates.store(self.with_acme(&snap));
+        let index = self.with_acme(&snap);
+        snap.telemetry.node.set_certificates(&index);
+        self.certificates.store(index);
     }
 
     /// `snap`'s certificate index, with the ACME certificates added when there are any.
@@ -227,6 +230,10 @@ impl Gateway {
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..node.workers)
             .map(|_| mpsc::unbounded_channel::<listeners::Command>())
             .unzip();
+        snapshot
+            .telemetry
+            .node
+            .set_certificates(&snapshot.certificates);
         let certificates = Arc::new(ArcSwap::new(snapshot.certificates.clone()));
         let challenges = Arc::new(gatehouse_runtime::tls::Challenges::default());
         let resolver = Arc::new(gatehouse_runtime::tls::CertResolver {
@@ -461,13 +468,18 @@ async fn serve_http<IO>(
     }
     let info = Arc::new(info);
     let conn_info = info.clone();
-    let node = shared.snapshot.load().config.node.clone();
-    let client_timeout = node.client_timeout;
-    let svc = service_fn(move |req| {
-        let (shared, info) = (shared.clone(), info.clone());
-        async move { Ok::<_, std::convert::Infallible>(pipeline::handle(shared, info, req).await) }
-    });
+    let (client_timeout, limits) = {
+        let snap = shared.snapshot.load();
+        (
+            snap.config.node.client_timeout,
+            snap.config.node.http2.clone(),
+        )
+    };
     if let Some(findings) = findings {
+        let svc = service_fn(move |req| {
+            let (shared, info) = (shared.clone(), info.clone());
+            async move { Ok::<_, std::convert::Infallible>(pipeline::handle(shared, info, req).await) }
+        });
         let io = TokioIo::new(framing::Watched::new(stream, findings));
         let conn = hyper::server::conn::http1::Builder::new()
             .keep_alive(true)
@@ -478,9 +490,17 @@ async fn serve_http<IO>(
             .with_upgrades();
         drive(conn, &mut stop, std::future::pending(), client_timeout).await;
     } else {
+        // HTTP/2 spawns each stream's future as a task, which moves it whole: boxed, what
+        // moves is a pointer (memmove was the top symbol of the h2 profile).
+        let svc = service_fn(move |req| {
+            let (shared, info) = (shared.clone(), info.clone());
+            async move {
+                let answer = Box::pin(pipeline::handle(shared, info, req)).await;
+                Ok::<_, std::convert::Infallible>(answer)
+            }
+        });
         let activity = idle::Activity::new();
         let io = TokioIo::new(idle::Tracked::new(stream, activity.clone()));
-        let limits = &node.http2;
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_concurrent_streams(limits.max_concurrent_streams)

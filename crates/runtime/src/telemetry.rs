@@ -295,6 +295,17 @@ pub const TLS_FAILURE_REASONS: [&str; 11] = [
 ];
 
 impl NodeStats {
+    /// Records what the listeners serve now (after a reload, or ACME).
+    pub fn set_certificates(&self, index: &crate::tls::CertIndex) {
+        if let Ok(mut c) = self.served_certificates.lock() {
+            *c = index
+                .infos
+                .iter()
+                .map(|i| (i.name.clone(), i.not_after))
+                .collect();
+        }
+    }
+
     /// Counts a failed TLS handshake under `reason` (one of [`TLS_FAILURE_REASONS`]).
     pub fn tls_failed(&self, reason: &str) {
         let i = TLS_FAILURE_REASONS
@@ -326,6 +337,8 @@ pub struct NodeStats {
     pub unrouted: AtomicU64,
     /// TLS handshakes completed on TLS listeners.
     pub tls_handshakes: AtomicU64,
+    /// The certificates served now (configured and ACME): name and not-after (Unix seconds).
+    pub served_certificates: std::sync::Mutex<Vec<(String, i64)>>,
     /// TLS handshakes that failed, by [`TLS_FAILURE_REASONS`].
     pub tls_handshake_failures: [AtomicU64; TLS_FAILURE_REASONS.len()],
     /// Held by the scrape that decides which routes get series of their own.

@@ -51,7 +51,9 @@ pub fn respond(
         }
     }
     remove_hop_by_hop(resp.headers_mut(), false);
-    resp.extensions_mut().insert(crate::grpc::FromUpstream);
+    if st.mark_upstream {
+        resp.extensions_mut().insert(crate::grpc::FromUpstream);
+    }
     if st.snap.via {
         resp.headers_mut().append(VIA.clone(), VIA_VALUE.clone());
     }

@@ -349,7 +349,10 @@ fn prepare_for_target(
         Sender::H2(_) => {
             *req.version_mut() = Version::HTTP_2;
             let mut parts = std::mem::take(req.uri_mut()).into_parts();
-            parts.scheme = Some(Scheme::HTTP);
+            parts.scheme = Some(match target.connector {
+                gatehouse_runtime::connector::Connector::Tcp => Scheme::HTTP,
+                gatehouse_runtime::connector::Connector::Tls(_) => Scheme::HTTPS,
+            });
             parts.authority =
                 Authority::from_maybe_shared(Bytes::copy_from_slice(host.as_bytes())).ok();
             if parts.path_and_query.is_none() {

@@ -54,6 +54,7 @@ pub async fn handle(
     let mut st = begin(&shared, &snap, info, &mut req, rec.exchange());
     drop(shared);
     let grpc = crate::grpc::kind(req.headers());
+    st.mark_upstream = grpc.is_some();
     let resp = match route::route(&snap, &st.info, &st.client, &mut req) {
         Ok(routed) => proxy(&mut st, routed, req, grpc).await,
         Err(Failure::HttpsRequired(code)) => route::https_required(&st, code, &req),
@@ -197,6 +198,7 @@ fn begin<'s>(
         rec,
         plugins: PluginState::default(),
         finale: None,
+        mark_upstream: false,
     }
 }
 
@@ -238,6 +240,7 @@ async fn proxy(
     }
     let mut transcoding = None;
     if let (Some(t), None) = (routed.route.transcode.as_deref(), grpc) {
+        st.mark_upstream = true;
         match Box::pin(transcode::request(st, &mut routed, t, &mut parts, body)).await {
             Ok((b, pending)) => {
                 body = b;

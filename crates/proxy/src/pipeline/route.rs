@@ -58,7 +58,9 @@ pub fn route<'s, B>(
         _ => {}
     }
     let service = snap.services.get(route.service).ok_or(Failure::NoRoute)?;
-    let new_path = upstream_path(route, service, &m, &view, info.h2);
+    // An HTTP/2 client's absolute URI needs no new path: the exchange sets the form the
+    // upstream wants from the URI's own parts, without a string per request.
+    let new_path = upstream_path(route, service, &m, &view, false);
     let hash_key = hash_key(&service.upstream.hash, &view, client.value(info));
     Ok(Routed {
         index: m.route,

@@ -87,6 +87,10 @@ pub struct RequestState<'s> {
     pub plugins: PluginState,
     /// Body filters and the `log` phase, for routes whose plugins have them.
     pub finale: Option<Finale>,
+    /// Set for gRPC calls and transcoded routes: upstream answers are then marked
+    /// (`grpc::FromUpstream`) so the gateway's own answers can be told from them. Other
+    /// requests pay no extension allocation.
+    pub mark_upstream: bool,
 }
 
 /// What routing chose for the request: entries borrowed from the request's snapshot.

@@ -576,12 +576,6 @@ fn encode_node(n: &NodeStats, e: &mut DescriptorEncoder) -> std::fmt::Result {
 
 /// gRPC answers by route and `grpc-status`, for the codes that occurred.
 fn encode_grpc(series: &[(&str, &str, Totals)], e: &mut DescriptorEncoder) -> std::fmt::Result {
-    if series
-        .iter()
-        .all(|(_, _, t)| t.grpc.iter().all(|n| *n == 0))
-    {
-        return Ok(());
-    }
     let mut m = e.encode_descriptor(
         "grpc_responses",
         "gRPC calls answered, by route, service and grpc-status code",
@@ -607,9 +601,6 @@ fn encode_grpc(series: &[(&str, &str, Totals)], e: &mut DescriptorEncoder) -> st
 /// When each certificate expires, as Prometheus alert rules want it (Unix seconds).
 fn encode_certificates(snap: &Snapshot, e: &mut DescriptorEncoder) -> std::fmt::Result {
     let infos = &snap.certificates.infos;
-    if infos.is_empty() {
-        return Ok(());
-    }
     let mut m = e.encode_descriptor(
         "certificate_expiry_timestamp_seconds",
         "When the certificate stops being valid (not_after), in Unix seconds",
