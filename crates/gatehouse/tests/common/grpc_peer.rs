@@ -17,12 +17,25 @@ pub fn fixtures() -> PathBuf {
 pub fn stubs() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("gatehouse-grpc-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        // One directory per content of the fixtures, shared by every test process (nextest
+        // runs each test in its own): made aside, then renamed into place.
+        let mut hash = 0xcbf2_9ce4_8422_2325u64;
+        for f in ["echo.proto", "library.proto", "google/api/http.proto", "google/api/annotations.proto"] {
+            for b in std::fs::read(fixtures().join(f)).unwrap() {
+                hash = (hash ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("gatehouse-grpc-stubs-{hash:016x}"));
+        if dir.join("library.pb").exists() {
+            return dir;
+        }
+        let tmp = std::env::temp_dir().join(format!("gatehouse-grpc-stubs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).unwrap();
         let out = std::process::Command::new("python3")
             .args(["-m", "grpc_tools.protoc", "-I", "."])
-            .arg(format!("--python_out={}", dir.display()))
-            .arg(format!("--grpc_python_out={}", dir.display()))
+            .arg(format!("--python_out={}", tmp.display()))
+            .arg(format!("--grpc_python_out={}", tmp.display()))
             .args(["echo.proto", "library.proto", "google/api/http.proto", "google/api/annotations.proto"])
             .current_dir(fixtures())
             .output()
@@ -34,12 +47,16 @@ pub fn stubs() -> &'static Path {
         );
         let out = std::process::Command::new("python3")
             .args(["-m", "grpc_tools.protoc", "-I", "."])
-            .arg(format!("--descriptor_set_out={}", dir.join("library.pb").display()))
+            .arg(format!("--descriptor_set_out={}", tmp.join("library.pb").display()))
             .args(["--include_imports", "library.proto"])
             .current_dir(fixtures())
             .output()
             .expect("python3 runs");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        if std::fs::rename(&tmp, &dir).is_err() {
+            // Another test process put its copy in place first.
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
         dir
     })
 }

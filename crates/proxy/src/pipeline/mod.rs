@@ -241,13 +241,11 @@ async fn proxy(
     let mut transcoding = None;
     if let (Some(t), None) = (routed.route.transcode.as_deref(), grpc) {
         st.mark_upstream = true;
-        match Box::pin(transcode::request(st, &mut routed, t, &mut parts, body)).await {
-            Ok((b, pending)) => {
-                body = b;
-                transcoding = Some(pending);
-            }
+        let made = Box::pin(transcode::request(st, &mut routed, t, &mut parts, body)).await;
+        (body, transcoding) = match made {
+            Ok((b, pending)) => (b, Some(pending)),
             Err(resp) => return resp,
-        }
+        };
     }
     let (mut request, fault) = match upstream_request::build(st, &mut routed, parts, body, upgrade)
     {
@@ -257,11 +255,7 @@ async fn proxy(
     if let Some(kind @ (crate::grpc::Kind::Web | crate::grpc::Kind::WebText)) = grpc {
         request = crate::grpc_web::to_grpc(request, kind);
     }
-    let total = match (routed.service.timeouts.total, call_deadline) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-    .map(|t| Instant::now() + t);
+    let total = total_deadline(routed.service.timeouts.total, call_deadline);
     let mut out = Outgoing::new(request);
     let fallback_upstream = routed
         .route
@@ -310,6 +304,19 @@ async fn proxy(
         Some(g) => resilience::after(g, resp, st, &routed).await,
         None => resp,
     }
+}
+
+/// When the whole exchange must end: the service's total timeout or the gRPC call's own
+/// deadline, whichever comes first.
+fn total_deadline(
+    total: Option<std::time::Duration>,
+    call: Option<std::time::Duration>,
+) -> Option<Instant> {
+    let d = match (total, call) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    d.map(|t| Instant::now() + t)
 }
 
 /// The route's span and the decision trace's plan, when either is on.
