@@ -14,6 +14,7 @@ mod grpc;
 mod locate;
 mod observability;
 mod parse;
+mod release;
 mod resilience;
 mod tls;
 mod validate;
@@ -29,6 +30,8 @@ pub use tls::{
     is_inline_pem, Acme, AcmeCertificate, AcmeChallenge, Certificate, ClientCertificate, ListenTls,
     RouteProtocol, TlsVersion, UpstreamTls, HTTPS_REDIRECT_CODES,
 };
+
+pub use release::{BlueGreen, RewriteRegex, Side, COLOR_LABEL, DEFAULT_COLOR_HEADER};
 
 pub use resilience::{
     ActiveCheck, AllDown, CheckType, CircuitBreaker, Fallback, FallbackCache, Health, PassiveCheck,
@@ -202,6 +205,20 @@ pub struct Node {
     /// Limits on HTTP/2 client connections (h2 over TLS and h2c).
     #[serde(default, skip_serializing_if = "is_default")]
     pub http2: Http2Limits,
+    /// The request header that carries a request's colour (full-link gray release): a
+    /// coloured request goes to the targets labelled `color: <its colour>`, and falls back to
+    /// the uncoloured targets when its upstream has none.
+    #[serde(default = "default_color_header")]
+    pub color_header: String,
+}
+
+fn default_color_header() -> String {
+    release::DEFAULT_COLOR_HEADER.into()
+}
+
+/// Whether `name` can be an HTTP header name.
+pub(crate) fn header_name_ok(name: &str) -> Result<http::HeaderName, ()> {
+    http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).map_err(|_| ())
 }
 
 /// HTTP/2 limits on client connections: what keeps one client from holding a worker with
@@ -325,6 +342,7 @@ impl Default for Node {
             trusted_proxies: Vec::new(),
             consumer_headers: ConsumerHeaders::default(),
             http2: Http2Limits::default(),
+            color_header: default_color_header(),
         }
     }
 }
@@ -363,6 +381,9 @@ pub struct Route {
     /// path after a prefix match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<String>,
+    /// Rewrites the upstream path by regex with capture groups, after `rewrite`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite_regex: Option<RewriteRegex>,
     /// Send the client's Host header upstream instead of the target's address.
     #[serde(default)]
     pub preserve_host: bool,
@@ -438,6 +459,9 @@ pub struct Service {
     /// `http://host:port/base/path`: one target, and a path prefix put before every request path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// Two upstreams, one serving (instead of `upstream`): switched atomically.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blue_green: Option<BlueGreen>,
     #[serde(default)]
     pub timeouts: Timeouts,
     /// Extra attempts, on another target when there is one, when connecting fails: for
@@ -592,6 +616,10 @@ pub struct Target {
     /// Relative share of requests; 0 drains the target.
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// Free-form labels. `color: gray` makes the target serve only requests coloured
+    /// `gray` (see `node.color_header`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 fn default_weight() -> u32 {

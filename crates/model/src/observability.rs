@@ -127,10 +127,12 @@ pub enum LogField {
     UserAgent,
     /// The `grpc-status` of a gRPC call's answer (null for other requests).
     GrpcStatus,
+    /// The release variant a `traffic-split` rule gave the request (null when none did).
+    Variant,
 }
 
 impl LogField {
-    pub const ALL: [LogField; 24] = [
+    pub const ALL: [LogField; 25] = [
         LogField::Time,
         LogField::RequestId,
         LogField::ClientIp,
@@ -155,6 +157,7 @@ impl LogField {
         LogField::TraceId,
         LogField::UserAgent,
         LogField::GrpcStatus,
+        LogField::Variant,
     ];
 }
 

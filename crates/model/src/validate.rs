@@ -178,9 +178,11 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
         }
     }
 
+    crate::release::validate(config, &upstreams, &mut err);
     for (i, s) in config.services.iter().enumerate() {
         let p = format!("services[{i}]");
         match (&s.upstream, &s.url) {
+            (None, None) if s.blue_green.is_some() => {}
             (Some(_), Some(_)) => err(
                 format!("{p}.url"),
                 "give either upstream or url, not both".into(),

@@ -15,7 +15,11 @@ mod consumers;
 mod gateway;
 mod redis_store;
 mod registry;
+mod release;
 pub mod testing;
+pub use release::{
+    Copies, NewBody, PluginMetric, RequestFacts, ServiceChoice, ServiceRef, Variant,
+};
 pub use consumers::{Consumer, ConsumerIndex, Credential, Found};
 pub use gateway::{Gateway, SubFuture, SubLimits, SubrequestError, UpstreamRef};
 pub use redis;
@@ -165,6 +169,28 @@ impl RequestCtx<'_> {
         self.upstream = Some(upstream.clone());
     }
 
+    /// Sends this request to `service` instead of the route's: its upstream, timeouts and
+    /// retries (the route's path handling stays). The last plugin to choose wins.
+    pub fn set_service(&mut self, service: &ServiceRef) {
+        self.state.insert(ServiceChoice(service.clone()));
+    }
+
+    /// Labels the request's metrics and access log line with release variant `variant`.
+    pub fn set_variant(&mut self, variant: &Variant) {
+        self.state.insert(variant.clone());
+    }
+
+    /// Replaces the request body read for this route ([`Needs::request_body`]): what goes
+    /// upstream instead (its `Content-Length` follows).
+    pub fn replace_body(&mut self, body: Bytes) {
+        self.state.insert(NewBody(body));
+    }
+
+    /// The request's id and route captures, for a plugin declaring [`Needs::facts`].
+    pub fn facts(&self) -> Option<&RequestFacts> {
+        self.state.get::<RequestFacts>()
+    }
+
     /// Starts a sub-request through the gateway's pools (await it in a [`Flow::Wait`]).
     pub fn subrequest(
         &self,
@@ -198,6 +224,12 @@ pub struct Needs {
     pub request_body: Option<u64>,
     /// Run [`Plugin::response_body`] on every chunk of the response body.
     pub response_body: bool,
+    /// Put [`RequestFacts`] (request id, route captures) in the request's state.
+    pub facts: bool,
+    /// Keep [`Copies`] of the exchange for `log`, each body up to this many bytes: the
+    /// request body is copied as it streams upstream, the response's as it goes to the
+    /// client, neither held back nor changed.
+    pub copies: Option<u64>,
 }
 
 impl Needs {
@@ -211,6 +243,11 @@ impl Needs {
                 (a, b) => a.or(b),
             },
             response_body: self.response_body || other.response_body,
+            facts: self.facts || other.facts,
+            copies: match (self.copies, other.copies) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            },
         }
     }
 }
@@ -282,6 +319,19 @@ pub trait Plugin: Send + Sync + 'static {
     fn anonymous(&self) -> Option<&str> {
         None
     }
+    /// The release variants this instance may give requests ([`RequestCtx::set_variant`]):
+    /// each gets statistics of its own on the routes the instance runs for.
+    fn variants(&self) -> Vec<Arc<str>> {
+        Vec::new()
+    }
+    /// Counters this instance exports in `/metrics`.
+    fn metrics(&self) -> Vec<PluginMetric> {
+        Vec::new()
+    }
+    /// What this instance has to show in the admin API (`GET /plugins/{name}/report`).
+    fn report(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// The finished request as the `log` phase sees it.
@@ -296,6 +346,11 @@ pub struct LogCtx<'a> {
     pub duration: std::time::Duration,
     /// The request's typed state (see [`RequestCtx::state`]).
     pub state: &'a Extensions,
+    /// Copies of the exchange, when an instance of the route declared [`Needs::copies`].
+    pub copies: Option<&'a Copies>,
+    /// The gateway, for sub-requests sent after the request (they must be spawned: `log`
+    /// must not wait).
+    pub gateway: &'a dyn Gateway,
 }
 
 /// A problem in a plugin's config: `path` is relative to `config` (`limit`, `key[1]`), empty
@@ -326,6 +381,8 @@ pub struct BuildEnv {
     /// across nodes and reloads, so cluster-wide state of one instance can be named by it.
     pub scope: String,
     upstreams: Arc<std::collections::HashSet<Box<str>>>,
+    services: Arc<std::collections::HashSet<Box<str>>>,
+    color_header: Option<HeaderName>,
     /// The upstreams this instance named, so a reload that removes one is refused.
     named: Arc<Mutex<Vec<UpstreamRef>>>,
 }
@@ -341,8 +398,37 @@ impl BuildEnv {
             redis,
             scope: String::new(),
             upstreams: Arc::new(upstreams.into_iter().map(Into::into).collect()),
+            services: Arc::default(),
+            color_header: None,
             named: Arc::default(),
         }
+    }
+
+    /// The same environment, with the config's services.
+    pub fn with_services<'s>(mut self, services: impl IntoIterator<Item = &'s str>) -> Self {
+        self.services = Arc::new(services.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// The same environment, with the node's colour header (`node.color_header`).
+    pub fn with_color_header(mut self, name: HeaderName) -> Self {
+        self.color_header = Some(name);
+        self
+    }
+
+    /// The header that carries a request's colour.
+    pub fn color_header(&self) -> HeaderName {
+        self.color_header
+            .clone()
+            .unwrap_or(HeaderName::from_static("x-gatehouse-color"))
+    }
+
+    /// The config's service called `name`, for [`RequestCtx::set_service`].
+    pub fn service(&self, name: &str) -> Result<ServiceRef, String> {
+        if !self.services.contains(name) {
+            return Err(format!("no service named \"{name}\""));
+        }
+        Ok(ServiceRef(name.into()))
     }
 
     /// The environment of one instance (its own record of named upstreams).

@@ -11,6 +11,7 @@ pub mod concurrency_limit;
 mod cpu;
 pub mod key;
 pub mod rate_limit;
+pub mod release;
 pub mod request_size_limit;
 
 #[cfg(test)]
@@ -36,6 +37,7 @@ pub fn registry() -> &'static Registry {
             &access::ua_restriction::Kind,
             &access::referer_restriction::Kind,
             &access::cors::Kind,
+            &release::traffic_split::Kind,
         ])
     })
 }

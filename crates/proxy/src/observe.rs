@@ -161,6 +161,8 @@ pub struct Exchange {
     pub budget_exhausted: bool,
     /// A gRPC call's status: from the answer's head, else its trailers.
     pub grpc_status: Option<u8>,
+    /// The route's release variant this request was given (index into its `variants`).
+    pub variant: Option<u16>,
     pub rejected_by: Option<&'static str>,
     pub degraded: Option<&'static str>,
     pub consumer: Option<Consumer>,
@@ -185,6 +187,7 @@ impl Exchange {
             retries: 0,
             budget_exhausted: false,
             grpc_status: None,
+            variant: None,
             rejected_by: None,
             degraded: None,
             consumer: None,
@@ -259,9 +262,7 @@ impl Exchange {
                 .as_ref()
                 .map_or(0, |c| c.load(Ordering::Relaxed));
         if let Some(stats) = route.and_then(|r| r.stats.as_ref()) {
-            stats.record(
-                &snap.telemetry.bounds_ns,
-                &Finished {
+            let finished = Finished {
                     method: self.method,
                     status: self.status,
                     total_ns: total.as_nanos() as u64,
@@ -271,8 +272,12 @@ impl Exchange {
                     retries: self.retries,
                     budget_exhausted: self.budget_exhausted,
                     grpc_status: self.grpc_status,
-                },
-            );
+            };
+            stats.record(&snap.telemetry.bounds_ns, &finished);
+            let variant = self.variant.and_then(|v| route?.variants.get(usize::from(v)));
+            if let Some((_, v)) = variant {
+                v.record(&snap.telemetry.bounds_ns, &finished);
+            }
         } else if route.is_none() && self.status == 404 {
             // Requests refused before routing (bad framing: 400) are not "no route".
             snap.telemetry.node.unrouted.fetch_add(1, Ordering::Relaxed);
@@ -331,6 +336,7 @@ impl Exchange {
                     trace_id: self.span.as_ref().map(|s| s.trace_id),
                     user_agent: parts.user_agent,
                     grpc_status: self.grpc_status,
+                    variant: self.variant,
                 });
             }
         }

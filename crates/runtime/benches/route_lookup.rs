@@ -20,6 +20,7 @@ fn route(i: usize, path: String) -> Route {
         priority: 0,
         strip_prefix: false,
         rewrite: None,
+        rewrite_regex: None,
         preserve_host: false,
         priority_class: Default::default(),
         retries: None,

@@ -42,6 +42,8 @@ pub struct Line {
     pub trace_id: Option<[u8; 16]>,
     pub user_agent: Option<HeaderValue>,
     pub grpc_status: Option<u8>,
+    /// Index of the route's release variant (see `RouteEntry::variants`).
+    pub variant: Option<u16>,
 }
 
 /// A running access log writer; dropping the last handle ends its thread (after it wrote
@@ -598,6 +600,13 @@ pub fn format(
                 Some(c) => o.uint("grpc_status", c as u64),
                 None => o.null("grpc_status"),
             },
+            LogField::Variant => {
+                let name = l.variant.and_then(|v| {
+                    let route = l.route.and_then(|r| l.snap.routes.get(r))?;
+                    route.variants.get(usize::from(v)).map(|(n, _)| n.as_bytes())
+                });
+                o.opt_text("variant", name)
+            }
         }
     }
     o.end();
@@ -707,6 +716,7 @@ mod timing {
             trace_id: None,
             user_agent: Some(HeaderValue::from_static("wrk/4.2.0")),
             grpc_status: None,
+            variant: None,
         };
         let lines: Vec<Line> = (0..100_000).map(|_| line()).collect();
         let mut buf = Vec::with_capacity(128 * 1024);

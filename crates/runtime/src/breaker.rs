@@ -31,6 +31,7 @@ impl State {
 }
 
 /// The breaker's config in clock nanoseconds.
+#[derive(Clone)]
 pub struct Policy {
     window_ns: u64,
     min_calls: u64,

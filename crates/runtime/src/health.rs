@@ -127,6 +127,7 @@ impl TargetHealth {
 }
 
 /// An upstream's health checks, compiled.
+#[derive(Clone)]
 pub struct HealthPolicy {
     pub active: Option<Arc<ActiveCheck>>,
     pub passive: Option<Passive>,
@@ -134,6 +135,7 @@ pub struct HealthPolicy {
 }
 
 /// Passive checks with durations in clock nanoseconds.
+#[derive(Clone)]
 pub struct Passive {
     consecutive: u32,
     failure_statuses: Box<[u16]>,

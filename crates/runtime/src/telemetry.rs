@@ -12,6 +12,7 @@ use crate::upstream::worker;
 use std::sync::atomic::{AtomicI64, AtomicU16, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 
+mod release;
 mod scrape;
 pub use scrape::{encode, SnapshotCollector};
 

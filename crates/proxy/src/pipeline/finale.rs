@@ -4,8 +4,10 @@
 
 use super::state::Routed;
 use crate::body::{Filter, RespBody};
-use bytes::Bytes;
-use gatehouse_plugin_api::{BodyCtx, Consumer, LogCtx, Plugin};
+use bytes::{Bytes, BytesMut};
+use gatehouse_plugin_api::{BodyCtx, Consumer, Copies, LogCtx, Plugin, RequestHead};
+use gatehouse_runtime::tee::TeeCopy;
+use http::HeaderMap;
 use gatehouse_runtime::snapshot::Snapshot;
 use http::{Extensions, Response, StatusCode};
 use std::net::IpAddr;
@@ -22,7 +24,7 @@ pub fn prepare(
     started: Instant,
 ) -> Option<Finale> {
     let needs = routed.route.plugins.needs;
-    if !needs.log && !needs.response_body {
+    if !needs.log && !needs.response_body && needs.copies.is_none() {
         return None;
     }
     let c = consumer.map(|c| c.index);
@@ -49,7 +51,59 @@ pub fn prepare(
         log: log.into(),
         filters: filters.into(),
         state: Extensions::new(),
+        copies: needs.copies.map(|cap| Box::new(Copying::new(cap))),
     })
+}
+
+/// Where the copy of the request body comes from: read already, or copied as it streams.
+pub enum BodyCopy {
+    Read(Bytes),
+    Streaming(Arc<TeeCopy>),
+}
+
+/// Copies of the exchange being taken, for plugins declaring `Needs::copies`.
+pub struct Copying {
+    cap: usize,
+    request: Option<(RequestHead, BodyCopy)>,
+    response_headers: HeaderMap,
+    /// `None` once the response body went over the cap.
+    response_body: Option<BytesMut>,
+}
+
+impl Copying {
+    fn new(cap: u64) -> Self {
+        Self {
+            cap: usize::try_from(cap).unwrap_or(usize::MAX),
+            request: None,
+            response_headers: HeaderMap::new(),
+            response_body: Some(BytesMut::new()),
+        }
+    }
+
+    fn chunk(&mut self, data: &Bytes) {
+        if let Some(b) = &mut self.response_body {
+            if b.len() + data.len() > self.cap {
+                self.response_body = None;
+            } else {
+                b.extend_from_slice(data);
+            }
+        }
+    }
+
+    fn finish(self, status: StatusCode) -> Option<Copies> {
+        let (request, body) = self.request?;
+        let request_body = match body {
+            BodyCopy::Read(b) => Some(b),
+            BodyCopy::Streaming(tee) => tee.whole(),
+        };
+        Some(Copies {
+            request,
+            request_body,
+            status,
+            response_headers: self.response_headers,
+            response_body: self.response_body.map(BytesMut::freeze),
+        })
+    }
 }
 
 /// The request's plugin state after its head went out, with the instances that still run.
@@ -63,6 +117,7 @@ pub struct Finale {
     log: Box<[Arc<dyn Plugin>]>,
     filters: Box<[Arc<dyn Plugin>]>,
     state: Extensions,
+    copies: Option<Box<Copying>>,
 }
 
 impl Finale {
@@ -70,11 +125,26 @@ impl Finale {
     pub fn attach(mut self, state: Extensions, resp: Response<RespBody>) -> Response<RespBody> {
         self.status = resp.status();
         self.state = state;
-        if self.filters.is_empty() {
+        if let Some(c) = &mut self.copies {
+            c.response_headers = resp.headers().clone();
+        }
+        if self.filters.is_empty() && self.copies.is_none() {
             resp.map(|b| b.with_hold(Box::new(self)))
         } else {
             resp.map(|b| b.filtered(Box::new(self)))
         }
+    }
+
+    /// The request as it goes upstream, for the copies: its head and where its body is.
+    pub fn copy_request(&mut self, head: RequestHead, body: BodyCopy) {
+        if let Some(c) = &mut self.copies {
+            c.request = Some((head, body));
+        }
+    }
+
+    /// The cap on copied bodies, when the route's plugins want copies.
+    pub fn copy_cap(&self) -> Option<u64> {
+        self.copies.as_ref().map(|c| c.cap as u64)
     }
 
     fn route_name(&self) -> &str {
@@ -94,6 +164,9 @@ impl Filter for Finale {
         for p in self.filters.iter() {
             p.response_body(&mut ctx, data, end);
         }
+        if let Some(c) = &mut self.copies {
+            c.chunk(data);
+        }
     }
 }
 
@@ -110,6 +183,8 @@ impl Drop for Finale {
             .services
             .get(route.service)
             .map_or("", |s| &*s.name);
+        let copies = self.copies.take().and_then(|c| c.finish(self.status));
+        let gateway = super::subrequest::Gateway { snap: &self.snap };
         let ctx = LogCtx {
             route: self.route_name(),
             service,
@@ -118,6 +193,8 @@ impl Drop for Finale {
             status: self.status,
             duration: self.started.elapsed(),
             state: &self.state,
+            copies: copies.as_ref(),
+            gateway: &gateway,
         };
         for p in self.log.iter() {
             p.log(&ctx);
@@ -188,6 +265,7 @@ routes: [{name: r, service: s}]
             log: plugins.clone(),
             filters: plugins,
             state: Extensions::new(),
+            copies: None,
         };
         let mut resp = Response::new(RespBody::full(Bytes::from_static(b"hi there")));
         *resp.status_mut() = StatusCode::IM_A_TEAPOT;

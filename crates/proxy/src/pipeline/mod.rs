@@ -7,6 +7,7 @@ mod client;
 mod exchange;
 mod finale;
 mod phases;
+mod release;
 mod replay;
 mod request_body;
 mod resilience;
@@ -210,6 +211,7 @@ async fn proxy(
     grpc: Option<crate::grpc::Kind>,
 ) -> Response<RespBody> {
     observe_route(st, &routed, &req);
+    let snap: &Arc<Snapshot> = st.snap;
     let key = resilience::cache_key(&routed, &req);
     let keep = req.method() == http::Method::GET;
     let allowed = routed.route.retry.allowed(req.method(), grpc.is_some());
@@ -224,7 +226,7 @@ async fn proxy(
         let original = parts.uri.clone();
         // Boxed, like every stage only some routes reach: the request's future is moved on
         // every poll, so what plain routes never run should not make it larger.
-        body = match Box::pin(plugin_access(st, &routed, &mut parts, body)).await {
+        body = match Box::pin(plugin_access(st, &mut routed, &mut parts, body)).await {
             Ok(body) => body,
             Err(resp) => return resp,
         };
@@ -232,12 +234,17 @@ async fn proxy(
             // A plugin rewrote the URI: what it made goes upstream as it is.
             routed.new_path = None;
         }
+        body = match release::apply(st, snap, &mut routed, &mut parts, body) {
+            Ok(b) => b,
+            Err(failure) => return st.fail(failure),
+        };
         if let Some(chosen) = st.plugins.upstream.take() {
             if let Err(failure) = route::choose_upstream(st, &mut routed, &chosen, &parts) {
                 return st.fail(failure);
             }
         }
     }
+    release::color(snap, &mut routed, &parts.headers);
     let mut transcoding = None;
     if let (Some(t), None) = (routed.route.transcode.as_deref(), grpc) {
         st.mark_upstream = true;
@@ -275,6 +282,9 @@ async fn proxy(
             }
             return st.fail(f);
         }
+    }
+    if st.finale.is_some() {
+        release::copy_request(st, &mut out);
     }
     let (guard, refused) = resilience::admit(st, &routed, key, keep, &out);
     let resp = match refused {
@@ -350,14 +360,17 @@ fn observe_route<B>(st: &mut RequestState<'_>, routed: &Routed<'_>, req: &Reques
 /// asked for it; `Err` is the answer a plugin (or a bad body) gave.
 async fn plugin_access(
     st: &mut RequestState<'_>,
-    routed: &Routed<'_>,
+    routed: &mut Routed<'_>,
     parts: &mut http::request::Parts,
     mut body: ClientBody,
 ) -> Result<ClientBody, Response<RespBody>> {
     use phases::Phase;
     let needs = routed.route.plugins.needs;
-    let started = (needs.log || needs.response_body).then(Instant::now);
+    let started = (needs.log || needs.response_body || needs.copies.is_some()).then(Instant::now);
     let (ip, snap) = (st.client.ip, st.snap);
+    if needs.facts {
+        release::facts(st, routed);
+    }
     let plugins = &mut st.plugins;
     let mut verdict =
         phases::run(&[Phase::Rewrite], parts, plugins, st.rec, ip, routed, snap).await;
@@ -394,6 +407,9 @@ async fn plugin_access(
 
 /// The last stage: Server-Timing, the decision trace, and the log guard on the body.
 fn finish(mut st: RequestState<'_>, mut resp: Response<RespBody>) -> Response<RespBody> {
+    if st.rec.variant.is_some() {
+        release::variant_header(&st, resp.headers_mut());
+    }
     let rec = &mut *st.rec;
     rec.status = resp.status().as_u16();
     let route = rec.route.and_then(|i| st.snap.routes.get(i));

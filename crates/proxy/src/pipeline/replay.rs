@@ -2,8 +2,10 @@
 //! was before any target touched it, kept only when a second send is possible and the body is
 //! small enough to hold.
 
+use super::finale::BodyCopy;
 use crate::errors::Failure;
 use bytes::Bytes;
+use gatehouse_plugin_api::RequestHead;
 use gatehouse_runtime::tee::TeeCopy;
 use gatehouse_runtime::upstream::ProxyBody;
 use http::{HeaderMap, Request, Uri, Version};
@@ -83,6 +85,41 @@ impl Outgoing {
         };
         self.tee = Some((copy, head));
         self.request = Some(Request::from_parts(parts, body));
+    }
+
+    /// The request as it goes, for a log-phase copy: its head, and its body (read already,
+    /// or copied up to `max` bytes as it streams, apart from any retry copy).
+    pub fn copy_for_log(&mut self, max: u64) -> Option<(RequestHead, BodyCopy)> {
+        let head = |r: &Replay| RequestHead {
+            method: r.method.clone(),
+            uri: r.uri.clone(),
+            version: r.version,
+            headers: r.headers.clone(),
+        };
+        if let Some(r) = &self.replay {
+            return Some((head(r), BodyCopy::Read(r.body.clone())));
+        }
+        if let Some((copy, r)) = &self.tee {
+            return Some((head(r), BodyCopy::Streaming(copy.clone())));
+        }
+        let req = self.request.take()?;
+        let (parts, body) = req.into_parts();
+        let head = RequestHead::of(&parts);
+        let (body, copy) = {
+            use http_body::Body as _;
+            if body.is_end_stream() {
+                (body, BodyCopy::Read(Bytes::new()))
+            } else {
+                let tee = Arc::new(TeeCopy::new(max));
+                let body = ProxyBody::Tee {
+                    inner: Box::new(body),
+                    copy: tee.clone(),
+                };
+                (body, BodyCopy::Streaming(tee))
+            }
+        };
+        self.request = Some(Request::from_parts(parts, body));
+        Some((head, copy))
     }
 
     /// Reads a small request body (declared by Content-Length, at most `max` bytes) so it can

@@ -62,7 +62,12 @@ pub fn route<'s, B>(
     // upstream wants from the URI's own parts, without a string per request.
     let new_path = upstream_path(route, service, &m, &view, false);
     let hash_key = hash_key(&service.upstream.hash, &view, client.value(info));
+    let captures = match route.plugins.needs.facts {
+        true => m.params.iter().map(|(n, v)| ((*n).into(), (*v).into())).collect(),
+        false => Vec::new(),
+    };
     Ok(Routed {
+        captures,
         index: m.route,
         route,
         service,

@@ -106,6 +106,8 @@ pub struct Routed<'s> {
     pub hash_key: Vec<u8>,
     /// The client's Host (or its URI's authority), as it came.
     pub host: Option<HeaderValue>,
+    /// The route's captures, kept only for routes whose plugins want the request's facts.
+    pub captures: Vec<(Box<str>, Box<str>)>,
 }
 
 /// What the request's plugins decided, kept across phases.

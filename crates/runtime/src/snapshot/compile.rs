@@ -87,6 +87,8 @@ pub(super) fn build(
     let (Some(router), true) = (router, errs.is_empty()) else {
         return Err(errs);
     };
+    let color_header = HeaderName::from_bytes(config.node.color_header.to_ascii_lowercase().as_bytes())
+        .unwrap_or_else(|_| HeaderName::from_static(gatehouse_model::DEFAULT_COLOR_HEADER));
     let debug_header = HeaderName::from_bytes(
         config
             .observability
@@ -95,7 +97,15 @@ pub(super) fn build(
             .as_bytes(),
     )
     .unwrap_or_else(|_| HeaderName::from_static("x-gatehouse-debug"));
+    let plugins = built
+        .iter()
+        .filter_map(|(i, p)| {
+            let spec = config.plugins.get(*i)?;
+            Some((spec.name.as_str().into(), spec.scope().into(), p.clone()))
+        })
+        .collect();
     Ok(Snapshot {
+        plugins,
         route_index: routes
             .iter()
             .enumerate()
@@ -121,6 +131,7 @@ pub(super) fn build(
         telemetry,
         consumer_stats,
         debug_header,
+        color_header,
         config,
     })
 }
@@ -142,6 +153,7 @@ impl<'c> Compiler<'c> {
             let mut list: Vec<(&str, u32)> = u
                 .targets
                 .iter()
+                .filter(|t| color_of(t).is_none())
                 .map(|t| (t.address.as_str(), t.weight))
                 .collect();
             if let Some(size) = u.subset_size {
@@ -163,6 +175,14 @@ impl<'c> Compiler<'c> {
                     continue;
                 }
             };
+            let mut colors: Vec<(&str, Vec<(&str, u32)>)> = Vec::new();
+            for t in &u.targets {
+                let Some(c) = color_of(t) else { continue };
+                match colors.iter_mut().find(|(name, _)| name == c) {
+                    Some((_, l)) => l.push((t.address.as_str(), t.weight)),
+                    None => colors.push((c.as_str(), vec![(t.address.as_str(), t.weight)])),
+                }
+            }
             let spec = UpstreamSpec {
                 name: &u.name,
                 list,
@@ -180,7 +200,7 @@ impl<'c> Compiler<'c> {
                     }),
                 breaker: u.circuit_breaker.as_ref().map(breaker::Policy::new),
             };
-            match spec.build(self) {
+            match self.colored(spec, &colors, &mut upstreams) {
                 Ok(e) => {
                     upstreams.insert(u.name.as_str().into(), Arc::new(e));
                 }
@@ -190,6 +210,38 @@ impl<'c> Compiler<'c> {
             }
         }
         upstreams
+    }
+
+    /// The upstream of `spec`, with an upstream of its own (`{name}@{color}`, also listed in
+    /// `upstreams` for health checks and metrics) for each colour's targets.
+    fn colored(
+        &self,
+        spec: UpstreamSpec<'_>,
+        colors: &[(&str, Vec<(&str, u32)>)],
+        upstreams: &mut Upstreams,
+    ) -> Result<UpstreamEntry, String> {
+        let mut variants = Vec::with_capacity(colors.len());
+        for (color, list) in colors {
+            let value = http::HeaderValue::from_str(color)
+                .map_err(|_| format!("color \"{color}\" cannot be a header value"))?;
+            let name = format!("{}@{color}", spec.name);
+            let variant = UpstreamSpec {
+                name: &name,
+                list: list.clone(),
+                hash: spec.hash.clone(),
+                connector: spec.connector.clone(),
+                health: spec.health.clone(),
+                breaker: spec.breaker.clone(),
+                ..spec
+            }
+            .build(self)?;
+            let variant = Arc::new(variant);
+            upstreams.insert(name.into(), variant.clone());
+            variants.push((value, variant));
+        }
+        let mut e = spec.build(self)?;
+        e.colors = variants.into();
+        Ok(e)
     }
 
     /// Where upstream `i`'s consistent-hash key comes from; `None` when that is wrong (and
@@ -243,8 +295,12 @@ impl<'c> Compiler<'c> {
         let mut entries = Vec::with_capacity(config.services.len());
         let mut index = HashMap::new();
         for (i, s) in config.services.iter().enumerate() {
-            let (upstream, path_prefix) = match (&s.upstream, &s.url) {
-                (Some(u), _) => match upstreams.get(u.as_str()) {
+            let named = s.upstream.as_deref().or(s
+                .blue_green
+                .as_ref()
+                .map(gatehouse_model::BlueGreen::active_upstream));
+            let (upstream, path_prefix) = match (named, &s.url) {
+                (Some(u), _) => match upstreams.get(u) {
                     Some(e) => (e.clone(), String::new()),
                     None => continue, // reported by validate
                 },
@@ -347,7 +403,20 @@ impl<'c> Compiler<'c> {
                     .map_err(|(f, m)| self.errs.push(ConfigError::new(format!("{p}.{f}"), m)))
                     .ok()
             });
+            let rewrite_regex = r.rewrite_regex.as_ref().and_then(|rr| {
+                regex::Regex::new(&rr.regex)
+                    .map(|re| Box::new((re, rr.replace.as_str().into())))
+                    .map_err(|e| {
+                        self.errs.push(ConfigError::new(
+                            format!("routes[{ri}].rewrite_regex.regex"),
+                            format!("not a valid regex: {e}"),
+                        ))
+                    })
+                    .ok()
+            });
             routes.push(RouteEntry {
+                rewrite_regex,
+                variants: Box::default(),
                 transcode,
                 stats: self.route_stats(r, old_route),
                 rejections: Box::new([]),
@@ -454,7 +523,41 @@ impl<'c> Compiler<'c> {
                     }
                 })
                 .collect();
+            route.variants = self.variant_stats(route, old);
         }
+    }
+
+    /// Statistics for each release variant the route's plugins name, kept across reloads
+    /// by route and variant name.
+    fn variant_stats(
+        &self,
+        route: &RouteEntry,
+        old: Option<&RouteEntry>,
+    ) -> Box<[(Box<str>, Arc<crate::telemetry::Stats>)]> {
+        let mut out: Vec<(Box<str>, Arc<crate::telemetry::Stats>)> = Vec::new();
+        let instances = route.plugins.entries.iter().flat_map(|e| {
+            e.default
+                .iter()
+                .chain(e.consumers.iter().map(|(_, p)| p))
+        });
+        for name in instances.flat_map(|p| p.variants()) {
+            if out.iter().any(|(n, _)| **n == *name) {
+                continue;
+            }
+            let stats = old
+                .and_then(|o| o.variant(&name).and_then(|i| o.variants.get(i)))
+                .map_or_else(
+                    || {
+                        Arc::new(crate::telemetry::Stats::new(
+                            self.node.workers,
+                            self.config.observability.metrics.buckets.len(),
+                        ))
+                    },
+                    |(_, s)| s.clone(),
+                );
+            out.push((name.as_ref().into(), stats));
+        }
+        out.into()
     }
 
     /// Per-consumer request counts, kept across reloads by username (empty unless
@@ -505,7 +608,12 @@ fn plugin_env(
         }
     });
     let names = config.upstreams.iter().map(|u| u.name.as_str());
-    let env = BuildEnv::new(config.node.cluster_size, redis, names);
+    let env = BuildEnv::new(config.node.cluster_size, redis, names)
+        .with_services(config.services.iter().map(|s| s.name.as_str()));
+    let env = match HeaderName::from_bytes(config.node.color_header.to_ascii_lowercase().as_bytes()) {
+        Ok(h) => env.with_color_header(h),
+        Err(_) => env,
+    };
     (env, errs)
 }
 
@@ -560,6 +668,11 @@ fn connector(
             Ok(Connector::Tls(Arc::new(tls)))
         }
     }
+}
+
+/// The colour a target serves (its `color` label), if any.
+fn color_of(t: &gatehouse_model::Target) -> Option<&String> {
+    t.labels.get(gatehouse_model::COLOR_LABEL)
 }
 
 /// One upstream as compiled: its targets and how they are used.

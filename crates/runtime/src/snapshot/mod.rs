@@ -92,6 +92,9 @@ pub struct Snapshot {
     pub drain_timeout: Duration,
     /// Plugin instances by identity, lent to the next snapshot.
     pub plugin_instances: Instances,
+    /// The enabled instances in config order: kind, scope (`route=api`) and instance, for
+    /// their metrics and reports.
+    pub plugins: Box<[(Box<str>, Box<str>, Arc<dyn gatehouse_plugin_api::Plugin>)]>,
     /// The node's Redis, kept across reloads while its address stays.
     pub redis: Option<Arc<RedisStore>>,
     /// The consumers and their credentials, for authentication plugins.
@@ -109,6 +112,8 @@ pub struct Snapshot {
     pub consumer_stats: Vec<(Box<str>, Arc<crate::telemetry::Stats>)>,
     /// The header that asks for a decision trace.
     pub debug_header: HeaderName,
+    /// The header that carries a request's colour (`node.color_header`).
+    pub color_header: HeaderName,
     /// The config this snapshot was built from (for diffing on reload).
     pub config: Config,
 }
@@ -136,6 +141,8 @@ pub struct RouteEntry {
     pub service: usize,
     pub strip_prefix: bool,
     pub rewrite: Option<Vec<Piece>>,
+    /// `rewrite_regex`: the regex and its replacement, applied to the upstream path last.
+    pub rewrite_regex: Option<Box<(regex::Regex, Box<str>)>>,
     pub preserve_host: bool,
     /// Which of plain HTTP and HTTPS the route takes.
     pub protocols: RouteProtocols,
@@ -156,6 +163,16 @@ pub struct RouteEntry {
     /// Rejection counters, one per entry of `plugins`.
     pub rejections: Box<[crate::telemetry::Rejections]>,
     pub observe: RouteObserve,
+    /// Statistics per release variant its plugins name (`traffic-split` rules), kept
+    /// across reloads by route and variant name; empty for most routes.
+    pub variants: Box<[(Box<str>, Arc<crate::telemetry::Stats>)]>,
+}
+
+impl RouteEntry {
+    /// The statistics of variant `name`, if the route's plugins declared it.
+    pub fn variant(&self, name: &str) -> Option<usize> {
+        self.variants.iter().position(|(n, _)| &**n == name)
+    }
 }
 
 /// Which protocols a route takes requests over, and what a plain-HTTP request to an
@@ -274,6 +291,7 @@ pub fn upstream_path(
 ) -> Option<String> {
     let path = view.path;
     if route.rewrite.is_none()
+        && route.rewrite_regex.is_none()
         && !route.strip_prefix
         && service.path_prefix.is_empty()
         && !absolute_uri
@@ -299,8 +317,14 @@ pub fn upstream_path(
     } else {
         out.push_str(path);
     }
-    if out.is_empty() {
-        out.push('/');
+    if let Some(rr) = &route.rewrite_regex {
+        let (re, replace) = &**rr;
+        if let std::borrow::Cow::Owned(o) = re.replace(&out, &**replace) {
+            out = o;
+        }
+    }
+    if out.is_empty() || !out.starts_with('/') {
+        out.insert(0, '/');
     }
     // A rewrite template may carry its own query (`/status?version={ver}`): the client's
     // arguments follow the template's, in one query string.

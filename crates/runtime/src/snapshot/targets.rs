@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// Where a consistent-hash key comes from.
+#[derive(Clone)]
 pub enum HashSource {
     None,
     ClientIp,
@@ -94,6 +95,10 @@ pub struct UpstreamEntry {
     pub set_aside: Option<SetAside>,
     /// Told of every target change, so health checks follow without polling.
     changes: Arc<watch::Sender<u64>>,
+    /// The targets labelled with a colour, as an upstream of their own per colour: where a
+    /// request of that colour goes (`{name}@{color}`). Empty for most upstreams, which then
+    /// pay one length check.
+    pub colors: Box<[(http::HeaderValue, Arc<UpstreamEntry>)]>,
 }
 
 /// Every target of an upstream is down by its health checks, and it fails fast.
@@ -119,7 +124,19 @@ impl UpstreamEntry {
             breaker,
             set_aside: None,
             changes,
+            colors: Box::default(),
         }
+    }
+
+    /// The upstream a request coloured `color` goes to: this one's targets of that colour,
+    /// or, when none has it, this one (its uncoloured targets).
+    #[inline]
+    pub fn for_color(&self, color: Option<&http::HeaderValue>) -> Option<&UpstreamEntry> {
+        let color = color?;
+        self.colors
+            .iter()
+            .find(|(c, _)| c == color)
+            .map(|(_, u)| &**u)
     }
 
     /// Sets targets aside for `length` after a failed connect (zero: never).

@@ -29,7 +29,7 @@ where
     }
 }
 
-fn counter(m: &mut prometheus_client::encoding::MetricEncoder, v: u64) -> std::fmt::Result {
+pub(super) fn counter(m: &mut prometheus_client::encoding::MetricEncoder, v: u64) -> std::fmt::Result {
     m.encode_counter::<NoLabelSet, _, u64>(&v, None)
 }
 
@@ -47,9 +47,9 @@ pub(super) const OTHER: u8 = 2;
 
 /// A histogram summed over workers (and routes).
 #[derive(Clone, Default)]
-struct HistoSum {
+pub(super) struct HistoSum {
     sum_ns: u64,
-    count: u64,
+    pub(super) count: u64,
     buckets: Vec<u64>,
 }
 
@@ -76,7 +76,7 @@ impl HistoSum {
         self.sum_ns += o.sum_ns;
     }
 
-    fn encode(&self, bounds: &[f64], m: &mut MetricEncoder) -> std::fmt::Result {
+    pub(super) fn encode(&self, bounds: &[f64], m: &mut MetricEncoder) -> std::fmt::Result {
         let buckets: Vec<(f64, u64)> = bounds
             .iter()
             .copied()
@@ -90,11 +90,11 @@ impl HistoSum {
 /// One series set's numbers: a route's, summed over its workers, or `_other`'s, summed over
 /// the routes without series of their own.
 #[derive(Clone, Default)]
-struct Totals {
-    requests: [[u64; 6]; 8],
+pub(super) struct Totals {
+    pub(super) requests: [[u64; 6]; 8],
     codes: Vec<(u16, u64)>,
     /// Total, upstream, gateway.
-    histos: [HistoSum; 3],
+    pub(super) histos: [HistoSum; 3],
     /// Bytes in, bytes out, retries, budget exhausted.
     counters: [u64; 4],
     /// gRPC answers by status code.
@@ -102,7 +102,7 @@ struct Totals {
 }
 
 impl Totals {
-    fn of(s: &Stats) -> Self {
+    pub(super) fn of(s: &Stats) -> Self {
         let mut t = Totals {
             requests: s.requests(),
             codes: s.codes(),
@@ -265,6 +265,8 @@ pub fn encode(snap: &Snapshot, e: &mut DescriptorEncoder) -> std::fmt::Result {
         }
     }
 
+    super::release::encode_variants(snap, e)?;
+    super::release::encode_plugin_metrics(snap, e)?;
     encode_targets(snap, e)?;
     encode_certificates(snap, e)?;
     encode_node(&t.node, e)
