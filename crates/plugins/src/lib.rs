@@ -38,6 +38,9 @@ pub fn registry() -> &'static Registry {
             &access::referer_restriction::Kind,
             &access::cors::Kind,
             &release::traffic_split::Kind,
+            &release::traffic_mirror::Kind,
+            &release::transform::RequestKind,
+            &release::transform::ResponseKind,
         ])
     })
 }

@@ -3,3 +3,5 @@
 
 pub mod conditions;
 pub mod traffic_split;
+pub mod traffic_mirror;
+pub mod transform;
