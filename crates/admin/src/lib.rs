@@ -5,6 +5,7 @@
 
 mod auth;
 mod metrics;
+mod release;
 mod revisions;
 mod schema;
 mod tls_listener;
@@ -76,6 +77,11 @@ pub trait GatewayView: Send + Sync + 'static {
     /// The certificates TLS listeners serve, with their expiry.
     fn certificates(&self) -> Vec<CertificateStatus> {
         Vec::new()
+    }
+    /// What the enabled plugin instance `name` at `scope` reports (see
+    /// `Plugin::report`), if it does.
+    fn plugin_report(&self, _name: &str, _scope: &str) -> Option<serde_json::Value> {
+        None
     }
 }
 
@@ -962,6 +968,8 @@ pub fn router(control: Arc<Control>) -> axum::Router {
         ))
         .routes(routes!(list_targets, add_target))
         .routes(routes!(remove_target))
+        .routes(routes!(release::switch_service))
+        .routes(routes!(release::plugin_report))
         .routes(routes!(upstream_health))
         .routes(routes!(list_consumers, create_consumer))
         .routes(routes!(

@@ -26,10 +26,13 @@ pub(crate) enum Op {
     AddTarget(String),
     /// DELETE /upstreams/{id}/targets/{address}.
     RemoveTarget(String, String),
+    /// POST /services/{id}/switch: the other side of a blue-green service (or the side
+    /// the body names) becomes active.
+    Switch(String),
 }
 
 /// An answer that ends a write early (boxed: a `Response` is large).
-type Rejected = Box<Response>;
+pub(crate) type Rejected = Box<Response>;
 
 /// An entity's id, and what it was before and is after a change.
 type Before<T> = (String, Option<T>, Option<T>);
@@ -102,6 +105,10 @@ fn change_list<T: DeserializeOwned + Serialize + Clone>(
         Op::AddTarget(id) | Op::RemoveTarget(id, _) => Err(Box::new(error(
             StatusCode::NOT_FOUND,
             format!("no {} named {id:?} has targets", kind.singular()),
+        ))),
+        Op::Switch(id) => Err(Box::new(error(
+            StatusCode::NOT_FOUND,
+            format!("no {} named {id:?} can be switched", kind.singular()),
         ))),
         Op::Delete(id) => match position(list, id) {
             Some(i) => Ok((id.clone(), Some(list.remove(i)), None)),
@@ -192,6 +199,9 @@ fn apply_op(config: &mut Config, kind: Kind, op: &Op, body: &[u8]) -> Result<Cha
     }
     if let (Kind::Upstreams, Op::AddTarget(id) | Op::RemoveTarget(id, _)) = (kind, op) {
         return change_targets(config, id, op, body).map(json);
+    }
+    if let (Kind::Services, Op::Switch(id)) = (kind, op) {
+        return crate::release::switch(config, id, body).map(json);
     }
     Ok(match kind {
         Kind::Routes => json(change_list(
@@ -370,6 +380,13 @@ pub(crate) async fn write(c: &Control, kind: Kind, op: Op, body: &[u8], who: &st
             format!("add target {address} to {entity}")
         }
         Op::RemoveTarget(_, address) => format!("remove target {address:?} from {entity}"),
+        Op::Switch(_) => {
+            let active = after
+                .as_ref()
+                .and_then(|s| s.get("blue_green")?.get("active")?.as_str())
+                .unwrap_or("?");
+            format!("switch {entity} to {active}")
+        }
         _ => format!("{action} {entity}"),
     };
     let change = Change {

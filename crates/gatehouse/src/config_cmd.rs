@@ -117,6 +117,25 @@ pub async fn rollback(admin: &AdminApi, rev: i64) -> anyhow::Result<i64> {
         .ok_or_else(|| anyhow!("the admin API did not say which revision it made"))
 }
 
+/// Switches blue-green service `service` (to side `to`, else the other one); says which
+/// upstream serves now.
+pub async fn switch(admin: &AdminApi, service: &str, to: Option<&str>) -> anyhow::Result<String> {
+    let body = match to {
+        Some(side @ ("blue" | "green")) => serde_json::json!({ "to": side }).to_string(),
+        Some(other) => bail!("--to {other:?}: expected blue or green"),
+        None => String::new(),
+    };
+    let path = format!("/services/{service}/switch");
+    let resp = call_with(admin, http::Method::POST, &path, body.into_bytes()).await?;
+    let v: serde_json::Value = serde_json::from_slice(&resp)?;
+    let bg = &v["blue_green"];
+    let active = bg["active"].as_str().unwrap_or("blue");
+    let upstream = bg[active].as_str().unwrap_or("?");
+    Ok(format!(
+        "service {service} now sends to {active} (upstream {upstream})"
+    ))
+}
+
 async fn get(admin: &AdminApi, path: &str) -> anyhow::Result<Bytes> {
     call(admin, http::Method::GET, path).await
 }

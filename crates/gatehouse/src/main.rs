@@ -169,6 +169,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Release operations on a running gateway (store mode).
+    Release {
+        #[command(subcommand)]
+        what: ReleaseCommand,
+        /// The admin API's URL.
+        #[arg(
+            long,
+            env = "GATEHOUSE_ADMIN",
+            default_value = "http://127.0.0.1:9180",
+            global = true
+        )]
+        admin: String,
+        /// The admin token, when the API asks for one.
+        #[arg(long, env = "GATEHOUSE_TOKEN", global = true, hide_env_values = true)]
+        token: Option<String>,
+    },
     /// List the plugins this build knows, or print one plugin's config schema.
     Plugins {
         #[command(subcommand)]
@@ -205,6 +221,18 @@ enum ConfigCommand {
         /// existing entities.
         #[arg(long, default_value_t = 0.25)]
         warn_over: f64,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReleaseCommand {
+    /// Switch a blue-green service to its other upstream (or the side `--to` names), as one
+    /// atomic revision; requests under way finish where they started.
+    Switch {
+        service: String,
+        /// `blue` or `green` (default: whichever is not active).
+        #[arg(long)]
+        to: Option<String>,
     },
 }
 
@@ -272,6 +300,15 @@ fn main() -> ExitCode {
                     "{}",
                     config_cmd::apply(&admin, &file, yes, warn_over).await?
                 ),
+            }
+            Ok(())
+        }),
+        Command::Release { what, admin, token } => rt.block_on(async {
+            let admin = config_cmd::AdminApi { url: admin, token };
+            match what {
+                ReleaseCommand::Switch { service, to } => {
+                    println!("{}", config_cmd::switch(&admin, &service, to.as_deref()).await?)
+                }
             }
             Ok(())
         }),

@@ -62,6 +62,14 @@ impl GatewayView for NodeView {
             .collect()
     }
 
+    fn plugin_report(&self, name: &str, scope: &str) -> Option<serde_json::Value> {
+        let snap = self.shared.snapshot.load();
+        snap.plugins
+            .iter()
+            .find(|(k, s, _)| &**k == name && &**s == scope)
+            .and_then(|(_, _, p)| p.report())
+    }
+
     fn check(&self, config: &Config) -> Vec<ConfigError> {
         self.shared.check(self.node_config(config.clone()))
     }
