@@ -5,10 +5,10 @@
 use crate::write::{self, Rejected};
 use crate::{auth, error, ErrorBody, Kind, Shared};
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use gatehouse_model::{Config, Service, Side};
-use axum::http::StatusCode;
 use serde::Deserialize;
 
 /// `POST /services/{id}/switch`: which side to make active (default: the other one).

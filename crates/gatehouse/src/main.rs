@@ -307,7 +307,10 @@ fn main() -> ExitCode {
             let admin = config_cmd::AdminApi { url: admin, token };
             match what {
                 ReleaseCommand::Switch { service, to } => {
-                    println!("{}", config_cmd::switch(&admin, &service, to.as_deref()).await?)
+                    println!(
+                        "{}",
+                        config_cmd::switch(&admin, &service, to.as_deref()).await?
+                    )
                 }
             }
             Ok(())

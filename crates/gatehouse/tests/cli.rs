@@ -1898,3 +1898,115 @@ async fn the_admin_api_serves_https_and_refuses_tokens_in_clear_off_loopback() {
     assert!(r.text().contains("over plain HTTP"), "{}", r.text());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blue_green_switch_and_back_under_load_fails_no_request() {
+    let (blue, green) = (Origin::start("blue").await, Origin::start("green").await);
+    let dir = temp_dir("blue-green");
+    let (gw, addr) = Running::start_store(&format!("sqlite://{}/g.db", dir.display()), &dir);
+    let admin = gw.admin_addr();
+    let mut c = Client::connect(admin).await;
+    for (name, o) in [("shop-blue", &blue), ("shop-green", &green)] {
+        let body = format!(
+            r#"{{"name": "{name}", "targets": [{{"address": "{}"}}]}}"#,
+            o.addr
+        );
+        assert_eq!(c.send("POST", "/upstreams", body).await.status, 201);
+    }
+    let service = r#"{"name": "shop", "blue_green": {"blue": "shop-blue", "green": "shop-green"}}"#;
+    let r = c.send("POST", "/services", service.into()).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let route = r#"{"name": "shop", "paths": ["/shop/*"], "service": "shop"}"#;
+    assert_eq!(c.send("POST", "/routes", route.into()).await.status, 201);
+    // A service with plain upstream cannot be switched, and says why.
+    let plain = r#"{"name": "plain", "upstream": "shop-blue"}"#;
+    assert_eq!(c.send("POST", "/services", plain.into()).await.status, 201);
+    let r = c
+        .send("POST", "/services/plain/switch", String::new())
+        .await;
+    assert_eq!(r.status, 409, "{}", r.text());
+
+    // Four clients keep requesting for the whole test; every answer is counted.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            let mut c = Client::connect(addr).await;
+            let (mut seen, mut failed) = (std::collections::BTreeMap::new(), 0);
+            let end = Instant::now() + Duration::from_secs(20);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < end {
+                match c.request("GET", "/shop/x", &[], b"").await {
+                    Ok(r) if r.status == 200 => {
+                        let who = r.json()["origin"].as_str().unwrap_or("?").to_owned();
+                        *seen.entry(who).or_insert(0u32) += 1;
+                    }
+                    _ => {
+                        failed += 1;
+                        c = Client::connect(addr).await;
+                    }
+                }
+            }
+            (seen, failed)
+        }));
+    }
+    let switch = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["release", "switch", "shop", "--admin"])
+            .arg(format!("http://{admin}"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let origin_now = || async { get(addr, "/shop/x").await.json()["origin"].clone() };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(origin_now().await, "blue");
+    let said = switch(&[]);
+    assert!(
+        said.contains("now sends to green (upstream shop-green)"),
+        "{said}"
+    );
+    assert_eq!(
+        origin_now().await,
+        "green",
+        "live once the command returned"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let said = switch(&["--to", "blue"]);
+    assert!(said.contains("now sends to blue"), "{said}");
+    assert_eq!(origin_now().await, "blue");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (mut total, mut failed) = (std::collections::BTreeMap::new(), 0);
+    for t in load {
+        let (seen, f) = t.await.unwrap();
+        failed += f;
+        for (k, v) in seen {
+            *total.entry(k).or_insert(0) += v;
+        }
+    }
+    assert_eq!(failed, 0, "requests failed during the switches: {total:?}");
+    assert!(total.get("green").is_some_and(|n| *n > 10), "{total:?}");
+    assert!(total.get("blue").is_some_and(|n| *n > 10), "{total:?}");
+    // The switches are revisions, with who and what in the audit log.
+    let history = c
+        .send("GET", "/revisions?limit=3", String::new())
+        .await
+        .text();
+    assert!(
+        history.contains("switch services/shop to green"),
+        "{history}"
+    );
+    assert!(
+        history.contains("switch services/shop to blue"),
+        "{history}"
+    );
+    drop(gw);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -78,7 +78,10 @@ pub(crate) fn validate(
     if crate::header_name_ok(&config.node.color_header).is_err() {
         err(
             "node.color_header".into(),
-            format!("\"{}\" is not a valid header name", config.node.color_header),
+            format!(
+                "\"{}\" is not a valid header name",
+                config.node.color_header
+            ),
         );
     }
     for (i, s) in config.services.iter().enumerate() {
@@ -116,7 +119,8 @@ pub(crate) fn validate(
         for (j, t) in u.targets.iter().enumerate() {
             for (k, v) in &t.labels {
                 let bad_key = k.is_empty() || k.len() > 64;
-                let bad_value = v.is_empty() || v.len() > 128 || http::HeaderValue::from_str(v).is_err();
+                let bad_value =
+                    v.is_empty() || v.len() > 128 || http::HeaderValue::from_str(v).is_err();
                 if bad_key || bad_value {
                     err(
                         format!("upstreams[{i}].targets[{j}].labels.{k}"),

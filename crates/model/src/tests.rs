@@ -53,7 +53,7 @@ fn validation_messages() {
         ),
         (
             "routes:\n  - name: r\n    service: echo\n    colour: red\n",
-            &["routes[0].colour: unknown field `colour`, expected one of `name`, `hosts`, `paths`, `methods`, `headers`, `query`, `cookies`, `service`, `priority`, `strip_prefix`, `rewrite`, `preserve_host`, `priority_class`, `retries`, `retry`, `circuit_breaker`, `fallback`, `observability`, `protocols`, `https_redirect_status_code`, `grpc_transcode`"],
+            &["routes[0].colour: unknown field `colour`, expected one of `name`, `hosts`, `paths`, `methods`, `headers`, `query`, `cookies`, `service`, `priority`, `strip_prefix`, `rewrite`, `rewrite_regex`, `preserve_host`, `priority_class`, `retries`, `retry`, `circuit_breaker`, `fallback`, `observability`, `protocols`, `https_redirect_status_code`, `grpc_transcode`"],
         ),
         (
             "routes:\n  - {name: a, service: echo}\n  - {name: a, service: echo}\n",
@@ -177,6 +177,22 @@ fn validation_messages() {
             "plugins:\n  - {name: key-auth, route: nope}\n",
             &["plugins[0].route: no route named \"nope\""],
         ),
+        (
+            "upstreams:\n  - {name: u, targets: [{address: \"a:1\", labels: {color: gray}}]}\n",
+            &["upstreams[0].targets: needs a target without a color label, for requests that are not coloured"],
+        ),
+        (
+            "services:\n  - {name: s, upstream: echo, blue_green: {blue: echo, green: nope}}\n  - {name: t, blue_green: {blue: echo, green: echo, active: green}}\n",
+            &[
+                "services[0].blue_green: give either blue_green, upstream or url, not more than one",
+                "services[0].blue_green.green: no upstream named \"nope\"",
+                "services[1].blue_green.green: must name another upstream than blue",
+            ],
+        ),
+        (
+            "node: {color_header: \"bad header\"}\n",
+            &["node.color_header: \"bad header\" is not a valid header name"],
+        ),
     ];
     for (yaml, expected) in cases {
         assert_eq!(&errors_of(yaml), expected, "for config:\n{yaml}");
@@ -242,7 +258,7 @@ fn observability_messages() {
         ),
         (
             "observability:\n  access_log: {path: x, fields: [colour]}\n",
-            &["observability.access_log.fields[0]: unknown variant `colour`, expected one of `time`, `request_id`, `client_ip`, `consumer`, `route`, `service`, `upstream`, `target`, `method`, `host`, `path`, `protocol`, `status`, `bytes_in`, `bytes_out`, `duration`, `upstream_duration`, `gateway_duration`, `retries`, `rejected_by`, `degraded`, `trace_id`, `user_agent`, `grpc_status`"],
+            &["observability.access_log.fields[0]: unknown variant `colour`, expected one of `time`, `request_id`, `client_ip`, `consumer`, `route`, `service`, `upstream`, `target`, `method`, `host`, `path`, `protocol`, `status`, `bytes_in`, `bytes_out`, `duration`, `upstream_duration`, `gateway_duration`, `retries`, `rejected_by`, `degraded`, `trace_id`, `user_agent`, `grpc_status`, `variant`"],
         ),
         (
             "observability:\n  tracing: {endpoint: \"https://collector:4318/v1/traces\", sample_ratio: -0.5}\n  debug_header: \"bad header\"\n",

@@ -17,14 +17,14 @@ mod redis_store;
 mod registry;
 mod release;
 pub mod testing;
-pub use release::{
-    Copies, NewBody, PluginMetric, RequestFacts, ServiceChoice, ServiceRef, Variant,
-};
 pub use consumers::{Consumer, ConsumerIndex, Credential, Found};
 pub use gateway::{Gateway, SubFuture, SubLimits, SubrequestError, UpstreamRef};
 pub use redis;
 pub use redis_store::RedisStore;
 pub use registry::{Registry, TypedKind};
+pub use release::{
+    Copies, NewBody, PluginMetric, RequestFacts, ServiceChoice, ServiceRef, Variant,
+};
 
 /// What a phase hook decided.
 pub enum Flow {

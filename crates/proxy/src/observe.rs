@@ -263,18 +263,20 @@ impl Exchange {
                 .map_or(0, |c| c.load(Ordering::Relaxed));
         if let Some(stats) = route.and_then(|r| r.stats.as_ref()) {
             let finished = Finished {
-                    method: self.method,
-                    status: self.status,
-                    total_ns: total.as_nanos() as u64,
-                    upstream_ns: self.upstream.map(|d| d.as_nanos() as u64),
-                    bytes_in,
-                    bytes_out: self.bytes_out,
-                    retries: self.retries,
-                    budget_exhausted: self.budget_exhausted,
-                    grpc_status: self.grpc_status,
+                method: self.method,
+                status: self.status,
+                total_ns: total.as_nanos() as u64,
+                upstream_ns: self.upstream.map(|d| d.as_nanos() as u64),
+                bytes_in,
+                bytes_out: self.bytes_out,
+                retries: self.retries,
+                budget_exhausted: self.budget_exhausted,
+                grpc_status: self.grpc_status,
             };
             stats.record(&snap.telemetry.bounds_ns, &finished);
-            let variant = self.variant.and_then(|v| route?.variants.get(usize::from(v)));
+            let variant = self
+                .variant
+                .and_then(|v| route?.variants.get(usize::from(v)));
             if let Some((_, v)) = variant {
                 v.record(&snap.telemetry.bounds_ns, &finished);
             }

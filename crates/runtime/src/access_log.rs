@@ -603,7 +603,10 @@ pub fn format(
             LogField::Variant => {
                 let name = l.variant.and_then(|v| {
                     let route = l.route.and_then(|r| l.snap.routes.get(r))?;
-                    route.variants.get(usize::from(v)).map(|(n, _)| n.as_bytes())
+                    route
+                        .variants
+                        .get(usize::from(v))
+                        .map(|(n, _)| n.as_bytes())
                 });
                 o.opt_text("variant", name)
             }

@@ -2,6 +2,6 @@
 //! with response diffing), and the request and response transformers.
 
 pub mod conditions;
-pub mod traffic_split;
 pub mod traffic_mirror;
+pub mod traffic_split;
 pub mod transform;

@@ -201,12 +201,7 @@ struct Act {
     color: Option<(HeaderName, HeaderValue)>,
 }
 
-fn compile_action(
-    at: &str,
-    a: &Action,
-    env: &BuildEnv,
-    errs: &mut Vec<FieldError>,
-) -> Option<Act> {
+fn compile_action(at: &str, a: &Action, env: &BuildEnv, errs: &mut Vec<FieldError>) -> Option<Act> {
     let before = errs.len();
     let mut act = Act::default();
     let destinations = [
@@ -440,7 +435,9 @@ mod tests {
                 Some("v2"),
             ),
             (
-                get("/").header("x-beta", "yes").header("cookie", "a=1; grp=beta"),
+                get("/")
+                    .header("x-beta", "yes")
+                    .header("cookie", "a=1; grp=beta"),
                 "beta",
                 Some("v3"),
             ),
@@ -511,7 +508,10 @@ mod tests {
         assert_eq!(resp.headers()["location"], "https://new.example.com/x?ab=2");
         let mut r = get("/s?ab=3");
         run(&*p, &mut r);
-        let chosen = r.state.get::<gatehouse_plugin_api::ServiceChoice>().unwrap();
+        let chosen = r
+            .state
+            .get::<gatehouse_plugin_api::ServiceChoice>()
+            .unwrap();
         assert_eq!(chosen.0.name(), "other");
         let mut r = get("/s?ab=4");
         let (v, _) = run(&*p, &mut r);
@@ -539,7 +539,10 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(errs[0].path, "rules[0]");
-        assert!(errs[0].message.contains("unknown field `extra`"), "{errs:?}");
+        assert!(
+            errs[0].message.contains("unknown field `extra`"),
+            "{errs:?}"
+        );
         let errs = build(serde_json::json!({
             "rules": [
                 {"name": "a", "when": {"user_ids": ["1"]}, "upstream": "nope"},

@@ -231,8 +231,7 @@ async fn proxy(
             Err(resp) => return resp,
         };
         if parts.uri != original {
-            // A plugin rewrote the URI: what it made goes upstream as it is.
-            routed.new_path = None;
+            release::uri_changed(&mut routed, &original, &parts.uri);
         }
         body = match release::apply(st, snap, &mut routed, &mut parts, body) {
             Ok(b) => b,

@@ -7,8 +7,8 @@ use super::replay::Outgoing;
 use super::request_body::ClientBody;
 use super::state::{RequestState, Routed};
 use crate::errors::Failure;
-use gatehouse_runtime::snapshot::Snapshot;
 use gatehouse_plugin_api::{NewBody, RequestFacts, ServiceChoice, Variant};
+use gatehouse_runtime::snapshot::Snapshot;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::HeaderValue;
@@ -118,3 +118,19 @@ pub fn copy_request(st: &mut RequestState<'_>, out: &mut Outgoing) {
     }
 }
 
+/// A plugin changed the request's URI. A new path goes upstream as it is; a new query
+/// alone keeps the path routing made (a rewrite, a stripped prefix) with the new query.
+pub fn uri_changed(routed: &mut Routed<'_>, original: &http::Uri, now: &http::Uri) {
+    let Some(path) = routed.new_path.as_deref() else {
+        return;
+    };
+    if now.path() != original.path() {
+        routed.new_path = None;
+        return;
+    }
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    routed.new_path = Some(match now.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    });
+}

@@ -63,7 +63,11 @@ pub fn route<'s, B>(
     let new_path = upstream_path(route, service, &m, &view, false);
     let hash_key = hash_key(&service.upstream.hash, &view, client.value(info));
     let captures = match route.plugins.needs.facts {
-        true => m.params.iter().map(|(n, v)| ((*n).into(), (*v).into())).collect(),
+        true => m
+            .params
+            .iter()
+            .map(|(n, v)| ((*n).into(), (*v).into()))
+            .collect(),
         false => Vec::new(),
     };
     Ok(Routed {

@@ -87,8 +87,9 @@ pub(super) fn build(
     let (Some(router), true) = (router, errs.is_empty()) else {
         return Err(errs);
     };
-    let color_header = HeaderName::from_bytes(config.node.color_header.to_ascii_lowercase().as_bytes())
-        .unwrap_or_else(|_| HeaderName::from_static(gatehouse_model::DEFAULT_COLOR_HEADER));
+    let color_header =
+        HeaderName::from_bytes(config.node.color_header.to_ascii_lowercase().as_bytes())
+            .unwrap_or_else(|_| HeaderName::from_static(gatehouse_model::DEFAULT_COLOR_HEADER));
     let debug_header = HeaderName::from_bytes(
         config
             .observability
@@ -535,11 +536,11 @@ impl<'c> Compiler<'c> {
         old: Option<&RouteEntry>,
     ) -> Box<[(Box<str>, Arc<crate::telemetry::Stats>)]> {
         let mut out: Vec<(Box<str>, Arc<crate::telemetry::Stats>)> = Vec::new();
-        let instances = route.plugins.entries.iter().flat_map(|e| {
-            e.default
-                .iter()
-                .chain(e.consumers.iter().map(|(_, p)| p))
-        });
+        let instances = route
+            .plugins
+            .entries
+            .iter()
+            .flat_map(|e| e.default.iter().chain(e.consumers.iter().map(|(_, p)| p)));
         for name in instances.flat_map(|p| p.variants()) {
             if out.iter().any(|(n, _)| **n == *name) {
                 continue;
@@ -610,7 +611,8 @@ fn plugin_env(
     let names = config.upstreams.iter().map(|u| u.name.as_str());
     let env = BuildEnv::new(config.node.cluster_size, redis, names)
         .with_services(config.services.iter().map(|s| s.name.as_str()));
-    let env = match HeaderName::from_bytes(config.node.color_header.to_ascii_lowercase().as_bytes()) {
+    let env = match HeaderName::from_bytes(config.node.color_header.to_ascii_lowercase().as_bytes())
+    {
         Ok(h) => env.with_color_header(h),
         Err(_) => env,
     };

@@ -70,6 +70,9 @@ impl Plan {
     }
 }
 
+/// An enabled plugin instance: its kind, its scope (`route=api`), and the instance.
+pub type ScopedPlugin = (Box<str>, Box<str>, Arc<dyn gatehouse_plugin_api::Plugin>);
+
 /// Node facts that are not in the file, fixed for the life of the process.
 #[derive(Debug, Clone, Copy)]
 pub struct NodeContext {
@@ -94,7 +97,7 @@ pub struct Snapshot {
     pub plugin_instances: Instances,
     /// The enabled instances in config order: kind, scope (`route=api`) and instance, for
     /// their metrics and reports.
-    pub plugins: Box<[(Box<str>, Box<str>, Arc<dyn gatehouse_plugin_api::Plugin>)]>,
+    pub plugins: Box<[ScopedPlugin]>,
     /// The node's Redis, kept across reloads while its address stays.
     pub redis: Option<Arc<RedisStore>>,
     /// The consumers and their credentials, for authentication plugins.

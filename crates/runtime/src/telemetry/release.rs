@@ -44,7 +44,6 @@ pub(super) fn encode_variants(snap: &Snapshot, e: &mut DescriptorEncoder) -> std
             }
         }
     }
-    drop(m);
     let mut m = e.encode_descriptor(
         "variant_request_duration_seconds",
         "Time from the request's head to the end of its response, by route and release variant",

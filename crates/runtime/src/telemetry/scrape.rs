@@ -29,7 +29,10 @@ where
     }
 }
 
-pub(super) fn counter(m: &mut prometheus_client::encoding::MetricEncoder, v: u64) -> std::fmt::Result {
+pub(super) fn counter(
+    m: &mut prometheus_client::encoding::MetricEncoder,
+    v: u64,
+) -> std::fmt::Result {
     m.encode_counter::<NoLabelSet, _, u64>(&v, None)
 }
 

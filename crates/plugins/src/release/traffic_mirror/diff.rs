@@ -49,7 +49,9 @@ impl DiffSpec {
             let (a, b) = (primary.headers.get(h), mirror.headers.get(h));
             if a != b {
                 let show = |v: Option<&http::HeaderValue>| {
-                    v.map_or("(none)".into(), |v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                    v.map_or("(none)".into(), |v| {
+                        String::from_utf8_lossy(v.as_bytes()).into_owned()
+                    })
                 };
                 out.push(format!("header {h}: {} != {}", show(a), show(b)));
             }
@@ -75,7 +77,11 @@ impl DiffSpec {
                 }
                 json_diff("", &x, &y, &self.names, out);
             }
-            _ => out.push(format!("body: {} bytes != {} bytes (not JSON)", a.len(), b.len())),
+            _ => out.push(format!(
+                "body: {} bytes != {} bytes (not JSON)",
+                a.len(),
+                b.len()
+            )),
         }
     }
 }
@@ -168,7 +174,9 @@ mod tests {
         let h = HeaderMap::new();
         let a = Bytes::from(r#"{"data":{"id":1,"price":10,"tags":["a"]},"ts":1}"#);
         let b = Bytes::from(r#"{"ts":2,"data":{"tags":["a"],"price":10,"id":2}}"#);
-        assert!(spec.compare(&answer(200, &h, &a), &answer(200, &h, &b)).is_empty());
+        assert!(spec
+            .compare(&answer(200, &h, &a), &answer(200, &h, &b))
+            .is_empty());
         let c = Bytes::from(r#"{"ts":2,"data":{"tags":["b"],"price":11,"id":2},"x":1}"#);
         let d = spec.compare(&answer(200, &h, &a), &answer(201, &h, &c));
         assert_eq!(

@@ -83,7 +83,8 @@ pub fn compile<N>(
     name: impl Fn(&str) -> Result<N, String>,
     errs: &mut Vec<FieldError>,
 ) -> Edits<N> {
-    let mut named = |at: String, n: &str| name(n).map_err(|m| errs.push(FieldError::new(at, m))).ok();
+    let mut named =
+        |at: String, n: &str| name(n).map_err(|m| errs.push(FieldError::new(at, m))).ok();
     let remove = s
         .remove
         .iter()

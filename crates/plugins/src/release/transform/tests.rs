@@ -65,7 +65,10 @@ fn request_json_bodies_are_edited_and_others_left() {
     r.access_now(&*p).unwrap();
     let new = r.state.get::<gatehouse_plugin_api::NewBody>().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&new.0).unwrap();
-    assert_eq!(v, serde_json::json!({"login": "a", "n": 3, "source": "gateway"}));
+    assert_eq!(
+        v,
+        serde_json::json!({"login": "a", "n": 3, "source": "gateway"})
+    );
     let mut r = get("/").header("content-type", "text/plain").with_body("x");
     r.access_now(&*p).unwrap();
     assert!(r.state.get::<gatehouse_plugin_api::NewBody>().is_none());
@@ -116,21 +119,25 @@ fn response_json_bodies_are_edited_when_small_enough() {
         body(&mut state, &[r#"{"a":1,"#, r#""internal":true}"#]),
         r#"{"a":1,"route":"r"}"#
     );
-    let long = r#"{"a":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#;
+    let long =
+        r#"{"a":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#;
     assert_eq!(body(&mut s2, &[&long[..20], &long[20..]]), long);
 }
 
 #[test]
 fn unknown_variables_and_bad_names_are_refused() {
     let e = PluginKind::build(
-            &RequestKind,
-            &serde_json::json!({"headers": {"set": {"x": "{nope}", "bad name": "v"}},
+        &RequestKind,
+        &serde_json::json!({"headers": {"set": {"x": "{nope}", "bad name": "v"}},
                                 "json": {"append": {"a": 1}}}),
-            &env_with_upstreams(&[]),
-        )
-        .err()
-        .unwrap();
-    let got: Vec<String> = e.iter().map(|e| format!("{}: {}", e.path, e.message)).collect();
+        &env_with_upstreams(&[]),
+    )
+    .err()
+    .unwrap();
+    let got: Vec<String> = e
+        .iter()
+        .map(|e| format!("{}: {}", e.path, e.message))
+        .collect();
     assert_eq!(
         got,
         [

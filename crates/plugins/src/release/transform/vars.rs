@@ -44,7 +44,8 @@ impl Template {
                     Some(("capture", c)) if !c.is_empty() => Piece::Capture(c.into()),
                     Some(("query", q)) if !q.is_empty() => Piece::Query(q.into()),
                     Some(("header", h)) => Piece::Header(
-                        gatehouse_plugin_api::header_name(h).map_err(|m| FieldError::new(field, m))?,
+                        gatehouse_plugin_api::header_name(h)
+                            .map_err(|m| FieldError::new(field, m))?,
                     ),
                     _ => return Err(bad()),
                 },
