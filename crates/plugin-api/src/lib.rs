@@ -141,6 +141,8 @@ pub struct RequestCtx<'a> {
     /// Where the request goes instead of its service's upstream (see
     /// [`RequestCtx::set_upstream`]).
     pub upstream: Option<UpstreamRef>,
+    /// The release variant the request was given (see [`RequestCtx::set_variant`]).
+    pub variant: Option<Variant>,
     /// The gateway: consumers and sub-requests.
     pub gateway: &'a dyn Gateway,
 }
@@ -177,7 +179,7 @@ impl RequestCtx<'_> {
 
     /// Labels the request's metrics and access log line with release variant `variant`.
     pub fn set_variant(&mut self, variant: &Variant) {
-        self.state.insert(variant.clone());
+        self.variant = Some(variant.clone());
     }
 
     /// Replaces the request body read for this route ([`Needs::request_body`]): what goes

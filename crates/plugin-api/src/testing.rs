@@ -56,6 +56,7 @@ pub struct TestRequest {
     pub state: Extensions,
     pub body: Option<Bytes>,
     pub upstream: Option<UpstreamRef>,
+    pub variant: Option<crate::Variant>,
     pub gateway: TestGateway,
 }
 
@@ -77,6 +78,7 @@ impl TestRequest {
             state: Extensions::new(),
             body: None,
             upstream: None,
+            variant: None,
             gateway: TestGateway::default(),
         }
     }
@@ -118,8 +120,10 @@ impl TestRequest {
                 state: &mut self.state,
                 body: self.body.as_ref(),
                 upstream: self.upstream.take(),
+                variant: self.variant.take(),
                 gateway: &self.gateway,
             },
+            variant: &mut self.variant,
             consumer: &mut self.consumer,
             upstream: &mut self.upstream,
             body_limit: &mut self.body_limit,
@@ -165,6 +169,7 @@ pub struct Ctx<'a> {
     consumer: &'a mut Option<Consumer>,
     upstream: &'a mut Option<UpstreamRef>,
     body_limit: &'a mut Option<u64>,
+    variant: &'a mut Option<crate::Variant>,
 }
 
 impl<'a> std::ops::Deref for Ctx<'a> {
@@ -185,6 +190,7 @@ impl Drop for Ctx<'_> {
         *self.consumer = self.ctx.consumer.take();
         *self.upstream = self.ctx.upstream.take();
         *self.body_limit = self.ctx.body_limit;
+        *self.variant = self.ctx.variant.take();
     }
 }
 

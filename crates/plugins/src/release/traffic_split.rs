@@ -300,13 +300,10 @@ pub struct TrafficSplit {
 impl Plugin for TrafficSplit {
     fn access(&self, ctx: &mut RequestCtx<'_>) -> Flow {
         let user = self.user_id.as_ref().and_then(|u| u.of(ctx));
-        let ip;
+        let ip = ip_key(ctx.client_ip);
         let key: &[u8] = match &user {
             Some(u) => u.as_bytes(),
-            None => {
-                ip = ctx.client_ip.to_string();
-                ip.as_bytes()
-            }
+            None => ip.as_ref(),
         };
         let who = Subject {
             user: user.as_deref(),
@@ -355,6 +352,28 @@ impl Act {
             ctx.parts.headers.insert(name.clone(), value.clone());
         }
         Flow::Continue
+    }
+}
+
+/// A client address as a sticky key, without a string per request.
+pub(super) fn ip_key(ip: std::net::IpAddr) -> IpKey {
+    match ip {
+        std::net::IpAddr::V4(v4) => IpKey::V4(v4.octets()),
+        std::net::IpAddr::V6(v6) => IpKey::V6(v6.octets()),
+    }
+}
+
+pub(super) enum IpKey {
+    V4([u8; 4]),
+    V6([u8; 16]),
+}
+
+impl AsRef<[u8]> for IpKey {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            IpKey::V4(b) => b,
+            IpKey::V6(b) => b,
+        }
     }
 }
 
@@ -409,7 +428,7 @@ mod tests {
     /// The variant and upstream a request got.
     fn run(p: &dyn Plugin, req: &mut crate::test_support::Req) -> (String, Option<String>) {
         req.access_now(p).unwrap();
-        let v = req.state.get::<Variant>().unwrap().name.to_string();
+        let v = req.variant.as_ref().unwrap().name.to_string();
         (v, req.upstream.take().map(|u| u.name().to_owned()))
     }
 
@@ -517,7 +536,7 @@ mod tests {
         let (v, _) = run(&*p, &mut r);
         assert_eq!(v, "gray");
         assert_eq!(r.parts.headers["x-gatehouse-color"], "gray");
-        let header = r.state.get::<Variant>().unwrap().header.clone();
+        let header = r.variant.as_ref().unwrap().header.clone();
         assert_eq!(header.unwrap().as_str(), "x-variant");
     }
 

@@ -67,6 +67,7 @@ pub async fn run(
         state: &mut plugins.state,
         body: plugins.body.as_ref(),
         upstream: plugins.upstream.take(),
+        variant: plugins.variant.take(),
         gateway: &gateway,
     };
     let mut steps = rec.decision.as_mut().map(|d| &mut d.plugins);
@@ -79,6 +80,7 @@ pub async fn run(
     }
     plugins.consumer = ctx.consumer.take();
     plugins.upstream = ctx.upstream.take();
+    plugins.variant = ctx.variant.take();
     plugins.body_limit = ctx.body_limit;
     result
 }

@@ -33,7 +33,7 @@ pub fn apply<'s>(
     if let Some(ServiceChoice(to)) = st.plugins.state.remove::<ServiceChoice>() {
         switch_service(snap, routed, to.name(), parts)?;
     }
-    if let Some(v) = st.plugins.state.get::<Variant>() {
+    if let Some(v) = &st.plugins.variant {
         st.rec.variant = routed
             .route
             .variant(&v.name)
@@ -97,7 +97,7 @@ pub fn variant_header(st: &RequestState<'_>, headers: &mut http::HeaderMap) {
     if let Some(Variant {
         name,
         header: Some(h),
-    }) = st.plugins.state.get::<Variant>()
+    }) = &st.plugins.variant
     {
         if let Ok(v) = HeaderValue::from_str(name) {
             headers.insert(h.clone(), v);

@@ -127,6 +127,8 @@ pub struct PluginState {
     pub body: Option<Bytes>,
     /// The upstream a plugin chose instead of the service's.
     pub upstream: Option<UpstreamRef>,
+    /// The release variant a plugin gave the request.
+    pub variant: Option<gatehouse_plugin_api::Variant>,
     /// The request head for the `response` phase, when a plugin of the route asked for it.
     pub head: Option<Box<RequestHead>>,
 }

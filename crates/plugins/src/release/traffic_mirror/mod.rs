@@ -232,10 +232,10 @@ impl Plugin for Mirror {
         }
         if let Some(when) = &self.when {
             let user = self.user_id.as_ref().and_then(|u| u.of(ctx));
-            let ip = ctx.client_ip.to_string();
+            let ip = super::traffic_split::ip_key(ctx.client_ip);
             let who = Subject {
                 user: user.as_deref(),
-                key: user.as_deref().unwrap_or(&ip).as_bytes(),
+                key: user.as_deref().map_or(ip.as_ref(), str::as_bytes),
             };
             if !when.holds(ctx, &who) {
                 return Flow::Continue;
