@@ -11,6 +11,11 @@
 # BENCH_PLUGINS=jwt: jwt-auth with an RS256 consumer key (bench/jwt/rsa.pub): send
 # `Authorization: Bearer $(bench/jwt/token.sh)`. BENCH_JWT_CACHE=0: verify the signature on every
 # request (no remembered tokens).
+# BENCH_PLUGINS=split: a traffic-split of five rules (header, cookie, IP range, query, a sticky
+# BENCH_SPLIT_PERCENT share, default 10, by user id or client IP) to a second upstream on the same
+# origin; wrk's requests match none but the share, so every rule is evaluated.
+# BENCH_PLUGINS=mirror: traffic-mirror of BENCH_MIRROR_PERCENT (default 100) of requests to
+# http://127.0.0.1:BENCH_MIRROR_PORT (default: the origin).
 # BENCH_CONSUMER_HEADERS=off: no X-Consumer-* headers upstream.
 # BENCH_OBSERVE=off: no metrics, no access log. BENCH_OBSERVE=metrics (or unset): the defaults,
 # metrics on and no access log. BENCH_OBSERVE=log: metrics (the default) and a
@@ -29,6 +34,7 @@ $( [[ ${BENCH_CONSUMER_HEADERS:-} == off ]] && echo '  consumer_headers: {userna
 upstreams:
   - name: origin
     targets: [{address: "127.0.0.1:$upstream"}]
+$( [[ ${BENCH_PLUGINS:-} == split ]] && printf '  - name: canary\n    targets: [{address: "127.0.0.1:%s"}]' "$upstream" )
 services:
   - name: origin
     upstream: origin
@@ -100,6 +106,27 @@ plugins:
   - name: jwt-auth
     route: all
     config: {verified_cache: ${BENCH_JWT_CACHE:-10000}}
+YAML
+  ;;
+  split) cat >> "$cfg" <<YAML
+plugins:
+  - name: traffic-split
+    route: all
+    config:
+      user_id: query:uid
+      rules:
+        - {name: testers, when: {headers: [{name: x-tester, equals: "1"}]}, upstream: canary}
+        - {name: beta, when: {cookies: [{name: beta, in: ["1", "yes"]}]}, upstream: canary}
+        - {name: office, when: {ip: ["10.0.0.0/8", "192.168.0.0/16"]}, upstream: canary}
+        - {name: ab, when: {query: [{name: exp, equals: ab1}]}, rewrite: /ab1}
+        - {name: canary, when: {percent: ${BENCH_SPLIT_PERCENT:-10}}, upstream: canary}
+YAML
+  ;;
+  mirror) cat >> "$cfg" <<YAML
+plugins:
+  - name: traffic-mirror
+    route: all
+    config: {url: "http://127.0.0.1:${BENCH_MIRROR_PORT:-$upstream}", percent: ${BENCH_MIRROR_PERCENT:-100}}
 YAML
   ;;
   *) echo "unknown BENCH_PLUGINS: $BENCH_PLUGINS" >&2; exit 2 ;;

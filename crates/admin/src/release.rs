@@ -58,6 +58,7 @@ pub(crate) fn switch(
     request_body(content = SwitchTo, description = "Optional: `{\"to\": \"green\"}`; without it the other side becomes active"),
     responses(
         (status = 200, description = "Switched and live: the service", body = Object),
+        (status = 400, description = "The body is not `{\"to\": \"blue\"|\"green\"}`, or the switched config does not validate", body = ErrorBody),
         (status = 404, description = "No such service", body = ErrorBody),
         (status = 405, description = "Read-only (the gateway runs from a file)", body = ErrorBody),
         (status = 409, description = "The service has no blue_green pair, or another write won the race", body = ErrorBody),

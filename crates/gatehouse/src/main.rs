@@ -134,17 +134,8 @@ enum Command {
     Config {
         #[command(subcommand)]
         what: ConfigCommand,
-        /// The admin API's URL.
-        #[arg(
-            long,
-            env = "GATEHOUSE_ADMIN",
-            default_value = "http://127.0.0.1:9180",
-            global = true
-        )]
-        admin: String,
-        /// The admin token, when the API asks for one (`gatehouse admin-token` makes one).
-        #[arg(long, env = "GATEHOUSE_TOKEN", global = true, hide_env_values = true)]
-        token: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Show what the gateway would do with a request: the route that matches, the plugins
     /// that run in order with their scopes, the upstream path and targets. Nothing is sent.
@@ -173,17 +164,8 @@ enum Command {
     Release {
         #[command(subcommand)]
         what: ReleaseCommand,
-        /// The admin API's URL.
-        #[arg(
-            long,
-            env = "GATEHOUSE_ADMIN",
-            default_value = "http://127.0.0.1:9180",
-            global = true
-        )]
-        admin: String,
-        /// The admin token, when the API asks for one.
-        #[arg(long, env = "GATEHOUSE_TOKEN", global = true, hide_env_values = true)]
-        token: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// List the plugins this build knows, or print one plugin's config schema.
     Plugins {
@@ -222,6 +204,31 @@ enum ConfigCommand {
         #[arg(long, default_value_t = 0.25)]
         warn_over: f64,
     },
+}
+
+/// How a command reaches a running gateway's admin API.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The admin API's URL.
+    #[arg(
+        long,
+        env = "GATEHOUSE_ADMIN",
+        default_value = "http://127.0.0.1:9180",
+        global = true
+    )]
+    admin: String,
+    /// The admin token, when the API asks for one (`gatehouse admin-token` makes one).
+    #[arg(long, env = "GATEHOUSE_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl AdminArgs {
+    fn api(self) -> config_cmd::AdminApi {
+        config_cmd::AdminApi {
+            url: self.admin,
+            token: self.token,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -278,8 +285,8 @@ fn main() -> ExitCode {
             print!("{text}");
             Ok(())
         }),
-        Command::Config { what, admin, token } => rt.block_on(async {
-            let admin = config_cmd::AdminApi { url: admin, token };
+        Command::Config { what, admin } => rt.block_on(async {
+            let admin = admin.api();
             match what {
                 ConfigCommand::Export => print!("{}", config_cmd::export(&admin).await?),
                 ConfigCommand::History { limit } => {
@@ -303,8 +310,8 @@ fn main() -> ExitCode {
             }
             Ok(())
         }),
-        Command::Release { what, admin, token } => rt.block_on(async {
-            let admin = config_cmd::AdminApi { url: admin, token };
+        Command::Release { what, admin } => rt.block_on(async {
+            let admin = admin.api();
             match what {
                 ReleaseCommand::Switch { service, to } => {
                     println!(

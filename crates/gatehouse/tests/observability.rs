@@ -661,7 +661,8 @@ fn the_dashboard_alerts_and_docs_name_only_exported_metrics() {
     let o = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let yaml = upstream_yaml(&[o.local_addr().unwrap()], "")
         + ROUTE_ALL
-        + "consumers: [{username: alice}]\nobservability: {metrics: {consumers: true}}\n";
+        + "consumers: [{username: alice}]\nobservability: {metrics: {consumers: true}}\n"
+        + "plugins: [{name: traffic-mirror, config: {upstream: up, diff: {}}}]\n";
     let g = gateway(&yaml);
     let shared = g.shared().clone();
     let mut metrics = gatehouse_admin::Metrics::new();

@@ -93,6 +93,18 @@ impl UserId {
         }
     }
 
+    /// The plugin's `user_id` setting, compiled; a bad one is added to `errs`.
+    pub fn setting(given: Option<&str>, errs: &mut Vec<FieldError>) -> Option<UserId> {
+        match given.map(|s| UserId::parse("user_id", s)) {
+            Some(Ok(u)) => Some(u),
+            Some(Err(e)) => {
+                errs.push(e);
+                None
+            }
+            None => None,
+        }
+    }
+
     /// This request's user id, if it has one.
     pub fn of<'a>(&self, ctx: &'a RequestCtx<'_>) -> Option<std::borrow::Cow<'a, str>> {
         use std::borrow::Cow;

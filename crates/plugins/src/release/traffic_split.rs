@@ -107,14 +107,7 @@ impl TypedKind for Kind {
 
     fn build(&self, c: Config, env: &BuildEnv) -> Result<Arc<dyn Plugin>, Vec<FieldError>> {
         let mut errs = Vec::new();
-        let user_id = c
-            .user_id
-            .as_deref()
-            .map(|s| UserId::parse("user_id", s))
-            .transpose()
-            .map_err(|e| errs.push(e))
-            .ok()
-            .flatten();
+        let user_id = UserId::setting(c.user_id.as_deref(), &mut errs);
         let variant_header = c
             .variant_header
             .as_deref()

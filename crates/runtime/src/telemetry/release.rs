@@ -9,7 +9,8 @@ use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
 
 /// `variant_requests_total{route, variant, method, class}` and
-/// `variant_request_duration_seconds{route, variant}`, for variants with traffic.
+/// `variant_request_duration_seconds{route, variant}`, for variants with traffic (the
+/// families always, so dashboards and alerts find them).
 pub(super) fn encode_variants(snap: &Snapshot, e: &mut DescriptorEncoder) -> std::fmt::Result {
     let mut series = Vec::new();
     for r in &snap.routes {
@@ -18,9 +19,6 @@ pub(super) fn encode_variants(snap: &Snapshot, e: &mut DescriptorEncoder) -> std
                 series.push((&*r.name, &**name, Totals::of(stats)));
             }
         }
-    }
-    if series.is_empty() {
-        return Ok(());
     }
     let mut m = e.encode_descriptor(
         "variant_requests",

@@ -122,14 +122,7 @@ impl TypedKind for Kind {
         if c.timeout.is_zero() {
             errs.push(FieldError::new("timeout", "must be above 0"));
         }
-        let user_id = c
-            .user_id
-            .as_deref()
-            .map(|s| UserId::parse("user_id", s))
-            .transpose()
-            .map_err(|e| errs.push(e))
-            .ok()
-            .flatten();
+        let user_id = UserId::setting(c.user_id.as_deref(), &mut errs);
         let when = c
             .when
             .as_ref()
