@@ -98,6 +98,7 @@ impl Plugin for Probe {
             request_head: true,
             request_body: Some(self.body_cap),
             response_body: true,
+            upstream_request: true,
             ..Needs::default()
         }
     }

@@ -228,6 +228,9 @@ pub struct Needs {
     pub response_body: bool,
     /// Put [`RequestFacts`] (request id, route captures) in the request's state.
     pub facts: bool,
+    /// Run [`Plugin::upstream_request`] before each attempt (routes whose plugins do not
+    /// ask skip the phase).
+    pub upstream_request: bool,
     /// Keep [`Copies`] of the exchange for `log`, each body up to this many bytes: the
     /// request body is copied as it streams upstream, the response's as it goes to the
     /// client, neither held back nor changed.
@@ -246,6 +249,7 @@ impl Needs {
             },
             response_body: self.response_body || other.response_body,
             facts: self.facts || other.facts,
+            upstream_request: self.upstream_request || other.upstream_request,
             copies: match (self.copies, other.copies) {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 (a, b) => a.or(b),
@@ -293,7 +297,8 @@ pub trait Plugin: Send + Sync + 'static {
     fn access(&self, _ctx: &mut RequestCtx<'_>) -> Flow {
         Flow::Continue
     }
-    /// Just before the request goes upstream (after the target is known), once per attempt.
+    /// Just before the request goes upstream (after the target is known), once per attempt;
+    /// only for instances whose [`Needs::upstream_request`] is set.
     fn upstream_request(&self, _ctx: &mut RequestCtx<'_>) -> Flow {
         Flow::Continue
     }

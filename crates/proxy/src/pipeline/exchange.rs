@@ -130,7 +130,10 @@ pub async fn exchange(
         let sent_at = Instant::now();
         let deadline = earliest(sent_at + call.head_timeout, call.total);
         tell_deadline(&mut req, call.deadline_header, deadline, sent_at);
-        if let Some(p) = plugins.as_mut() {
+        if let Some(p) = plugins
+            .as_mut()
+            .filter(|p| p.routed.route.plugins.needs.upstream_request)
+        {
             // Boxed: its state is large and most routes have no plugins, so the exchange
             // future (moved at every poll) stays small for them.
             if let Err(answer) = Box::pin(upstream_request_phase(&mut req, p, rec)).await {

@@ -371,8 +371,12 @@ async fn plugin_access(
         release::facts(st, routed);
     }
     let plugins = &mut st.plugins;
-    let mut verdict =
-        phases::run(&[Phase::Rewrite], parts, plugins, st.rec, ip, routed, snap).await;
+    // Without a body to read between them, both phases run over one context.
+    let first: &[Phase] = match needs.request_body {
+        Some(_) => &[Phase::Rewrite],
+        None => &[Phase::Rewrite, Phase::Access],
+    };
+    let mut verdict = phases::run(first, parts, plugins, st.rec, ip, routed, snap).await;
     if let (Ok(()), Some(cap)) = (&verdict, needs.request_body) {
         body = match body {
             ClientBody::Streaming(incoming) => {
@@ -387,7 +391,7 @@ async fn plugin_access(
             read => read,
         };
     }
-    if verdict.is_ok() {
+    if verdict.is_ok() && needs.request_body.is_some() {
         let plugins = &mut st.plugins;
         verdict = phases::run(&[Phase::Access], parts, plugins, st.rec, ip, routed, snap).await;
     }

@@ -14,7 +14,9 @@ use gatehouse_runtime::plugins::{AuthGroup, Chain, ChainEntry};
 use gatehouse_runtime::snapshot::Snapshot;
 use http::request::Parts;
 use http::{HeaderMap, Response, StatusCode};
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -107,7 +109,11 @@ async fn run_phase(
             false => entry.pick(ctx.consumer.as_ref().map(|c| c.index)),
         };
         if let Some(plugin) = plugin {
-            if let Err(answer) = run_one(entry, plugin, ctx, phase, steps.as_deref_mut()).await {
+            let result = match run_one(entry, plugin, ctx, phase, steps.as_deref_mut()) {
+                Outcome::Now(r) => r,
+                Outcome::Waits(w) => w.await,
+            };
+            if let Err(answer) = result {
                 if !alternative {
                     return Err((i, answer));
                 }
@@ -123,14 +129,16 @@ async fn run_phase(
     Ok(())
 }
 
-/// Runs one plugin's hook for `phase`, waiting if it waits; `Err` is its answer.
-async fn run_one(
-    entry: &ChainEntry,
-    plugin: &Arc<dyn Plugin>,
-    ctx: &mut RequestCtx<'_>,
+/// Runs one plugin's hook for `phase`, waiting if it waits; `Err` is its answer. Not an
+/// `async fn`: a hook that decides at once (nearly all) costs a call, and only one that
+/// waits makes a future, so plugin routes do not pay for nested futures moved per request.
+fn run_one<'c>(
+    entry: &'c ChainEntry,
+    plugin: &'c Arc<dyn Plugin>,
+    ctx: &'c mut RequestCtx<'_>,
     phase: Phase,
-    steps: Option<&mut Vec<PluginStep>>,
-) -> Result<(), Response<Bytes>> {
+    steps: Option<&'c mut Vec<PluginStep>>,
+) -> Outcome<'c> {
     let began = steps
         .as_ref()
         .map(|_| (Instant::now(), ctx.response_headers.len()));
@@ -142,31 +150,59 @@ async fn run_one(
     let result = match flow {
         Flow::Continue => Ok(()),
         Flow::Respond(resp) => Err(resp),
-        Flow::Wait(later) => match later.await {
-            Ok(later) => {
-                append_all(ctx.response_headers, later.headers);
-                ctx.holds.extend(later.hold);
-                if let Some(c) = later.consumer {
-                    ctx.authenticate(&c);
-                }
-                gatehouse_plugin_api::set_all(&mut ctx.parts.headers, later.upstream_headers);
-                Ok(())
-            }
-            Err(resp) => Err(resp),
-        },
+        Flow::Wait(later) => {
+            return Outcome::Waits(Box::pin(async move {
+                let result = match later.await {
+                    Ok(later) => {
+                        append_all(ctx.response_headers, later.headers);
+                        ctx.holds.extend(later.hold);
+                        if let Some(c) = later.consumer {
+                            ctx.authenticate(&c);
+                        }
+                        gatehouse_plugin_api::set_all(
+                            &mut ctx.parts.headers,
+                            later.upstream_headers,
+                        );
+                        Ok(())
+                    }
+                    Err(resp) => Err(resp),
+                };
+                note(entry, plugin, ctx, phase, steps, began, &result);
+                result
+            }));
+        }
     };
+    note(entry, plugin, ctx, phase, steps, began, &result);
+    Outcome::Now(result)
+}
+
+/// What a hook came to: decided at once, or a wait to finish.
+enum Outcome<'c> {
+    Now(Result<(), Response<Bytes>>),
+    Waits(Pin<Box<dyn Future<Output = Result<(), Response<Bytes>>> + Send + 'c>>),
+}
+
+/// Notes a hook's verdict in the decision trace, when there is one.
+fn note(
+    entry: &ChainEntry,
+    plugin: &Arc<dyn Plugin>,
+    ctx: &RequestCtx<'_>,
+    phase: Phase,
+    steps: Option<&mut Vec<PluginStep>>,
+    began: Option<(Instant, usize)>,
+    result: &Result<(), Response<Bytes>>,
+) {
     if let (Some(steps), Some((at, before))) = (steps, began) {
         steps.push(step(
             entry.kind,
             phase,
             plugin.as_ref(),
             ctx,
-            &result,
+            result,
             at,
             before,
         ));
     }
-    result
 }
 
 /// After a chain's last authentication plugin: the caller is known, or is let through as the
