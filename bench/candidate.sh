@@ -15,7 +15,9 @@
 # BENCH_SPLIT_PERCENT share, default 10, by user id or client IP) to a second upstream on the same
 # origin; wrk's requests match none but the share, so every rule is evaluated.
 # BENCH_PLUGINS=mirror: traffic-mirror of BENCH_MIRROR_PERCENT (default 100) of requests to
-# http://127.0.0.1:BENCH_MIRROR_PORT (default: the origin).
+# http://127.0.0.1:BENCH_MIRROR_PORT (default: the origin); BENCH_MIRROR_H2=1: to the origin's
+# h2c port (ORIGIN_H2_PORT, which bench/side-by-side.sh sets) as an upstream with protocol h2c,
+# so copies share one multiplexed connection per worker.
 # BENCH_CONSUMER_HEADERS=off: no X-Consumer-* headers upstream.
 # BENCH_OBSERVE=off: no metrics, no access log. BENCH_OBSERVE=metrics (or unset): the defaults,
 # metrics on and no access log. BENCH_OBSERVE=log: metrics (the default) and a
@@ -35,6 +37,7 @@ upstreams:
   - name: origin
     targets: [{address: "127.0.0.1:$upstream"}]
 $( [[ ${BENCH_PLUGINS:-} == split ]] && printf '  - name: canary\n    targets: [{address: "127.0.0.1:%s"}]' "$upstream" )
+$( [[ ${BENCH_MIRROR_H2:-} == 1 ]] && printf '  - name: mirror\n    protocol: h2c\n    targets: [{address: "127.0.0.1:%s"}]' "${ORIGIN_H2_PORT:?BENCH_MIRROR_H2 needs an h2c origin (bench/side-by-side.sh gives one)}" )
 services:
   - name: origin
     upstream: origin
@@ -126,7 +129,7 @@ YAML
 plugins:
   - name: traffic-mirror
     route: all
-    config: {url: "http://127.0.0.1:${BENCH_MIRROR_PORT:-$upstream}", percent: ${BENCH_MIRROR_PERCENT:-100}}
+    config: {$( [[ ${BENCH_MIRROR_H2:-} == 1 ]] && echo "upstream: mirror" || echo "url: \"http://127.0.0.1:${BENCH_MIRROR_PORT:-$upstream}\"" ), percent: ${BENCH_MIRROR_PERCENT:-100}}
 YAML
   ;;
   *) echo "unknown BENCH_PLUGINS: $BENCH_PLUGINS" >&2; exit 2 ;;

@@ -24,7 +24,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 proxy_cpu=${PROXY_CPU:-1} load_cpu=${LOAD_CPU:-0}
 dir=$(mktemp -d /tmp/side-by-side.XXXXXX)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-origin=$(free_port) pa=$(free_port) pb=$(free_port)
+origin=$(free_port) origin_h2=$(free_port) pa=$(free_port) pb=$(free_port)
 cat > "$dir/origin.conf" <<EOF
 worker_processes 1;
 pid $dir/origin.pid;
@@ -35,6 +35,12 @@ http {
   keepalive_requests 1000000;
   server {
     listen 127.0.0.1:$origin;
+    location / { return 200 "hello hello hello hello hello hello hello hello hello hello hello hello hello hello hello hello hello!!"; }
+  }
+  # The same answers over h2c (prior knowledge), for candidates that want an HTTP/2 upstream.
+  server {
+    listen 127.0.0.1:$origin_h2 http2;
+    http2_max_requests 1000000;
     location / { return 200 "hello hello hello hello hello hello hello hello hello hello hello hello hello hello hello hello hello!!"; }
   }
 }
@@ -77,7 +83,7 @@ EOF
     pids+=($!)
     return
   fi
-  env $1 BENCH_LOG="$3/access.log" taskset -c "$proxy_cpu" "$here/candidate.sh" "$2" "$origin" \
+  env $1 BENCH_LOG="$3/access.log" ORIGIN_H2_PORT="$origin_h2" taskset -c "$proxy_cpu" "$here/candidate.sh" "$2" "$origin" \
     >"$3.out" 2>&1 &
   pids+=($!)
 }

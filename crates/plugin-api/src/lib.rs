@@ -232,9 +232,11 @@ pub struct Needs {
     /// ask skip the phase).
     pub upstream_request: bool,
     /// Keep [`Copies`] of the exchange for `log`, each body up to this many bytes: the
-    /// request body is copied as it streams upstream, the response's as it goes to the
-    /// client, neither held back nor changed.
+    /// request body is copied as it streams upstream, the response's (with
+    /// `copy_response`) as it goes to the client, neither held back nor changed.
     pub copies: Option<u64>,
+    /// With `copies`: copy the response too (its headers and body), not only the request.
+    pub copy_response: bool,
 }
 
 impl Needs {
@@ -250,6 +252,7 @@ impl Needs {
             response_body: self.response_body || other.response_body,
             facts: self.facts || other.facts,
             upstream_request: self.upstream_request || other.upstream_request,
+            copy_response: self.copy_response || other.copy_response,
             copies: match (self.copies, other.copies) {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 (a, b) => a.or(b),

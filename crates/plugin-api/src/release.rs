@@ -53,8 +53,9 @@ impl RequestFacts {
 }
 
 /// Copies of one exchange, for a plugin declaring [`crate::Needs::copies`]: the request as it
-/// went upstream and the response the client got. A body is `None` when it was longer than
-/// the cap or did not end cleanly.
+/// went upstream and (with [`crate::Needs::copy_response`]) the response the client got;
+/// without it the response's headers are empty and its body `None`. A body is `None` when it
+/// was longer than the cap or did not end cleanly.
 #[derive(Debug, Clone)]
 pub struct Copies {
     pub request: RequestHead,

@@ -51,7 +51,9 @@ pub fn prepare(
         log: log.into(),
         filters: filters.into(),
         state: Extensions::new(),
-        copies: needs.copies.map(|cap| Box::new(Copying::new(cap))),
+        copies: needs
+            .copies
+            .map(|cap| Box::new(Copying::new(cap, needs.copy_response))),
     })
 }
 
@@ -71,12 +73,12 @@ pub struct Copying {
 }
 
 impl Copying {
-    fn new(cap: u64) -> Self {
+    fn new(cap: u64, response: bool) -> Self {
         Self {
             cap: usize::try_from(cap).unwrap_or(usize::MAX),
             request: None,
             response_headers: HeaderMap::new(),
-            response_body: Some(BytesMut::new()),
+            response_body: response.then(BytesMut::new),
         }
     }
 
@@ -125,10 +127,14 @@ impl Finale {
     pub fn attach(mut self, state: Extensions, resp: Response<RespBody>) -> Response<RespBody> {
         self.status = resp.status();
         self.state = state;
-        if let Some(c) = &mut self.copies {
+        let copying_response = self
+            .copies
+            .as_ref()
+            .is_some_and(|c| c.response_body.is_some());
+        if let Some(c) = self.copies.as_mut().filter(|_| copying_response) {
             c.response_headers = resp.headers().clone();
         }
-        if self.filters.is_empty() && self.copies.is_none() {
+        if self.filters.is_empty() && !copying_response {
             resp.map(|b| b.with_hold(Box::new(self)))
         } else {
             resp.map(|b| b.filtered(Box::new(self)))

@@ -215,6 +215,7 @@ impl Plugin for Mirror {
         Needs {
             log: true,
             copies: Some(self.max_body),
+            copy_response: self.shared.diff.is_some(),
             ..Needs::default()
         }
     }
@@ -353,16 +354,20 @@ const NOT_COPIED: [HeaderName; 7] = [
 
 impl Mirror {
     fn copy_of(&self, c: &Copies, body: bytes::Bytes) -> Option<Request<bytes::Bytes>> {
-        let pq = c.request.uri.path_and_query().map_or("/", |p| p.as_str());
-        let uri = format!("{}{pq}", self.base);
         let mut req = Request::new(body);
         *req.method_mut() = c.request.method.clone();
-        *req.uri_mut() = uri.parse().ok()?;
-        let h = req.headers_mut();
-        for (name, value) in c.request.headers.iter() {
-            if !NOT_COPIED.contains(name) {
-                h.append(name.clone(), value.clone());
+        *req.uri_mut() = match self.base.as_str() {
+            // Origin-form as it went: reused as it is (an HTTP/2 client's absolute URI is not).
+            "" if c.request.uri.scheme().is_none() => c.request.uri.clone(),
+            base => {
+                let pq = c.request.uri.path_and_query().map_or("/", |p| p.as_str());
+                format!("{base}{pq}").parse().ok()?
             }
+        };
+        let h = req.headers_mut();
+        *h = c.request.headers.clone();
+        for name in &NOT_COPIED {
+            h.remove(name);
         }
         h.insert(
             HeaderName::from_static("x-gatehouse-mirror"),
