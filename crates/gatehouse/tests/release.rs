@@ -599,3 +599,49 @@ async fn variants_have_their_own_metrics_and_access_log_field() {
     assert_eq!(canary_lines, canary_n, "{lines}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_chosen_requests_are_copied() {
+    let (primary, shadow) = (
+        Origin::start("primary").await,
+        Origin::start("shadow").await,
+    );
+    let plugins = "  - name: traffic-mirror
+    route: api
+    config:
+      upstream: canary
+      when: {headers: [{name: x-mirror, present: true}]}
+";
+    let g = gateway(&two_sides(primary.addr, shadow.addr, plugins));
+    let gw = addr(&g);
+    let mut c = Client::connect(gw).await;
+    for i in 0..6 {
+        let h: &[(&str, &str)] = if i % 3 == 0 {
+            &[("x-mirror", "1")]
+        } else {
+            &[]
+        };
+        assert_eq!(
+            c.request("GET", "/api/x", h, b"").await.unwrap().status,
+            200
+        );
+    }
+    let report = || g.shared().snapshot.load().plugins[0].2.report().unwrap();
+    for _ in 0..100 {
+        if report()["sent"] == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = report();
+    assert_eq!(
+        (r["sent"].as_u64(), r["body_too_large"].as_u64()),
+        (Some(2), Some(0)),
+        "{r}"
+    );
+    assert_eq!(
+        shadow.accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one pooled connection"
+    );
+}

@@ -23,7 +23,7 @@ pub use redis;
 pub use redis_store::RedisStore;
 pub use registry::{Registry, TypedKind};
 pub use release::{
-    Copies, NewBody, PluginMetric, RequestFacts, ServiceChoice, ServiceRef, Variant,
+    Copies, KeepCopies, NewBody, PluginMetric, RequestFacts, ServiceChoice, ServiceRef, Variant,
 };
 
 /// What a phase hook decided.
@@ -188,6 +188,12 @@ impl RequestCtx<'_> {
         self.state.insert(NewBody(body));
     }
 
+    /// Copies this request's exchange for `log` ([`Needs::copies`] says how much): only
+    /// requests some instance asked for are copied.
+    pub fn keep_copies(&mut self) {
+        self.state.insert(KeepCopies);
+    }
+
     /// The request's id and route captures, for a plugin declaring [`Needs::facts`].
     pub fn facts(&self) -> Option<&RequestFacts> {
         self.state.get::<RequestFacts>()
@@ -231,7 +237,8 @@ pub struct Needs {
     /// Run [`Plugin::upstream_request`] before each attempt (routes whose plugins do not
     /// ask skip the phase).
     pub upstream_request: bool,
-    /// Keep [`Copies`] of the exchange for `log`, each body up to this many bytes: the
+    /// Keep [`Copies`] of the exchange for `log` of the requests an instance asked for
+    /// ([`RequestCtx::keep_copies`]), each body up to this many bytes: the
     /// request body is copied as it streams upstream, the response's (with
     /// `copy_response`) as it goes to the client, neither held back nor changed.
     pub copies: Option<u64>,

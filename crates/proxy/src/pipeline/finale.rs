@@ -130,7 +130,7 @@ impl Finale {
         let copying_response = self
             .copies
             .as_ref()
-            .is_some_and(|c| c.response_body.is_some());
+            .is_some_and(|c| c.request.is_some() && c.response_body.is_some());
         if let Some(c) = self.copies.as_mut().filter(|_| copying_response) {
             c.response_headers = resp.headers().clone();
         }

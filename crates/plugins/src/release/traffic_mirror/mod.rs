@@ -174,10 +174,6 @@ impl TypedKind for Kind {
     }
 }
 
-/// A request chosen for copying (in the request's state).
-#[derive(Clone, Copy)]
-struct Chosen;
-
 pub struct Mirror {
     to: UpstreamRef,
     /// The URL's base path, put before the request's.
@@ -235,14 +231,12 @@ impl Plugin for Mirror {
                 return Flow::Continue;
             }
         }
-        ctx.state.insert(Chosen);
+        ctx.keep_copies();
         Flow::Continue
     }
 
     fn log(&self, ctx: &LogCtx<'_>) {
-        if ctx.state.get::<Chosen>().is_none() {
-            return;
-        }
+        // Only requests chosen in `access` have copies.
         let Some(copies) = ctx.copies else { return };
         let s = &self.shared;
         let Some(body) = copies.request_body.clone() else {
