@@ -23,7 +23,7 @@ pub use redis;
 pub use redis_store::RedisStore;
 pub use registry::{Registry, TypedKind};
 pub use release::{
-    Copies, KeepCopies, NewBody, PluginMetric, RequestFacts, ServiceChoice, ServiceRef, Variant,
+    Copies, NewBody, PluginMetric, RequestFacts, ServiceChoice, ServiceRef, Variant,
 };
 
 /// What a phase hook decided.
@@ -143,6 +143,8 @@ pub struct RequestCtx<'a> {
     pub upstream: Option<UpstreamRef>,
     /// The release variant the request was given (see [`RequestCtx::set_variant`]).
     pub variant: Option<Variant>,
+    /// Whether this request's exchange is copied for `log` (see [`RequestCtx::keep_copies`]).
+    pub keep_copies: bool,
     /// The gateway: consumers and sub-requests.
     pub gateway: &'a dyn Gateway,
 }
@@ -191,7 +193,7 @@ impl RequestCtx<'_> {
     /// Copies this request's exchange for `log` ([`Needs::copies`] says how much): only
     /// requests some instance asked for are copied.
     pub fn keep_copies(&mut self) {
-        self.state.insert(KeepCopies);
+        self.keep_copies = true;
     }
 
     /// The request's id and route captures, for a plugin declaring [`Needs::facts`].

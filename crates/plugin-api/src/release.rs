@@ -52,11 +52,6 @@ impl RequestFacts {
     }
 }
 
-/// Put in [`crate::RequestCtx::state`] by [`crate::RequestCtx::keep_copies`]: this request's
-/// exchange is copied (requests no instance asked for cost nothing).
-#[derive(Debug, Clone, Copy)]
-pub struct KeepCopies;
-
 /// Copies of one exchange, for a plugin declaring [`crate::Needs::copies`]: the request as it
 /// went upstream and (with [`crate::Needs::copy_response`]) the response the client got;
 /// without it the response's headers are empty and its body `None`. A body is `None` when it

@@ -121,6 +121,7 @@ impl TestRequest {
                 body: self.body.as_ref(),
                 upstream: self.upstream.take(),
                 variant: self.variant.take(),
+                keep_copies: false,
                 gateway: &self.gateway,
             },
             variant: &mut self.variant,

@@ -70,6 +70,7 @@ pub async fn run(
         body: plugins.body.as_ref(),
         upstream: plugins.upstream.take(),
         variant: plugins.variant.take(),
+        keep_copies: plugins.keep_copies,
         gateway: &gateway,
     };
     let mut steps = rec.decision.as_mut().map(|d| &mut d.plugins);
@@ -83,6 +84,7 @@ pub async fn run(
     plugins.consumer = ctx.consumer.take();
     plugins.upstream = ctx.upstream.take();
     plugins.variant = ctx.variant.take();
+    plugins.keep_copies = ctx.keep_copies;
     plugins.body_limit = ctx.body_limit;
     result
 }

@@ -113,12 +113,7 @@ pub fn copy_request(st: &mut RequestState<'_>, out: &mut Outgoing) {
     let Some(cap) = finale.copy_cap() else {
         return;
     };
-    if st
-        .plugins
-        .state
-        .get::<gatehouse_plugin_api::KeepCopies>()
-        .is_none()
-    {
+    if !st.plugins.keep_copies {
         return;
     }
     if let Some((head, body)) = out.copy_for_log(cap) {

@@ -129,6 +129,8 @@ pub struct PluginState {
     pub upstream: Option<UpstreamRef>,
     /// The release variant a plugin gave the request.
     pub variant: Option<gatehouse_plugin_api::Variant>,
+    /// A plugin asked for copies of this request's exchange.
+    pub keep_copies: bool,
     /// The request head for the `response` phase, when a plugin of the route asked for it.
     pub head: Option<Box<RequestHead>>,
 }
