@@ -249,6 +249,41 @@ enum PluginsCommand {
     Schema { name: String },
 }
 
+/// `gatehouse config ...` against a running gateway's admin API.
+async fn config_command(what: ConfigCommand, admin: config_cmd::AdminApi) -> anyhow::Result<()> {
+    match what {
+        ConfigCommand::Export => print!("{}", config_cmd::export(&admin).await?),
+        ConfigCommand::History { limit } => print!("{}", config_cmd::history(&admin, limit).await?),
+        ConfigCommand::Rollback { revision } => {
+            let new = config_cmd::rollback(&admin, revision).await?;
+            println!("revision {revision}'s config is live again as revision {new}");
+        }
+        ConfigCommand::Diff { file } => print!("{}", config_cmd::diff_file(&admin, &file).await?),
+        ConfigCommand::Apply {
+            file,
+            yes,
+            warn_over,
+        } => println!(
+            "{}",
+            config_cmd::apply(&admin, &file, yes, warn_over).await?
+        ),
+    }
+    Ok(())
+}
+
+/// `gatehouse release ...` against a running gateway's admin API.
+async fn release_command(what: ReleaseCommand, admin: config_cmd::AdminApi) -> anyhow::Result<()> {
+    match what {
+        ReleaseCommand::Switch { service, to } => {
+            println!(
+                "{}",
+                config_cmd::switch(&admin, &service, to.as_deref()).await?
+            )
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     init_logging();
     let cli = Cli::parse();
@@ -285,43 +320,8 @@ fn main() -> ExitCode {
             print!("{text}");
             Ok(())
         }),
-        Command::Config { what, admin } => rt.block_on(async {
-            let admin = admin.api();
-            match what {
-                ConfigCommand::Export => print!("{}", config_cmd::export(&admin).await?),
-                ConfigCommand::History { limit } => {
-                    print!("{}", config_cmd::history(&admin, limit).await?)
-                }
-                ConfigCommand::Rollback { revision } => {
-                    let new = config_cmd::rollback(&admin, revision).await?;
-                    println!("revision {revision}'s config is live again as revision {new}");
-                }
-                ConfigCommand::Diff { file } => {
-                    print!("{}", config_cmd::diff_file(&admin, &file).await?)
-                }
-                ConfigCommand::Apply {
-                    file,
-                    yes,
-                    warn_over,
-                } => println!(
-                    "{}",
-                    config_cmd::apply(&admin, &file, yes, warn_over).await?
-                ),
-            }
-            Ok(())
-        }),
-        Command::Release { what, admin } => rt.block_on(async {
-            let admin = admin.api();
-            match what {
-                ReleaseCommand::Switch { service, to } => {
-                    println!(
-                        "{}",
-                        config_cmd::switch(&admin, &service, to.as_deref()).await?
-                    )
-                }
-            }
-            Ok(())
-        }),
+        Command::Config { what, admin } => rt.block_on(config_command(what, admin.api())),
+        Command::Release { what, admin } => rt.block_on(release_command(what, admin.api())),
         Command::AdminToken { name, role } => return admin_token(&name, &role),
         Command::Run {
             config,

@@ -176,45 +176,7 @@ pub struct Subject<'a> {
 impl Conditions {
     pub fn compile(field: &str, w: &When) -> Result<Self, Vec<FieldError>> {
         let mut errs = Vec::new();
-        let mut tests = |kind: &str, list: &[ValueMatch]| -> Vec<(String, Test)> {
-            let mut out = Vec::new();
-            for (i, m) in list.iter().enumerate() {
-                let at = format!("{field}.{kind}[{i}]");
-                let given = [
-                    m.equals.is_some(),
-                    m.regex.is_some(),
-                    m.one_of.is_some(),
-                    m.present.is_some(),
-                ];
-                if given.iter().filter(|g| **g).count() != 1 {
-                    errs.push(FieldError::new(
-                        at,
-                        "give exactly one of equals, regex, in, present",
-                    ));
-                    continue;
-                }
-                let test = if let Some(e) = &m.equals {
-                    Test::Equals(e.as_str().into())
-                } else if let Some(r) = &m.regex {
-                    match Regex::new(r) {
-                        Ok(r) => Test::Regex(r),
-                        Err(e) => {
-                            errs.push(FieldError::new(
-                                format!("{at}.regex"),
-                                format!("not a valid regex: {e}"),
-                            ));
-                            continue;
-                        }
-                    }
-                } else if let Some(l) = &m.one_of {
-                    Test::In(l.iter().map(|s| s.as_str().into()).collect())
-                } else {
-                    Test::Present(m.present.unwrap_or(true))
-                };
-                out.push((m.name.clone(), test));
-            }
-            out
-        };
+        let mut tests = |kind: &str, list: &[ValueMatch]| value_tests(field, kind, list, &mut errs);
         let raw_headers = tests("headers", &w.headers);
         let cookies = tests("cookies", &w.cookies)
             .into_iter()
@@ -302,6 +264,53 @@ impl Conditions {
             && self.percent.is_none_or(|p| bucket("", who.key) < p)
             && self.random.is_none_or(|r| fastrand::f64() < r)
     }
+}
+
+/// The tests of a list of header, cookie or query conditions (`{field}.{kind}`); bad ones are
+/// added to `errs`.
+fn value_tests(
+    field: &str,
+    kind: &str,
+    list: &[ValueMatch],
+    errs: &mut Vec<FieldError>,
+) -> Vec<(String, Test)> {
+    let mut out = Vec::new();
+    for (i, m) in list.iter().enumerate() {
+        let at = format!("{field}.{kind}[{i}]");
+        let given = [
+            m.equals.is_some(),
+            m.regex.is_some(),
+            m.one_of.is_some(),
+            m.present.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() != 1 {
+            errs.push(FieldError::new(
+                at,
+                "give exactly one of equals, regex, in, present",
+            ));
+            continue;
+        }
+        let test = if let Some(e) = &m.equals {
+            Test::Equals(e.as_str().into())
+        } else if let Some(r) = &m.regex {
+            match Regex::new(r) {
+                Ok(r) => Test::Regex(r),
+                Err(e) => {
+                    errs.push(FieldError::new(
+                        format!("{at}.regex"),
+                        format!("not a valid regex: {e}"),
+                    ));
+                    continue;
+                }
+            }
+        } else if let Some(l) = &m.one_of {
+            Test::In(l.iter().map(|s| s.as_str().into()).collect())
+        } else {
+            Test::Present(m.present.unwrap_or(true))
+        };
+        out.push((m.name.clone(), test));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -223,25 +223,12 @@ async fn proxy(
     let mut body = ClientBody::Streaming(body);
     let client_version = parts.version;
     if !routed.route.plugins.entries.is_empty() {
-        let original = parts.uri.clone();
         // Boxed, like every stage only some routes reach: the request's future is moved on
         // every poll, so what plain routes never run should not make it larger.
-        body = match Box::pin(plugin_access(st, &mut routed, &mut parts, body)).await {
+        body = match Box::pin(plugins(st, snap, &mut routed, &mut parts, body)).await {
             Ok(body) => body,
             Err(resp) => return resp,
         };
-        if parts.uri != original {
-            release::uri_changed(&mut routed, &original, &parts.uri);
-        }
-        body = match release::apply(st, snap, &mut routed, &mut parts, body) {
-            Ok(b) => b,
-            Err(failure) => return st.fail(failure),
-        };
-        if let Some(chosen) = st.plugins.upstream.take() {
-            if let Err(failure) = route::choose_upstream(st, &mut routed, &chosen, &parts) {
-                return st.fail(failure);
-            }
-        }
     }
     release::color(snap, &mut routed, &parts.headers);
     let mut transcoding = None;
@@ -353,6 +340,27 @@ fn observe_route<B>(st: &mut RequestState<'_>, routed: &Routed<'_>, req: &Reques
             req.headers(),
         ));
     }
+}
+
+/// The plugin stage: the phases, then what the plugins chose applied to the routed request
+/// (a new URI, service, variant, body or upstream).
+async fn plugins<'s>(
+    st: &mut RequestState<'_>,
+    snap: &'s Snapshot,
+    routed: &mut Routed<'s>,
+    parts: &mut http::request::Parts,
+    body: ClientBody,
+) -> Result<ClientBody, Response<RespBody>> {
+    let original = parts.uri.clone();
+    let body = plugin_access(st, routed, parts, body).await?;
+    if parts.uri != original {
+        release::uri_changed(routed, &original, &parts.uri);
+    }
+    let body = release::apply(st, snap, routed, parts, body).map_err(|f| st.fail(f))?;
+    if let Some(chosen) = st.plugins.upstream.take() {
+        route::choose_upstream(st, snap, routed, &chosen, parts).map_err(|f| st.fail(f))?;
+    }
+    Ok(body)
 }
 
 /// The `rewrite` and `access` phases, with the request body read between them when a plugin

@@ -121,12 +121,12 @@ pub fn https_required<B>(
 /// Sends the request to the upstream a plugin chose (`set_upstream`) instead of its
 /// service's, with its consistent-hash key made for that upstream.
 pub fn choose_upstream<'s>(
-    st: &RequestState<'s>,
+    st: &RequestState<'_>,
+    snap: &'s Snapshot,
     routed: &mut Routed<'s>,
     chosen: &UpstreamRef,
     parts: &http::request::Parts,
 ) -> Result<(), Failure> {
-    let snap: &'s Snapshot = st.snap;
     // Checked when the plugin was built, and the snapshot is the one it was built for.
     let Some(upstream) = snap.upstreams.get(chosen.name()) else {
         tracing::warn!(route = %routed.route.name, upstream = chosen.name(), "a plugin chose an upstream the snapshot does not have");
