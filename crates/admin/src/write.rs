@@ -313,6 +313,33 @@ pub(crate) async fn commit_and_apply(
     Ok(revision)
 }
 
+/// What the audit log says a write did: `update routes/r`, `add target a:1 to upstreams/u`,
+/// `switch services/shop to green`.
+fn audit_message(op: &Op, action: &str, entity: &str, after: Option<&serde_json::Value>) -> String {
+    match op {
+        Op::AddTarget(_) => {
+            let address = after
+                .and_then(|u| {
+                    u.get("targets")?
+                        .as_array()?
+                        .last()?
+                        .get("address")
+                        .cloned()
+                })
+                .unwrap_or_default();
+            format!("add target {address} to {entity}")
+        }
+        Op::RemoveTarget(_, address) => format!("remove target {address:?} from {entity}"),
+        Op::Switch(_) => {
+            let active = after
+                .and_then(|s| s.get("blue_green")?.get("active")?.as_str())
+                .unwrap_or("?");
+            format!("switch {entity} to {active}")
+        }
+        _ => format!("{action} {entity}"),
+    }
+}
+
 /// Runs one write: in a store, validated, committed, then live.
 pub(crate) async fn write(c: &Control, kind: Kind, op: Op, body: &[u8], who: &str) -> Response {
     let Source::Store(store) = &c.source else {
@@ -365,30 +392,7 @@ pub(crate) async fn write(c: &Control, kind: Kind, op: Op, body: &[u8], who: &st
         _ => "delete",
     };
     let entity = format!("{}/{id}", kind.plural());
-    let message = match &op {
-        Op::AddTarget(_) => {
-            let address = after
-                .as_ref()
-                .and_then(|u| {
-                    u.get("targets")?
-                        .as_array()?
-                        .last()?
-                        .get("address")
-                        .cloned()
-                })
-                .unwrap_or_default();
-            format!("add target {address} to {entity}")
-        }
-        Op::RemoveTarget(_, address) => format!("remove target {address:?} from {entity}"),
-        Op::Switch(_) => {
-            let active = after
-                .as_ref()
-                .and_then(|s| s.get("blue_green")?.get("active")?.as_str())
-                .unwrap_or("?");
-            format!("switch {entity} to {active}")
-        }
-        _ => format!("{action} {entity}"),
-    };
+    let message = audit_message(&op, action, &entity, after.as_ref());
     let change = Change {
         author: who,
         message: &message,
