@@ -184,14 +184,15 @@ plugins:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_logs_in_through_the_provider_and_an_api_takes_its_bearer_token() {
-    let gport = free_port();
-    let idp = Provider::start(gport);
+    // The gateway listens first (port 0), so no other process can take its port before the
+    // provider is told it; the login config follows by a reload once the provider runs.
     let o = Origin::start("a").await;
+    let g = gateway(&(upstream_yaml(&[o.addr], "") + ROUTE_ALL));
+    let gport = addr(&g).port();
+    let idp = Provider::start(gport);
     let yaml = config(o.addr, idp.port, gport, "introspection");
-    let mut opts = test_options();
-    opts.listen = vec![format!("127.0.0.1:{gport}").parse().unwrap()];
-    let _g = gatehouse_proxy::Gateway::start(gatehouse_model::parse_yaml(&yaml).unwrap(), &opts)
-        .unwrap_or_else(|e| panic!("{e}"));
+    g.reload(gatehouse_model::parse_yaml(&yaml).unwrap())
+        .unwrap_or_else(|e| panic!("{e:?}"));
     let gw = format!("http://127.0.0.1:{gport}");
     let idp_base = format!("http://127.0.0.1:{}", idp.port);
     let mut b = Browser::default();
