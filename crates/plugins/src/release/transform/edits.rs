@@ -2,7 +2,7 @@
 //! add (only when absent), append. On headers, query arguments and JSON body fields, with
 //! values from [`Template`]s.
 
-use super::vars::{Template, Vars};
+use super::vars::{Template, Uses, Vars};
 use gatehouse_plugin_api::{header_name, FieldError};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use schemars::JsonSchema;
@@ -61,7 +61,8 @@ pub struct Edits<N> {
     set: Vec<(N, Val)>,
     add: Vec<(N, Val)>,
     append: Vec<(N, Val)>,
-    pub needs_facts: bool,
+    /// What the values' templates read of the request.
+    pub uses: Uses,
 }
 
 impl<N> Edits<N> {
@@ -99,7 +100,7 @@ pub fn compile<N>(
             Some((named(at.clone(), a)?, named(at, b)?))
         })
         .collect();
-    let mut facts = false;
+    let mut uses = Uses::default();
     let mut vals = |kind: &str, m: &BTreeMap<String, Value>, errs: &mut Vec<FieldError>| {
         let mut out = Vec::new();
         for (k, v) in m {
@@ -114,7 +115,7 @@ pub fn compile<N>(
             };
             match Template::parse(&at, &text) {
                 Ok(t) => {
-                    facts |= t.needs_facts();
+                    uses = uses.or(t.uses());
                     out_push(&mut out, &name, k, Val::Text(t), &at, errs);
                 }
                 Err(e) => errs.push(e),
@@ -137,7 +138,7 @@ pub fn compile<N>(
         set,
         add,
         append,
-        needs_facts: facts,
+        uses,
     }
 }
 

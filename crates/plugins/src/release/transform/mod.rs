@@ -71,7 +71,7 @@ impl TypedKind for RequestKind {
             return Err(errs);
         }
         Ok(Arc::new(RequestTransformer {
-            needs_facts: headers.needs_facts || query.needs_facts || json.needs_facts,
+            uses: headers.uses.or(query.uses).or(json.uses),
             headers,
             query,
             json,
@@ -85,20 +85,20 @@ pub struct RequestTransformer {
     query: Edits<Box<str>>,
     json: Edits<Box<str>>,
     max_body: u64,
-    needs_facts: bool,
+    uses: vars::Uses,
 }
 
 impl Plugin for RequestTransformer {
     fn needs(&self) -> Needs {
         Needs {
-            facts: self.needs_facts,
+            facts: self.uses.facts,
             request_body: (!self.json.is_empty()).then_some(self.max_body),
             ..Needs::default()
         }
     }
 
     fn access(&self, ctx: &mut RequestCtx<'_>) -> Flow {
-        let vars = Vars::of(ctx);
+        let vars = Vars::of(ctx, self.uses);
         if !self.query.is_empty() {
             let mut q: Vec<(String, String)> = ctx
                 .parts
@@ -169,7 +169,7 @@ impl TypedKind for ResponseKind {
             return Err(errs);
         }
         Ok(Arc::new(ResponseTransformer {
-            needs_facts: headers.needs_facts || json.needs_facts,
+            uses: headers.uses.or(json.uses),
             headers,
             json,
             max_body: usize::try_from(c.max_body.0).unwrap_or(usize::MAX),
@@ -181,7 +181,7 @@ pub struct ResponseTransformer {
     headers: Edits<HeaderName>,
     json: Edits<Box<str>>,
     max_body: usize,
-    needs_facts: bool,
+    uses: vars::Uses,
 }
 
 /// The request's variables, kept for the response (in the request's state).
@@ -199,14 +199,14 @@ struct Gathering {
 impl Plugin for ResponseTransformer {
     fn needs(&self) -> Needs {
         Needs {
-            facts: self.needs_facts,
+            facts: self.uses.facts,
             response_body: !self.json.is_empty(),
             ..Needs::default()
         }
     }
 
     fn access(&self, ctx: &mut RequestCtx<'_>) -> Flow {
-        let vars = Vars::of(ctx);
+        let vars = Vars::of(ctx, self.uses);
         ctx.state.insert(Kept(vars));
         Flow::Continue
     }

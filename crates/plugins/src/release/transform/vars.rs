@@ -58,11 +58,14 @@ impl Template {
         Ok(Template(out))
     }
 
-    /// Whether rendering needs the request's facts (id, captures).
-    pub fn needs_facts(&self) -> bool {
-        self.0
-            .iter()
-            .any(|p| matches!(p, Piece::RequestId | Piece::Capture(_)))
+    /// What rendering reads of the request.
+    pub fn uses(&self) -> Uses {
+        let any = |f: fn(&Piece) -> bool| self.0.iter().any(f);
+        Uses {
+            facts: any(|p| matches!(p, Piece::RequestId | Piece::Capture(_))),
+            headers: any(|p| matches!(p, Piece::Header(_))),
+            query: any(|p| matches!(p, Piece::Query(_))),
+        }
     }
 
     pub fn render(&self, v: &Vars) -> String {
@@ -84,6 +87,25 @@ impl Template {
     }
 }
 
+/// What an instance's templates read of the request, so a request's variables copy only that
+/// (no header map cloned per request for templates that never name a header).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Uses {
+    pub facts: bool,
+    pub headers: bool,
+    pub query: bool,
+}
+
+impl Uses {
+    pub fn or(self, o: Uses) -> Uses {
+        Uses {
+            facts: self.facts || o.facts,
+            headers: self.headers || o.headers,
+            query: self.query || o.query,
+        }
+    }
+}
+
 /// The request's variables, taken when a transformer runs (owned, so the response side can
 /// keep them until the response).
 #[derive(Debug, Clone, Default)]
@@ -99,7 +121,7 @@ pub struct Vars {
 }
 
 impl Vars {
-    pub fn of(ctx: &RequestCtx<'_>) -> Self {
+    pub fn of(ctx: &RequestCtx<'_>, uses: Uses) -> Self {
         let facts = ctx.facts();
         Vars {
             client_ip: ctx.client_ip.to_string(),
@@ -112,11 +134,15 @@ impl Vars {
             route: ctx.route.to_owned(),
             service: ctx.service.to_owned(),
             captures: facts.map(|f| f.captures.clone()).unwrap_or_default(),
-            headers: ctx.parts.headers.clone(),
+            headers: match uses.headers {
+                true => ctx.parts.headers.clone(),
+                false => http::HeaderMap::new(),
+            },
             query: ctx
                 .parts
                 .uri
                 .query()
+                .filter(|_| uses.query)
                 .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
                 .unwrap_or_default(),
         }
