@@ -50,7 +50,8 @@ pub struct Call<'a> {
     pub label: &'a str,
 }
 
-/// The request's plugins, for the `upstream_request` phase.
+/// The request's plugins, for the `upstream_request` phase (given only to routes that have
+/// an instance with that hook).
 pub struct Plugins<'a, 's> {
     pub state: &'a mut PluginState,
     pub routed: &'a Routed<'s>,
@@ -130,10 +131,7 @@ pub async fn exchange(
         let sent_at = Instant::now();
         let deadline = earliest(sent_at + call.head_timeout, call.total);
         tell_deadline(&mut req, call.deadline_header, deadline, sent_at);
-        if let Some(p) = plugins
-            .as_mut()
-            .filter(|p| p.routed.route.plugins.needs.upstream_request)
-        {
+        if let Some(p) = plugins.as_mut() {
             // Boxed: its state is large and most routes have no plugins, so the exchange
             // future (moved at every poll) stays small for them.
             if let Err(answer) = Box::pin(upstream_request_phase(&mut req, p, rec)).await {

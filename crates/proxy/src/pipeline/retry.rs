@@ -59,7 +59,9 @@ pub async fn forward(
             body_fault: f.body_fault,
             label: &route.name,
         };
-        let plugins = (!route.plugins.entries.is_empty()).then_some(Plugins {
+        // Only routes with an instance that has an `upstream_request` hook hand their plugins
+        // to the exchange.
+        let plugins = route.plugins.needs.upstream_request.then_some(Plugins {
             state: &mut st.plugins,
             routed,
             client_ip: st.client.ip,
