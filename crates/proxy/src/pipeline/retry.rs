@@ -59,8 +59,6 @@ pub async fn forward(
             body_fault: f.body_fault,
             label: &route.name,
         };
-        // Only routes with an instance that has an `upstream_request` hook hand their plugins
-        // to the exchange.
         let plugins = route.plugins.needs.upstream_request.then_some(Plugins {
             state: &mut st.plugins,
             routed,
