@@ -4,6 +4,7 @@
 //! read-only.
 
 mod auth;
+pub mod discovery;
 mod metrics;
 mod release;
 mod revisions;
@@ -60,8 +61,8 @@ pub trait GatewayView: Send + Sync + 'static {
         None
     }
     /// The data plane's metrics, read from the serving snapshot at each scrape.
-    fn data_plane(&self) -> Option<Box<dyn prometheus_client::collector::Collector>> {
-        None
+    fn data_plane(&self) -> Vec<Box<dyn prometheus_client::collector::Collector>> {
+        Vec::new()
     }
     /// Whether this node can serve traffic now; `Err` says why not.
     fn ready(&self) -> Result<(), String> {
@@ -82,6 +83,23 @@ pub trait GatewayView: Send + Sync + 'static {
     /// `Plugin::report`), if it does.
     fn plugin_report(&self, _name: &str, _scope: &str) -> Option<serde_json::Value> {
         None
+    }
+    /// Upstream `name`'s targets in use on this node, each with its `source` (`config`,
+    /// `dns`, `etcd`, `registered`); `None`: read them from the config.
+    fn targets(&self, _upstream: &str) -> Option<Vec<serde_json::Value>> {
+        None
+    }
+    /// Registers (or heartbeats) a target on this node.
+    fn register(&self, _r: &discovery::Registered) -> Result<(), String> {
+        Err("this gateway takes no registrations".into())
+    }
+    /// Removes a registration on this node; whether there was one.
+    fn deregister(&self, _upstream: &str, _address: &str) -> bool {
+        false
+    }
+    /// Each discovery source's state (up, targets, last error), for `/status`.
+    fn discovery(&self) -> Vec<serde_json::Value> {
+        Vec::new()
     }
 }
 
@@ -166,7 +184,7 @@ impl Control {
     fn build(source: Source, view: Arc<dyn GatewayView>, revision: i64) -> Self {
         let mut metrics = Metrics::new();
         metrics.revision.set(revision);
-        if let Some(collector) = view.data_plane() {
+        for collector in view.data_plane() {
             metrics.register_collector(collector);
         }
         Control {
@@ -285,6 +303,9 @@ pub struct Status {
     pub circuit_breakers: Vec<BreakerStatus>,
     /// The certificates served by SNI, soonest to expire first.
     pub certificates: Vec<CertificateStatus>,
+    /// Each discovery source per upstream: `up`, `targets`, `error`, `since`.
+    #[schema(value_type = Vec<Object>)]
+    pub discovery: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -338,6 +359,7 @@ async fn status(State(c): State<Shared>) -> Json<Status> {
             certs.sort_by_key(|c| c.not_after);
             certs
         },
+        discovery: c.view.discovery(),
     })
 }
 
@@ -838,37 +860,6 @@ entity_handlers!(
     "The certificate's name"
 );
 
-#[utoipa::path(get, path = "/upstreams/{id}/targets", tag = "upstreams",
-    params(
-        ("id" = String, Path, description = "The upstream's name"),
-        ("offset" = Option<usize>, Query, description = "Targets to skip (default 0)"),
-        ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000, description = "Page size, 1 to 1000 (default 100)"),
-    ),
-    responses(
-        (status = 200, description = "A page of the upstream's targets", body = Page),
-        (status = 400, description = "Bad pagination", body = ErrorBody),
-        (status = 404, description = "No such upstream", body = ErrorBody),
-    ))]
-async fn list_targets(
-    State(c): State<Shared>,
-    Path(id): Path<String>,
-    Query(q): Query<BTreeMap<String, String>>,
-) -> Response {
-    let config = c.view.config();
-    let Some(u) = config.upstreams.iter().find(|u| u.name == id) else {
-        return error(StatusCode::NOT_FOUND, format!("no upstream named {id:?}"));
-    };
-    let items = u
-        .targets
-        .iter()
-        .filter_map(|t| serde_json::to_value(t).ok())
-        .collect();
-    match page(items, &q) {
-        Ok(p) => Json(p).into_response(),
-        Err(e) => error(StatusCode::BAD_REQUEST, e),
-    }
-}
-
 #[utoipa::path(get, path = "/upstreams/{id}/health", tag = "upstreams",
     params(("id" = String, Path, description = "The upstream's name")),
     responses(
@@ -911,7 +902,7 @@ async fn add_target(
         ("address" = String, Path, description = "The target's `host:port`"),
     ),
     responses(
-        (status = 204, description = "Removed"),
+        (status = 204, description = "Removed (a registration, or a configured target)"),
         (status = 404, description = "No such upstream or target", body = ErrorBody),
         (status = 405, description = "Read-only (the gateway runs from a file)", body = ErrorBody),
         (status = 409, description = "The upstream would be left invalid (`fields` says why)", body = ErrorBody),
@@ -921,6 +912,10 @@ async fn remove_target(
     axum::Extension(who): axum::Extension<auth::Who>,
     Path((id, address)): Path<(String, String)>,
 ) -> Response {
+    // A registered target goes with its registration; a configured one by a new revision.
+    if let Some(answer) = discovery::deregister(&c, &id, &address).await {
+        return answer;
+    }
     let op = write::Op::RemoveTarget(id, address);
     write::write(&c, Kind::Upstreams, op, &[], &who.0).await
 }
@@ -966,8 +961,8 @@ pub fn router(control: Arc<Control>) -> axum::Router {
             patch_upstream,
             delete_upstream
         ))
-        .routes(routes!(list_targets, add_target))
-        .routes(routes!(remove_target))
+        .routes(routes!(discovery::list_targets, add_target))
+        .routes(routes!(remove_target, discovery::register_target))
         .routes(routes!(release::switch_service))
         .routes(routes!(release::plugin_report))
         .routes(routes!(upstream_health))

@@ -23,6 +23,30 @@ pub async fn fetch_config(admin: &AdminApi) -> anyhow::Result<gatehouse_model::C
     serde_json::from_slice(&body).context("the admin API's /config is not a config")
 }
 
+/// The targets upstream `name` uses on the running gateway, with where each came from.
+pub async fn live_targets(
+    admin: &AdminApi,
+    name: &str,
+) -> anyhow::Result<Vec<gatehouse_runtime::explain::TargetLine>> {
+    let body = get(admin, &format!("/upstreams/{name}/targets?limit=1000")).await?;
+    let page: serde_json::Value =
+        serde_json::from_slice(&body).context("the admin API's targets page")?;
+    let items = page
+        .get("items")
+        .and_then(|i| i.as_array())
+        .cloned()
+        .unwrap_or_default();
+    Ok(items
+        .into_iter()
+        .filter(|t| t.get("in_use").and_then(|u| u.as_bool()).unwrap_or(true))
+        .map(|t| gatehouse_runtime::explain::TargetLine {
+            address: t["address"].as_str().unwrap_or_default().to_owned(),
+            weight: t["weight"].as_u64().unwrap_or(1) as u32,
+            source: t["source"].as_str().unwrap_or("config").to_owned(),
+        })
+        .collect())
+}
+
 /// What applying `file` to the running gateway would change.
 pub async fn diff_file(
     admin: &AdminApi,

@@ -5,13 +5,22 @@ use anyhow::{anyhow, Context};
 use gatehouse_runtime::{NodeContext, Snapshot};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
-pub fn run(
+/// The explanation as text or JSON.
+pub fn render(e: &gatehouse_runtime::explain::Explanation, json: bool) -> anyhow::Result<String> {
+    Ok(if json {
+        serde_json::to_string_pretty(e)? + "\n"
+    } else {
+        e.to_string()
+    })
+}
+
+/// What the gateway would do with the request.
+pub fn explain(
     config: gatehouse_model::Config,
     method: &str,
     url: &str,
     headers: &[String],
-    json: bool,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<gatehouse_runtime::explain::Explanation> {
     let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
         .map_err(|_| anyhow!("{method:?} is not an HTTP method"))?;
     let mut map = HeaderMap::new();
@@ -54,10 +63,11 @@ pub fn run(
         let lines: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         anyhow!("the config does not compile:\n{}", lines.join("\n"))
     })?;
-    let e = gatehouse_runtime::explain::explain(snap.snapshot(), &method, &host, &path, &map);
-    Ok(if json {
-        serde_json::to_string_pretty(&e)? + "\n"
-    } else {
-        e.to_string()
-    })
+    Ok(gatehouse_runtime::explain::explain(
+        snap.snapshot(),
+        &method,
+        &host,
+        &path,
+        &map,
+    ))
 }

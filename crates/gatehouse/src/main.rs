@@ -309,15 +309,23 @@ fn main() -> ExitCode {
             token,
             json,
         } => rt.block_on(async {
-            let config = match (config, admin) {
-                (Some(path), _) => load(&path, None).map_err(|e| anyhow::anyhow!("{e}"))?,
+            let (config, api) = match (config, admin) {
+                (Some(path), _) => (
+                    load(&path, None).map_err(|e| anyhow::anyhow!("{e}"))?,
+                    None,
+                ),
                 (None, Some(url)) => {
-                    config_cmd::fetch_config(&config_cmd::AdminApi { url, token }).await?
+                    let api = config_cmd::AdminApi { url, token };
+                    (config_cmd::fetch_config(&api).await?, Some(api))
                 }
                 (None, None) => anyhow::bail!("say which config: -c FILE or --admin URL"),
             };
-            let text = explain::run(config, &method, &url, &headers, json)?;
-            print!("{text}");
+            let mut e = explain::explain(config, &method, &url, &headers)?;
+            if let (Some(api), Some(m)) = (api, e.route.as_mut()) {
+                // The running gateway's targets: discovered and registered ones included.
+                m.targets = config_cmd::live_targets(&api, &m.upstream).await?;
+            }
+            print!("{}", explain::render(&e, json)?);
             Ok(())
         }),
         Command::Config { what, admin } => rt.block_on(config_command(what, admin.api())),
@@ -554,6 +562,7 @@ async fn run(path: PathBuf, flags: NodeFlags) -> anyhow::Result<()> {
         registry: gatehouse_plugins::registry(),
     };
     let gateway = Gateway::start(config, &opts)?;
+    gateway.shared().keep_discovered_in(&data_dir);
     let view = node::NodeView {
         shared: gateway.shared().clone(),
         for_node: None,

@@ -78,6 +78,30 @@ impl GatewayView for NodeView {
         self.shared.reload(self.node_config(config))
     }
 
+    fn targets(&self, upstream: &str) -> Option<Vec<serde_json::Value>> {
+        self.shared.targets_of(upstream)
+    }
+
+    fn register(&self, r: &gatehouse_admin::discovery::Registered) -> Result<(), String> {
+        self.shared
+            .register(&r.upstream, registered_target(r), r.expires_ms)
+            .map(|_| ())
+    }
+
+    fn deregister(&self, upstream: &str, address: &str) -> bool {
+        self.shared.deregister(upstream, address)
+    }
+
+    fn discovery(&self) -> Vec<serde_json::Value> {
+        self.shared
+            .discovery
+            .state
+            .status()
+            .into_iter()
+            .filter_map(|s| serde_json::to_value(s).ok())
+            .collect()
+    }
+
     fn health(&self, upstream: &str) -> Option<Vec<TargetHealth>> {
         let targets = self.shared.health_of(upstream)?;
         Some(
@@ -125,11 +149,27 @@ impl GatewayView for NodeView {
         Ok(())
     }
 
-    fn data_plane(&self) -> Option<Box<dyn prometheus_client::collector::Collector>> {
+    fn data_plane(&self) -> Vec<Box<dyn prometheus_client::collector::Collector>> {
         let shared = self.shared.clone();
-        Some(Box::new(gatehouse_runtime::telemetry::SnapshotCollector(
-            move || shared.snapshot.load_full(),
-        )))
+        let snapshot =
+            gatehouse_runtime::telemetry::SnapshotCollector(move || shared.snapshot.load_full());
+        let discovery =
+            gatehouse_runtime::discovery::Collector(self.shared.discovery.state.clone());
+        vec![Box::new(snapshot), Box::new(discovery)]
+    }
+}
+
+/// A registration as the node's discovery state holds it.
+pub(crate) fn registered_target(
+    r: &gatehouse_admin::discovery::Registered,
+) -> gatehouse_runtime::discovery::Found {
+    gatehouse_runtime::discovery::Found {
+        address: r.address.clone(),
+        weight: r.weight,
+        labels: r.labels.clone(),
+        metadata: r.metadata.clone(),
+        origin: gatehouse_runtime::discovery::Origin::Registered,
+        from: None,
     }
 }
 

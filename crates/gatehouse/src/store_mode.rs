@@ -17,6 +17,8 @@ use std::time::Duration;
 
 /// How often a node asks the store for a newer revision.
 const POLL: Duration = Duration::from_secs(1);
+/// How often a node reads the store's self-registrations.
+const REGISTRATIONS_POLL: Duration = Duration::from_millis(500);
 
 /// The stored entities with this node's settings: a store holds no node settings.
 fn for_node(mut config: Config, flags: &NodeFlags) -> Config {
@@ -66,6 +68,8 @@ pub async fn run(url: String, flags: NodeFlags) -> anyhow::Result<()> {
     };
     let gateway = Gateway::start(config, &opts)
         .with_context(|| format!("the config in {url} (revision {revision}) does not start"))?;
+    gateway.shared().keep_discovered_in(&flags.data_dir);
+    tokio::spawn(follow_registrations(store.clone(), gateway.shared().clone()));
     let admin = crate::node::AdminListen {
         address: admin_addr,
         metrics: flags.metrics,
@@ -103,6 +107,31 @@ pub async fn run(url: String, flags: NodeFlags) -> anyhow::Result<()> {
         rejected: 0,
     };
     crate::node::serve(gateway, control, admin, node.workers, source).await
+}
+
+/// Applies the store's self-registrations on this node, so every node of the store serves
+/// the same registered targets. While the store is unreachable the node keeps what it has
+/// (and drops registrations as their TTLs run out).
+async fn follow_registrations(store: Arc<Store>, shared: Arc<Shared>) {
+    let mut poll = tokio::time::interval(REGISTRATIONS_POLL);
+    loop {
+        poll.tick().await;
+        let now = gatehouse_runtime::discovery::unix_ms(std::time::SystemTime::now());
+        match store.registrations(now as i64).await {
+            Ok(rows) => {
+                let all = gatehouse_admin::discovery::decode_registrations(rows)
+                    .iter()
+                    .map(|r| gatehouse_runtime::discovery::Registration {
+                        upstream: r.upstream.clone(),
+                        target: crate::node::registered_target(r),
+                        expires_ms: r.expires_ms,
+                    })
+                    .collect();
+                shared.set_registrations(all);
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot read registrations from the store"),
+        }
+    }
 }
 
 /// Store mode's config: the store's latest revision. PostgreSQL announces new revisions at

@@ -3,17 +3,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/running.rs"]
+mod running;
 #[path = "common/tls_kit.rs"]
 mod tls_kit;
 
 use common::*;
-use std::io::{BufRead, BufReader};
+use running::{Running, BIN};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("gatehouse-test-{name}-{}", std::process::id()));
@@ -102,162 +102,6 @@ fn validate_accepts_the_examples() {
     let (code, out) = validate("routes: [\n");
     assert_eq!(code, 1);
     assert!(out.starts_with("line "), "{out}");
-}
-
-/// A running `gatehouse run` with its stderr collected line by line.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Running {
-    fn start(config: &Path) -> (Running, std::net::SocketAddr) {
-        Running::start_with(Command::new(BIN), &["-c".as_ref(), config.as_os_str()], 2)
-    }
-
-    /// Started through `taskset -c CPU`: one core, one worker.
-    fn start_pinned(config: &Path, cpu: &str) -> (Running, std::net::SocketAddr) {
-        let mut cmd = Command::new("taskset");
-        cmd.args(["-c", cpu, BIN]);
-        Running::start_with(cmd, &["-c".as_ref(), config.as_os_str()], 1)
-    }
-
-    /// Store mode: config in the store at `url`, the node's snapshot under `data`.
-    fn start_store(url: &str, data: &Path) -> (Running, std::net::SocketAddr) {
-        Running::start_store_with(url, data, &[])
-    }
-
-    fn start_store_with(
-        url: &str,
-        data: &Path,
-        extra: &[&std::ffi::OsStr],
-    ) -> (Running, std::net::SocketAddr) {
-        let mut args = vec![
-            "--store".as_ref(),
-            url.as_ref(),
-            "--data-dir".as_ref(),
-            data.as_os_str(),
-        ];
-        args.extend_from_slice(extra);
-        Running::start_with(Command::new(BIN), &args, 2)
-    }
-
-    fn start_with(
-        cmd: Command,
-        source: &[&std::ffi::OsStr],
-        workers: usize,
-    ) -> (Running, std::net::SocketAddr) {
-        Running::start_with_admin(cmd, source, workers, "127.0.0.1:0")
-    }
-
-    /// [`Running::start_with`] with the admin API on `admin`.
-    fn start_with_admin(
-        mut cmd: Command,
-        source: &[&std::ffi::OsStr],
-        workers: usize,
-        admin: &str,
-    ) -> (Running, std::net::SocketAddr) {
-        let child = cmd
-            .args([
-                "run",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin",
-                admin,
-                "--workers",
-            ])
-            .arg(workers.to_string())
-            .args(source)
-            .env("GATEHOUSE_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut r = Running::watching(child);
-        let line = r.wait_for("gatehouse listening");
-        let addr = line
-            .split("address=")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no address in: {line}"));
-        (r, addr)
-    }
-
-    /// A started gateway whose log (stderr, piped) is read line by line.
-    fn watching(mut child: Child) -> Running {
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Running {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    fn wait_for(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
-                self.seen.push(line.clone());
-                if line.contains(needle) {
-                    return line;
-                }
-            }
-        }
-        panic!(
-            "never logged {needle:?}; log so far:\n{}",
-            self.seen.join("\n")
-        );
-    }
-
-    /// Where the admin API listens, from its log line.
-    fn admin_addr(&self) -> std::net::SocketAddr {
-        self.seen
-            .iter()
-            .find(|l| l.contains("admin API listening"))
-            .and_then(|l| l.split("address=").nth(1))
-            .and_then(|s| s.split_whitespace().next())
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no admin address in:\n{}", self.seen.join("\n")))
-    }
-
-    /// Waits (up to 10 s) for the process to exit, as after SIGTERM.
-    async fn exited(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "gateway did not exit after SIGTERM"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn config_for(origin: std::net::SocketAddr, path: &str) -> String {
@@ -830,7 +674,10 @@ fn explain_shows_route_params_plugins_in_order_and_the_upstream_path() {
     assert!(out.contains("route:    user-by-id (priority 0)"), "{out}");
     assert!(out.contains("param:   id = \"42\""), "{out}");
     assert!(out.contains("sends:    GET /v2/users/42?x=1"), "{out}");
-    assert!(out.contains("target:  127.0.0.1:9001 (weight 3)"), "{out}");
+    assert!(
+        out.contains("target:  127.0.0.1:9001 (weight 3, from config)"),
+        "{out}"
+    );
     let size = out.find("request-size-limit").expect(&out);
     let shed = out.find("adaptive-shed").expect(&out);
     assert!(size < shed, "priority order: {out}");

@@ -15,6 +15,7 @@ mod locate;
 mod observability;
 mod parse;
 mod release;
+mod discovery;
 mod resilience;
 mod tls;
 mod validate;
@@ -31,6 +32,7 @@ pub use tls::{
     RouteProtocol, TlsVersion, UpstreamTls, HTTPS_REDIRECT_CODES,
 };
 
+pub use discovery::{Discovery, DnsDiscovery, DnsRecord, EtcdDiscovery};
 pub use release::{BlueGreen, RewriteRegex, Side, COLOR_LABEL, DEFAULT_COLOR_HEADER};
 
 pub use resilience::{
@@ -539,7 +541,12 @@ pub struct Upstream {
     /// For `hash_on: header|cookie|query`: the header, cookie or query argument name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash_key: Option<String>,
+    /// The static targets; may be empty when `discovery` finds them.
+    #[serde(default)]
     pub targets: Vec<Target>,
+    /// Targets found in DNS or etcd, added to `targets` as they change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<Discovery>,
     /// Use at most this many targets on this node, chosen so that nodes spread evenly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subset_size: Option<usize>,

@@ -98,9 +98,6 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
 
     for (i, u) in config.upstreams.iter().enumerate() {
         let p = format!("upstreams[{i}]");
-        if u.targets.is_empty() {
-            err(format!("{p}.targets"), "needs at least one target".into());
-        }
         let mut seen = HashMap::new();
         for (j, t) in u.targets.iter().enumerate() {
             if let Err(m) = check_host_port(&t.address) {
@@ -179,6 +176,7 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
     }
 
     crate::release::validate(config, &upstreams, &mut err);
+    crate::discovery::validate(config, &mut err);
     for (i, s) in config.services.iter().enumerate() {
         let p = format!("services[{i}]");
         match (&s.upstream, &s.url) {

@@ -7,6 +7,7 @@
 
 pub mod accept;
 pub mod body;
+pub mod discovery;
 pub mod errors;
 pub mod framing;
 pub mod grpc;
@@ -45,6 +46,8 @@ pub struct Shared {
     pub challenges: Arc<gatehouse_runtime::tls::Challenges>,
     /// The certificates ACME obtained (PEM), served beside `certificates[]`.
     acme_certificates: std::sync::Mutex<Vec<gatehouse_model::Certificate>>,
+    /// Targets found by DNS and etcd, and registered through the admin API.
+    pub discovery: discovery::Discovery,
 }
 
 /// Settings fixed at start.
@@ -76,6 +79,7 @@ impl Shared {
         next.telemetry.node.set_certificates(&certificates);
         self.snapshot.store(Arc::new(next));
         self.certificates.store(certificates);
+        self.resync_all();
         self.snapshot.load().changes.send_modify(|n| *n += 1);
         Ok(())
     }
@@ -248,6 +252,7 @@ impl Gateway {
             certificates,
             challenges,
             acme_certificates: Default::default(),
+            discovery: Default::default(),
         });
         let (stop, stop_rx) = watch::channel(false);
         let mut done = Vec::with_capacity(node.workers);
@@ -332,6 +337,8 @@ async fn worker(
     let sweeper = tokio::spawn(sweep_idle(shared.clone()));
     // One worker probes for the whole node.
     let checks = (upstream::worker() == 0).then(|| tokio::spawn(health_checks(shared.clone())));
+    let discovery =
+        (upstream::worker() == 0).then(|| tokio::spawn(discovery::run(shared.clone())));
     while !*stop.borrow_and_update() {
         tokio::select! {
             command = commands.recv() => match command {
@@ -369,6 +376,9 @@ async fn worker(
         tracing::warn!(?drain, "drain timeout: closing connections still open");
     }
     sweeper.abort();
+    if let Some(d) = discovery {
+        d.abort();
+    }
     if let Some(c) = checks {
         c.abort();
     }

@@ -65,13 +65,10 @@ impl Tls {
 }
 
 impl Connector {
-    /// A connection to `address` (`host:port`), through `resolved` when it is a literal
-    /// socket address (no resolver on the hot path).
-    pub async fn connect(&self, resolved: Option<SocketAddr>, address: &str) -> io::Result<Stream> {
-        let tcp = match resolved {
-            Some(a) => TcpStream::connect(a).await?,
-            None => TcpStream::connect(address).await?,
-        };
+    /// A connection to `address` (`host:port`, the name TLS checks) at `at`, its resolved
+    /// socket address (resolution happens elsewhere, never here).
+    pub async fn connect(&self, at: SocketAddr, address: &str) -> io::Result<Stream> {
+        let tcp = TcpStream::connect(at).await?;
         let _ = tcp.set_nodelay(true);
         match self {
             Connector::Tcp => Ok(Stream::Tcp(tcp)),

@@ -32,10 +32,22 @@ pub struct Matched {
     /// What goes upstream: the path and query after `strip_prefix`, `rewrite` and the
     /// service's path prefix.
     pub upstream_path: String,
-    /// The targets this node balances over (after subsetting), with their weights.
-    pub targets: Vec<(String, u32)>,
+    /// The targets this node balances over (after subsetting), with their weights and
+    /// where each came from.
+    pub targets: Vec<TargetLine>,
+    /// Where more targets come from at run time (DNS, etcd), when the upstream says.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub discovery: Vec<String>,
     /// The plugin instances that run, in order.
     pub plugins: Vec<PluginRun>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct TargetLine {
+    pub address: String,
+    pub weight: u32,
+    /// `config`, `dns`, `etcd` or `registered`.
+    pub source: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -113,18 +125,26 @@ pub fn explain(
                 .unwrap_or_default(),
             upstream_path: upstream_path(entry, service, &m, &view, false)
                 .unwrap_or_else(|| path_and_query.to_owned()),
-            targets: service
-                .upstream
-                .targets()
-                .targets
-                .iter()
-                .map(|t| {
-                    let weight = up_spec
-                        .and_then(|u| u.targets.iter().find(|s| *s.address == *t.address))
-                        .map_or(1, |s| s.weight);
-                    (t.address.to_string(), weight)
-                })
-                .collect(),
+            targets: {
+                let set = service.upstream.targets();
+                let listed = service.upstream.listed();
+                set.targets
+                    .iter()
+                    .zip(&set.origins)
+                    .map(|(t, o)| TargetLine {
+                        address: t.address.to_string(),
+                        weight: listed
+                            .iter()
+                            .find(|f| *f.address == *t.address)
+                            .map_or(1, |f| f.weight),
+                        source: o.as_str().into(),
+                    })
+                    .collect()
+            },
+            discovery: up_spec
+                .and_then(|u| u.discovery.as_ref())
+                .map(describe_discovery)
+                .unwrap_or_default(),
             plugins,
         })
     });
@@ -165,8 +185,15 @@ impl std::fmt::Display for Explanation {
         }
         writeln!(f, "service:  {}", m.service)?;
         writeln!(f, "upstream: {} ({})", m.upstream, m.balance)?;
-        for (t, w) in &m.targets {
-            writeln!(f, "  target:  {t} (weight {w})")?;
+        for t in &m.targets {
+            writeln!(
+                f,
+                "  target:  {} (weight {}, from {})",
+                t.address, t.weight, t.source
+            )?;
+        }
+        for d in &m.discovery {
+            writeln!(f, "  and:     {d}")?;
         }
         writeln!(f, "sends:    {} {}", self.method, m.upstream_path)?;
         if m.plugins.is_empty() {
@@ -186,4 +213,25 @@ impl std::fmt::Display for Explanation {
         }
         Ok(())
     }
+}
+
+/// Where an upstream's discovered targets come from, in words.
+fn describe_discovery(d: &gatehouse_model::Discovery) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(dns) = &d.dns {
+        let what = match (dns.record, dns.port) {
+            (gatehouse_model::DnsRecord::Srv, _) => format!("DNS SRV records of {}", dns.name),
+            (_, Some(p)) => format!("DNS A/AAAA records of {}, port {p}", dns.name),
+            (_, None) => format!("DNS A/AAAA records of {}", dns.name),
+        };
+        out.push(format!("targets from {what} (live: GET /upstreams/NAME/targets)"));
+    }
+    if let Some(etcd) = &d.etcd {
+        out.push(format!(
+            "targets from etcd keys under {} at {}",
+            etcd.prefix,
+            etcd.endpoints.join(", ")
+        ));
+    }
+    out
 }

@@ -12,6 +12,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// How long a probe waits for a host-named target's first resolution.
+pub(crate) const PROBE_DIAL_LIMIT: Duration = Duration::from_secs(10);
 use tokio::net::TcpStream;
 
 /// One target's health, shared by every snapshot that keeps the target.
@@ -355,16 +358,21 @@ async fn probe_inner(target: &TargetState, check: &ActiveCheck) -> Result<(), St
         return grpc::probe(target, check).await;
     }
     if check.kind == CheckType::Tcp {
-        TcpStream::connect(&*target.address)
+        let deadline = tokio::time::Instant::now() + PROBE_DIAL_LIMIT;
+        let at = target
+            .socket_addr(deadline)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        TcpStream::connect(at)
             .await
             .map_err(|e| format!("connect: {e}"))?;
         return Ok(());
     }
     // Through the target's own connector: an https target is probed over TLS, with the
     // verification its requests get.
+    let deadline = tokio::time::Instant::now() + PROBE_DIAL_LIMIT;
     let stream = target
-        .connector
-        .connect(None, &target.address)
+        .dial(deadline)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let io = TokioIo::new(stream);

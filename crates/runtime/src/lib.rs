@@ -10,6 +10,7 @@ pub mod breaker;
 pub mod connector;
 pub mod consumers;
 pub mod debug;
+pub mod discovery;
 pub mod explain;
 pub mod fallback;
 pub mod h1;

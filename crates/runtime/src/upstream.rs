@@ -363,6 +363,8 @@ pub struct TargetState {
     /// `Host` header value for requests that do not preserve the client's host.
     pub authority: HeaderValue,
     socket_addr: Option<SocketAddr>,
+    /// For a target named by host name: its addresses, resolved in the background.
+    pub name: Option<Arc<crate::discovery::names::Resolved>>,
     /// How connections to it are opened.
     pub connector: crate::connector::Connector,
     pub protocol: UpstreamProtocol,
@@ -415,6 +417,7 @@ impl TargetState {
             address: address.into(),
             authority,
             socket_addr: address.parse().ok(),
+            name: crate::discovery::names::Resolved::for_address(address),
             connector: crate::connector::Connector::Tcp,
             protocol,
             keepalive,
@@ -564,6 +567,30 @@ impl TargetState {
             .is_ok()
     }
 
+    /// A new stream to the target (TCP, or TLS over it) at its literal address, or at its
+    /// host name's last resolved one (waiting for the first answer until `deadline`).
+    pub async fn dial(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> std::io::Result<crate::connector::Stream> {
+        let at = self.socket_addr(deadline).await?;
+        self.connector.connect(at, &self.address).await
+    }
+
+    /// The socket address to dial: the literal one, or the host name's last resolved one.
+    pub async fn socket_addr(&self, deadline: tokio::time::Instant) -> std::io::Result<SocketAddr> {
+        Ok(match (self.socket_addr, &self.name) {
+            (Some(a), _) => a,
+            (None, Some(n)) => n.address(deadline).await?,
+            (None, None) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("{} is not host:port", self.address),
+                ))
+            }
+        })
+    }
+
     /// Opens a new connection within `timeout`; fails at once with [`ConnectError::Limit`]
     /// when `max_connections` are open.
     pub async fn connect(&self, timeout: Duration) -> Result<Sender, ConnectError> {
@@ -588,8 +615,7 @@ impl TargetState {
             open: self.open.clone(),
             freed: self.freed.clone(),
         };
-        let dial = self.connector.connect(self.socket_addr, &self.address);
-        let stream = tokio::time::timeout_at(deadline, dial)
+        let stream = tokio::time::timeout_at(deadline, self.dial(deadline))
             .await
             .map_err(|_| ConnectError::Timeout(self.address.clone()))?
             .map_err(|e| ConnectError::Io(self.address.clone(), e))?;

@@ -198,6 +198,71 @@ impl Store {
         Ok(())
     }
 
+    /// Registers (or heartbeats) `address` of `upstream` until `expires_ms` (Unix ms);
+    /// `data` is the target's JSON. Not a config revision: heartbeats come every few seconds.
+    pub async fn register(
+        &self,
+        upstream: &str,
+        address: &str,
+        data: &str,
+        expires_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO registrations (upstream, address, data, expires_ms) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (upstream, address) DO UPDATE SET data = $3, expires_ms = $4",
+        )
+        .bind(upstream)
+        .bind(address)
+        .bind(data)
+        .bind(expires_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(unreachable)?;
+        Ok(())
+    }
+
+    /// Removes a registration; whether there was one.
+    pub async fn deregister(&self, upstream: &str, address: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("DELETE FROM registrations WHERE upstream = $1 AND address = $2")
+            .bind(upstream)
+            .bind(address)
+            .execute(&self.pool)
+            .await
+            .map_err(unreachable)?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// The registrations live at `now_ms`: `(upstream, address, data, expires_ms)`. Those
+    /// expired a minute ago or more are deleted on the way.
+    pub async fn registrations(
+        &self,
+        now_ms: i64,
+    ) -> Result<Vec<(String, String, String, i64)>, StoreError> {
+        sqlx::query("DELETE FROM registrations WHERE expires_ms < $1")
+            .bind(now_ms - 60_000)
+            .execute(&self.pool)
+            .await
+            .map_err(unreachable)?;
+        let rows = sqlx::query(
+            "SELECT upstream, address, data, expires_ms FROM registrations \
+             WHERE expires_ms > $1 ORDER BY upstream, address",
+        )
+        .bind(now_ms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unreachable)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("upstream").map_err(other)?,
+                    r.try_get("address").map_err(other)?,
+                    r.try_get("data").map_err(other)?,
+                    r.try_get("expires_ms").map_err(other)?,
+                ))
+            })
+            .collect()
+    }
+
     /// The latest revision id alone (cheap: for polling).
     pub async fn latest_id(&self) -> Result<i64, StoreError> {
         let row = sqlx::query("SELECT COALESCE(MAX(id), 0) AS id FROM revisions")

@@ -29,9 +29,9 @@ const SERVING: i32 = 1;
 const MAX_ANSWER: usize = 4096;
 
 pub(super) async fn probe(target: &TargetState, check: &ActiveCheck) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + super::PROBE_DIAL_LIMIT;
     let stream = target
-        .connector
-        .connect(None, &target.address)
+        .dial(deadline)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let (mut sender, conn) =

@@ -11,6 +11,7 @@ use crate::balance::subset;
 use crate::breaker;
 use crate::connector::Connector;
 use crate::consumers::IdentityHeaders;
+use crate::discovery::{Found, Origin};
 use crate::health::HealthPolicy;
 use crate::plugins::{build_instances, chains, Built, Instances};
 use crate::retry::Retry;
@@ -151,20 +152,24 @@ impl<'c> Compiler<'c> {
             let Some(hash) = self.hash_source(i, u) else {
                 continue;
             };
-            let mut list: Vec<(&str, u32)> = u
-                .targets
-                .iter()
-                .filter(|t| color_of(t).is_none())
-                .map(|t| (t.address.as_str(), t.weight))
-                .collect();
-            if let Some(size) = u.subset_size {
-                list.sort_unstable();
-                let keep = subset(list.len(), size, self.node.node_index);
-                list = keep
-                    .into_iter()
-                    .filter_map(|k| list.get(k).copied())
-                    .collect();
+            let statics: Vec<Found> = u.targets.iter().map(configured).collect();
+            // What discovery found for this upstream before the reload keeps serving; the
+            // discovery task applies its newest answers right after the swap.
+            let dynamic: Vec<Found> = self
+                .previous
+                .and_then(|p| p.upstreams.get(u.name.as_str()))
+                .map(|o| o.dynamic().to_vec())
+                .unwrap_or_default();
+            let all = super::targets::merge(&statics, &dynamic);
+            let mut plain: Vec<&Found> = all.iter().copied().filter(|f| color_of(f).is_none()).collect();
+            let subset_rule = u.subset_size.map(|size| (size, self.node.node_index));
+            if let Some((size, node)) = subset_rule {
+                plain.sort_unstable_by(|a, b| a.address.cmp(&b.address));
+                let keep = subset(plain.len(), size, node);
+                plain = keep.into_iter().filter_map(|k| plain.get(k).copied()).collect();
             }
+            let list: Vec<(&str, u32)> = plain.iter().map(|f| (f.address.as_str(), f.weight)).collect();
+            let origins: Vec<Origin> = plain.iter().map(|f| f.origin).collect();
             let connector = match connector(u.scheme, u.tls.as_ref(), u.protocol) {
                 Ok(c) => c,
                 Err((field, m)) => {
@@ -176,17 +181,18 @@ impl<'c> Compiler<'c> {
                     continue;
                 }
             };
-            let mut colors: Vec<(&str, Vec<(&str, u32)>)> = Vec::new();
-            for t in &u.targets {
-                let Some(c) = color_of(t) else { continue };
+            let mut colors: Vec<(&str, Vec<&Found>)> = Vec::new();
+            for f in &all {
+                let Some(c) = color_of(f) else { continue };
                 match colors.iter_mut().find(|(name, _)| name == c) {
-                    Some((_, l)) => l.push((t.address.as_str(), t.weight)),
-                    None => colors.push((c.as_str(), vec![(t.address.as_str(), t.weight)])),
+                    Some((_, l)) => l.push(f),
+                    None => colors.push((c.as_str(), vec![f])),
                 }
             }
             let spec = UpstreamSpec {
                 name: &u.name,
                 list,
+                origins,
                 balance: u.balance,
                 hash,
                 connector,
@@ -203,6 +209,7 @@ impl<'c> Compiler<'c> {
             };
             match self.colored(spec, &colors, &mut upstreams) {
                 Ok(e) => {
+                    let e = e.with_sources(statics.clone(), dynamic.clone(), subset_rule);
                     upstreams.insert(u.name.as_str().into(), Arc::new(e));
                 }
                 Err(m) => self
@@ -218,7 +225,7 @@ impl<'c> Compiler<'c> {
     fn colored(
         &self,
         spec: UpstreamSpec<'_>,
-        colors: &[(&str, Vec<(&str, u32)>)],
+        colors: &[(&str, Vec<&Found>)],
         upstreams: &mut Upstreams,
     ) -> Result<UpstreamEntry, String> {
         let mut variants = Vec::with_capacity(colors.len());
@@ -228,7 +235,8 @@ impl<'c> Compiler<'c> {
             let name = format!("{}@{color}", spec.name);
             let variant = UpstreamSpec {
                 name: &name,
-                list: list.clone(),
+                list: list.iter().map(|f| (f.address.as_str(), f.weight)).collect(),
+                origins: list.iter().map(|f| f.origin).collect(),
                 hash: spec.hash.clone(),
                 connector: spec.connector.clone(),
                 health: spec.health.clone(),
@@ -673,14 +681,28 @@ fn connector(
 }
 
 /// The colour a target serves (its `color` label), if any.
-fn color_of(t: &gatehouse_model::Target) -> Option<&String> {
-    t.labels.get(gatehouse_model::COLOR_LABEL)
+fn color_of(f: &Found) -> Option<&String> {
+    f.labels.get(gatehouse_model::COLOR_LABEL)
+}
+
+/// A configured target, as the merge with discovered ones sees it.
+fn configured(t: &gatehouse_model::Target) -> Found {
+    Found {
+        address: t.address.clone(),
+        weight: t.weight,
+        labels: t.labels.clone(),
+        metadata: None,
+        origin: Origin::Config,
+        from: None,
+    }
 }
 
 /// One upstream as compiled: its targets and how they are used.
 struct UpstreamSpec<'a> {
     name: &'a str,
     list: Vec<(&'a str, u32)>,
+    /// Where each of `list` came from.
+    origins: Vec<Origin>,
     balance: gatehouse_model::Balance,
     hash: HashSource,
     connector: Connector,
@@ -697,6 +719,7 @@ impl<'a> UpstreamSpec<'a> {
         UpstreamSpec {
             name,
             list: vec![(target, 1)],
+            origins: vec![Origin::Config],
             balance: gatehouse_model::Balance::RoundRobin,
             hash: HashSource::None,
             connector: Connector::Tcp,
@@ -719,7 +742,11 @@ impl<'a> UpstreamSpec<'a> {
             keepalive: self.keepalive,
             workers: c.node.workers,
         };
-        let set = TargetSet::build(&self.list, &settings, old.map(|o| o.targets()).as_deref())?;
+        let mut set =
+            TargetSet::build(&self.list, &settings, old.map(|o| o.targets()).as_deref())?;
+        if self.origins.len() == set.targets.len() {
+            set.origins = self.origins;
+        }
         Ok(UpstreamEntry::new(
             self.name,
             set,

@@ -2,7 +2,8 @@
 //! swap, so one upstream's targets can be replaced without compiling the config (the seam
 //! service discovery feeds), and the policies that pick among them.
 
-use crate::balance::Balancer;
+use crate::balance::{subset, Balancer};
+use crate::discovery::{Found, Origin};
 use crate::breaker;
 use crate::health::{HealthPolicy, SetAside};
 use crate::upstream::TargetState;
@@ -27,6 +28,8 @@ pub enum HashSource {
 pub struct TargetSet {
     pub targets: Vec<Arc<TargetState>>,
     pub balancer: Balancer,
+    /// Where each target came from (config, DNS, etcd, a registration), by index.
+    pub origins: Vec<Origin>,
 }
 
 /// How an upstream's targets are connected to and balanced: what a new target set is built
@@ -77,6 +80,7 @@ impl TargetSet {
         let weights: Vec<u32> = list.iter().map(|(_, w)| *w).collect();
         Ok(TargetSet {
             balancer: Balancer::new(settings.balance, &addrs, &weights),
+            origins: vec![Origin::Config; targets.len()],
             targets,
         })
     }
@@ -95,6 +99,12 @@ pub struct UpstreamEntry {
     pub set_aside: Option<SetAside>,
     /// Told of every target change, so health checks follow without polling.
     changes: Arc<watch::Sender<u64>>,
+    /// The config's targets (all colours), which discovered ones are added to.
+    statics: Box<[Found]>,
+    /// What discovery and registrations add now (carried into the next compile).
+    dynamic: ArcSwap<Vec<Found>>,
+    /// `subset_size` and this node's index: the subset is taken of the merged targets.
+    subset: Option<(usize, u32)>,
     /// The targets labelled with a colour, as an upstream of their own per colour: where a
     /// request of that colour goes (`{name}@{color}`). Empty for most upstreams, which then
     /// pay one length check.
@@ -124,8 +134,95 @@ impl UpstreamEntry {
             breaker,
             set_aside: None,
             changes,
+            statics: Box::default(),
+            dynamic: ArcSwap::from_pointee(Vec::new()),
+            subset: None,
             colors: Box::default(),
         }
+    }
+
+    /// Sets what the config lists (`statics`, all colours), what discovery added at
+    /// compile (`dynamic`), and the subset rule, for later [`UpstreamEntry::set_dynamic`].
+    pub fn with_sources(
+        mut self,
+        statics: Vec<Found>,
+        dynamic: Vec<Found>,
+        subset: Option<(usize, u32)>,
+    ) -> Self {
+        self.statics = statics.into();
+        self.dynamic = ArcSwap::from_pointee(dynamic);
+        self.subset = subset;
+        self
+    }
+
+    /// Every target the config, discovery and registrations list now (colours and targets
+    /// a subset leaves out included), each once.
+    pub fn listed(&self) -> Vec<Found> {
+        let dynamic = self.dynamic.load();
+        merge(&self.statics, &dynamic).into_iter().cloned().collect()
+    }
+
+    /// What discovery and registrations add to the config's targets now.
+    pub fn dynamic(&self) -> Arc<Vec<Found>> {
+        self.dynamic.load_full()
+    }
+
+    /// Replaces what discovery and registrations add (`dynamic`), keeping the config's
+    /// targets: the merged list goes to this upstream (uncoloured targets) and its colour
+    /// upstreams. A target listed twice is taken from the first source (config first).
+    /// `Err` (nothing changed) names a bad target.
+    pub fn set_dynamic(&self, dynamic: Vec<Found>) -> Result<(), String> {
+        let all = merge(&self.statics, &dynamic);
+        let color = |f: &Found| f.labels.get(gatehouse_model::COLOR_LABEL).cloned();
+        let plain: Vec<&Found> = all.iter().copied().filter(|f| color(f).is_none()).collect();
+        for f in &all {
+            if let Some(c) = color(f) {
+                if !self.colors.iter().any(|(v, _)| v.as_bytes() == c.as_bytes()) {
+                    tracing::warn!(upstream = %self.name, target = %f.address, color = %c,
+                        "a discovered target's colour is new: it serves once the config is reloaded");
+                }
+            }
+        }
+        let mut updates = vec![(self, plain)];
+        for (value, sub) in self.colors.iter() {
+            let mine: Vec<&Found> = all
+                .iter()
+                .copied()
+                .filter(|f| color(f).is_some_and(|c| c.as_bytes() == value.as_bytes()))
+                .collect();
+            updates.push((&**sub, mine));
+        }
+        for (u, list) in &updates {
+            u.check(list)?;
+        }
+        for (u, list) in updates {
+            u.replace_found(&list)?;
+        }
+        self.dynamic.store(Arc::new(dynamic));
+        Ok(())
+    }
+
+    fn check(&self, list: &[&Found]) -> Result<(), String> {
+        for f in list {
+            gatehouse_model::check_host_port(&f.address)?;
+            if f.weight == 0 {
+                return Err(format!("\"{}\": a weight must be at least 1", f.address));
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds and swaps in the target set of `list`, subset as configured.
+    fn replace_found(&self, list: &[&Found]) -> Result<(), String> {
+        let mut list: Vec<&Found> = list.to_vec();
+        if let Some((size, node)) = self.subset {
+            list.sort_unstable_by(|a, b| a.address.cmp(&b.address));
+            let keep = subset(list.len(), size, node);
+            list = keep.into_iter().filter_map(|k| list.get(k).copied()).collect();
+        }
+        let pairs: Vec<(&str, u32)> = list.iter().map(|f| (f.address.as_str(), f.weight)).collect();
+        let origins = list.iter().map(|f| f.origin).collect();
+        self.swap_in(&pairs, origins)
     }
 
     /// The upstream a request coloured `color` goes to: this one's targets of that colour,
@@ -161,8 +258,13 @@ impl UpstreamEntry {
                 return Err(format!("\"{addr}\": a weight must be at least 1"));
             }
         }
+        self.swap_in(list, vec![Origin::Config; list.len()])
+    }
+
+    fn swap_in(&self, list: &[(&str, u32)], origins: Vec<Origin>) -> Result<(), String> {
         let old = self.set.load();
-        let set = TargetSet::build(list, &self.settings, Some(&old))?;
+        let mut set = TargetSet::build(list, &self.settings, Some(&old))?;
+        set.origins = origins;
         if self.health.is_some() {
             let active = self.health.as_ref().is_some_and(|h| h.active.is_some());
             let passive = self.health.as_ref().is_some_and(|h| h.passive.is_some());
@@ -251,4 +353,14 @@ impl UpstreamEntry {
         }
         Some(i)
     }
+}
+
+/// `statics` then `dynamic`, each address once (the first source that lists it wins).
+pub fn merge<'a>(statics: &'a [Found], dynamic: &'a [Found]) -> Vec<&'a Found> {
+    let mut seen = std::collections::HashSet::new();
+    statics
+        .iter()
+        .chain(dynamic)
+        .filter(|f| seen.insert(f.address.as_str()))
+        .collect()
 }
