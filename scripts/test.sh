@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README and CI run it: installs what a fresh machine of this
-# kind lacks (Debian's redis-server, PostgreSQL, pebble, curl and openssl; schemathesis and
+# kind lacks (Debian's redis-server, PostgreSQL, pebble, etcd, dnsmasq, curl and openssl; schemathesis and
 # grpcio from PyPI; oidc-provider from npm), starts PostgreSQL when none answers, then runs
 # formatting, lints and every test binary.
 set -euo pipefail
@@ -60,6 +60,17 @@ done
 if ! command -v pebble >/dev/null 2>&1 || ! command -v pebble-challtestsrv >/dev/null 2>&1; then
   echo "== installing pebble"
   apt_install pebble
+fi
+
+# The discovery tests run a real etcd (and write keys with etcdctl) and a real DNS server
+# (dnsmasq), each on free loopback ports of its own.
+if ! command -v etcd >/dev/null 2>&1 || ! command -v etcdctl >/dev/null 2>&1; then
+  echo "== installing etcd"
+  apt_install etcd-server etcd-client
+fi
+if ! command -v dnsmasq >/dev/null 2>&1; then
+  echo "== installing dnsmasq"
+  apt_install dnsmasq-base
 fi
 
 # The gRPC tests run a real gRPC server and client: Python's grpcio (PyPI), at the versions

@@ -310,10 +310,7 @@ fn main() -> ExitCode {
             json,
         } => rt.block_on(async {
             let (config, api) = match (config, admin) {
-                (Some(path), _) => (
-                    load(&path, None).map_err(|e| anyhow::anyhow!("{e}"))?,
-                    None,
-                ),
+                (Some(path), _) => (load(&path, None).map_err(|e| anyhow::anyhow!("{e}"))?, None),
                 (None, Some(url)) => {
                     let api = config_cmd::AdminApi { url, token };
                     (config_cmd::fetch_config(&api).await?, Some(api))

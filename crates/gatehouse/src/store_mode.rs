@@ -69,7 +69,10 @@ pub async fn run(url: String, flags: NodeFlags) -> anyhow::Result<()> {
     let gateway = Gateway::start(config, &opts)
         .with_context(|| format!("the config in {url} (revision {revision}) does not start"))?;
     gateway.shared().keep_discovered_in(&flags.data_dir);
-    tokio::spawn(follow_registrations(store.clone(), gateway.shared().clone()));
+    tokio::spawn(follow_registrations(
+        store.clone(),
+        gateway.shared().clone(),
+    ));
     let admin = crate::node::AdminListen {
         address: admin_addr,
         metrics: flags.metrics,

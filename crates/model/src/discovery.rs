@@ -5,9 +5,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// `upstreams[].discovery`: one or both of `dns` and `etcd`. What they find is added to the
-/// upstream's static `targets` (which may then be empty); services may also register
-/// themselves (`PUT /upstreams/{name}/targets/{address}` with a `ttl`) without any of this.
+/// `upstreams[].discovery`: `dns`, `etcd`, both, or neither (`discovery: {}`: the targets
+/// come from self-registration alone). What they find is added to the upstream's static
+/// `targets` (which may then be empty). Any upstream also takes self-registrations
+/// (`PUT /upstreams/{name}/targets/{address}` with a `ttl`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Discovery {
@@ -109,9 +110,6 @@ pub(crate) fn validate(config: &crate::Config, err: &mut impl FnMut(String, Stri
             continue;
         };
         let p = format!("{p}.discovery");
-        if d.dns.is_none() && d.etcd.is_none() {
-            err(p.clone(), "give dns, etcd or both".into());
-        }
         if let Some(dns) = &d.dns {
             check_dns(dns, &format!("{p}.dns"), err);
         }

@@ -9,13 +9,13 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 mod consumers;
+mod discovery;
 pub mod duration;
 mod grpc;
 mod locate;
 mod observability;
 mod parse;
 mod release;
-mod discovery;
 mod resilience;
 mod tls;
 mod validate;

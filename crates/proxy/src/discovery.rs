@@ -39,18 +39,19 @@ impl Default for Discovery {
     }
 }
 
-/// One running watcher: what it watches.
+/// One running watcher: what it watches, and whether an empty answer applies (a change
+/// restarts the watcher, so its next answer is judged by the new rule).
 #[derive(Clone, PartialEq, Eq, Hash)]
 enum Watch {
-    Dns(DnsDiscovery),
-    Etcd(EtcdDiscovery),
+    Dns(DnsDiscovery, bool),
+    Etcd(EtcdDiscovery, bool),
 }
 
 impl Watch {
     fn origin(&self) -> Origin {
         match self {
-            Watch::Dns(_) => Origin::Dns,
-            Watch::Etcd(_) => Origin::Etcd,
+            Watch::Dns(..) => Origin::Dns,
+            Watch::Etcd(..) => Origin::Etcd,
         }
     }
 }
@@ -61,10 +62,16 @@ fn wanted(config: &Config) -> Vec<(Box<str>, Watch)> {
     for u in &config.upstreams {
         let Some(d) = &u.discovery else { continue };
         if let Some(dns) = &d.dns {
-            out.push((u.name.as_str().into(), Watch::Dns(dns.clone())));
+            out.push((
+                u.name.as_str().into(),
+                Watch::Dns(dns.clone(), d.allow_empty),
+            ));
         }
         if let Some(etcd) = &d.etcd {
-            out.push((u.name.as_str().into(), Watch::Etcd(etcd.clone())));
+            out.push((
+                u.name.as_str().into(),
+                Watch::Etcd(etcd.clone(), d.allow_empty),
+            ));
         }
     }
     out
@@ -216,7 +223,13 @@ impl Shared {
 
 /// The discovery task; runs on one worker for the whole node.
 pub(crate) async fn run(shared: Arc<Shared>) {
-    let Some(mut inbox) = shared.discovery.inbox.lock().ok().and_then(|mut i| i.take()) else {
+    let Some(mut inbox) = shared
+        .discovery
+        .inbox
+        .lock()
+        .ok()
+        .and_then(|mut i| i.take())
+    else {
         return;
     };
     let names = tokio::spawn(resolve_names(shared.clone()));
@@ -263,7 +276,11 @@ pub(crate) async fn run(shared: Arc<Shared>) {
 }
 
 /// Starts the watchers `config` asks for and stops the others (a changed spec restarts).
-fn reconcile(shared: &Shared, config: &Config, watchers: &mut HashMap<(Box<str>, Watch), AbortHandle>) {
+fn reconcile(
+    shared: &Shared,
+    config: &Config,
+    watchers: &mut HashMap<(Box<str>, Watch), AbortHandle>,
+) {
     let wanted = wanted(config);
     watchers.retain(|key, handle| {
         let keep = wanted.contains(key);
@@ -278,8 +295,10 @@ fn reconcile(shared: &Shared, config: &Config, watchers: &mut HashMap<(Box<str>,
         }
         let tx = shared.discovery.reports.clone();
         let handle = match watch.clone() {
-            Watch::Dns(spec) => tokio::spawn(discovery::dns::watch(upstream.clone(), spec, tx)),
-            Watch::Etcd(spec) => tokio::spawn(discovery::etcd::watch(upstream.clone(), spec, tx)),
+            Watch::Dns(spec, _) => tokio::spawn(discovery::dns::watch(upstream.clone(), spec, tx)),
+            Watch::Etcd(spec, _) => {
+                tokio::spawn(discovery::etcd::watch(upstream.clone(), spec, tx))
+            }
         };
         watchers.insert((upstream, watch), handle.abort_handle());
     }

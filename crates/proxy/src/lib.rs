@@ -337,8 +337,7 @@ async fn worker(
     let sweeper = tokio::spawn(sweep_idle(shared.clone()));
     // One worker probes for the whole node.
     let checks = (upstream::worker() == 0).then(|| tokio::spawn(health_checks(shared.clone())));
-    let discovery =
-        (upstream::worker() == 0).then(|| tokio::spawn(discovery::run(shared.clone())));
+    let discovery = (upstream::worker() == 0).then(|| tokio::spawn(discovery::run(shared.clone())));
     while !*stop.borrow_and_update() {
         tokio::select! {
             command = commands.recv() => match command {

@@ -224,7 +224,9 @@ fn describe_discovery(d: &gatehouse_model::Discovery) -> Vec<String> {
             (_, Some(p)) => format!("DNS A/AAAA records of {}, port {p}", dns.name),
             (_, None) => format!("DNS A/AAAA records of {}", dns.name),
         };
-        out.push(format!("targets from {what} (live: GET /upstreams/NAME/targets)"));
+        out.push(format!(
+            "targets from {what} (live: GET /upstreams/NAME/targets)"
+        ));
     }
     if let Some(etcd) = &d.etcd {
         out.push(format!(

@@ -573,15 +573,32 @@ impl TargetState {
         &self,
         deadline: tokio::time::Instant,
     ) -> std::io::Result<crate::connector::Stream> {
-        let at = self.socket_addr(deadline).await?;
-        self.connector.connect(at, &self.address).await
+        let Some(name) = &self.name else {
+            let at = self.socket_addr(deadline).await?;
+            return self.connector.connect(at, &self.address).await;
+        };
+        // A name may resolve to several addresses (`localhost`: ::1 and 127.0.0.1), not all
+        // listening: try each in turn, as getaddrinfo users do.
+        let mut last = None;
+        for at in name.addresses_to_dial(deadline).await? {
+            match self.connector.connect(at, &self.address).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("no address to dial")))
     }
 
     /// The socket address to dial: the literal one, or the host name's last resolved one.
     pub async fn socket_addr(&self, deadline: tokio::time::Instant) -> std::io::Result<SocketAddr> {
         Ok(match (self.socket_addr, &self.name) {
             (Some(a), _) => a,
-            (None, Some(n)) => n.address(deadline).await?,
+            (None, Some(n)) => {
+                let addrs = n.addresses_to_dial(deadline).await?;
+                addrs.first().copied().ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "no address")
+                })?
+            }
             (None, None) => {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidInput,

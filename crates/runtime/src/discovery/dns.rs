@@ -75,7 +75,9 @@ pub async fn watch(upstream: Box<str>, spec: DnsDiscovery, tx: UnboundedSender<R
                 .clamp(spec.min_ttl, spec.max_ttl),
             None => {
                 let w = backoff;
-                backoff = (backoff * 2).min(MAX_BACKOFF).min(spec.max_ttl.max(backoff));
+                backoff = (backoff * 2)
+                    .min(MAX_BACKOFF)
+                    .min(spec.max_ttl.max(backoff));
                 w
             }
         };
@@ -175,12 +177,7 @@ async fn srv(
     Ok((targets, until))
 }
 
-fn found(
-    addr: SocketAddr,
-    weight: u32,
-    name: &str,
-    metadata: Option<serde_json::Value>,
-) -> Found {
+fn found(addr: SocketAddr, weight: u32, name: &str, metadata: Option<serde_json::Value>) -> Found {
     Found {
         address: addr.to_string(),
         weight,

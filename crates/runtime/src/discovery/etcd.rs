@@ -197,7 +197,10 @@ pub async fn watch(upstream: Box<str>, spec: EtcdDiscovery, tx: UnboundedSender<
     let mut backoff = MIN_BACKOFF;
     let mut at = 0usize;
     loop {
-        let endpoint = spec.endpoints.get(at % spec.endpoints.len().max(1)).cloned();
+        let endpoint = spec
+            .endpoints
+            .get(at % spec.endpoints.len().max(1))
+            .cloned();
         let Some(endpoint) = endpoint else { return };
         let host = endpoint
             .trim_start_matches("http://")
@@ -272,7 +275,9 @@ async fn follow(
             Some(Err(e)) => return Err(format!("watch: {e}")),
             None => return Err("watch ended".into()),
         };
-        let Ok(data) = frame.into_data() else { continue };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
         buf.extend_from_slice(&data);
         while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
             let line: Bytes = buf.split_to(nl + 1).freeze();
@@ -301,7 +306,12 @@ enum Line {
 
 /// Applies one watch message. A compacted start revision means the changes in between are
 /// gone: read everything again (`Err` with `revision` reset).
-fn on_line(upstream: &str, line: &[u8], keys: &mut Keys, revision: &mut i64) -> Result<Line, String> {
+fn on_line(
+    upstream: &str,
+    line: &[u8],
+    keys: &mut Keys,
+    revision: &mut i64,
+) -> Result<Line, String> {
     let msg: WatchLine = serde_json::from_slice(line).map_err(|e| format!("watch message: {e}"))?;
     if let Some(e) = msg.error {
         return Err(format!("watch: {e}"));
@@ -368,18 +378,26 @@ async fn post(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn values_parse_or_say_why() {
-        let f = parse_value("/s/a", br#"{"address":"10.0.0.1:80","weight":3,"labels":{"zone":"a"}}"#)
-            .unwrap();
+        let f = parse_value(
+            "/s/a",
+            br#"{"address":"10.0.0.1:80","weight":3,"labels":{"zone":"a"}}"#,
+        )
+        .unwrap();
         assert_eq!((f.address.as_str(), f.weight), ("10.0.0.1:80", 3));
         assert_eq!(f.labels.get("zone").map(String::as_str), Some("a"));
         assert_eq!(parse_value("/s/b", b"10.0.0.2:81").unwrap().weight, 1);
-        assert!(parse_value("/s/c", b"{\"address\":\"x\"}").unwrap_err().contains("port"));
-        assert!(parse_value("/s/d", b"{\"addr\":\"x:1\"}").unwrap_err().contains("unknown field"));
+        assert!(parse_value("/s/c", b"{\"address\":\"x\"}")
+            .unwrap_err()
+            .contains("port"));
+        assert!(parse_value("/s/d", b"{\"addr\":\"x:1\"}")
+            .unwrap_err()
+            .contains("unknown field"));
         assert!(parse_value("/s/e", br#"{"address":"a:1","weight":0}"#).is_err());
     }
 

@@ -6,6 +6,9 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use std::sync::Arc;
 
+/// A metric: its name, its help, and its value for one source.
+type Series<T> = (&'static str, &'static str, fn(&super::SourceStatus) -> T);
+
 /// Encodes the discovery state at scrape time.
 #[derive(Debug)]
 pub struct Collector(pub Arc<State>);
@@ -16,7 +19,7 @@ impl prometheus_client::collector::Collector for Collector {
         if all.is_empty() {
             return Ok(());
         }
-        let gauges: [(&str, &str, fn(&super::SourceStatus) -> i64); 2] = [
+        let gauges: [Series<i64>; 2] = [
             (
                 "discovery_up",
                 "1 when the source answered its last query or watch, 0 while it is unreachable (its last known targets keep serving)",
@@ -35,7 +38,7 @@ impl prometheus_client::collector::Collector for Collector {
                 m.encode_family(&labels)?.encode_gauge(&value(s))?;
             }
         }
-        let counters: [(&str, &str, fn(&super::SourceStatus) -> u64); 2] = [
+        let counters: [Series<u64>; 2] = [
             (
                 "discovery_updates",
                 "Answers that changed an upstream's targets",

@@ -115,7 +115,8 @@ struct Inner {
 }
 
 pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn now_s() -> u64 {
@@ -394,8 +395,9 @@ impl State {
     /// What [`State::save`] wrote, by upstream and source; empty when there is no file.
     pub fn load(path: &Path) -> Result<BTreeMap<String, BTreeMap<Origin, Vec<Found>>>, String> {
         match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| format!("{}: {e}", path.display())),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
             Err(e) => Err(format!("{}: {e}", path.display())),
         }

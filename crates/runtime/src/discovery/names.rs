@@ -52,23 +52,22 @@ impl Resolved {
         }))
     }
 
-    /// The next address to dial, round robin over the answer; `None` before the first.
-    pub fn pick(&self) -> Option<SocketAddr> {
-        let addrs = self.addrs.load();
-        if addrs.is_empty() {
-            return None;
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % addrs.len();
-        addrs.get(i).copied()
-    }
-
-    /// An address to dial: the last answer's, or the first answer's once the background
+    /// The addresses to dial, in the order to try them: the last answer's, starting at the
+    /// next in turn (so connections spread), or the first answer's once the background
     /// resolver has it (asked for at once), by `deadline`.
-    pub async fn address(&self, deadline: tokio::time::Instant) -> std::io::Result<SocketAddr> {
+    pub async fn addresses_to_dial(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> std::io::Result<Vec<SocketAddr>> {
         loop {
             let answered = self.answered.notified();
-            if let Some(a) = self.pick() {
-                return Ok(a);
+            let addrs = self.addrs.load();
+            if !addrs.is_empty() {
+                let start = self.next.fetch_add(1, Ordering::Relaxed) % addrs.len();
+                let mut order = Vec::with_capacity(addrs.len());
+                order.extend_from_slice(addrs.get(start..).unwrap_or_default());
+                order.extend_from_slice(addrs.get(..start).unwrap_or_default());
+                return Ok(order);
             }
             if let Some(e) = self.error.lock().ok().and_then(|e| e.clone()) {
                 return Err(std::io::Error::new(std::io::ErrorKind::NotFound, e));
@@ -102,8 +101,10 @@ impl Resolved {
                     .valid_until()
                     .saturating_duration_since(Instant::now())
                     .clamp(MIN_TTL, MAX_TTL);
-                let addrs: Box<[SocketAddr]> =
-                    ips.iter().map(|ip| SocketAddr::new(ip, self.port)).collect();
+                let addrs: Box<[SocketAddr]> = ips
+                    .iter()
+                    .map(|ip| SocketAddr::new(ip, self.port))
+                    .collect();
                 if addrs.is_empty() {
                     self.failed("no addresses".into());
                     return;

@@ -161,14 +161,24 @@ impl<'c> Compiler<'c> {
                 .map(|o| o.dynamic().to_vec())
                 .unwrap_or_default();
             let all = super::targets::merge(&statics, &dynamic);
-            let mut plain: Vec<&Found> = all.iter().copied().filter(|f| color_of(f).is_none()).collect();
+            let mut plain: Vec<&Found> = all
+                .iter()
+                .copied()
+                .filter(|f| color_of(f).is_none())
+                .collect();
             let subset_rule = u.subset_size.map(|size| (size, self.node.node_index));
             if let Some((size, node)) = subset_rule {
                 plain.sort_unstable_by(|a, b| a.address.cmp(&b.address));
                 let keep = subset(plain.len(), size, node);
-                plain = keep.into_iter().filter_map(|k| plain.get(k).copied()).collect();
+                plain = keep
+                    .into_iter()
+                    .filter_map(|k| plain.get(k).copied())
+                    .collect();
             }
-            let list: Vec<(&str, u32)> = plain.iter().map(|f| (f.address.as_str(), f.weight)).collect();
+            let list: Vec<(&str, u32)> = plain
+                .iter()
+                .map(|f| (f.address.as_str(), f.weight))
+                .collect();
             let origins: Vec<Origin> = plain.iter().map(|f| f.origin).collect();
             let connector = match connector(u.scheme, u.tls.as_ref(), u.protocol) {
                 Ok(c) => c,
@@ -235,7 +245,10 @@ impl<'c> Compiler<'c> {
             let name = format!("{}@{color}", spec.name);
             let variant = UpstreamSpec {
                 name: &name,
-                list: list.iter().map(|f| (f.address.as_str(), f.weight)).collect(),
+                list: list
+                    .iter()
+                    .map(|f| (f.address.as_str(), f.weight))
+                    .collect(),
                 origins: list.iter().map(|f| f.origin).collect(),
                 hash: spec.hash.clone(),
                 connector: spec.connector.clone(),
@@ -742,8 +755,7 @@ impl<'a> UpstreamSpec<'a> {
             keepalive: self.keepalive,
             workers: c.node.workers,
         };
-        let mut set =
-            TargetSet::build(&self.list, &settings, old.map(|o| o.targets()).as_deref())?;
+        let mut set = TargetSet::build(&self.list, &settings, old.map(|o| o.targets()).as_deref())?;
         if self.origins.len() == set.targets.len() {
             set.origins = self.origins;
         }

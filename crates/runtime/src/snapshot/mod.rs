@@ -537,6 +537,53 @@ routes:
     }
 
     #[test]
+    fn discovered_targets_join_the_configured_ones_and_survive_a_reload() {
+        use crate::discovery::{Found, Origin};
+        let found = |address: &str, origin| Found {
+            address: address.into(),
+            weight: 2,
+            labels: Default::default(),
+            metadata: None,
+            origin,
+            from: Some("/svc/x".into()),
+        };
+        let a = compile(CONFIG, None);
+        let up = &a.upstreams["pool"];
+        let before = up.targets();
+        up.set_dynamic(vec![
+            found("127.0.0.1:1009", Origin::Etcd),
+            // Listed by the config already: the config's entry stays.
+            found("127.0.0.1:1001", Origin::Dns),
+        ])
+        .unwrap();
+        let after = up.targets();
+        let addrs: Vec<&str> = after.targets.iter().map(|t| &*t.address).collect();
+        assert_eq!(
+            addrs,
+            ["127.0.0.1:1001", "127.0.0.1:1002", "127.0.0.1:1009"]
+        );
+        assert_eq!(
+            after.origins,
+            [Origin::Config, Origin::Config, Origin::Etcd]
+        );
+        assert!(
+            Arc::ptr_eq(&before.targets[0], &after.targets[0]),
+            "pool and health kept"
+        );
+        // A reload keeps what discovery found (its task re-applies newer answers after).
+        let b = compile(CONFIG, Some(&a));
+        let kept = b.upstreams["pool"].targets();
+        assert_eq!(kept.targets.len(), 3);
+        assert!(Arc::ptr_eq(&after.targets[2], &kept.targets[2]));
+        // A bad discovered address changes nothing.
+        let e = up
+            .set_dynamic(vec![found("nope", Origin::Etcd)])
+            .unwrap_err();
+        assert!(e.contains("port"), "{e}");
+        assert_eq!(up.targets().targets.len(), 3);
+    }
+
+    #[test]
     fn unknown_plugins_are_rejected() {
         let config =
             gatehouse_model::parse_yaml(&format!("{CONFIG}plugins:\n  - name: no-such-plugin\n"));

@@ -3,8 +3,8 @@
 //! service discovery feeds), and the policies that pick among them.
 
 use crate::balance::{subset, Balancer};
-use crate::discovery::{Found, Origin};
 use crate::breaker;
+use crate::discovery::{Found, Origin};
 use crate::health::{HealthPolicy, SetAside};
 use crate::upstream::TargetState;
 use arc_swap::ArcSwap;
@@ -159,7 +159,10 @@ impl UpstreamEntry {
     /// a subset leaves out included), each once.
     pub fn listed(&self) -> Vec<Found> {
         let dynamic = self.dynamic.load();
-        merge(&self.statics, &dynamic).into_iter().cloned().collect()
+        merge(&self.statics, &dynamic)
+            .into_iter()
+            .cloned()
+            .collect()
     }
 
     /// What discovery and registrations add to the config's targets now.
@@ -177,7 +180,11 @@ impl UpstreamEntry {
         let plain: Vec<&Found> = all.iter().copied().filter(|f| color(f).is_none()).collect();
         for f in &all {
             if let Some(c) = color(f) {
-                if !self.colors.iter().any(|(v, _)| v.as_bytes() == c.as_bytes()) {
+                if !self
+                    .colors
+                    .iter()
+                    .any(|(v, _)| v.as_bytes() == c.as_bytes())
+                {
                     tracing::warn!(upstream = %self.name, target = %f.address, color = %c,
                         "a discovered target's colour is new: it serves once the config is reloaded");
                 }
@@ -218,9 +225,15 @@ impl UpstreamEntry {
         if let Some((size, node)) = self.subset {
             list.sort_unstable_by(|a, b| a.address.cmp(&b.address));
             let keep = subset(list.len(), size, node);
-            list = keep.into_iter().filter_map(|k| list.get(k).copied()).collect();
+            list = keep
+                .into_iter()
+                .filter_map(|k| list.get(k).copied())
+                .collect();
         }
-        let pairs: Vec<(&str, u32)> = list.iter().map(|f| (f.address.as_str(), f.weight)).collect();
+        let pairs: Vec<(&str, u32)> = list
+            .iter()
+            .map(|f| (f.address.as_str(), f.weight))
+            .collect();
         let origins = list.iter().map(|f| f.origin).collect();
         self.swap_in(&pairs, origins)
     }
