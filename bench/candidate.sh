@@ -18,6 +18,10 @@
 # http://127.0.0.1:BENCH_MIRROR_PORT (default: the origin); BENCH_MIRROR_H2=1: to the origin's
 # h2c port (ORIGIN_H2_PORT, which bench/side-by-side.sh sets) as an upstream with protocol h2c,
 # so copies share one multiplexed connection per worker.
+# BENCH_DISCOVERY=etcd: the origin upstream has no static target; its one target is a key
+# under /gatehouse-bench/PORT/ in the etcd at BENCH_ETCD (http://ip:port), written here first
+# with etcdctl. BENCH_DISCOVERY=hostname: the target is `localhost:PORT`, a host name the
+# gateway resolves in the background.
 # BENCH_CONSUMER_HEADERS=off: no X-Consumer-* headers upstream.
 # BENCH_OBSERVE=off: no metrics, no access log. BENCH_OBSERVE=metrics (or unset): the defaults,
 # metrics on and no access log. BENCH_OBSERVE=log: metrics (the default) and a
@@ -35,7 +39,11 @@ node:
 $( [[ ${BENCH_CONSUMER_HEADERS:-} == off ]] && echo '  consumer_headers: {username: "", id: "", groups: "", credential: "", anonymous: ""}' )
 upstreams:
   - name: origin
-    targets: [{address: "127.0.0.1:$upstream"}]
+$( case ${BENCH_DISCOVERY:-} in
+  "") printf '    targets: [{address: "127.0.0.1:%s"}]' "$upstream" ;;
+  hostname) printf '    targets: [{address: "localhost:%s"}]' "$upstream" ;;
+  etcd) printf '    discovery: {etcd: {endpoints: ["%s"], prefix: /gatehouse-bench/%s/}}' "${BENCH_ETCD:?BENCH_DISCOVERY=etcd needs BENCH_ETCD}" "$port" ;;
+esac )
 $( [[ ${BENCH_PLUGINS:-} == split ]] && printf '  - name: canary\n    targets: [{address: "127.0.0.1:%s"}]' "$upstream" )
 $( [[ ${BENCH_MIRROR_H2:-} == 1 ]] && printf '  - name: mirror\n    protocol: h2c\n    targets: [{address: "127.0.0.1:%s"}]' "${ORIGIN_H2_PORT:?BENCH_MIRROR_H2 needs an h2c origin (bench/side-by-side.sh gives one)}" )
 services:
@@ -134,6 +142,9 @@ YAML
   ;;
   *) echo "unknown BENCH_PLUGINS: $BENCH_PLUGINS" >&2; exit 2 ;;
 esac
+if [[ ${BENCH_DISCOVERY:-} == etcd ]]; then
+  ETCDCTL_API=3 etcdctl --endpoints "$BENCH_ETCD" put "/gatehouse-bench/$port/origin" "127.0.0.1:$upstream" >/dev/null
+fi
 export GATEHOUSE_LOG=${GATEHOUSE_LOG:-warn}
 # Each candidate gets its own admin port, so two builds can run side by side in one run.
 exec "$bin" run -c "$cfg" --admin "127.0.0.1:${BENCH_ADMIN_PORT:-0}"

@@ -323,3 +323,41 @@ fn values_of_a_known_form_say_it_with_an_example() {
         ["services[0].timeouts.read: 30 has no unit: write 30s, 30ms or 30m"]
     );
 }
+
+#[test]
+fn discovery_messages() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "upstreams:\n  - {name: u, targets: []}\n",
+            &["upstreams[0].targets: needs at least one target (or a discovery)"],
+        ),
+        ("upstreams:\n  - {name: u, discovery: {}}\n", &[]),
+        (
+            "upstreams:\n  - {name: u, discovery: {dns: {name: orders.svc}}}\n",
+            &["upstreams[0].discovery.dns.port: A/AAAA records carry no port: give the targets' port"],
+        ),
+        (
+            "upstreams:\n  - {name: u, discovery: {dns: {name: _x._tcp.o, record: srv, port: 80, resolvers: [dns1], min_ttl: 10m, max_ttl: 1m}}}\n",
+            &[
+                "upstreams[0].discovery.dns.min_ttl: must not be more than max_ttl",
+                "upstreams[0].discovery.dns.port: SRV records carry their own ports: leave port out",
+                "upstreams[0].discovery.dns.resolvers[0]: \"dns1\" is not an ip:port",
+            ],
+        ),
+        (
+            "upstreams:\n  - {name: u, discovery: {dns: {name: 'bad name!', port: 80}}}\n",
+            &["upstreams[0].discovery.dns.name: \"bad name!\" is not a DNS name"],
+        ),
+        (
+            "upstreams:\n  - {name: u, discovery: {etcd: {endpoints: ['https://e:2379', 'x'], prefix: ''}}}\n",
+            &[
+                "upstreams[0].discovery.etcd.endpoints[0]: \"https://e:2379\" is not an http://host:port URL",
+                "upstreams[0].discovery.etcd.endpoints[1]: \"x\" is not an http://host:port URL",
+                "upstreams[0].discovery.etcd.prefix: must not be empty (it would watch the whole keyspace)",
+            ],
+        ),
+    ];
+    for (extra, want) in cases {
+        assert_eq!(errors_of(extra), *want, "{extra}");
+    }
+}
