@@ -556,3 +556,55 @@ async fn the_binary_names_a_malformed_etcd_key_in_its_log_and_shows_sources() {
     drop(gw);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discovered_target_that_stays_keeps_its_state_and_health_verdict() {
+    let (a, b, c) = (
+        Steered::start("a").await,
+        Steered::start("b").await,
+        Steered::start("c").await,
+    );
+    b.healthy.store(false, Ordering::SeqCst);
+    let etcd = EtcdServer::start().await;
+    etcd.put("/svc/h/a", &target_json(a.addr, 1));
+    etcd.put("/svc/h/b", &target_json(b.addr, 1));
+    let g = gateway(&route_to(&format!(
+        "  - name: u\n    health:\n      active: {{path: /health, interval: 100ms, \
+         unhealthy_threshold: 1}}\n    discovery:\n      \
+         etcd: {{endpoints: ['{}'], prefix: /svc/h/}}\n",
+        etcd.endpoint()
+    )));
+    let addr = addr(&g);
+    // b's probes fail: only a serves.
+    until_answering(addr, "/x", &["a"], Duration::from_secs(5)).await;
+    let state_of = |address: SocketAddr| {
+        let snap = g.shared().snapshot.load_full();
+        let set = snap.upstreams["u"].targets();
+        set.targets
+            .iter()
+            .find(|t| *t.address == *address.to_string())
+            .cloned()
+            .expect("target listed")
+    };
+    let a_before = state_of(a.addr);
+
+    // c joins: a keeps its pool and counters (the same state), b stays out (its verdict
+    // is kept, not reset to healthy by the change).
+    etcd.put("/svc/h/c", &target_json(c.addr, 1));
+    let start = Instant::now();
+    while !answering(addr, "/x", 8).await.contains("c") {
+        assert!(start.elapsed() < Duration::from_secs(3), "c never joined");
+    }
+    for _ in 0..5 {
+        let seen = answering(addr, "/x", 12).await;
+        assert!(
+            !seen.contains("b"),
+            "an unhealthy target came back with a change: {seen:?}"
+        );
+    }
+    assert!(
+        Arc::ptr_eq(&a_before, &state_of(a.addr)),
+        "a's state was rebuilt"
+    );
+    g.shutdown().await;
+}
