@@ -669,6 +669,19 @@ fn the_dashboard_alerts_and_docs_name_only_exported_metrics() {
     metrics.register_collector(Box::new(gatehouse_runtime::telemetry::SnapshotCollector(
         move || shared.snapshot.load_full(),
     )));
+    // A registered target, so that discovery's series are there too.
+    let target = gatehouse_runtime::discovery::Found {
+        address: o.local_addr().unwrap().to_string(),
+        weight: 1,
+        labels: Default::default(),
+        metadata: None,
+        origin: gatehouse_runtime::discovery::Origin::Registered,
+        from: None,
+    };
+    g.shared().register("up", target, u64::MAX).unwrap();
+    metrics.register_collector(Box::new(gatehouse_runtime::discovery::Collector(
+        g.shared().discovery.state.clone(),
+    )));
     metrics.breakers(&[gatehouse_admin::BreakerStatus {
         scope: "route",
         name: "r".into(),
