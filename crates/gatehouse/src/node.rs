@@ -34,11 +34,13 @@ impl GatewayView for NodeView {
 
     fn seal(&self, new: &mut Config, old: &Config) -> Vec<ConfigError> {
         gatehouse_runtime::tls::keep_keys(new, old);
+        gatehouse_runtime::discovery::keep_passwords(new, old);
         gatehouse_runtime::consumers::seal(new, old, self.shared.node.registry)
     }
 
     fn redact(&self, config: &mut Config) {
         gatehouse_runtime::tls::redact(config);
+        gatehouse_runtime::discovery::redact(config);
         gatehouse_runtime::consumers::redact(config, self.shared.node.registry)
     }
 

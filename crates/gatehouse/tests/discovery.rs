@@ -11,6 +11,8 @@ mod dns_server;
 mod etcd_server;
 #[path = "common/running.rs"]
 mod running;
+#[path = "common/tls_kit.rs"]
+mod tls_kit;
 
 use common::*;
 use dns_server::DnsServer;
@@ -607,4 +609,78 @@ async fn a_discovered_target_that_stays_keeps_its_state_and_health_verdict() {
         "a's state was rebuilt"
     );
     g.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_over_tls_with_a_read_only_user_is_followed_and_its_password_never_shown() {
+    let a = Steered::start("a").await;
+    let ca = tls_kit::Ca::new("etcd test CA");
+    let cert = ca.server(&["127.0.0.1", "localhost"]);
+    let mut etcd = EtcdServer::start_tls(&cert.cert, &cert.key, &ca.pem).await;
+    etcd.enable_auth("gateway", "s3cret", "/secure/u/");
+    etcd.put("/secure/u/a", &target_json(a.addr, 1));
+    let spec = |password: &str| {
+        format!(
+            "  - name: u\n    discovery:\n      etcd:\n        endpoints: ['{}']\n        \
+             prefix: /secure/u/\n        username: gateway\n        password: {password}\n        \
+             tls:\n          ca: {}",
+            etcd.endpoint(),
+            tls_kit::yaml_block(&ca.pem, 12)
+        )
+    };
+    let g = gateway(&route_to(&spec("s3cret")));
+    until_answering(addr(&g), "/x", &["a"], Duration::from_secs(5)).await;
+    g.shutdown().await;
+
+    // A wrong password: the source is down and says why; nothing is served from it.
+    let g = gateway(&route_to(&spec("wrong")));
+    let start = Instant::now();
+    loop {
+        let s = g.shared().discovery.state.status();
+        if let Some(e) = s.first().and_then(|s| s.error.clone()) {
+            assert!(e.contains("authenticate"), "{e}");
+            assert!(!s[0].up);
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no error reported"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    g.shutdown().await;
+
+    // A CA that does not parse is a config error with its path.
+    let bad = route_to(&format!(
+        "  - name: u\n    discovery:\n      etcd: {{endpoints: ['{}'], prefix: /p/, \
+         tls: {{ca: '-----BEGIN CERTIFICATE-----\n\n        nonsense'}}}}\n",
+        etcd.endpoint()
+    ));
+    let config = gatehouse_model::parse_yaml(&bad).unwrap();
+    let errs = match Gateway::start(config, &test_options()) {
+        Err(gatehouse_proxy::StartError::Config(e)) => e,
+        _ => panic!("a bad etcd CA must be refused"),
+    };
+    assert!(
+        errs[0]
+            .path
+            .starts_with("upstreams[0].discovery.etcd.tls.ca"),
+        "{errs:?}"
+    );
+
+    // The admin API never shows the password, and a config written back as read keeps it.
+    let mut config = gatehouse_model::parse_yaml(&route_to(&spec("s3cret"))).unwrap();
+    gatehouse_runtime::discovery::redact(&mut config);
+    let shown = serde_json::to_string(&config).unwrap();
+    assert!(!shown.contains("s3cret"), "{shown}");
+    let old = gatehouse_model::parse_yaml(&route_to(&spec("s3cret"))).unwrap();
+    gatehouse_runtime::discovery::keep_passwords(&mut config, &old);
+    let etcd_spec = config.upstreams[0]
+        .discovery
+        .as_ref()
+        .unwrap()
+        .etcd
+        .as_ref()
+        .unwrap();
+    assert_eq!(etcd_spec.password.as_deref(), Some("s3cret"));
 }

@@ -74,10 +74,21 @@ pub enum DnsRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EtcdDiscovery {
-    /// Client URLs, tried in turn: `http://127.0.0.1:2379`.
+    /// Client URLs, tried in turn: `http://127.0.0.1:2379`, or `https://` (see `tls`).
     pub endpoints: Vec<String>,
     /// The key prefix, e.g. `/services/orders/`.
     pub prefix: String,
+    /// etcd's authentication: a user with read access to the prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Its password. Write-only: the admin API never shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// For `https://` endpoints: the CA to verify etcd with (default: the system's roots),
+    /// `sni`, `verify`, and a client certificate (`client_cert`, `client_key`) when etcd
+    /// asks for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::UpstreamTls>,
 }
 
 fn one() -> u32 {
@@ -172,16 +183,26 @@ fn check_etcd(etcd: &EtcdDiscovery, p: &str, err: &mut impl FnMut(String, String
         );
     }
     for (k, e) in etcd.endpoints.iter().enumerate() {
-        let ok = e
-            .strip_prefix("http://")
-            .map(|rest| rest.trim_end_matches('/'))
-            .is_some_and(|hp| crate::check_host_port(hp).is_ok());
+        let ok = etcd_endpoint(e).is_some_and(|(_, hp)| crate::check_host_port(hp).is_ok());
         if !ok {
             err(
                 format!("{p}.endpoints[{k}]"),
-                format!("\"{e}\" is not an http://host:port URL"),
+                format!("\"{e}\" is not an http:// or https://host:port URL"),
             );
         }
+    }
+    if etcd.username.is_some() != etcd.password.is_some() {
+        err(
+            format!("{p}.password"),
+            "username and password go together".into(),
+        );
+    }
+    let https = etcd.endpoints.iter().any(|e| e.starts_with("https://"));
+    if etcd.tls.is_some() && !https {
+        err(
+            format!("{p}.tls"),
+            "applies to https:// endpoints only".into(),
+        );
     }
     if etcd.prefix.is_empty() {
         err(
@@ -189,4 +210,15 @@ fn check_etcd(etcd: &EtcdDiscovery, p: &str, err: &mut impl FnMut(String, String
             "must not be empty (it would watch the whole keyspace)".into(),
         );
     }
+}
+
+/// An etcd endpoint URL as (is it https, `host:port`); `None` when it is neither
+/// `http://host:port` nor `https://host:port`.
+pub fn etcd_endpoint(url: &str) -> Option<(bool, &str)> {
+    let (https, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(r), _) => (false, r),
+        (_, Some(r)) => (true, r),
+        _ => return None,
+    };
+    Some((https, rest.trim_end_matches('/')))
 }

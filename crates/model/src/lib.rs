@@ -32,7 +32,7 @@ pub use tls::{
     RouteProtocol, TlsVersion, UpstreamTls, HTTPS_REDIRECT_CODES,
 };
 
-pub use discovery::{Discovery, DnsDiscovery, DnsRecord, EtcdDiscovery};
+pub use discovery::{etcd_endpoint, Discovery, DnsDiscovery, DnsRecord, EtcdDiscovery};
 pub use release::{BlueGreen, RewriteRegex, Side, COLOR_LABEL, DEFAULT_COLOR_HEADER};
 
 pub use resilience::{

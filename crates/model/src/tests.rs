@@ -349,12 +349,17 @@ fn discovery_messages() {
             &["upstreams[0].discovery.dns.name: \"bad name!\" is not a DNS name"],
         ),
         (
-            "upstreams:\n  - {name: u, discovery: {etcd: {endpoints: ['https://e:2379', 'x'], prefix: ''}}}\n",
+            "upstreams:\n  - {name: u, discovery: {etcd: {endpoints: ['ftp://e:2379', 'x'], prefix: '', username: u}}}\n",
             &[
-                "upstreams[0].discovery.etcd.endpoints[0]: \"https://e:2379\" is not an http://host:port URL",
-                "upstreams[0].discovery.etcd.endpoints[1]: \"x\" is not an http://host:port URL",
+                "upstreams[0].discovery.etcd.endpoints[0]: \"ftp://e:2379\" is not an http:// or https://host:port URL",
+                "upstreams[0].discovery.etcd.endpoints[1]: \"x\" is not an http:// or https://host:port URL",
+                "upstreams[0].discovery.etcd.password: username and password go together",
                 "upstreams[0].discovery.etcd.prefix: must not be empty (it would watch the whole keyspace)",
             ],
+        ),
+        (
+            "upstreams:\n  - {name: u, discovery: {etcd: {endpoints: ['http://e:2379'], prefix: /p/, tls: {verify: false}}}}\n",
+            &["upstreams[0].discovery.etcd.tls: applies to https:// endpoints only"],
         ),
     ];
     for (extra, want) in cases {

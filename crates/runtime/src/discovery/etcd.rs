@@ -18,7 +18,6 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc::UnboundedSender;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -188,6 +187,18 @@ impl Keys {
 /// Follows `spec` for `upstream` for as long as it runs, reporting every change (or
 /// failure) to `tx`. Aborted by the discovery task when the upstream's config changes.
 pub async fn watch(upstream: Box<str>, spec: EtcdDiscovery, tx: UnboundedSender<Report>) {
+    let client = match Client::new(&spec) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = tx.send(Report {
+                upstream: upstream.clone(),
+                origin: Origin::Etcd,
+                outcome: Err(e),
+                skipped: Vec::new(),
+            });
+            return;
+        }
+    };
     let mut keys = Keys {
         targets: BTreeMap::new(),
         skipped: Vec::new(),
@@ -202,12 +213,21 @@ pub async fn watch(upstream: Box<str>, spec: EtcdDiscovery, tx: UnboundedSender<
             .get(at % spec.endpoints.len().max(1))
             .cloned();
         let Some(endpoint) = endpoint else { return };
-        let host = endpoint
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_owned();
+        let Some((https, host)) = gatehouse_model::etcd_endpoint(&endpoint) else {
+            return;
+        };
+        let to = Endpoint { https, host };
         let started = std::time::Instant::now();
-        let ended = follow(&upstream, &spec, &host, &mut keys, &mut revision, &tx).await;
+        let ended = follow(
+            &upstream,
+            &spec,
+            &client,
+            &to,
+            &mut keys,
+            &mut revision,
+            &tx,
+        )
+        .await;
         let Err(e) = ended else { return };
         if started.elapsed() > HEALTHY {
             // The connection served a while: this is a new failure, not a repeated one.
@@ -233,18 +253,22 @@ pub async fn watch(upstream: Box<str>, spec: EtcdDiscovery, tx: UnboundedSender<
 async fn follow(
     upstream: &str,
     spec: &EtcdDiscovery,
-    host: &str,
+    client: &Client,
+    at: &Endpoint<'_>,
     keys: &mut Keys,
     revision: &mut i64,
     tx: &UnboundedSender<Report>,
 ) -> Result<(), String> {
+    let token = client.authenticate(at).await?;
+    let post =
+        |path: &'static str, body: serde_json::Value| client.post(at, path, body, token.as_deref());
     let prefix = spec.prefix.as_bytes();
     if *revision == 0 {
         let body = serde_json::json!({
             "key": B64.encode(prefix),
             "range_end": B64.encode(range_end(prefix)),
         });
-        let resp = post(host, "/v3/kv/range", &body).await?;
+        let resp = post("/v3/kv/range", body).await?;
         let bytes = tokio::time::timeout(READ_TIMEOUT, resp.into_body().collect())
             .await
             .map_err(|_| "range read timed out".to_owned())?
@@ -267,7 +291,7 @@ async fn follow(
         "start_revision": (*revision + 1).to_string(),
         "progress_notify": true,
     }});
-    let mut stream = post(host, "/v3/watch", &body).await?.into_body();
+    let mut stream = post("/v3/watch", body).await?.into_body();
     let mut buf = BytesMut::new();
     loop {
         let frame = match stream.frame().await {
@@ -345,36 +369,135 @@ fn on_line(
     Ok(Line::Changed)
 }
 
-/// POSTs `body` as JSON to `host` (`ip:port`) on a new connection; the response once its
-/// head arrived with status 200.
-async fn post(
-    host: &str,
-    path: &str,
-    body: &serde_json::Value,
-) -> Result<hyper::Response<Incoming>, String> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(host))
-        .await
-        .map_err(|_| "connect timed out".to_owned())?
-        .map_err(|e| format!("connect: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let req = hyper::Request::post(path)
-        .header(hyper::header::HOST, host)
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(READ_TIMEOUT, sender.send_request(req))
-        .await
-        .map_err(|_| format!("{path}: no answer"))?
-        .map_err(|e| format!("{path}: {e}"))?;
-    if !resp.status().is_success() {
-        return Err(format!("{path}: status {}", resp.status()));
+/// Whether `spec`'s TLS settings load (a CA that parses, a key that matches); `Err` names
+/// the field under `tls`, as compile reports it.
+pub fn check(spec: &EtcdDiscovery) -> Result<(), (&'static str, String)> {
+    Client::new_tls(spec).map(|_| ())
+}
+
+/// One etcd endpoint: its scheme and `host:port`.
+struct Endpoint<'a> {
+    https: bool,
+    host: &'a str,
+}
+
+/// How the watcher reaches etcd: TCP or TLS, and the user it logs in as.
+struct Client {
+    tls: Option<crate::connector::Connector>,
+    login: Option<(String, String)>,
+}
+
+#[derive(Deserialize)]
+struct AuthResponse {
+    token: String,
+}
+
+impl Client {
+    fn new(spec: &EtcdDiscovery) -> Result<Client, String> {
+        let tls = Self::new_tls(spec).map_err(|(field, m)| format!("tls.{field}: {m}"))?;
+        let login = spec.username.clone().zip(spec.password.clone());
+        Ok(Client { tls, login })
     }
-    Ok(resp)
+
+    fn new_tls(
+        spec: &EtcdDiscovery,
+    ) -> Result<Option<crate::connector::Connector>, (&'static str, String)> {
+        if !spec.endpoints.iter().any(|e| e.starts_with("https://")) {
+            return Ok(None);
+        }
+        let tls = crate::connector::Tls::new(spec.tls.as_ref(), false)?;
+        Ok(Some(crate::connector::Connector::Tls(std::sync::Arc::new(
+            tls,
+        ))))
+    }
+
+    /// A token for the configured user (a new one per connection: etcd's simple tokens
+    /// expire), or `None` without authentication.
+    async fn authenticate(&self, at: &Endpoint<'_>) -> Result<Option<String>, String> {
+        let Some((name, password)) = &self.login else {
+            return Ok(None);
+        };
+        let body = serde_json::json!({"name": name, "password": password});
+        let resp = self.post(at, "/v3/auth/authenticate", body, None).await?;
+        let bytes = tokio::time::timeout(READ_TIMEOUT, resp.into_body().collect())
+            .await
+            .map_err(|_| "authentication timed out".to_owned())?
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        let auth: AuthResponse =
+            serde_json::from_slice(&bytes).map_err(|e| format!("authentication answer: {e}"))?;
+        Ok(Some(auth.token))
+    }
+
+    /// POSTs `body` as JSON on a new connection; the response once its head arrived with
+    /// status 200.
+    async fn post(
+        &self,
+        at: &Endpoint<'_>,
+        path: &str,
+        body: serde_json::Value,
+        token: Option<&str>,
+    ) -> Result<hyper::Response<Incoming>, String> {
+        let io = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(at))
+            .await
+            .map_err(|_| "connect timed out".to_owned())??;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut req = hyper::Request::post(path)
+            .header(hyper::header::HOST, at.host)
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        if let Some(t) = token {
+            req = req.header(hyper::header::AUTHORIZATION, t);
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.to_string())))
+            .map_err(|e| e.to_string())?;
+        let resp = tokio::time::timeout(READ_TIMEOUT, sender.send_request(req))
+            .await
+            .map_err(|_| format!("{path}: no answer"))?
+            .map_err(|e| format!("{path}: {e}"))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            // etcd says why (a wrong password, no permission) in a small JSON body.
+            let why = tokio::time::timeout(READ_TIMEOUT, resp.into_body().collect())
+                .await
+                .ok()
+                .and_then(|b| b.ok())
+                .map(|b| {
+                    String::from_utf8_lossy(&b.to_bytes())
+                        .chars()
+                        .take(200)
+                        .collect::<String>()
+                })
+                .unwrap_or_default();
+            return Err(format!("{path}: status {status} {why}"));
+        }
+        Ok(resp)
+    }
+
+    /// A connection to the endpoint: plain TCP, or TLS verified as the spec says. The
+    /// name is resolved here, on the discovery task, never on a request's path.
+    async fn connect(&self, at: &Endpoint<'_>) -> Result<crate::connector::Stream, String> {
+        let addr = tokio::net::lookup_host(at.host)
+            .await
+            .map_err(|e| format!("resolve {}: {e}", at.host))?
+            .next()
+            .ok_or_else(|| format!("resolve {}: no address", at.host))?;
+        match (&self.tls, at.https) {
+            (Some(tls), true) => tls
+                .connect(addr, at.host)
+                .await
+                .map_err(|e| format!("connect: {e}")),
+            _ => crate::connector::Connector::Tcp
+                .connect(addr, at.host)
+                .await
+                .map_err(|e| format!("connect: {e}")),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -405,3 +405,41 @@ impl State {
 }
 
 pub use metrics::Collector;
+
+/// Takes the etcd passwords out of `config` before it is shown (they are write-only).
+pub fn redact(config: &mut gatehouse_model::Config) {
+    for e in etcd_specs(config) {
+        e.password = None;
+    }
+}
+
+/// An etcd spec written back without its password keeps the stored one, while the user
+/// stays the same: what the API showed can be sent back as it is.
+pub fn keep_passwords(new: &mut gatehouse_model::Config, old: &gatehouse_model::Config) {
+    for u in &mut new.upstreams {
+        let Some(e) = u.discovery.as_mut().and_then(|d| d.etcd.as_mut()) else {
+            continue;
+        };
+        if e.password.is_some() || e.username.is_none() {
+            continue;
+        }
+        let stored = old
+            .upstreams
+            .iter()
+            .find(|o| o.name == u.name)
+            .and_then(|o| o.discovery.as_ref()?.etcd.as_ref())
+            .filter(|o| o.username == e.username);
+        if let Some(o) = stored {
+            e.password.clone_from(&o.password);
+        }
+    }
+}
+
+fn etcd_specs(
+    config: &mut gatehouse_model::Config,
+) -> impl Iterator<Item = &mut gatehouse_model::EtcdDiscovery> {
+    config
+        .upstreams
+        .iter_mut()
+        .filter_map(|u| u.discovery.as_mut()?.etcd.as_mut())
+}

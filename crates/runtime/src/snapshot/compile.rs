@@ -152,6 +152,13 @@ impl<'c> Compiler<'c> {
             let Some(hash) = self.hash_source(i, u) else {
                 continue;
             };
+            if let Some(etcd) = u.discovery.as_ref().and_then(|d| d.etcd.as_ref()) {
+                if let Err((field, m)) = crate::discovery::etcd::check(etcd) {
+                    let path = format!("upstreams[{i}].discovery.etcd.tls.{field}");
+                    self.errs
+                        .push(ConfigError::new(path.replace(".tls.tls", ".tls"), m));
+                }
+            }
             let statics: Vec<Found> = u.targets.iter().map(configured).collect();
             // What discovery found for this upstream before the reload keeps serving; the
             // discovery task applies its newest answers right after the swap.
