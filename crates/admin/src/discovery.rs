@@ -70,8 +70,11 @@ fn parse(body: &[u8]) -> Result<(Register, Duration), String> {
         return Err("weight: must be between 1 and 65535".into());
     }
     for (k, v) in &r.labels {
-        if k.is_empty() || k.len() > 64 || v.is_empty() || v.len() > 128 {
-            return Err(format!("labels.{k}: keys are 1-64 bytes, values 1-128"));
+        let printable = v.bytes().all(|b| (0x20..0x7f).contains(&b));
+        if k.is_empty() || k.len() > 64 || v.is_empty() || v.len() > 128 || !printable {
+            return Err(format!(
+                "labels.{k}: keys are 1-64 bytes, values 1-128 printable ASCII"
+            ));
         }
     }
     Ok((r, ttl))

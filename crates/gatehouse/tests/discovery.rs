@@ -684,3 +684,39 @@ async fn etcd_over_tls_with_a_read_only_user_is_followed_and_its_password_never_
         .unwrap();
     assert_eq!(etcd_spec.password.as_deref(), Some("s3cret"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discovered_target_with_a_new_colour_serves_that_colour() {
+    let (a, gray) = (Steered::start("a").await, Steered::start("gray").await);
+    let etcd = EtcdServer::start().await;
+    let g = gateway(&route_to(&format!(
+        "  - name: u\n    targets: [{{address: '{}'}}]\n    discovery:\n      \
+         etcd: {{endpoints: ['{}'], prefix: /svc/c/}}\n",
+        a.addr,
+        etcd.endpoint()
+    )));
+    let addr = addr(&g);
+    until_answering(addr, "/x", &["a"], Duration::from_secs(5)).await;
+    etcd.put(
+        "/svc/c/gray",
+        &format!(
+            "{{\"address\":\"{}\",\"labels\":{{\"color\":\"gray\"}}}}",
+            gray.addr
+        ),
+    );
+    let start = Instant::now();
+    loop {
+        let r = get_with(addr, "/x", &[("x-gatehouse-color", "gray")]).await;
+        if origin_of(&r) == "gray" {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "gray never served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Uncoloured requests still go to the uncoloured target only.
+    assert_eq!(answering(addr, "/x", 8).await, set(&["a"]));
+    g.shutdown().await;
+}

@@ -98,8 +98,22 @@ impl Shared {
         if *u.dynamic() == dynamic {
             return;
         }
-        if let Err(e) = u.set_dynamic(dynamic) {
-            tracing::warn!(upstream, error = %e, "discovered targets not applied");
+        match u.set_dynamic(dynamic) {
+            Ok(false) => {}
+            Ok(true) => {
+                // A colour no target had at compile: its `{name}@{color}` upstream is made
+                // by compiling the same config again (which takes the discovered targets).
+                let config = snap.config.clone();
+                drop(snap);
+                tracing::info!(
+                    upstream,
+                    "a discovered target brings a new colour; recompiling"
+                );
+                if let Err(e) = self.reload(config) {
+                    tracing::warn!(upstream, errors = ?e, "recompiling for a new colour failed");
+                }
+            }
+            Err(e) => tracing::warn!(upstream, error = %e, "discovered targets not applied"),
         }
     }
 

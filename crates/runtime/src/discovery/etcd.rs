@@ -136,6 +136,14 @@ pub fn parse_value(key: &str, value: &[u8]) -> Result<Found, String> {
     if v.weight == 0 || v.weight > 65535 {
         return Err(format!("weight {} is not 1-65535", v.weight));
     }
+    for (k, l) in &v.labels {
+        let bad = k.is_empty() || k.len() > 64 || l.is_empty() || l.len() > 128;
+        if bad || http::HeaderValue::from_str(l).is_err() {
+            return Err(format!(
+                "label {k:?}: keys are 1-64 bytes, values 1-128 printable"
+            ));
+        }
+    }
     Ok(Found {
         address: v.address,
         weight: v.weight,
@@ -522,6 +530,8 @@ mod tests {
             .unwrap_err()
             .contains("unknown field"));
         assert!(parse_value("/s/e", br#"{"address":"a:1","weight":0}"#).is_err());
+        let e = parse_value("/s/f", br#"{"address":"a:1","labels":{"color":"a\nb"}}"#);
+        assert!(e.unwrap_err().contains("label"));
     }
 
     #[test]

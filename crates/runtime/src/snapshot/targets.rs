@@ -173,23 +173,22 @@ impl UpstreamEntry {
     /// Replaces what discovery and registrations add (`dynamic`), keeping the config's
     /// targets: the merged list goes to this upstream (uncoloured targets) and its colour
     /// upstreams. A target listed twice is taken from the first source (config first).
-    /// `Err` (nothing changed) names a bad target.
-    pub fn set_dynamic(&self, dynamic: Vec<Found>) -> Result<(), String> {
+    /// `Ok(true)`: a target has a colour this upstream has no colour upstream for yet, which
+    /// only a compile makes (the caller recompiles). `Err` (nothing changed) names a bad
+    /// target.
+    pub fn set_dynamic(&self, dynamic: Vec<Found>) -> Result<bool, String> {
         let all = merge(&self.statics, &dynamic);
+        self.check(&all)?;
         let color = |f: &Found| f.labels.get(gatehouse_model::COLOR_LABEL).cloned();
         let plain: Vec<&Found> = all.iter().copied().filter(|f| color(f).is_none()).collect();
-        for f in &all {
-            if let Some(c) = color(f) {
-                if !self
+        let new_color = all.iter().any(|f| {
+            color(f).is_some_and(|c| {
+                !self
                     .colors
                     .iter()
                     .any(|(v, _)| v.as_bytes() == c.as_bytes())
-                {
-                    tracing::warn!(upstream = %self.name, target = %f.address, color = %c,
-                        "a discovered target's colour is new: it serves once the config is reloaded");
-                }
-            }
-        }
+            })
+        });
         let mut updates = vec![(self, plain)];
         for (value, sub) in self.colors.iter() {
             let mine: Vec<&Found> = all
@@ -199,19 +198,25 @@ impl UpstreamEntry {
                 .collect();
             updates.push((&**sub, mine));
         }
-        for (u, list) in &updates {
-            u.check(list)?;
-        }
         for (u, list) in updates {
             u.replace_found(&list)?;
         }
         self.dynamic.store(Arc::new(dynamic));
-        Ok(())
+        Ok(new_color)
     }
 
     fn check(&self, list: &[&Found]) -> Result<(), String> {
         for f in list {
             gatehouse_model::check_host_port(&f.address)?;
+            if let Some(c) = f.labels.get(gatehouse_model::COLOR_LABEL) {
+                // Checked here so that a compile never meets a colour it cannot make.
+                if c.is_empty() || http::HeaderValue::from_str(c).is_err() {
+                    return Err(format!(
+                        "\"{}\": color {c:?} cannot be a header value",
+                        f.address
+                    ));
+                }
+            }
             if f.weight == 0 {
                 return Err(format!("\"{}\": a weight must be at least 1", f.address));
             }
