@@ -103,15 +103,13 @@ impl Shared {
             Ok(true) => {
                 // A colour no target had at compile: its `{name}@{color}` upstream is made
                 // by compiling the same config again (which takes the discovered targets).
-                let config = snap.config.clone();
+                // Rare, and a full compile: it runs on the discovery task's worker.
                 drop(snap);
                 tracing::info!(
                     upstream,
                     "a discovered target brings a new colour; recompiling"
                 );
-                if let Err(e) = self.reload(config) {
-                    tracing::warn!(upstream, errors = ?e, "recompiling for a new colour failed");
-                }
+                self.recompile();
             }
             Err(e) => tracing::warn!(upstream, error = %e, "discovered targets not applied"),
         }

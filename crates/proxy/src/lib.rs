@@ -84,6 +84,29 @@ impl Shared {
         Ok(())
     }
 
+    /// Compiles the serving config again and swaps it in, unless another reload swapped
+    /// first (then that one's compile already took what this one would). For what changes
+    /// without a config change but needs a compile (a discovered target's new colour).
+    pub(crate) fn recompile(&self) {
+        let current = self.snapshot.load_full();
+        let next = match Snapshot::compile(current.config.clone(), Some(&current), self.node) {
+            Ok(n) => Arc::new(n),
+            Err(e) => {
+                tracing::warn!(errors = ?e, "recompiling the serving config failed");
+                return;
+            }
+        };
+        let certificates = self.with_acme(&next);
+        let was = self.snapshot.compare_and_swap(&current, next.clone());
+        if !Arc::ptr_eq(&*was, &current) {
+            return;
+        }
+        next.telemetry.node.set_certificates(&certificates);
+        self.certificates.store(certificates);
+        self.resync_all();
+        self.snapshot.load().changes.send_modify(|n| *n += 1);
+    }
+
     /// Serves `certs` (obtained by ACME) beside the config's certificates from now on.
     pub fn set_acme_certificates(&self, certs: Vec<gatehouse_model::Certificate>) {
         if let Ok(mut held) = self.acme_certificates.lock() {
