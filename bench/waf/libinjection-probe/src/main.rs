@@ -1,6 +1,9 @@
 //! Runs libinjection's SQLi and XSS detectors over every sample of bench/waf/corpus, each
 //! decoded as a WAF would first (URL decoding up to twice), and prints detection per attack
-//! family and false positives per benign family.
+//! family and false positives per benign family. `--native`: with the prototype native
+//! detector set (`native.rs`: normalisation, then libinjection and signatures) instead.
+
+mod native;
 
 use std::path::Path;
 
@@ -31,6 +34,14 @@ fn flagged(sample: &str) -> Option<&'static str> {
 }
 
 fn main() {
+    let native = std::env::args().any(|a| a == "--native");
+    let flagged = |l: &str| {
+        if native {
+            native::detect(l)
+        } else {
+            flagged(l)
+        }
+    };
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../corpus");
     for kind in ["attack", "benign"] {
         let mut files: Vec<_> = std::fs::read_dir(root.join(kind))
@@ -41,7 +52,11 @@ fn main() {
         for f in files {
             let text = std::fs::read_to_string(&f).unwrap_or_default();
             let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-            let marked: Vec<&str> = lines.iter().copied().filter(|l| flagged(l).is_some()).collect();
+            let marked: Vec<&str> = lines
+                .iter()
+                .copied()
+                .filter(|l| flagged(l).is_some())
+                .collect();
             let name = f.file_stem().and_then(|s| s.to_str()).unwrap_or("?");
             println!("{kind:7} {name:10} {:3} of {:3}", marked.len(), lines.len());
             if kind == "benign" && !marked.is_empty() {
@@ -50,6 +65,9 @@ fn main() {
             all += lines.len();
             hits += marked.len();
         }
-        println!("== {kind}: {hits} of {all} flagged ({:.1} %)\n", 100.0 * hits as f64 / all as f64);
+        println!(
+            "== {kind}: {hits} of {all} flagged ({:.1} %)\n",
+            100.0 * hits as f64 / all as f64
+        );
     }
 }
