@@ -8,6 +8,9 @@ A sample counts as blocked in a placement when the answer is 403. Attack lines t
 already percent-encoded are encoded again on purpose: double encoding is an evasion.
 
     bench/waf/evaluate.py http://127.0.0.1:PORT [--json]
+
+WAF_CORPUS=DIR takes the corpus from DIR instead (its attack/ and benign/, either may be
+absent): bench/waf/heldout.sh makes one from Debian's wfuzz wordlists.
 """
 import http.client, json, os, sys, urllib.parse
 
@@ -51,7 +54,9 @@ def placements(sample, whole_json=False):
 
 def run(kind):
     out = {}
-    folder = os.path.join(here, "corpus", kind)
+    folder = os.path.join(os.environ.get("WAF_CORPUS", os.path.join(here, "corpus")), kind)
+    if not os.path.isdir(folder):
+        return out
     for name in sorted(os.listdir(folder)):
         lines = [l.rstrip("\n") for l in open(os.path.join(folder, name), encoding="utf-8") if l.strip()]
         whole = kind == "benign" and name == "json.txt"
@@ -82,4 +87,5 @@ for kind, table in (("attack", attack), ("benign", benign)):
               100.0 * t["any"] / t["samples"], "  errors: %d" % t["errors"] if t["errors"] else ""))
         n += t["samples"]; hit += t["any"]
     label = "detected" if kind == "attack" else "false positives"
-    print("== %s: %d of %d samples %s (%.1f %%)\n" % (kind, hit, n, label, 100.0 * hit / n))
+    if n:
+        print("== %s: %d of %d samples %s (%.1f %%)\n" % (kind, hit, n, label, 100.0 * hit / n))

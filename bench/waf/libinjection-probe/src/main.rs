@@ -42,7 +42,10 @@ fn main() {
             flagged(l)
         }
     };
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../corpus");
+    let root = std::env::var_os("WAF_CORPUS").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../corpus"),
+        std::path::PathBuf::from,
+    );
     for kind in ["attack", "benign"] {
         let mut files: Vec<_> = std::fs::read_dir(root.join(kind))
             .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
@@ -65,9 +68,9 @@ fn main() {
             all += lines.len();
             hits += marked.len();
         }
-        println!(
-            "== {kind}: {hits} of {all} flagged ({:.1} %)\n",
-            100.0 * hits as f64 / all as f64
-        );
+        if all > 0 {
+            let share = 100.0 * hits as f64 / all as f64;
+            println!("== {kind}: {hits} of {all} flagged ({share:.1} %)\n");
+        }
     }
 }
