@@ -12,7 +12,9 @@
 # `nginx` for nginx's `proxy_pass` as peers.sh configures it (1 process, upstream keep-alive
 # 64): `bench/side-by-side.sh nginx "" 5` gives Gatehouse ÷ nginx on one core. `nginx-duties`
 # is that nginx doing what Gatehouse does on every request: X-Forwarded-For/Proto/Host and
-# X-Real-IP upstream, and an X-Request-Id made when absent, sent upstream and returned. Needs nginx
+# X-Real-IP upstream, and an X-Request-Id made when absent, sent upstream and returned.
+# `nginx-modsec` is nginx with libmodsecurity 3 and the OWASP CRS at paranoia level WAF_PL
+# (default 1; bench/waf/modsecurity-conf.sh), the WAF baseline of issue 22. Needs nginx
 # and wrk (apt-get install -y nginx wrk). Run it both ways round (A B, then B A) to see that
 # the order does not matter; an A/A run shows the method's own spread.
 set -euo pipefail
@@ -55,8 +57,13 @@ cleanup() {
 trap cleanup EXIT
 taskset -c "$load_cpu" nginx -c "$dir/origin.conf"
 start() { # env-assignments port log-dir
-  if [[ $1 == nginx || $1 == nginx-duties ]]; then
-    local duties=""
+  if [[ $1 == nginx || $1 == nginx-duties || $1 == nginx-modsec ]]; then
+    local duties="" module="" waf=""
+    if [[ $1 == nginx-modsec ]]; then
+      module="load_module /usr/lib/nginx/modules/ngx_http_modsecurity_module.so;"
+      mkdir -p "$3.waf"
+      waf="modsecurity on; modsecurity_rules_file $("$here/waf/modsecurity-conf.sh" "$3.waf" "${WAF_PL:-1}");"
+    fi
     if [[ $1 == nginx-duties ]]; then
       duties='proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
       proxy_set_header X-Real-IP $remote_addr; proxy_set_header X-Forwarded-Proto $scheme;
@@ -64,6 +71,7 @@ start() { # env-assignments port log-dir
       add_header X-Request-Id $rid always;'
     fi
     cat > "$3.conf" <<EOF
+$module
 daemon off; master_process off; worker_processes 1;
 pid $3.pid; error_log $3.err warn;
 events { worker_connections 4096; }
@@ -72,8 +80,10 @@ http {
   keepalive_requests 1000000; keepalive_timeout 60s;
   upstream up { server 127.0.0.1:$origin; keepalive 64; keepalive_requests 1000000; }
   map \$http_x_request_id \$rid { "" \$request_id; default \$http_x_request_id; }
+  client_body_buffer_size 64k;
   server {
     listen 127.0.0.1:$2;
+    $waf
     location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
       $duties }
   }
@@ -93,7 +103,9 @@ pid_a=${pids[0]} pid_b=${pids[1]}
 sleep 1
 cpu() { local s; s=($(sed 's/.*) //' "/proc/$1/stat")); echo $((s[11] + s[12])); }
 # WRK_HEADER="name: value" is sent by both loads (a credential for a route that needs one).
+# WRK_SCRIPT=FILE.lua shapes both loads' requests (bench/waf/post-1k-json.lua: a 1 KiB JSON POST).
 hdr=(); [[ -n ${WRK_HEADER:-} ]] && hdr=(-H "$WRK_HEADER")
+[[ -n ${WRK_SCRIPT:-} ]] && hdr+=(-s "$WRK_SCRIPT")
 load() { # seconds -> requests for A and B
   taskset -c "$load_cpu" wrk -t1 -c50 -d"$1"s "${hdr[@]}" "http://127.0.0.1:$pa/" >"$dir/wa" 2>&1 &
   local w=$!
