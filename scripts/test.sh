@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README and CI run it: installs what a fresh machine of this
-# kind lacks (Debian's redis-server, PostgreSQL, pebble, etcd, dnsmasq, curl and openssl; schemathesis and
+# kind lacks (Debian's redis-server, PostgreSQL, pebble, etcd, dnsmasq, the OWASP CRS, curl and
+# openssl; schemathesis and
 # grpcio from PyPI; oidc-provider from npm), starts PostgreSQL when none answers, then runs
 # formatting, lints and every test binary.
 set -euo pipefail
@@ -71,6 +72,12 @@ fi
 if ! command -v dnsmasq >/dev/null 2>&1; then
   echo "== installing dnsmasq"
   apt_install dnsmasq-base
+fi
+
+# The WAF's rule reader is tested on the whole OWASP CRS as Debian ships it.
+if [ ! -d /usr/share/modsecurity-crs/rules ]; then
+  echo "== installing modsecurity-crs"
+  apt_install modsecurity-crs
 fi
 
 # The gRPC tests run a real gRPC server and client: Python's grpcio (PyPI), at the versions

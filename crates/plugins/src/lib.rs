@@ -13,6 +13,7 @@ pub mod key;
 pub mod rate_limit;
 pub mod release;
 pub mod request_size_limit;
+pub mod waf;
 
 #[cfg(test)]
 mod test_support;
