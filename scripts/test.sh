@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README and CI run it: installs what a fresh machine of this
-# kind lacks (Debian's redis-server, PostgreSQL, pebble, etcd, dnsmasq, the OWASP CRS, curl and
-# openssl; schemathesis and
-# grpcio from PyPI; oidc-provider from npm), starts PostgreSQL when none answers, then runs
-# formatting, lints and every test binary.
+# kind lacks (Debian's redis-server, PostgreSQL, pebble, etcd, dnsmasq, the OWASP CRS, curl
+# and openssl; schemathesis and grpcio from PyPI; oidc-provider from npm), starts PostgreSQL
+# when none answers, then runs formatting, lints and every test binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
