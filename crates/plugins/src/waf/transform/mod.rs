@@ -114,6 +114,23 @@ fn hex_val(b: u8) -> Option<u8> {
     (b as char).to_digit(16).map(|d| d as u8)
 }
 
+/// Hex digits (already checked) as a number.
+fn hex_number(digits: &[u8]) -> u32 {
+    digits
+        .iter()
+        .fold(0u32, |a, b| a << 4 | u32::from(hex_val(*b).unwrap_or(0)))
+}
+
+/// The byte an escaped code point stands for, as ModSecurity decodes without a unicode
+/// map: full-width ASCII (U+FF01..U+FF5E) as its ASCII form, anything else its low byte.
+fn code_byte(code: u32) -> u8 {
+    if (0xff01..=0xff5e).contains(&code) {
+        (code - 0xff01 + 0x21) as u8
+    } else {
+        (code & 0xff) as u8
+    }
+}
+
 fn hex2(a: u8, b: u8) -> Option<u8> {
     Some(hex_val(a)? << 4 | hex_val(b)?)
 }
@@ -133,19 +150,11 @@ fn url_decode(s: &[u8], uni: bool) -> Vec<u8> {
             b'%' if uni && matches!(s.get(i + 1), Some(b'u' | b'U')) => {
                 let code = s
                     .get(i + 2..i + 6)
-                    .filter(|h| h.iter().all(|b| hex_val(*b).is_some()))
-                    .map(|h| {
-                        h.iter().fold(0u32, |acc, b| {
-                            acc << 4 | u32::from(hex_val(*b).unwrap_or(0))
-                        })
-                    });
+                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+                    .map(hex_number);
                 match code {
                     Some(c) => {
-                        out.push(if (0xff01..=0xff5e).contains(&c) {
-                            (c - 0xff01 + 0x21) as u8
-                        } else {
-                            (c & 0xff) as u8
-                        });
+                        out.push(code_byte(c));
                         i += 6;
                     }
                     None => {
@@ -268,20 +277,13 @@ fn js_decode(s: &[u8]) -> Vec<u8> {
         let c = s[i + 1];
         let hex_run = |from: usize, n: usize| {
             s.get(from..from + n)
-                .filter(|h| h.iter().all(|b| b.is_ascii_hexdigit()))
-                .map(|h| {
-                    h.iter()
-                        .fold(0u32, |a, b| a << 4 | u32::from(hex_val(*b).unwrap_or(0)))
-                })
+                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+                .map(hex_number)
         };
         match c {
             b'u' => match hex_run(i + 2, 4) {
                 Some(code) => {
-                    out.push(if (0xff01..=0xff5e).contains(&code) {
-                        (code - 0xff01 + 0x21) as u8
-                    } else {
-                        (code & 0xff) as u8
-                    });
+                    out.push(code_byte(code));
                     i += 6;
                 }
                 None => {
@@ -346,14 +348,8 @@ fn css_decode(s: &[u8]) -> Vec<u8> {
             .take_while(|b| b.is_ascii_hexdigit())
             .count();
         if n > 0 {
-            let code = s[i + 1..i + 1 + n]
-                .iter()
-                .fold(0u32, |a, b| a << 4 | u32::from(hex_val(*b).unwrap_or(0)));
-            out.push(if (0xff01..=0xff5e).contains(&code) {
-                (code - 0xff01 + 0x21) as u8
-            } else {
-                (code & 0xff) as u8
-            });
+            let code = hex_number(&s[i + 1..i + 1 + n]);
+            out.push(code_byte(code));
             i += 1 + n;
             if s.get(i).is_some_and(|b| is_space(*b)) {
                 i += 1;
