@@ -154,9 +154,11 @@ impl<'c> Compiler<'c> {
             };
             if let Some(etcd) = u.discovery.as_ref().and_then(|d| d.etcd.as_ref()) {
                 if let Err((field, m)) = crate::discovery::etcd::check(etcd) {
-                    let path = format!("upstreams[{i}].discovery.etcd.tls.{field}");
-                    self.errs
-                        .push(ConfigError::new(path.replace(".tls.tls", ".tls"), m));
+                    let path = match field {
+                        "tls" => format!("upstreams[{i}].discovery.etcd.tls"),
+                        f => format!("upstreams[{i}].discovery.etcd.tls.{f}"),
+                    };
+                    self.errs.push(ConfigError::new(path, m));
                 }
             }
             let statics: Vec<Found> = u.targets.iter().map(configured).collect();
