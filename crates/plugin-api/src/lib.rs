@@ -138,6 +138,10 @@ pub struct RequestCtx<'a> {
     /// The whole request body, from the `access` phase on, when a plugin of the route asked
     /// for it ([`Needs::request_body`]); it still goes upstream, and retries send it again.
     pub body: Option<&'a Bytes>,
+    /// The body was longer than [`Needs::request_body`]'s cap and an instance asked for
+    /// [`Needs::request_body_partial`]: `body` is `None`, and the body streams upstream
+    /// uninspected.
+    pub body_partial: bool,
     /// Where the request goes instead of its service's upstream (see
     /// [`RequestCtx::set_upstream`]).
     pub upstream: Option<UpstreamRef>,
@@ -232,6 +236,10 @@ pub struct Needs {
     /// Read the request body, up to this many bytes, before the `access` phase
     /// ([`RequestCtx::body`]); a longer body gets 413.
     pub request_body: Option<u64>,
+    /// With `request_body`: a longer body is not refused with 413 but goes upstream whole,
+    /// unread by the plugins ([`RequestCtx::body_partial`]). Only when every instance of
+    /// the route that reads the body says so.
+    pub request_body_partial: bool,
     /// Run [`Plugin::response_body`] on every chunk of the response body.
     pub response_body: bool,
     /// Put [`RequestFacts`] (request id, route captures) in the request's state.
@@ -258,6 +266,9 @@ impl Needs {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 (a, b) => a.or(b),
             },
+            request_body_partial: (self.request_body_partial || self.request_body.is_none())
+                && (other.request_body_partial || other.request_body.is_none())
+                && (self.request_body.is_some() || other.request_body.is_some()),
             response_body: self.response_body || other.response_body,
             facts: self.facts || other.facts,
             upstream_request: self.upstream_request || other.upstream_request,

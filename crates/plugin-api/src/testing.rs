@@ -119,6 +119,7 @@ impl TestRequest {
                 body_limit: self.body_limit,
                 state: &mut self.state,
                 body: self.body.as_ref(),
+                body_partial: false,
                 upstream: self.upstream.take(),
                 variant: self.variant.take(),
                 keep_copies: false,

@@ -26,6 +26,7 @@ pub fn registry() -> &'static Registry {
             &rate_limit::Kind,
             &concurrency_limit::Kind,
             &request_size_limit::Kind,
+            &waf::plugin::Kind,
             &adaptive_shed::Kind,
             &auth::key_auth::Kind,
             &auth::basic_auth::Kind,

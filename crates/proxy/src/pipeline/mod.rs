@@ -387,6 +387,20 @@ async fn plugin_access(
     let mut verdict = phases::run(first, parts, plugins, st.rec, ip, routed, snap).await;
     if let (Ok(()), Some(cap)) = (&verdict, needs.request_body) {
         body = match body {
+            ClientBody::Streaming(incoming) if needs.request_body_partial => {
+                let read = routed.service.timeouts.read;
+                match request_body::read_or_pass(incoming, cap, read).await {
+                    Ok(request_body::Outcome::Whole(bytes)) => {
+                        st.plugins.body = Some(bytes.clone());
+                        ClientBody::Read(bytes)
+                    }
+                    Ok(request_body::Outcome::Over(body)) => {
+                        st.plugins.body_partial = true;
+                        body
+                    }
+                    Err(failure) => return Err(st.fail(failure)),
+                }
+            }
             ClientBody::Streaming(incoming) => {
                 match request_body::read(incoming, cap, routed.service.timeouts.read).await {
                     Ok(bytes) => {

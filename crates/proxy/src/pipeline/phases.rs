@@ -68,6 +68,7 @@ pub async fn run(
         body_limit: plugins.body_limit,
         state: &mut plugins.state,
         body: plugins.body.as_ref(),
+        body_partial: plugins.body_partial,
         upstream: plugins.upstream.take(),
         variant: plugins.variant.take(),
         keep_copies: plugins.keep_copies,

@@ -125,6 +125,8 @@ pub struct PluginState {
     pub state: Extensions,
     /// The request body, read before `access` when a plugin of the route asked for it.
     pub body: Option<Bytes>,
+    /// The body was over the cap and is passed on unread (`Needs::request_body_partial`).
+    pub body_partial: bool,
     /// The upstream a plugin chose instead of the service's.
     pub upstream: Option<UpstreamRef>,
     /// The release variant a plugin gave the request.

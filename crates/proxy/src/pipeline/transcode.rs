@@ -37,6 +37,7 @@ pub async fn request<'s>(
     };
     let bytes = match body {
         ClientBody::Read(b) => b,
+        ClientBody::Prefixed(..) => return Err(st.fail(crate::errors::Failure::BodyTooLarge)),
         ClientBody::Streaming(incoming) => {
             let read = routed.service.timeouts.read;
             match request_body::read(incoming, t.max_body, read).await {

@@ -69,6 +69,10 @@ pub fn build(
     }
     let body = match body {
         ClientBody::Streaming(body) => body,
+        ClientBody::Prefixed(head, rest) => {
+            let body = ProxyBody::Boxed(super::request_body::prefixed(head, rest));
+            return Ok((Request::from_parts(parts, body), None));
+        }
         // Read before `access`: its length is known, and the client can no longer break it.
         ClientBody::Read(bytes) => {
             if st

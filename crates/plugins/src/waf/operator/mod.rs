@@ -57,6 +57,17 @@ pub enum Cmp {
 /// Compiles `op`; `data_dir` is where `@pmFromFile` files are. `Err` says why not (an
 /// operator this engine does not have, a pattern `regex` refuses after translation).
 pub fn compile(op: &Operator, data_dir: &Path) -> Result<Compiled, String> {
+    compile_with(op, &|f| {
+        let path = data_dir.join(f);
+        std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
+    })
+}
+
+/// Compiles `op`, reading `@pmFromFile`'s files with `data` (by the name the rule gives).
+pub fn compile_with(
+    op: &Operator,
+    data: &dyn Fn(&str) -> Result<String, String>,
+) -> Result<Compiled, String> {
     let param = op.param.as_str();
     let bytes = || param.as_bytes().to_vec();
     let test = if param.contains("%{") && !matches!(op.name.as_str(), "rx" | "pm" | "pmFromFile") {
@@ -76,9 +87,7 @@ pub fn compile(op: &Operator, data_dir: &Path) -> Result<Compiled, String> {
             "pmFromFile" => {
                 let mut words = Vec::new();
                 for f in param.split_whitespace() {
-                    let path = data_dir.join(f);
-                    let text = std::fs::read_to_string(&path)
-                        .map_err(|e| format!("@pmFromFile {}: {e}", path.display()))?;
+                    let text = data(f).map_err(|e| format!("@pmFromFile {e}"))?;
                     words.extend(
                         text.lines()
                             .map(str::trim)

@@ -313,6 +313,11 @@ fn rule(at: &At, args: &[String]) -> Result<Rule, ParseError> {
     })
 }
 
+fn is_xml(cur: &str) -> bool {
+    cur.trim_start_matches(['!', '&'])
+        .eq_ignore_ascii_case("XML:")
+}
+
 /// `ARGS|!ARGS:x|&TX:y|REQUEST_COOKIES:/re|gex/`: split on `|` outside a `/regex/`.
 fn variables(s: &str) -> Result<Vec<Variable>, String> {
     let mut parts = Vec::new();
@@ -321,7 +326,8 @@ fn variables(s: &str) -> Result<Vec<Variable>, String> {
     let mut prev = '\0';
     for c in s.chars() {
         match c {
-            '/' if cur.ends_with(':') || (in_regex && prev != '\\') => {
+            // XML's selector is an XPath (`XML:/*`), never a regex.
+            '/' if (cur.ends_with(':') && !is_xml(&cur)) || (in_regex && prev != '\\') => {
                 in_regex = !in_regex;
                 cur.push(c);
             }

@@ -7,7 +7,7 @@ use base64::Engine as _;
 use std::borrow::Cow;
 
 /// One transformation, compiled from its name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transform {
     Base64Decode,
     CmdLine,

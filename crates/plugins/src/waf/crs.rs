@@ -1,0 +1,173 @@
+//! The OWASP Core Rule Set 3.3.4 (Debian's modsecurity-crs, Apache-2.0, `crates/plugins/crs/LICENSE`),
+//! built into the binary so that the `waf` plugin needs no file on the machine. The
+//! IP-reputation (910), DoS (912) and correlation (980) files are left out: they need
+//! GeoIP, DNS block lists and persistent per-IP collections, which Gatehouse's bans and CC
+//! protection do instead. The application exclusion packages (903.9xxx) are left out too.
+
+/// The rule files, in load order.
+pub const RULES: &[(&str, &str)] = &[
+    (
+        "REQUEST-901-INITIALIZATION.conf",
+        include_str!("../../crs/REQUEST-901-INITIALIZATION.conf"),
+    ),
+    (
+        "REQUEST-905-COMMON-EXCEPTIONS.conf",
+        include_str!("../../crs/REQUEST-905-COMMON-EXCEPTIONS.conf"),
+    ),
+    (
+        "REQUEST-911-METHOD-ENFORCEMENT.conf",
+        include_str!("../../crs/REQUEST-911-METHOD-ENFORCEMENT.conf"),
+    ),
+    (
+        "REQUEST-913-SCANNER-DETECTION.conf",
+        include_str!("../../crs/REQUEST-913-SCANNER-DETECTION.conf"),
+    ),
+    (
+        "REQUEST-920-PROTOCOL-ENFORCEMENT.conf",
+        include_str!("../../crs/REQUEST-920-PROTOCOL-ENFORCEMENT.conf"),
+    ),
+    (
+        "REQUEST-921-PROTOCOL-ATTACK.conf",
+        include_str!("../../crs/REQUEST-921-PROTOCOL-ATTACK.conf"),
+    ),
+    (
+        "REQUEST-922-MULTIPART-ATTACK.conf",
+        include_str!("../../crs/REQUEST-922-MULTIPART-ATTACK.conf"),
+    ),
+    (
+        "REQUEST-930-APPLICATION-ATTACK-LFI.conf",
+        include_str!("../../crs/REQUEST-930-APPLICATION-ATTACK-LFI.conf"),
+    ),
+    (
+        "REQUEST-931-APPLICATION-ATTACK-RFI.conf",
+        include_str!("../../crs/REQUEST-931-APPLICATION-ATTACK-RFI.conf"),
+    ),
+    (
+        "REQUEST-932-APPLICATION-ATTACK-RCE.conf",
+        include_str!("../../crs/REQUEST-932-APPLICATION-ATTACK-RCE.conf"),
+    ),
+    (
+        "REQUEST-933-APPLICATION-ATTACK-PHP.conf",
+        include_str!("../../crs/REQUEST-933-APPLICATION-ATTACK-PHP.conf"),
+    ),
+    (
+        "REQUEST-934-APPLICATION-ATTACK-NODEJS.conf",
+        include_str!("../../crs/REQUEST-934-APPLICATION-ATTACK-NODEJS.conf"),
+    ),
+    (
+        "REQUEST-941-APPLICATION-ATTACK-XSS.conf",
+        include_str!("../../crs/REQUEST-941-APPLICATION-ATTACK-XSS.conf"),
+    ),
+    (
+        "REQUEST-942-APPLICATION-ATTACK-SQLI.conf",
+        include_str!("../../crs/REQUEST-942-APPLICATION-ATTACK-SQLI.conf"),
+    ),
+    (
+        "REQUEST-943-APPLICATION-ATTACK-SESSION-FIXATION.conf",
+        include_str!("../../crs/REQUEST-943-APPLICATION-ATTACK-SESSION-FIXATION.conf"),
+    ),
+    (
+        "REQUEST-944-APPLICATION-ATTACK-JAVA.conf",
+        include_str!("../../crs/REQUEST-944-APPLICATION-ATTACK-JAVA.conf"),
+    ),
+    (
+        "REQUEST-949-BLOCKING-EVALUATION.conf",
+        include_str!("../../crs/REQUEST-949-BLOCKING-EVALUATION.conf"),
+    ),
+    (
+        "RESPONSE-950-DATA-LEAKAGES.conf",
+        include_str!("../../crs/RESPONSE-950-DATA-LEAKAGES.conf"),
+    ),
+    (
+        "RESPONSE-951-DATA-LEAKAGES-SQL.conf",
+        include_str!("../../crs/RESPONSE-951-DATA-LEAKAGES-SQL.conf"),
+    ),
+    (
+        "RESPONSE-952-DATA-LEAKAGES-JAVA.conf",
+        include_str!("../../crs/RESPONSE-952-DATA-LEAKAGES-JAVA.conf"),
+    ),
+    (
+        "RESPONSE-953-DATA-LEAKAGES-PHP.conf",
+        include_str!("../../crs/RESPONSE-953-DATA-LEAKAGES-PHP.conf"),
+    ),
+    (
+        "RESPONSE-954-DATA-LEAKAGES-IIS.conf",
+        include_str!("../../crs/RESPONSE-954-DATA-LEAKAGES-IIS.conf"),
+    ),
+    (
+        "RESPONSE-959-BLOCKING-EVALUATION.conf",
+        include_str!("../../crs/RESPONSE-959-BLOCKING-EVALUATION.conf"),
+    ),
+];
+
+/// The data files of `@pmFromFile`.
+pub const DATA: &[(&str, &str)] = &[
+    (
+        "crawlers-user-agents.data",
+        include_str!("../../crs/crawlers-user-agents.data"),
+    ),
+    ("iis-errors.data", include_str!("../../crs/iis-errors.data")),
+    (
+        "java-classes.data",
+        include_str!("../../crs/java-classes.data"),
+    ),
+    (
+        "java-code-leakages.data",
+        include_str!("../../crs/java-code-leakages.data"),
+    ),
+    (
+        "java-errors.data",
+        include_str!("../../crs/java-errors.data"),
+    ),
+    (
+        "lfi-os-files.data",
+        include_str!("../../crs/lfi-os-files.data"),
+    ),
+    (
+        "php-config-directives.data",
+        include_str!("../../crs/php-config-directives.data"),
+    ),
+    ("php-errors.data", include_str!("../../crs/php-errors.data")),
+    (
+        "php-function-names-933150.data",
+        include_str!("../../crs/php-function-names-933150.data"),
+    ),
+    (
+        "php-function-names-933151.data",
+        include_str!("../../crs/php-function-names-933151.data"),
+    ),
+    (
+        "php-variables.data",
+        include_str!("../../crs/php-variables.data"),
+    ),
+    (
+        "restricted-files.data",
+        include_str!("../../crs/restricted-files.data"),
+    ),
+    (
+        "restricted-upload.data",
+        include_str!("../../crs/restricted-upload.data"),
+    ),
+    (
+        "scanners-headers.data",
+        include_str!("../../crs/scanners-headers.data"),
+    ),
+    (
+        "scanners-urls.data",
+        include_str!("../../crs/scanners-urls.data"),
+    ),
+    (
+        "scanners-user-agents.data",
+        include_str!("../../crs/scanners-user-agents.data"),
+    ),
+    (
+        "scripting-user-agents.data",
+        include_str!("../../crs/scripting-user-agents.data"),
+    ),
+    ("sql-errors.data", include_str!("../../crs/sql-errors.data")),
+    ("unix-shell.data", include_str!("../../crs/unix-shell.data")),
+    (
+        "windows-powershell-commands.data",
+        include_str!("../../crs/windows-powershell-commands.data"),
+    ),
+];
