@@ -4,6 +4,7 @@
 //! read-only.
 
 mod auth;
+mod bans;
 pub mod discovery;
 mod metrics;
 mod release;
@@ -982,6 +983,8 @@ pub fn router(control: Arc<Control>) -> axum::Router {
             patch_certificate,
             delete_certificate
         ))
+        .routes(routes!(bans::list, bans::add))
+        .routes(routes!(bans::lift))
         .routes(routes!(revisions::list))
         .routes(routes!(revisions::audit))
         .routes(routes!(revisions::one))

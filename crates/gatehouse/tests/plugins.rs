@@ -208,3 +208,34 @@ plugins:
     assert_eq!(r.status, 431);
     assert_eq!(r.json()["error"], "request headers too large");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_violations_escalate_into_a_ban_of_the_consumer() {
+    let o = Origin::start("a").await;
+    let yaml = upstream_yaml(&[o.addr], "")
+        + "consumers:
+  - username: alice
+    credentials:
+      - {type: key-auth, key: alice-key}
+routes:
+  - {name: up, service: svc}
+plugins:
+  - {name: key-auth, route: up, config: {header: apikey}}
+  - name: bans
+  - name: rate-limit
+    route: up
+    config: {limit: 1, window: 1m, key: consumer, ban: {after: 2, within: 1m, for: 30s}}
+";
+    let g = gateway(&yaml);
+    let a = addr(&g);
+    let alice = [("apikey", "alice-key")];
+    assert_eq!(get_with(a, "/up", &alice).await.status, 200);
+    assert_eq!(get_with(a, "/up", &alice).await.status, 429);
+    assert_eq!(get_with(a, "/up", &alice).await.status, 429);
+    let r = get_with(a, "/up", &alice).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.json()["error"], "banned");
+    let ban = gatehouse_plugin_api::bans::bans().list();
+    assert_eq!(ban[0].subject, "consumer:alice");
+    assert_eq!(ban[0].source, "rate-limit");
+}

@@ -4,8 +4,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/redis_server.rs"]
+mod redis_server;
+#[path = "common/running.rs"]
+mod running;
 
 use common::*;
+use redis_server::RedisServer;
+use running::Running;
 use std::time::Duration;
 
 fn waf_yaml(origin: std::net::SocketAddr, config: &str) -> String {
@@ -291,4 +297,111 @@ async fn leaking_responses_are_caught_by_response_inspection() {
     );
     let lines = deny_lines(&log, 1).await;
     assert_eq!(lines[0]["waf"]["phase"], "response");
+}
+
+/// Two real nodes sharing one Redis: a client the WAF blocks twice is banned on both, a
+/// ban added through one node's admin API holds on the other, and lifting it through the
+/// other ends it on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bans_escalate_from_the_waf_and_are_shared_listed_and_lifted_across_nodes() {
+    let o = Origin::start("a").await;
+    let redis = RedisServer::start().await;
+    let dir = Scratch::new();
+    let file = dir.path().join("gw.yaml");
+    let yaml = format!(
+        "redis: {}\n{}  - name: bans\n    config: {{key_header: x-api-key}}\n",
+        redis.url(),
+        waf_yaml(o.addr, "{ban: {after: 2, within: 1m, for: 10m}}")
+    );
+    std::fs::write(&file, yaml).unwrap();
+    let (n1, a1) = Running::start(&file);
+    let (n2, a2) = Running::start(&file);
+    let (admin1, admin2) = (n1.admin_addr(), n2.admin_addr());
+
+    assert_eq!(get(a1, "/ok").await.status, 200);
+    let attack = "/x?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E";
+    assert_eq!(get(a1, attack).await.status, 403);
+    assert_eq!(get(a1, attack).await.status, 403);
+    // Now banned: even a clean request is refused, with how long for.
+    let r = get(a1, "/ok").await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.json()["error"], "banned", "{}", r.text());
+    let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((590..=600).contains(&retry), "{retry}");
+    // The other node learns of it through Redis within a second.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while get(a2, "/ok").await.status != 403 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 2 never saw the ban"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Listed on either node, with where it came from.
+    let mut c2 = Client::connect(admin2).await;
+    let listed = c2.get("/bans").await;
+    assert_eq!(listed.status, 200);
+    let list = listed.json();
+    let ban = &list.as_array().unwrap()[0];
+    assert_eq!(ban["subject"], "ip:127.0.0.1");
+    assert_eq!(ban["source"], "waf");
+
+    // Bad input names the field.
+    let mut c1 = Client::connect(admin1).await;
+    let r = c1
+        .send(
+            "POST",
+            "/bans",
+            r#"{"subject": "ip:nope", "ttl": "1h"}"#.into(),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("subject"), "{}", r.text());
+    let r = c1
+        .send(
+            "POST",
+            "/bans",
+            r#"{"subject": "key:k1", "ttl": "forever"}"#.into(),
+        )
+        .await;
+    assert!(r.status == 400 && r.text().contains("ttl"), "{}", r.text());
+
+    // An API key banned on node 1 is refused on node 2.
+    let r = c1
+        .send(
+            "POST",
+            "/bans",
+            r#"{"subject": "key:k1", "ttl": "1h", "reason": "leaked"}"#.into(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+
+    // Lifted through node 2: both nodes serve the address again.
+    let r = c2
+        .request_owned("DELETE", "/bans/ip:127.0.0.1", &[], Vec::new())
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = c2
+        .request_owned("DELETE", "/bans/ip:127.0.0.1", &[], Vec::new())
+        .await;
+    assert_eq!(r.status, 404);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while get(a1, "/ok").await.status != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 1 never saw the lift"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get(a2, "/ok").await.status, 200);
+    let keyed = get_with(a2, "/ok", &[("x-api-key", "k1")]).await;
+    assert_eq!(keyed.status, 403, "{}", keyed.text());
+    assert_eq!(
+        get_with(a2, "/ok", &[("x-api-key", "k2")]).await.status,
+        200
+    );
+    let stored: std::collections::HashMap<String, String> =
+        redis.query(&["HGETALL", "gatehouse:bans"]).await;
+    assert!(stored.contains_key("key:k1"), "{stored:?}");
 }

@@ -11,6 +11,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
+pub mod bans;
 mod consumers;
 mod gateway;
 mod redis_store;

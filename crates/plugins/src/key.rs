@@ -95,6 +95,17 @@ pub struct Key {
 }
 
 impl Key {
+    /// Who a ban for this key's strikes names: the address for an `ip` key, the consumer
+    /// for a `consumer` key (when there is one), else the key's text.
+    pub fn subject(&self, ctx: &RequestCtx<'_>) -> gatehouse_plugin_api::bans::Subject {
+        use gatehouse_plugin_api::bans::Subject;
+        match (self.parts.as_slice(), &ctx.consumer) {
+            ([KeyPart::Ip], _) => Subject::ip(ctx.client_ip),
+            ([KeyPart::Consumer], Some(c)) => Subject::Consumer(c.username.to_string()),
+            _ => Subject::Key(self.text(ctx)),
+        }
+    }
+
     /// What this key tells requests apart by, e.g. `ip` or `consumer+header:x-tier`.
     pub fn class(&self) -> &str {
         &self.class

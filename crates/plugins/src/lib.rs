@@ -13,6 +13,7 @@ pub mod key;
 pub mod rate_limit;
 pub mod release;
 pub mod request_size_limit;
+pub mod strikes;
 pub mod waf;
 
 #[cfg(test)]
@@ -35,6 +36,7 @@ pub fn registry() -> &'static Registry {
             &auth::forward_auth::Kind,
             &auth::openid_connect::Kind,
             &access::acl::Kind,
+            &access::bans::Kind,
             &access::ip_restriction::Kind,
             &access::ua_restriction::Kind,
             &access::referer_restriction::Kind,

@@ -82,6 +82,11 @@ pub struct Config {
     /// names the class, else the class is `other` (e.g. spiders vs browsers).
     #[serde(default)]
     pub ua_classes: Vec<UaClass>,
+    /// Ban keys rejected this often: `{after: 20, within: 1m, for: 10m}` (an `ip` key bans
+    /// the address, a `consumer` key the consumer, any other the key; enforced by the `bans`
+    /// plugin).
+    #[serde(default)]
+    pub ban: Option<crate::strikes::BanAfter>,
 }
 
 #[derive(Debug, Default, Clone, Copy, Deserialize, JsonSchema)]
@@ -158,6 +163,7 @@ struct Inner {
     last_sweep: AtomicU64,
     cluster: Option<Cluster>,
     fail_closed: bool,
+    strikes: Option<crate::strikes::Strikes>,
 }
 
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -256,6 +262,9 @@ impl RateLimit {
             c.limit,
             c.window.as_secs().max(1)
         ));
+        if let Some(b) = &c.ban {
+            b.check("ban", &mut errs);
+        }
         let (Some(status), Ok(policy_value), true) = (status, policy_value, errs.is_empty()) else {
             return Err(errs);
         };
@@ -270,6 +279,7 @@ impl RateLimit {
             last_sweep: AtomicU64::new(0),
             cluster,
             fail_closed: c.on_redis_failure == OnRedisFailure::FailClosed,
+            strikes: c.ban.map(|b| crate::strikes::Strikes::new(b, "rate-limit")),
         })))
     }
 
@@ -351,6 +361,9 @@ impl Inner {
     /// Applies a decision made without waiting.
     fn apply(&self, d: Decision, ctx: &mut RequestCtx<'_>) -> Flow {
         if !d.allowed {
+            if let Some(s) = &self.strikes {
+                s.strike(self.key.subject(ctx), "requests rejected by rate-limit");
+            }
             return Flow::Respond(self.reject(&d));
         }
         if d.delay_ns == 0 {
@@ -367,8 +380,15 @@ impl Inner {
     }
 
     /// Applies a decision made after waiting.
-    async fn apply_later(&self, d: Decision) -> Result<Later, Response<Bytes>> {
+    async fn apply_later(
+        &self,
+        d: Decision,
+        who: &Option<gatehouse_plugin_api::bans::Subject>,
+    ) -> Result<Later, Response<Bytes>> {
         if !d.allowed {
+            if let (Some(s), Some(w)) = (&self.strikes, who) {
+                s.strike(w.clone(), "requests rejected by rate-limit");
+            }
             return Err(self.reject(&d));
         }
         let mut h = HeaderMap::new();
@@ -388,6 +408,7 @@ impl Inner {
         self: Arc<Self>,
         key: u64,
         text: String,
+        who: Option<gatehouse_plugin_api::bans::Subject>,
         mut fetch: cluster::Fetch,
     ) -> Result<Later, Response<Bytes>> {
         let Some(cluster) = &self.cluster else {
@@ -397,7 +418,7 @@ impl Inner {
         for _ in 0..8 {
             fetch.await;
             match cluster.quick(key, now_ns(), || text.clone()) {
-                Quick::Decided(d) => return self.apply_later(d).await,
+                Quick::Decided(d) => return self.apply_later(d, &who).await,
                 Quick::Down => {
                     down = true;
                     break;
@@ -406,9 +427,9 @@ impl Inner {
             }
         }
         match self.fallback(key, now_ns()) {
-            Some(d) => self.apply_later(d).await,
+            Some(d) => self.apply_later(d, &who).await,
             None if down => Err(self.closed()),
-            None => self.apply_later(cluster.contended()).await,
+            None => self.apply_later(cluster.contended(), &who).await,
         }
     }
 }
@@ -437,7 +458,8 @@ impl Plugin for RateLimit {
             },
             Quick::Fetch(fetch) => {
                 let text = me.key.text(ctx);
-                Flow::Wait(Box::pin(me.clone().after_fetch(key, text, fetch)))
+                let who = me.strikes.as_ref().map(|_| me.key.subject(ctx));
+                Flow::Wait(Box::pin(me.clone().after_fetch(key, text, who, fetch)))
             }
         }
     }

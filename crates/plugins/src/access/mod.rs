@@ -3,6 +3,7 @@
 //! decides which browser origins may call; plus the exact-or-regex lists they share.
 
 pub mod acl;
+pub mod bans;
 pub mod cors;
 pub mod header_restriction;
 pub mod ip_restriction;

@@ -118,6 +118,10 @@ pub struct Config {
     pub body_error: OnBody,
     #[serde(default)]
     pub response: Option<ResponseConfig>,
+    /// Ban clients whose requests it blocks this often: `{after: 5, within: 1m, for: 10m}`
+    /// (enforced by the `bans` plugin).
+    #[serde(default)]
+    pub ban: Option<crate::strikes::BanAfter>,
     /// A file the deny log goes to, one JSON line per decision; without it, the lines go
     /// to the gateway's log (target `gatehouse::waf`).
     #[serde(default)]
@@ -146,7 +150,7 @@ impl TypedKind for Kind {
     const NAME: &'static str = "waf";
     // After request-size-limit (1990), before authentication: an attack is refused before
     // anything is spent on it.
-    const PRIORITY: i32 = 1980;
+    const PRIORITY: i32 = 1985;
     type Config = Config;
 
     fn build(&self, c: Config, _env: &BuildEnv) -> Result<Arc<dyn Plugin>, Vec<FieldError>> {
@@ -169,6 +173,9 @@ impl TypedKind for Kind {
                     format!("{}: {e}", f.display()),
                 )),
             }
+        }
+        if let Some(b) = &c.ban {
+            b.check("ban", &mut errs);
         }
         if !c.crs && files.is_empty() {
             errs.push(FieldError::new(
@@ -206,6 +213,7 @@ impl TypedKind for Kind {
                 .map(|r| r.body_limit.0 as usize),
             deny_log,
             counts: DashMap::new(),
+            strikes: c.ban.map(|b| crate::strikes::Strikes::new(b, "waf")),
         }))
     }
 }
@@ -307,6 +315,7 @@ pub struct Waf {
     deny_log: Option<DenyLog>,
     /// (route, decision, rule group) → count.
     counts: DashMap<(Box<str>, &'static str, &'static str), AtomicU64>,
+    strikes: Option<crate::strikes::Strikes>,
 }
 
 /// The request's TX collection, kept for the response phases.
@@ -385,6 +394,10 @@ impl Plugin for Waf {
         });
         if !blocked {
             return Flow::Continue;
+        }
+        if let Some(s) = &self.strikes {
+            let who = gatehouse_plugin_api::bans::Subject::ip(ctx.client_ip);
+            s.strike(who, "requests blocked by the WAF");
         }
         Flow::Respond(json_response(status, decided, HeaderMap::new()))
     }
