@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README and CI run it: installs what a fresh machine of this
-# kind lacks (Debian's redis-server, PostgreSQL, pebble, etcd, dnsmasq, the OWASP CRS, curl
-# and openssl; schemathesis and grpcio from PyPI; oidc-provider from npm), starts PostgreSQL
+# kind lacks (Debian's redis-server, PostgreSQL, pebble, etcd, dnsmasq, Chromium,
+# curl and openssl; schemathesis and grpcio from PyPI; oidc-provider from npm), starts PostgreSQL
 # when none answers, then runs formatting, lints and every test binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +47,12 @@ if ! command -v schemathesis >/dev/null 2>&1; then
   python3 -m pip install -q schemathesis
 fi
 
+# The CC protection test runs its JavaScript challenge in a real browser: Debian's Chromium.
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "== installing chromium"
+  apt_install chromium
+fi
+
 # The TLS tests check the listeners with curl and `openssl s_client`.
 for tool in curl openssl; do
   if ! command -v "$tool" >/dev/null 2>&1; then
@@ -71,12 +77,6 @@ fi
 if ! command -v dnsmasq >/dev/null 2>&1; then
   echo "== installing dnsmasq"
   apt_install dnsmasq-base
-fi
-
-# The WAF's rule reader is tested on the whole OWASP CRS as Debian ships it.
-if [ ! -d /usr/share/modsecurity-crs/rules ]; then
-  echo "== installing modsecurity-crs"
-  apt_install modsecurity-crs
 fi
 
 # The gRPC tests run a real gRPC server and client: Python's grpcio (PyPI), at the versions

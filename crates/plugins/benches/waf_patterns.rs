@@ -11,7 +11,7 @@ use std::hint::black_box;
 
 /// The `@rx` patterns of PL 1 request rules whose variables include ARGS.
 fn patterns() -> Vec<String> {
-    let dir = std::path::Path::new("/usr/share/modsecurity-crs/rules");
+    let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/crs"));
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
         panic!("the OWASP CRS is not installed: apt-get install modsecurity-crs");

@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 pub mod access;
 pub mod adaptive_shed;
 pub mod auth;
+pub mod cc;
 pub mod concurrency_limit;
 mod cpu;
 pub mod key;
@@ -36,6 +37,7 @@ pub fn registry() -> &'static Registry {
             &auth::forward_auth::Kind,
             &auth::openid_connect::Kind,
             &access::acl::Kind,
+            &cc::Kind,
             &access::bans::Kind,
             &access::ip_restriction::Kind,
             &access::ua_restriction::Kind,

@@ -43,7 +43,9 @@ pub struct Bans {
     key_header: Option<HeaderName>,
 }
 
-fn refuse(b: &Ban) -> Flow {
+/// 403 with `Retry-After` until the ban ends (also what the plugins that ban answer a
+/// banned client with).
+pub fn refuse(b: &Ban) -> Flow {
     let secs = b.until_ms.saturating_sub(now_ms()).div_ceil(1000).max(1);
     let mut h = HeaderMap::new();
     h.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));

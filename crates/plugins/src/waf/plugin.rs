@@ -343,6 +343,12 @@ impl Plugin for Waf {
     }
 
     fn access(&self, ctx: &mut RequestCtx<'_>) -> Flow {
+        if self.strikes.is_some() {
+            // What this instance bans it refuses itself, before spending the rules on it.
+            if let Some(b) = gatehouse_plugin_api::bans::bans().ip(ctx.client_ip) {
+                return crate::access::bans::refuse(&b);
+            }
+        }
         let id = ctx
             .facts()
             .and_then(|f| f.request_id.as_ref())

@@ -12,7 +12,7 @@ fn op(spec: &str) -> Compiled {
         negated,
         param: param.into(),
     };
-    compile(&o, Path::new("/usr/share/modsecurity-crs/rules")).unwrap()
+    compile(&o, Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/crs"))).unwrap()
 }
 
 #[test]
@@ -79,14 +79,14 @@ fn what_cannot_be_compiled_says_why() {
     assert!(err("ipMatch", "10.0.0.0/99").contains("not an address or CIDR"));
 }
 
-/// Every operator of the CRS's request rules compiles, but those this engine refuses by
-/// design, named: the three look-around patterns, and @geoLookup/@rbl (network lookups).
+/// Every operator of the CRS's request rules compiles into `regex` but the two look-around
+/// patterns, named (the engine runs those through fancy-regex). The files with @geoLookup
+/// and @rbl (910) are not shipped.
 #[test]
 fn the_crs_request_rules_operators_compile() {
-    let dir = Path::new("/usr/share/modsecurity-crs/rules");
-    let entries = std::fs::read_dir(dir).unwrap_or_else(|e| {
-        panic!("the OWASP CRS is not installed ({e}): apt-get install modsecurity-crs")
-    });
+    let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/crs"));
+    let entries =
+        std::fs::read_dir(dir).unwrap_or_else(|e| panic!("the vendored CRS is missing ({e})"));
     let (mut ok, mut refused) = (0, Vec::new());
     for f in entries.filter_map(|e| e.ok().map(|e| e.path())) {
         let name = f.file_name().unwrap().to_string_lossy().into_owned();
@@ -108,10 +108,6 @@ fn the_crs_request_rules_operators_compile() {
     }
     refused.sort();
     let ids: Vec<&str> = refused.iter().map(|r| &r[..6]).collect();
-    assert_eq!(
-        ids,
-        ["910100", "910140", "920120", "942130"],
-        "{refused:#?}"
-    );
-    assert!(ok > 540, "{ok}");
+    assert_eq!(ids, ["920120", "942130"], "{refused:#?}");
+    assert!(ok > 400, "{ok}");
 }
