@@ -1,13 +1,13 @@
 //! The node's deny list: IPs, CIDRs, consumers and keys banned until a time, fed by the WAF,
 //! by rate-limit violations, by CC protection and by the admin API. Checks read a
-//! copy-on-write snapshot (no lock on the request path). With the node's Redis attached, the
-//! list is the hash `gatehouse:bans` there, so every node enforces every node's bans: a
-//! thread of its own writes changes through and reads the hash back every half second.
+//! copy-on-write snapshot (no lock on the request path). With the node's Redis configured,
+//! the list is the hash `gatehouse:bans` there, so every node enforces every node's bans: the
+//! gateway's sync task ([`Bans::sync_round`], on one worker) writes changes through and reads
+//! the hash back every half second, and at once after a change.
 
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -92,8 +92,9 @@ enum Change {
 pub struct Bans {
     index: ArcSwap<Index>,
     all: Mutex<HashMap<String, Ban>>,
-    sync: Mutex<Option<Sender<Option<Change>>>>,
-    url: Mutex<Option<String>>,
+    /// Changes not yet written to Redis.
+    pending: Mutex<Vec<Change>>,
+    changed: tokio::sync::Notify,
 }
 
 /// The node's deny list.
@@ -102,8 +103,8 @@ pub fn bans() -> &'static Bans {
     B.get_or_init(|| Bans {
         index: ArcSwap::from_pointee(Index::default()),
         all: Mutex::new(HashMap::new()),
-        sync: Mutex::new(None),
-        url: Mutex::new(None),
+        pending: Mutex::new(Vec::new()),
+        changed: tokio::sync::Notify::new(),
     })
 }
 
@@ -196,75 +197,63 @@ impl Bans {
     }
 
     fn send(&self, c: Change) {
-        if let Some(tx) = &*self.sync.lock().unwrap_or_else(|p| p.into_inner()) {
-            let _ = tx.send(Some(c));
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(c);
+        self.changed.notify_one();
+    }
+
+    /// Wakes when a ban was added or lifted on this node.
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+
+    /// Writes this node's changes to `redis` (none: they stay the node's own) and reads the
+    /// shared list back. A failed round keeps its changes for the next; meanwhile the node
+    /// enforces what it knows.
+    pub async fn sync_round(&self, redis: Option<&crate::RedisStore>) -> Result<(), String> {
+        let changes = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        let Some(redis) = redis else {
+            return Ok(());
+        };
+        match tokio::time::timeout(Duration::from_secs(2), sync_once(redis, &changes)).await {
+            Ok(Ok(shared)) => {
+                self.replace(shared);
+                Ok(())
+            }
+            failed => {
+                let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                let later = std::mem::replace(&mut *p, changes);
+                p.extend(later);
+                Err(match failed {
+                    Ok(Err(e)) => e,
+                    _ => "Redis did not answer within 2s".into(),
+                })
+            }
         }
     }
 
-    /// Shares the list through `redis` from now on (once per process; a later call with
-    /// another Redis switches to it).
-    pub fn attach(&'static self, redis: Arc<crate::RedisStore>) {
-        let mut sync = self.sync.lock().unwrap_or_else(|p| p.into_inner());
-        let mut url = self.url.lock().unwrap_or_else(|p| p.into_inner());
-        if sync.is_some() && url.as_deref() == Some(redis.url()) {
-            return;
-        }
-        *url = Some(redis.url().to_owned());
-        if let Some(old) = sync.take() {
-            let _ = old.send(None);
-        }
-        let (tx, rx) = channel();
-        // What was banned before Redis was attached goes there first.
-        for b in self.list() {
-            let _ = tx.send(Some(Change::Put(b)));
-        }
-        let spawned = std::thread::Builder::new()
-            .name("ban-sync".into())
-            .spawn(move || sync_loop(self, redis, rx));
-        if spawned.is_ok() {
-            *sync = Some(tx);
-        }
-    }
-
-    /// Replaces the list with what Redis holds.
-    fn replace(&self, from_redis: HashMap<String, Ban>) {
+    /// Replaces the list with what Redis holds, and the changes made since the round began.
+    fn replace(&self, mut from_redis: HashMap<String, Ban>) {
         let mut all = self.all.lock().unwrap_or_else(|p| p.into_inner());
+        for c in self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            match c {
+                Change::Put(b) => {
+                    from_redis.insert(b.subject.clone(), b.clone());
+                }
+                Change::Lift(s) => {
+                    from_redis.remove(s);
+                }
+            }
+        }
         *all = from_redis;
         self.publish(&all);
-    }
-}
-
-/// Writes changes through and reads the shared list back, every 500 ms or at once after a
-/// change. Changes that fail (Redis down) wait for the next round; meanwhile the node
-/// enforces what it knows.
-fn sync_loop(bans: &'static Bans, redis: Arc<crate::RedisStore>, rx: Receiver<Option<Change>>) {
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        return;
-    };
-    let mut pending: Vec<Change> = Vec::new();
-    loop {
-        match rx.recv_timeout(Duration::from_millis(500)) {
-            Ok(None) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
-            Ok(Some(c)) => pending.push(c),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-        }
-        while let Ok(Some(c)) = rx.try_recv() {
-            pending.push(c);
-        }
-        let round = rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(2), sync_once(&redis, &pending)).await
-        });
-        match round {
-            Ok(Ok(shared)) => {
-                pending.clear();
-                bans.replace(shared);
-            }
-            Ok(Err(e)) => tracing::warn!(error = %e, "ban list: Redis sync failed"),
-            Err(_) => tracing::warn!("ban list: Redis sync timed out"),
-        }
     }
 }
 

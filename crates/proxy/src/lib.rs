@@ -254,6 +254,7 @@ impl Gateway {
             opts.listen.iter().map(|&a| ListenSpec::plain(a)).collect()
         };
         let snapshot = Snapshot::compile(config, None, node).map_err(StartError::Config)?;
+
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..node.workers)
             .map(|_| mpsc::unbounded_channel::<listeners::Command>())
             .unzip();
@@ -349,6 +350,28 @@ pub enum StartError {
     Thread(std::io::Error),
 }
 
+/// Shares the ban list through the serving config's Redis (when it has one): every 500 ms,
+/// and at once after a ban is added or lifted on this node.
+async fn sync_bans(shared: Arc<Shared>) {
+    let bans = gatehouse_plugin_api::bans::bans();
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = bans.changed() => {}
+        }
+        let snap = shared.snapshot.load_full();
+        match bans.sync_round(snap.redis.as_deref()).await {
+            Ok(()) => failing = false,
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "ban list: Redis sync failed; this node enforces what it knows");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 async fn worker(
     shared: Arc<Shared>,
     mut commands: mpsc::UnboundedReceiver<listeners::Command>,
@@ -361,6 +384,7 @@ async fn worker(
     // One worker probes for the whole node.
     let checks = (upstream::worker() == 0).then(|| tokio::spawn(health_checks(shared.clone())));
     let discovery = (upstream::worker() == 0).then(|| tokio::spawn(discovery::run(shared.clone())));
+    let bans = (upstream::worker() == 0).then(|| tokio::spawn(sync_bans(shared.clone())));
     while !*stop.borrow_and_update() {
         tokio::select! {
             command = commands.recv() => match command {
@@ -400,6 +424,9 @@ async fn worker(
     sweeper.abort();
     if let Some(d) = discovery {
         d.abort();
+    }
+    if let Some(b) = bans {
+        b.abort();
     }
     if let Some(c) = checks {
         c.abort();

@@ -638,10 +638,7 @@ fn plugin_env(
                 .ok(),
         }
     });
-    if let Some(r) = &redis {
-        // Bans are shared by every node of the same Redis.
-        gatehouse_plugin_api::bans::bans().attach(r.clone());
-    }
+
     let names = config.upstreams.iter().map(|u| u.name.as_str());
     let env = BuildEnv::new(config.node.cluster_size, redis, names)
         .with_services(config.services.iter().map(|s| s.name.as_str()));
