@@ -18,6 +18,8 @@
 # http://127.0.0.1:BENCH_MIRROR_PORT (default: the origin); BENCH_MIRROR_H2=1: to the origin's
 # h2c port (ORIGIN_H2_PORT, which bench/side-by-side.sh sets) as an upstream with protocol h2c,
 # so copies share one multiplexed connection per worker.
+# BENCH_PLUGINS=waf: the waf plugin (the built-in OWASP CRS) at paranoia level BENCH_WAF_PL
+# (default 1) on the route, in block mode.
 # BENCH_DISCOVERY=etcd: the origin upstream has no static target; its one target is a key
 # under /gatehouse-bench/PORT/ in the etcd at BENCH_ETCD (http://ip:port), written here first
 # with etcdctl. BENCH_DISCOVERY=hostname: the target is `localhost:PORT`, a host name the
@@ -131,6 +133,13 @@ plugins:
         - {name: office, when: {ip: ["10.0.0.0/8", "192.168.0.0/16"]}, upstream: canary}
         - {name: ab, when: {query: [{name: exp, equals: ab1}]}, rewrite: /ab1}
         - {name: canary, when: {percent: ${BENCH_SPLIT_PERCENT:-10}}, upstream: canary}
+YAML
+  ;;
+  waf) cat >> "$cfg" <<YAML
+plugins:
+  - name: waf
+    route: all
+    config: {paranoia_level: ${BENCH_WAF_PL:-1}}
 YAML
   ;;
   mirror) cat >> "$cfg" <<YAML

@@ -18,6 +18,8 @@ const COLLS: usize = Coll::MatchedVarsNames as usize + 1;
 #[derive(Debug, Clone)]
 pub struct Data {
     pub items: Vec<Item>,
+    /// Per value key (`index * 2 + is_name`): what transformations would find in it.
+    pub feats: Vec<u16>,
     ranges: [(u32, u32); COLLS],
 }
 
@@ -25,6 +27,7 @@ impl Default for Data {
     fn default() -> Self {
         Data {
             items: Vec::new(),
+            feats: Vec::new(),
             ranges: [(0, 0); COLLS],
         }
     }
@@ -56,6 +59,10 @@ impl Data {
     pub fn push_all(&mut self, coll: Coll, members: impl IntoIterator<Item = Item>) {
         let a = self.items.len() as u32;
         self.items.extend(members);
+        for i in &self.items[a as usize..] {
+            self.feats.push(super::transform::features::of(&i.value));
+            self.feats.push(super::transform::features::of(&i.name));
+        }
         self.ranges[coll as usize] = (a, self.items.len() as u32);
     }
 

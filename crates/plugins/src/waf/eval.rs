@@ -169,7 +169,7 @@ fn one(cx: &Ctx<'_>, st: &mut State, r: &Rule, ri: u32, head: &Rule) -> bool {
         if !t.coll.stable() {
             for (name, value) in unstable(st, t.coll, &t.sel) {
                 if let Some(m) = test(cx, st, r, None, &value) {
-                    found.push((label(t.coll, &name), m.into_owned()));
+                    found.push((label(t.coll, &name), m));
                 }
             }
             continue;
@@ -188,7 +188,7 @@ fn one(cx: &Ctx<'_>, st: &mut State, r: &Rule, ri: u32, head: &Rule) -> bool {
             let v = if names { &item.name } else { &item.value };
             let key = (start + j as u32) * 2 + u32::from(names);
             if let Some(m) = test(cx, st, r, Some(key), v) {
-                found.push((label(t.coll, &item.name), m.into_owned()));
+                found.push((label(t.coll, &item.name), m));
             }
         }
     }
@@ -279,13 +279,7 @@ fn unstable(st: &State, c: Coll, sel: &Sel) -> Vec<(Vec<u8>, Vec<u8>)> {
 }
 
 /// The value after the rule's transformations; `Some` (that value) when the operator matches.
-fn test<'v>(
-    cx: &Ctx<'_>,
-    st: &mut State,
-    r: &Rule,
-    key: Option<u32>,
-    value: &'v [u8],
-) -> Option<Cow<'v, [u8]>> {
+fn test(cx: &Ctx<'_>, st: &mut State, r: &Rule, key: Option<u32>, value: &[u8]) -> Option<Vec<u8>> {
     let t = transformed(cx, st, r.chain, key, value);
     let hit = match &r.op {
         Op::Set { re, .. } => re.matches(&t),
@@ -307,7 +301,25 @@ fn test<'v>(
     if r.capture {
         actions::capture(st, &r.op, &t);
     }
-    Some(t)
+    Some(t.to_vec())
+}
+
+/// A value after transformations: the value itself, a cached result, or a fresh one.
+enum Val<'v> {
+    Same(&'v [u8]),
+    Cached(Rc<[u8]>),
+    Fresh(Vec<u8>),
+}
+
+impl std::ops::Deref for Val<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Val::Same(v) => v,
+            Val::Cached(v) => v,
+            Val::Fresh(v) => v,
+        }
+    }
 }
 
 fn transformed<'v>(
@@ -316,10 +328,10 @@ fn transformed<'v>(
     chain: u16,
     key: Option<u32>,
     value: &'v [u8],
-) -> Cow<'v, [u8]> {
+) -> Val<'v> {
     let transforms = &cx.rs.chains[usize::from(chain)];
     if transforms.is_empty() {
-        return Cow::Borrowed(value);
+        return Val::Same(value);
     }
     let apply = || {
         let mut v = Cow::Borrowed(value);
@@ -331,7 +343,12 @@ fn transformed<'v>(
         }
         v
     };
-    let Some(key) = key else { return apply() };
+    let Some(key) = key else {
+        return match apply() {
+            Cow::Borrowed(b) => Val::Same(b),
+            Cow::Owned(o) => Val::Fresh(o),
+        };
+    };
     let per = cx.data.items.len() * 2;
     let slots = &mut st.tcache;
     if slots.len() <= usize::from(chain) {
@@ -341,17 +358,26 @@ fn transformed<'v>(
     if slot.len() < per {
         slot.resize(per, Tcache::Unset);
     }
-    match &slot[key as usize] {
-        Tcache::Same => Cow::Borrowed(value),
-        Tcache::Out(o) => Cow::Owned(o.to_vec()),
-        Tcache::Unset => {
-            let v = apply();
-            slot[key as usize] = match &v {
-                Cow::Borrowed(_) => Tcache::Same,
-                Cow::Owned(o) => Tcache::Out(o.as_slice().into()),
-            };
-            v
+    if let Tcache::Unset = slot[key as usize] {
+        let f = cx.data.feats.get(key as usize).copied().unwrap_or(u16::MAX);
+        if transforms.iter().all(|t| t.keeps(f)) {
+            slot[key as usize] = Tcache::Same;
         }
+    }
+    match &slot[key as usize] {
+        Tcache::Same => Val::Same(value),
+        Tcache::Out(o) => Val::Cached(o.clone()),
+        Tcache::Unset => match apply() {
+            Cow::Borrowed(b) => {
+                slot[key as usize] = Tcache::Same;
+                Val::Same(b)
+            }
+            Cow::Owned(o) => {
+                let rc: Rc<[u8]> = o.into();
+                slot[key as usize] = Tcache::Out(rc.clone());
+                Val::Cached(rc)
+            }
+        },
     }
 }
 

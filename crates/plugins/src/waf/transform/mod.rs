@@ -105,6 +105,75 @@ impl Transform {
     }
 }
 
+/// What a value holds that some transformation would change, found in one pass, so that a
+/// chain that cannot change it is known without running it (on clean traffic, most).
+pub mod features {
+    pub const UPPER: u16 = 1;
+    pub const PERCENT_PLUS: u16 = 1 << 1;
+    pub const NUL: u16 = 1 << 2;
+    pub const AMP: u16 = 1 << 3;
+    pub const BACKSLASH: u16 = 1 << 4;
+    pub const SLASH: u16 = 1 << 5;
+    pub const NON_ASCII: u16 = 1 << 6;
+    pub const SPACE: u16 = 1 << 7;
+    /// Whitespace other than one lone space: a tab, a newline, two spaces in a row.
+    pub const ODD_SPACE: u16 = 1 << 8;
+    /// What cmdLine drops or turns into a space: `\ " ' ^ , ;`.
+    pub const SHELL: u16 = 1 << 9;
+    pub const DOT: u16 = 1 << 10;
+
+    pub fn of(v: &[u8]) -> u16 {
+        let mut f = 0;
+        let mut prev_space = false;
+        for &b in v {
+            f |= match b {
+                b'A'..=b'Z' => UPPER,
+                b'%' | b'+' => PERCENT_PLUS,
+                0 => NUL,
+                b'&' => AMP,
+                b'\\' => BACKSLASH | SHELL,
+                b'/' => SLASH,
+                b'"' | b'\'' | b'^' | b',' | b';' => SHELL,
+                b'.' => DOT,
+                b' ' if prev_space => SPACE | ODD_SPACE,
+                b' ' => SPACE,
+                b'\t' | b'\n' | 0x0b | 0x0c | b'\r' => SPACE | ODD_SPACE,
+                0x80.. => NON_ASCII,
+                _ => 0,
+            };
+            prev_space = b == b' ';
+        }
+        if v.first() == Some(&b' ') || v.last() == Some(&b' ') {
+            f |= ODD_SPACE;
+        }
+        f
+    }
+}
+
+impl Transform {
+    /// Whether this transformation leaves a value with features `f` as it is.
+    pub fn keeps(self, f: u16) -> bool {
+        use features::*;
+        use Transform::*;
+        let none = |mask: u16| f & mask == 0;
+        match self {
+            Lowercase => none(UPPER),
+            UrlDecode | UrlDecodeUni => none(PERCENT_PLUS),
+            RemoveNulls => none(NUL),
+            HtmlEntityDecode => none(AMP),
+            JsDecode | CssDecode => none(BACKSLASH),
+            ReplaceComments => none(SLASH),
+            Utf8ToUnicode => none(NON_ASCII),
+            RemoveWhitespace => none(SPACE | NON_ASCII),
+            CompressWhitespace => none(ODD_SPACE | NON_ASCII),
+            CmdLine => none(UPPER | SHELL | SPACE | NON_ASCII),
+            NormalizePath => none(SLASH | DOT),
+            NormalizePathWin => none(SLASH | DOT | BACKSLASH),
+            HexEncode | Length | Sha1 | Base64Decode => false,
+        }
+    }
+}
+
 /// ModSecurity's whitespace: space, \t \n \v \f \r, and the non-breaking space 0xa0.
 fn is_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | 0xa0)

@@ -1,3 +1,4 @@
+use super::features;
 use super::Transform::{self, *};
 
 fn t(tr: Transform, input: &str) -> String {
@@ -108,4 +109,72 @@ fn every_transformation_the_crs_uses_is_known() {
         assert!(Transform::named(name).is_some(), "{name}");
     }
     assert_eq!(Transform::named("none"), None);
+}
+
+/// What `keeps` promises (the engine then skips the transformation): on every line of the
+/// corpora and a few edge cases, a transformation said to keep a value returns it as it is.
+#[test]
+fn keeps_is_only_said_of_values_a_transformation_leaves_alone() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/waf/corpus");
+    let mut values: Vec<Vec<u8>> = [
+        &b""[..],
+        b" ",
+        b"a  b",
+        b" a",
+        b"a ",
+        b"a\tb",
+        b"./x",
+        b"x/../y",
+        b"A",
+        b"caf\xc3\xa9",
+        b"a,b;c",
+        b"x(y)",
+        b"1 OR 1=1",
+        b"/*x*/",
+        b"&amp;",
+        b"\\x41",
+        b"%41+",
+    ]
+    .iter()
+    .map(|v| v.to_vec())
+    .collect();
+    for kind in ["attack", "benign"] {
+        for f in std::fs::read_dir(dir.join(kind)).unwrap().flatten() {
+            let text = std::fs::read(f.path()).unwrap();
+            values.extend(text.split(|b| *b == b'\n').map(<[u8]>::to_vec));
+        }
+    }
+    let all = [
+        "base64Decode",
+        "cmdLine",
+        "compressWhitespace",
+        "cssDecode",
+        "hexEncode",
+        "htmlEntityDecode",
+        "jsDecode",
+        "length",
+        "lowercase",
+        "normalizePath",
+        "normalizePathWin",
+        "removeNulls",
+        "removeWhitespace",
+        "replaceComments",
+        "sha1",
+        "urlDecode",
+        "urlDecodeUni",
+        "utf8toUnicode",
+    ];
+    for name in all {
+        let t = Transform::named(name).unwrap();
+        for v in &values {
+            if t.keeps(features::of(v)) {
+                assert_eq!(
+                    &*t.apply(v),
+                    &v[..],
+                    "{name} on {:?}",
+                    String::from_utf8_lossy(v)
+                );
+            }
+        }
+    }
 }
