@@ -111,11 +111,14 @@ impl Data {
             .collect();
         d.push_all(Coll::RequestCookies, cookies);
         d.set(Coll::RequestMethod, r.method.as_bytes());
-        d.set(Coll::RequestUri, target.as_bytes());
+        // As libmodsecurity 3 has them (the reference for the CRS's verdicts): the URI and
+        // file name percent-decoded once, the raw form in REQUEST_URI_RAW and REQUEST_LINE.
+        d.set(Coll::RequestUri, percent_decoded(target.as_bytes()));
         d.set(Coll::RequestUriRaw, r.uri.to_string().into_bytes());
-        d.set(Coll::RequestFilename, path.as_bytes());
-        let base = path.rsplit('/').next().unwrap_or("");
-        d.set(Coll::RequestBasename, base.as_bytes());
+        let file = percent_decoded(path.as_bytes());
+        let base = file.rsplit(|b| *b == b'/').next().unwrap_or(&[]).to_vec();
+        d.set(Coll::RequestFilename, file);
+        d.set(Coll::RequestBasename, base);
         d.set(
             Coll::RequestLine,
             format!("{} {target} {protocol}", r.method).into_bytes(),
@@ -176,6 +179,28 @@ pub fn form_args(s: &[u8]) -> Vec<Item> {
             }
         })
         .collect()
+}
+
+/// `%XX` sequences decoded (not `+`); invalid ones stay as they are.
+fn percent_decoded(s: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'%' {
+            if let (Some(h), Some(l)) = (
+                s.get(i + 1).and_then(|b| hex(*b)),
+                s.get(i + 2).and_then(|b| hex(*b)),
+            ) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(s[i]);
+        i += 1;
+    }
+    out
 }
 
 fn decode(s: &[u8]) -> Box<[u8]> {
