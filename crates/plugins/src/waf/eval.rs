@@ -65,6 +65,8 @@ pub struct State {
     tcache: Vec<Vec<Tcache>>,
     /// Per (collection read, chain, paranoia level): which set patterns hit any member.
     unions: Vec<Union>,
+    /// Per value key: which raw-set patterns its bytes match (empty: none).
+    raw_hits: Vec<Option<Rc<[bool]>>>,
     pub matched_var: (Vec<u8>, Vec<u8>),
     pub matched: Vec<(Vec<u8>, Vec<u8>)>,
     pub ctls: Vec<super::rule::Ctl>,
@@ -95,6 +97,7 @@ impl State {
     pub fn reset_caches(&mut self) {
         self.tcache.clear();
         self.unions.clear();
+        self.raw_hits.clear();
     }
 
     /// A TX variable as a number (0 when missing or not one).
@@ -401,9 +404,26 @@ fn union_hits(cx: &Ctx<'_>, st: &mut State, chain: u16, coll: Coll, idx: u32) ->
     let mut buf = vec![false; set.set.len()];
     let names = reads_names(coll);
     let start = cx.data.start(coll);
+    let raw = cx.rs.raw(cx.pol.paranoia);
+    let transforms = &cx.rs.chains[usize::from(chain)];
     for (j, item) in cx.data.members(coll).iter().enumerate() {
         let v = if names { &item.name } else { &item.value };
         let key = (start + j as u32) * 2 + u32::from(names);
+        let f = cx.data.feats.get(key as usize).copied().unwrap_or(u16::MAX);
+        if let Some(raw) = raw.filter(|_| same_but_case(transforms, f)) {
+            let bits = raw_hits(st, raw, key, v);
+            if bits.is_empty() {
+                continue;
+            }
+            let to_raw = &raw.pos[usize::from(chain)];
+            for (i, sp) in set.pos.iter().enumerate() {
+                let rp = to_raw.get(i).copied().unwrap_or(u32::MAX);
+                if *sp != u32::MAX && (rp == u32::MAX || bits[rp as usize]) {
+                    union[*sp as usize] = true;
+                }
+            }
+            continue;
+        }
         let t = transformed(cx, st, chain, Some(key), v);
         if set.set.is_match(&t) {
             buf.iter_mut().for_each(|b| *b = false);
@@ -416,4 +436,34 @@ fn union_hits(cx: &Ctx<'_>, st: &mut State, chain: u16, coll: Coll, idx: u32) ->
     let hit = union[pos as usize];
     st.unions.push(((coll, chain), union.into()));
     hit
+}
+
+/// Whether `transforms` leave a value with features `f` as it is, but perhaps for its case.
+fn same_but_case(transforms: &[super::transform::Transform], f: u16) -> bool {
+    use super::transform::{features::UPPER, Transform::*};
+    transforms.iter().all(|t| match t {
+        Lowercase => true,
+        CmdLine => t.keeps(f & !UPPER),
+        other => other.keeps(f),
+    })
+}
+
+/// Which raw-set patterns `v` (value key `key`) matches, scanned once per request.
+fn raw_hits(st: &mut State, raw: &super::ruleset::RawSet, key: u32, v: &[u8]) -> Rc<[bool]> {
+    let k = key as usize;
+    if st.raw_hits.len() <= k {
+        st.raw_hits.resize(k + 1, None);
+    }
+    if let Some(h) = &st.raw_hits[k] {
+        return h.clone();
+    }
+    let h: Rc<[bool]> = if raw.set.is_match(v) {
+        let mut buf = vec![false; raw.set.len()];
+        raw.set.matches_read_at(&mut buf, v, 0);
+        buf.into()
+    } else {
+        Rc::from(Vec::new())
+    };
+    st.raw_hits[k] = Some(h.clone());
+    h
 }

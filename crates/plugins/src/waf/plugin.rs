@@ -193,6 +193,7 @@ impl TypedKind for Kind {
             )]
         })?;
         let policy = policy(&rs, &c)?;
+        rs.warm(c.paranoia_level);
         let deny_log =
             match &c.deny_log {
                 Some(p) => Some(DenyLog::open(p).map_err(|e| {

@@ -30,6 +30,16 @@ pub struct PlSet {
     pub pos: Vec<u32>,
 }
 
+/// Every chain's patterns up to a paranoia level as one set, matched on values as they came:
+/// for a value that a chain's transformations leave alone (but for case: patterns under
+/// `lowercase` are in it case-insensitively), one scan answers every chain at once. Its
+/// matches are a superset of the chain's own, which is all a prefilter needs.
+pub struct RawSet {
+    pub set: RegexSet,
+    /// Per chain, per pattern of the chain: its place in `set` (`u32::MAX`: not in it).
+    pub pos: Vec<Vec<u32>>,
+}
+
 pub struct Ruleset {
     pub rules: Vec<Rule>,
     /// Rule indexes per phase (1 to 4 at 0 to 3), in load order.
@@ -39,6 +49,7 @@ pub struct Ruleset {
     pub chains: Vec<Vec<Transform>>,
     patterns: Vec<Vec<(u8, String)>>,
     sets: Vec<[OnceLock<Option<PlSet>>; 4]>,
+    raw: [OnceLock<Option<RawSet>>; 4],
 }
 
 impl Ruleset {
@@ -130,6 +141,7 @@ impl Ruleset {
             chains: b.chains,
             patterns: b.patterns,
             sets,
+            raw: Default::default(),
         })
     }
 
@@ -162,6 +174,51 @@ impl Ruleset {
             Some(PlSet { set, pos })
         })
         .as_ref()
+    }
+
+    /// The raw set up to paranoia level `pl`, built on first use.
+    pub fn raw(&self, pl: u8) -> Option<&RawSet> {
+        let pl = pl.clamp(1, 4);
+        self.raw[usize::from(pl - 1)]
+            .get_or_init(|| {
+                use super::transform::Transform::*;
+                let mut pats: Vec<String> = Vec::new();
+                let mut pos = Vec::with_capacity(self.chains.len());
+                for (chain, list) in self.chains.iter().zip(&self.patterns) {
+                    let never_same = chain
+                        .iter()
+                        .any(|t| matches!(t, HexEncode | Length | Sha1 | Base64Decode));
+                    let fold = chain.iter().any(|t| matches!(t, Lowercase | CmdLine));
+                    let mut p = vec![u32::MAX; list.len()];
+                    for (i, (level, pat)) in list.iter().enumerate() {
+                        if never_same || *level > pl {
+                            continue;
+                        }
+                        p[i] = pats.len() as u32;
+                        pats.push(if fold {
+                            format!("(?i:{pat})")
+                        } else {
+                            pat.clone()
+                        });
+                    }
+                    pos.push(p);
+                }
+                let set = RegexSetBuilder::new(&pats)
+                    .size_limit(1 << 30)
+                    .dfa_size_limit(256 << 20)
+                    .build()
+                    .ok()?;
+                Some(RawSet { set, pos })
+            })
+            .as_ref()
+    }
+
+    /// Builds the sets of paranoia level `pl` now, so that no request pays for it.
+    pub fn warm(&self, pl: u8) {
+        for c in 0..self.chains.len() {
+            let _ = self.set(c as u16, pl);
+        }
+        let _ = self.raw(pl);
     }
 
     /// The indexes of rules whose id is in `a..=b`, or that carry `tag`.
