@@ -100,7 +100,14 @@ EOF
 start "$a" "$pa" "$dir/a"
 start "$b" "$pb" "$dir/b"
 pid_a=${pids[0]} pid_b=${pids[1]}
-sleep 1
+# Until both accept (a gateway compiling a WAF rule set takes a few seconds), at most 60 s.
+for port in "$pa" "$pb"; do
+  for _ in $(seq 600); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+    sleep 0.1
+  done
+done
+sleep 0.5
 cpu() { local s; s=($(sed 's/.*) //' "/proc/$1/stat")); echo $((s[11] + s[12])); }
 # WRK_HEADER="name: value" is sent by both loads (a credential for a route that needs one).
 # WRK_SCRIPT=FILE.lua shapes both loads' requests (bench/waf/post-1k-json.lua: a 1 KiB JSON POST).
