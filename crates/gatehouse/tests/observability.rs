@@ -14,18 +14,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The data plane's metrics as `/metrics` shows them.
-fn scrape(g: &Gateway) -> String {
-    let shared = g.shared().clone();
-    let mut registry = prometheus_client::registry::Registry::with_prefix("gatehouse");
-    registry.register_collector(Box::new(gatehouse_runtime::telemetry::SnapshotCollector(
-        move || shared.snapshot.load_full(),
-    )));
-    let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
-    out
-}
-
 /// The value of the sample whose line starts with `series` (name and labels, exact).
 fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()

@@ -54,17 +54,6 @@ impl Drop for Scratch {
     }
 }
 
-fn scrape(g: &Gateway) -> String {
-    let shared = g.shared().clone();
-    let mut registry = prometheus_client::registry::Registry::with_prefix("gatehouse");
-    registry.register_collector(Box::new(gatehouse_runtime::telemetry::SnapshotCollector(
-        move || shared.snapshot.load_full(),
-    )));
-    let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
-    out
-}
-
 async fn deny_lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
     for _ in 0..100 {
         let text = std::fs::read_to_string(path).unwrap_or_default();

@@ -550,3 +550,15 @@ pub fn closed_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("local addr")
 }
+
+/// The data plane's metrics as `/metrics` shows them.
+pub fn scrape(g: &Gateway) -> String {
+    let shared = g.shared().clone();
+    let mut registry = prometheus_client::registry::Registry::with_prefix("gatehouse");
+    registry.register_collector(Box::new(gatehouse_runtime::telemetry::SnapshotCollector(
+        move || shared.snapshot.load_full(),
+    )));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+    out
+}

@@ -169,10 +169,7 @@ pub fn form_args(s: &[u8]) -> Vec<Item> {
     s.split(|b| *b == b'&')
         .filter(|p| !p.is_empty())
         .map(|p| {
-            let (n, v) = match memchr::memchr(b'=', p) {
-                Some(i) => (&p[..i], &p[i + 1..]),
-                None => (p, &b""[..]),
-            };
+            let (n, v) = split_pair(p);
             Item {
                 name: decode(n),
                 value: decode(v),
@@ -210,15 +207,20 @@ fn decode(s: &[u8]) -> Box<[u8]> {
     }
 }
 
+/// `name=value` at the first `=`; without one, all name.
+fn split_pair(p: &[u8]) -> (&[u8], &[u8]) {
+    match memchr::memchr(b'=', p) {
+        Some(i) => (&p[..i], &p[i + 1..]),
+        None => (p, &b""[..]),
+    }
+}
+
 fn cookie_items(v: &[u8]) -> Vec<Item> {
     v.split(|b| *b == b';')
         .map(<[u8]>::trim_ascii)
         .filter(|p| !p.is_empty())
         .map(|p| {
-            let (n, v) = match memchr::memchr(b'=', p) {
-                Some(i) => (&p[..i], &p[i + 1..]),
-                None => (p, &b""[..]),
-            };
+            let (n, v) = split_pair(p);
             Item {
                 name: n.into(),
                 value: v.into(),

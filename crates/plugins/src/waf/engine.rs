@@ -37,15 +37,10 @@ pub fn request(rs: &Ruleset, pol: &Policy, req: &Request<'_>, body: Option<&[u8]
     let mut parsed = parse(body::processor_for(ct));
     let mut data = Data::request(req, &parsed);
     let mut st = State::new(pol);
-    eval::phase(
-        &Ctx {
-            rs,
-            pol,
-            data: &data,
-        },
-        &mut st,
-        1,
-    );
+    let run = |data: &Data, st: &mut State, phase: u8| {
+        eval::phase(&Ctx { rs, pol, data }, st, phase);
+    };
+    run(&data, &mut st, 1);
     if let Some(p) = st.processor.take() {
         let wanted = match &*p {
             "URLENCODED" => "URLENCODED",
@@ -60,15 +55,7 @@ pub fn request(rs: &Ruleset, pol: &Policy, req: &Request<'_>, body: Option<&[u8]
             st.reset_caches();
         }
     }
-    eval::phase(
-        &Ctx {
-            rs,
-            pol,
-            data: &data,
-        },
-        &mut st,
-        2,
-    );
+    run(&data, &mut st, 2);
     Verdict {
         denied: st.denied,
         score: st.tx_num("anomaly_score"),
