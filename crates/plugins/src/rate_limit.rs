@@ -262,9 +262,7 @@ impl RateLimit {
             c.limit,
             c.window.as_secs().max(1)
         ));
-        if let Some(b) = &c.ban {
-            b.check("ban", &mut errs);
-        }
+        let strikes = crate::strikes::Strikes::of(&c.ban, "rate-limit", &mut errs);
         let (Some(status), Ok(policy_value), true) = (status, policy_value, errs.is_empty()) else {
             return Err(errs);
         };
@@ -279,7 +277,7 @@ impl RateLimit {
             last_sweep: AtomicU64::new(0),
             cluster,
             fail_closed: c.on_redis_failure == OnRedisFailure::FailClosed,
-            strikes: c.ban.map(|b| crate::strikes::Strikes::new(b, "rate-limit")),
+            strikes,
         })))
     }
 

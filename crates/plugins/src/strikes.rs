@@ -51,6 +51,17 @@ pub struct Strikes {
 }
 
 impl Strikes {
+    /// The strikes of a plugin's `ban:` setting, checked (problems under `ban.`).
+    pub fn of(
+        cfg: &Option<BanAfter>,
+        source: &'static str,
+        errs: &mut Vec<gatehouse_plugin_api::FieldError>,
+    ) -> Option<Strikes> {
+        let cfg = cfg.as_ref()?;
+        cfg.check("ban", errs);
+        Some(Strikes::new(cfg.clone(), source))
+    }
+
     pub fn new(cfg: BanAfter, source: &'static str) -> Strikes {
         Strikes {
             cfg,

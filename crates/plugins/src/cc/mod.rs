@@ -97,9 +97,7 @@ impl TypedKind for Kind {
         if !valid_cookie {
             errs.push(FieldError::new("cookie", "letters, digits, _ and - only"));
         }
-        if let Some(b) = &c.ban {
-            b.check("ban", &mut errs);
-        }
+        let strikes = Strikes::of(&c.ban, "cc", &mut errs);
         let mut allow = Vec::new();
         for (i, s) in c.allow_cidrs.iter().enumerate() {
             match s
@@ -141,7 +139,7 @@ impl TypedKind for Kind {
             cookie: c.cookie,
             cookie_ttl: c.cookie_ttl,
             secret,
-            strikes: c.ban.map(|b| Strikes::new(b, "cc")),
+            strikes,
             allow,
             verifier,
             counts: DashMap::default(),

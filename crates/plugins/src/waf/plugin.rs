@@ -174,9 +174,7 @@ impl TypedKind for Kind {
                 )),
             }
         }
-        if let Some(b) = &c.ban {
-            b.check("ban", &mut errs);
-        }
+        let strikes = crate::strikes::Strikes::of(&c.ban, "waf", &mut errs);
         if !c.crs && files.is_empty() {
             errs.push(FieldError::new(
                 "rule_files",
@@ -214,7 +212,7 @@ impl TypedKind for Kind {
                 .map(|r| r.body_limit.0 as usize),
             deny_log,
             counts: DashMap::new(),
-            strikes: c.ban.map(|b| crate::strikes::Strikes::new(b, "waf")),
+            strikes,
         }))
     }
 }
