@@ -111,16 +111,24 @@ async fn crawlers_pass_only_when_reverse_dns_verifies_them_and_ignored_challenge
     assert_eq!(from(a, "192.0.2.8", bot).await, 429);
     // A FakeBot from the verified address does not verify (wrong domain): challenged.
     assert_eq!(from(a, "192.0.2.7", "FakeBot/1.0").await, 429);
-    // A client that never runs the page: its fourth challenge bans it.
+    // A client that never runs the page: its fourth challenge bans it. (A forwarded address:
+    // the ban list is the process's, and tests running beside this one come from 127.0.0.1.)
+    let script = "python-requests/2.31";
+    assert_eq!(from(a, "192.0.2.9", script).await, 200);
     for _ in 0..4 {
-        assert_eq!(get(a, "/y").await.status, 429);
+        assert_eq!(from(a, "192.0.2.9", script).await, 429);
     }
-    let r = get(a, "/y").await;
+    let r = get_with(a, "/y", &[("x-forwarded-for", "192.0.2.9")]).await;
     assert_eq!(r.status, 403, "{}", r.text());
     assert_eq!(r.json()["error"], "banned");
     let b = gatehouse_plugin_api::bans::bans().list();
     assert_eq!(
         (b[0].subject.as_str(), b[0].source.as_str()),
-        ("ip:127.0.0.1", "cc")
+        ("ip:192.0.2.9", "cc")
+    );
+    assert_eq!(
+        get(a, "/z").await.status,
+        429,
+        "127.0.0.1 is over the rate, not banned"
     );
 }

@@ -264,8 +264,10 @@ impl Plugin for Cc {
             return Flow::Continue;
         }
         // What this plugin bans it refuses itself, whatever the `bans` plugin's place.
-        if let Some(b) = gatehouse_plugin_api::bans::bans().ip(ip) {
-            return crate::access::bans::refuse(&b);
+        if me.strikes.is_some() {
+            if let Some(b) = gatehouse_plugin_api::bans::bans().ip(ip) {
+                return crate::access::bans::refuse(&b);
+            }
         }
         let n = me.count(ip);
         if n <= me.rate {
