@@ -17,6 +17,8 @@ pub enum Failure {
     BadPath,
     /// A request-target of no form RFC 9112 §3.2 allows for its method (`GET x`).
     BadTarget,
+    /// CONNECT: the gateway is not a forward proxy.
+    ConnectRefused,
     /// No Host on an HTTP/1.1 request, more than one, or one that is not a valid host.
     BadHost,
     NoTarget,
@@ -42,6 +44,7 @@ impl Failure {
     pub fn status(self) -> StatusCode {
         match self {
             Failure::NoRoute => StatusCode::NOT_FOUND,
+            Failure::ConnectRefused => StatusCode::METHOD_NOT_ALLOWED,
             Failure::BadFraming | Failure::BadPath | Failure::BadTarget | Failure::BadHost => {
                 StatusCode::BAD_REQUEST
             }
@@ -69,6 +72,9 @@ impl Failure {
                 "invalid request target: expected /path, an absolute URL, or * for OPTIONS"
             }
             Failure::BadHost => "missing or invalid Host header",
+            Failure::ConnectRefused => {
+                "CONNECT is not supported: this gateway is not a forward proxy"
+            }
             Failure::NoTarget => "no upstream target available",
             Failure::AllTargetsDown => "no healthy upstream target",
             Failure::BreakerOpen => "circuit breaker open",

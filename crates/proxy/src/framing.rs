@@ -177,6 +177,8 @@ impl Tracker {
         }
         let (mut length, mut lengths_differ, mut te, mut chunked, mut upgrade) =
             (None::<u64>, false, false, false, false);
+        // Every transfer coding named, over all Transfer-Encoding lines.
+        let mut codings = 0usize;
         for line in lines {
             let Some(colon) = line.iter().position(|b| *b == b':') else {
                 continue;
@@ -194,6 +196,10 @@ impl Tracker {
                 }
             } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
                 te = true;
+                codings += value
+                    .split(|b| *b == b',')
+                    .filter(|c| !trim(c).is_empty())
+                    .count();
                 chunked = value
                     .rsplit(|b| *b == b',')
                     .next()
@@ -203,7 +209,13 @@ impl Tracker {
                 upgrade = true;
             }
         }
-        if te && (length.is_some() || lengths_differ) {
+        // Besides both lengths: a coding other than one `chunked` (`gzip, chunked` would reach
+        // the upstream decoded of its chunks but not of its gzip; `chunked, chunked` is read
+        // once here and perhaps twice there), and an upgrade that carries a body (which the
+        // upstream might read as the new protocol's first bytes).
+        let odd_te = te && (codings != 1 || !chunked);
+        let upgrade_body = upgrade && (te || length.is_some_and(|n| n > 0));
+        if (te && (length.is_some() || lengths_differ)) || odd_te || upgrade_body {
             if self.findings.ambiguous_at.load(Ordering::Relaxed) == 0 {
                 self.findings
                     .ambiguous_at

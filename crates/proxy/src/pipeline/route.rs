@@ -171,8 +171,8 @@ fn normalize_path<B>(req: &mut Request<B>, slashes: EncodedSlashes) -> Result<()
 }
 
 /// RFC 9112 §3.2: a request-target is origin-form (`/path?query`), absolute-form, the
-/// authority-form only for CONNECT and `*` only for OPTIONS. Anything else (`GET x`) is
-/// refused, not forwarded as `/`.
+/// authority-form only for CONNECT (refused with 405: no tunnels to arbitrary places) and `*`
+/// only for OPTIONS. Anything else (`GET x`) is refused, not forwarded as `/`.
 fn check_target<B>(req: &Request<B>) -> Result<(), Failure> {
     let uri = req.uri();
     if uri.scheme().is_some() {
@@ -182,7 +182,9 @@ fn check_target<B>(req: &Request<B>) -> Result<(), Failure> {
     match uri.path_and_query().map(|p| p.as_str()) {
         Some(p) if p.starts_with('/') => Ok(()),
         Some("*") if method == http::Method::OPTIONS => Ok(()),
-        None | Some("") if uri.authority().is_some() && method == http::Method::CONNECT => Ok(()),
+        // A tunnel to an authority: not what a gateway to its own services does (HTTP/2's
+        // extended CONNECT for WebSockets has a scheme and a path, and passed above).
+        None | Some("") if method == http::Method::CONNECT => Err(Failure::ConnectRefused),
         _ => {
             tracing::info!(target = %uri, %method, "refused request-target");
             Err(Failure::BadTarget)
