@@ -174,13 +174,10 @@ pub fn expanded_test(
     st: &State,
     r: &Rule,
     op: &str,
-    template: &str,
+    template: &Template,
     value: &[u8],
 ) -> bool {
-    let Ok(t) = Template::parse(template) else {
-        return false;
-    };
-    let param = String::from_utf8_lossy(&expand(cx, st, r, &t)).into_owned();
+    let param = String::from_utf8_lossy(&expand(cx, st, r, template)).into_owned();
     let o = Operator {
         name: op.to_owned(),
         negated: false,
@@ -199,7 +196,7 @@ pub fn capture(st: &mut State, op: &Op, value: &[u8]) {
             Test::Rx(re) => re,
             _ => return,
         },
-        Op::Fancy { .. } => return,
+        Op::Fancy { .. } | Op::Expand { .. } => return,
     };
     let Some(caps) = re.captures(value) else {
         return;

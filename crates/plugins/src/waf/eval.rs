@@ -6,7 +6,6 @@
 
 use super::actions::{self, Flow};
 use super::data::{collection_of, reads_names, Data};
-use super::operator::Test;
 use super::rule::{Op, Rule};
 use super::ruleset::Ruleset;
 use super::vars::{excluded, Coll, Sel};
@@ -291,12 +290,12 @@ fn test(cx: &Ctx<'_>, st: &mut State, r: &Rule, key: Option<u32>, value: &[u8]) 
                 .unwrap_or(false)
                 != *negated
         }
-        Op::Plain(c) => match &c.test {
-            Test::Expand { op, template } => {
-                actions::expanded_test(cx, st, r, op, template, &t) != c.negated
-            }
-            _ => c.matches(&t),
-        },
+        Op::Expand {
+            op,
+            template,
+            negated,
+        } => actions::expanded_test(cx, st, r, op, template, &t) != *negated,
+        Op::Plain(c) => c.matches(&t),
     };
     if !hit {
         return None;

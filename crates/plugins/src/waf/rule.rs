@@ -36,6 +36,13 @@ pub enum Op {
         negated: bool,
     },
     Plain(Compiled),
+    /// An operator whose parameter has macros (`@within %{tx.allowed_methods}`): the
+    /// template parsed at load, expanded per transaction.
+    Expand {
+        op: Box<str>,
+        template: Template,
+        negated: bool,
+    },
 }
 
 /// `setvar`: `tx.score=+%{tx.critical_anomaly_score}`, `!tx.foo`.
@@ -169,6 +176,14 @@ impl Builder<'_> {
                     re,
                 })
             }
+            Ok(Compiled {
+                test: operator::Test::Expand { op, template },
+                negated,
+            }) => Ok(Op::Expand {
+                op,
+                template: Template::parse(&template)?,
+                negated,
+            }),
             Ok(c) => Ok(Op::Plain(c)),
             Err(e) if op.name == "rx" => {
                 // `regex` has no look-around; fancy-regex adds it (backtracking, but only
