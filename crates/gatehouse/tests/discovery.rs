@@ -523,7 +523,7 @@ async fn the_binary_names_a_malformed_etcd_key_in_its_log_and_shows_sources() {
     )
     .unwrap();
     let (mut gw, addr) = Running::start(&file);
-    let line = gw.wait_for("malformed target value");
+    let line = gw.logged("malformed target value");
     assert!(line.contains("/svc/m/broken"), "{line}");
     assert!(line.contains("wieght"), "{line}");
     until_answering(addr, "/x", &["a"], Duration::from_secs(5)).await;

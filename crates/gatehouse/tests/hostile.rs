@@ -2,7 +2,9 @@
 //! TE.CL, obfuscated and duplicated Transfer-Encoding, differing Content-Lengths, signs and
 //! spaces), obs-fold, bare CR, bad chunk sizes, CONNECT, Host problems, upgrades with bodies.
 //! Each is refused (and nothing reaches the origin) or normalised (the origin gets one
-//! unambiguous framing), never forwarded as it came.
+//! unambiguous framing), never forwarded as it came. Every case runs against both HTTP/1.1
+//! servers (`node.http1.server: own | hyper`). Then the limits on heads (414, 431) and slow
+//! clients (a byte every so often, a stalled body), which end at `node.client_timeout`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -36,6 +38,19 @@ async fn recording_origin() -> (std::net::SocketAddr, Arc<Mutex<Vec<u8>>>) {
         }
     });
     (addr, seen)
+}
+
+/// Gateways to `origin`, one per HTTP/1.1 server, with `node` lines added to each.
+fn gateways(origin: std::net::SocketAddr, node: &str) -> Vec<(&'static str, Gateway)> {
+    ["own", "hyper"]
+        .into_iter()
+        .map(|server| {
+            let yaml = format!("node:\n  http1:\n    server: {server}\n{node}")
+                + &upstream_yaml(&[origin], "")
+                + ROUTE_ALL;
+            (server, gateway(&yaml))
+        })
+        .collect()
 }
 
 /// What the origin has received once it has received nothing more for 100 ms.
@@ -102,26 +117,27 @@ const REFUSED: &[(&str, &str, u16)] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smuggling_shapes_are_refused_and_nothing_reaches_the_origin() {
     let (origin, seen) = recording_origin().await;
-    let g = gateway_to(origin);
-    let a = addr(&g);
     let mut wrong = Vec::new();
-    for (name, req, want) in REFUSED {
-        // A refused body's head may still be on its way upstream from the case before.
-        let before = settled(&seen).await;
-        let got = statuses(a, req.as_bytes()).await;
-        let sent = seen.lock().unwrap()[before..].to_vec();
-        // A body that breaks while it streams: the head has gone upstream, but the exchange
-        // is cut before a byte of the bad body, on a connection then closed (not reused).
-        let body_error = name.starts_with("chunk size");
-        let reached = if body_error {
-            sent.windows(5).any(|w| w == b"hello")
-        } else {
-            !sent.is_empty()
-        };
-        if got != [*want] || reached {
-            wrong.push(format!(
-                "{name}: answered {got:?} (want [{want}]), reached origin: {reached}"
-            ));
+    for (server, g) in gateways(origin, "") {
+        let a = addr(&g);
+        for (name, req, want) in REFUSED {
+            // A refused body's head may still be on its way upstream from the case before.
+            let before = settled(&seen).await;
+            let got = statuses(a, req.as_bytes()).await;
+            let sent = seen.lock().unwrap()[before..].to_vec();
+            // A body that breaks while it streams: the head has gone upstream, but the exchange
+            // is cut before a byte of the bad body, on a connection then closed (not reused).
+            let body_error = name.starts_with("chunk size");
+            let reached = if body_error {
+                sent.windows(5).any(|w| w == b"hello")
+            } else {
+                !sent.is_empty()
+            };
+            if got != [*want] || reached {
+                wrong.push(format!(
+                    "{server}: {name}: answered {got:?} (want [{want}]), reached origin: {reached}"
+                ));
+            }
         }
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
@@ -132,8 +148,6 @@ async fn smuggling_shapes_are_refused_and_nothing_reaches_the_origin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tolerated_framing_goes_upstream_normalised() {
     let (origin, seen) = recording_origin().await;
-    let g = gateway_to(origin);
-    let a = addr(&g);
     let cases: &[(&str, &str, &[u16], &str)] = &[
         ("TE with a tab", "POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding:\tchunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", &[200], "transfer-encoding: chunked\r\n"),
         ("the same Content-Length twice", "POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello", &[200], "content-length: 5\r\n"),
@@ -144,19 +158,124 @@ async fn tolerated_framing_goes_upstream_normalised() {
         ("absolute-form: its authority is the host", "GET http://other.example/a HTTP/1.1\r\nHost: h\r\n\r\n", &[200], "x-forwarded-host: other.example\r\n"),
     ];
     let mut wrong = Vec::new();
-    for (name, req, want, expect) in cases {
-        let before = settled(&seen).await;
-        let got = statuses(a, req.as_bytes()).await;
-        let sent = String::from_utf8_lossy(&seen.lock().unwrap()[before..]).to_lowercase();
-        let framings =
-            sent.matches("content-length:").count() + sent.matches("transfer-encoding:").count();
-        if got != *want
-            || !sent.contains(&expect.to_lowercase())
-            || framings > 1
-            || sent.contains("ext=1")
-        {
-            wrong.push(format!("{name}: answered {got:?}, origin got {sent:?}"));
+    for (server, g) in gateways(origin, "") {
+        let a = addr(&g);
+        for (name, req, want, expect) in cases {
+            let before = settled(&seen).await;
+            let got = statuses(a, req.as_bytes()).await;
+            let sent = String::from_utf8_lossy(&seen.lock().unwrap()[before..]).to_lowercase();
+            let framings = sent.matches("content-length:").count()
+                + sent.matches("transfer-encoding:").count();
+            if got != *want
+                || !sent.contains(&expect.to_lowercase())
+                || framings > 1
+                || sent.contains("ext=1")
+            {
+                wrong.push(format!(
+                    "{server}: {name}: answered {got:?}, origin got {sent:?}"
+                ));
+            }
         }
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+/// Heads over the limits are refused before anything goes upstream: a request line over
+/// `max_request_line` with 414, a field over `max_header_size`, a head over `max_head_size`
+/// or more than 100 fields with 431.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_over_the_limits_are_refused() {
+    let (origin, seen) = recording_origin().await;
+    let g = gateways(origin, "").remove(0).1;
+    let a = addr(&g);
+    let long_target = format!("GET /{} HTTP/1.1\r\nHost: h\r\n\r\n", "a".repeat(20_000));
+    let big_field = format!(
+        "GET / HTTP/1.1\r\nHost: h\r\nX-A: {}\r\n\r\n",
+        "b".repeat(100_000)
+    );
+    let many: String = (0..150).map(|i| format!("X-{i}: 1\r\n")).collect();
+    let many = format!("GET / HTTP/1.1\r\nHost: h\r\n{many}\r\n");
+    let total: String = (0..20)
+        .map(|i| format!("X-{i}: {}\r\n", "c".repeat(4000)))
+        .collect();
+    let total = format!("GET / HTTP/1.1\r\nHost: h\r\n{total}\r\n");
+    let mut wrong = Vec::new();
+    for (name, req, want) in [
+        ("a 20 KB request line", long_target, 414),
+        ("a 100 KB header field", big_field, 431),
+        ("150 header fields", many, 431),
+        ("an 80 KB head", total, 431),
+    ] {
+        let before = settled(&seen).await;
+        let got = statuses(a, req.as_bytes()).await;
+        let reached = seen.lock().unwrap().len() > before;
+        if got != [want] || reached {
+            wrong.push(format!(
+                "{name}: answered {got:?} (want [{want}]), reached origin: {reached}"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    // Limits are the config's.
+    let g = gateways(origin, "    max_request_line: 1KiB\n").remove(0).1;
+    let line = format!("GET /{} HTTP/1.1\r\nHost: h\r\n\r\n", "a".repeat(2000));
+    assert_eq!(statuses(addr(&g), line.as_bytes()).await, [414]);
+}
+
+/// A client that sends its head a byte at a time, or stops in the middle of a body, is cut
+/// off at `client_timeout`; one that stays idle between requests is closed then too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_end_at_the_client_timeout() {
+    use std::time::{Duration, Instant};
+    let (origin, _) = recording_origin().await;
+    let g = gateways(origin, "  client_timeout: 1s\n").remove(0).1;
+    let a = addr(&g);
+    // Slowloris: a byte every 300 ms never completes a head within the timeout.
+    let mut s = tokio::net::TcpStream::connect(a).await.unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    for b in b"GET / HTTP/1.1\r\nHost: h\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaa".iter() {
+        if s.write_all(&[*b]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if started.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // A body that stops: the connection is cut at the timeout.
+    let mut s = tokio::net::TcpStream::connect(a).await.unwrap();
+    let started = Instant::now();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\nonly this")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    // (This origin answers as soon as it has read something, so the answer may be its 200;
+    // what matters is that the connection does not stay open waiting for the rest.)
+    assert!(!answer.is_empty() || started.elapsed() >= Duration::from_millis(900));
+    // Idle between requests: closed after the timeout.
+    let mut s = tokio::net::TcpStream::connect(a).await.unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+    assert!(matches!(n, Ok(Ok(0))), "{n:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 }

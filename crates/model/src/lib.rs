@@ -204,6 +204,9 @@ pub struct Node {
     /// authentication plugin (a client's own values of them are removed there).
     #[serde(default, skip_serializing_if = "is_default")]
     pub consumer_headers: ConsumerHeaders,
+    /// HTTP/1.1 client connections: which server reads them, and limits on request heads.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub http1: Http1,
     /// Limits on HTTP/2 client connections (h2 over TLS and h2c).
     #[serde(default, skip_serializing_if = "is_default")]
     pub http2: Http2Limits,
@@ -221,6 +224,59 @@ fn default_color_header() -> String {
 /// Whether `name` can be an HTTP header name.
 pub(crate) fn header_name_ok(name: &str) -> Result<http::HeaderName, ()> {
     http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).map_err(|_| ())
+}
+
+/// HTTP/1.1 client connections (`node.http1`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Http1 {
+    /// `own` (the default): the gateway's own HTTP/1.1 server. `hyper`: hyper's, kept
+    /// while the own server is new.
+    #[serde(default)]
+    pub server: Http1Server,
+    /// The longest request line (method, target, version): longer is refused with 414.
+    #[serde(default = "default_h1_line")]
+    #[schemars(with = "String")]
+    pub max_request_line: bytesize::ByteSize,
+    /// The largest header field (name and value): larger is refused with 431.
+    #[serde(default = "default_h1_field")]
+    #[schemars(with = "String")]
+    pub max_header_size: bytesize::ByteSize,
+    /// The largest request head (request line and every field): larger is refused with 431.
+    /// More than 100 fields is refused with 431 too.
+    #[serde(default = "default_h1_head")]
+    #[schemars(with = "String")]
+    pub max_head_size: bytesize::ByteSize,
+}
+
+/// See [`Http1::server`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Http1Server {
+    #[default]
+    Own,
+    Hyper,
+}
+
+fn default_h1_line() -> bytesize::ByteSize {
+    bytesize::ByteSize::kib(8)
+}
+fn default_h1_field() -> bytesize::ByteSize {
+    bytesize::ByteSize::kib(16)
+}
+fn default_h1_head() -> bytesize::ByteSize {
+    bytesize::ByteSize::kib(64)
+}
+
+impl Default for Http1 {
+    fn default() -> Self {
+        Self {
+            server: Http1Server::Own,
+            max_request_line: default_h1_line(),
+            max_header_size: default_h1_field(),
+            max_head_size: default_h1_head(),
+        }
+    }
 }
 
 /// HTTP/2 limits on client connections: what keeps one client from holding a worker with
@@ -343,6 +399,7 @@ impl Default for Node {
             encoded_slashes: EncodedSlashes::Reject,
             trusted_proxies: Vec::new(),
             consumer_headers: ConsumerHeaders::default(),
+            http1: Http1::default(),
             http2: Http2Limits::default(),
             color_header: default_color_header(),
         }

@@ -70,6 +70,25 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
             err(format!("node.{field}"), "must be more than 0".into());
         }
     }
+    let h1 = &config.node.http1;
+    for (field, size) in [
+        ("max_request_line", h1.max_request_line),
+        ("max_header_size", h1.max_header_size),
+        ("max_head_size", h1.max_head_size),
+    ] {
+        if !(1024..=1024 * 1024).contains(&size.as_u64()) {
+            err(
+                format!("node.http1.{field}"),
+                "must be between 1KiB and 1MiB".into(),
+            );
+        }
+    }
+    if h1.max_head_size < h1.max_request_line || h1.max_head_size < h1.max_header_size {
+        err(
+            "node.http1.max_head_size".into(),
+            "must be at least max_request_line and max_header_size".into(),
+        );
+    }
     if config.node.cluster_size == 0 {
         err("node.cluster_size".into(), "must be at least 1".into());
     }

@@ -12,6 +12,7 @@ pub mod errors;
 pub mod framing;
 pub mod grpc;
 pub mod grpc_web;
+pub mod h1;
 pub mod headers;
 pub mod idle;
 pub mod listeners;
@@ -20,7 +21,9 @@ pub mod pipeline;
 
 use arc_swap::ArcSwap;
 use gatehouse_model::{Config, ConfigError};
+use gatehouse_runtime::downstream::RequestBody;
 use gatehouse_runtime::{upstream, NodeContext, Snapshot};
+use http::Request;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::net::SocketAddr;
@@ -486,9 +489,12 @@ async fn serve(
         peer
     };
     let Some(config) = accepting.tls else {
-        let h2 = match accept::is_h2c(&stream).await {
-            Ok(h2) => h2,
-            Err(_) => return,
+        // A client that opens a connection and sends nothing is let go at the client
+        // timeout, like one idle between requests.
+        let wait = shared.snapshot.load().config.node.client_timeout;
+        let h2 = match tokio::time::timeout(wait, accept::is_h2c(&stream)).await {
+            Ok(Ok(h2)) => h2,
+            _ => return,
         };
         return serve_http(stream, peer, h2, None, shared, stop).await;
     };
@@ -518,25 +524,37 @@ async fn serve_http<IO>(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    IO: h1::Split,
 {
-    let findings = (!h2).then(|| Arc::new(framing::Findings::default()));
+    let (client_timeout, limits, http1) = {
+        let snap = shared.snapshot.load();
+        let node = &snap.config.node;
+        (node.client_timeout, node.http2.clone(), node.http1.clone())
+    };
+    let own = !h2 && http1.server == gatehouse_model::Http1Server::Own;
+    // hyper's HTTP/1 server hides how a request was framed: a watcher on its bytes tells.
+    let findings = (!h2 && !own).then(|| Arc::new(framing::Findings::default()));
     let mut info = pipeline::ConnInfo::new(peer, h2, findings.clone());
     if let Some(facts) = tls {
         info = info.with_tls(facts);
     }
     let info = Arc::new(info);
+    if own {
+        let settings = h1::Settings {
+            limits: h1::Limits {
+                max_request_line: http1.max_request_line.as_u64() as usize,
+                max_header: http1.max_header_size.as_u64() as usize,
+                max_head: http1.max_head_size.as_u64() as usize,
+            },
+            client_timeout,
+        };
+        return h1::serve(stream, info, shared, stop, settings).await;
+    }
     let conn_info = info.clone();
-    let (client_timeout, limits) = {
-        let snap = shared.snapshot.load();
-        (
-            snap.config.node.client_timeout,
-            snap.config.node.http2.clone(),
-        )
-    };
     if let Some(findings) = findings {
-        let svc = service_fn(move |req| {
+        let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
             let (shared, info) = (shared.clone(), info.clone());
+            let req = req.map(RequestBody::Hyper);
             async move { Ok::<_, std::convert::Infallible>(pipeline::handle(shared, info, req).await) }
         });
         let io = TokioIo::new(framing::Watched::new(stream, findings));
@@ -551,8 +569,9 @@ async fn serve_http<IO>(
     } else {
         // HTTP/2 spawns each stream's future as a task, which moves it whole: boxed, what
         // moves is a pointer (memmove was the top symbol of the h2 profile).
-        let svc = service_fn(move |req| {
+        let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
             let (shared, info) = (shared.clone(), info.clone());
+            let req = req.map(RequestBody::Hyper);
             async move {
                 let answer = Box::pin(pipeline::handle(shared, info, req)).await;
                 Ok::<_, std::convert::Infallible>(answer)

@@ -11,6 +11,7 @@ pub mod connector;
 pub mod consumers;
 pub mod debug;
 pub mod discovery;
+pub mod downstream;
 pub mod explain;
 pub mod fallback;
 pub mod h1;

@@ -6,6 +6,7 @@
 //! reload for targets that stay. HTTP/1.1 connections are our own (`crate::h1`); h2c ones are
 //! hyper's `client::conn::http2`, which multiplexes.
 
+use crate::downstream::RequestBody;
 use crate::h1;
 use bytes::Bytes;
 use gatehouse_model::{Keepalive, UpstreamProtocol};
@@ -38,7 +39,7 @@ pub fn worker() -> usize {
 
 /// The body sent upstream: the client's streamed body, or bytes the gateway made.
 pub enum ProxyBody {
-    Incoming(Incoming),
+    Incoming(RequestBody),
     Bytes(Option<Bytes>),
     /// The client's body with a size limit (a plugin's): past `left` bytes it fails, which
     /// aborts the upstream exchange. And/or counted into `seen` as it streams (a chunked
@@ -46,7 +47,7 @@ pub enum ProxyBody {
     /// exchange was: over the limit (413), or a body the client broke (400), not the
     /// upstream's (502).
     Limited {
-        body: Incoming,
+        body: RequestBody,
         left: u64,
         fault: Arc<BodyFault>,
         seen: Option<Arc<AtomicU64>>,
@@ -106,7 +107,7 @@ impl ProxyBody {
     /// The client's body, limited to `limit` bytes when a plugin asked for a limit, and
     /// watched for faults when `fault` is given (a limit, or a chunked body).
     pub fn client(
-        body: Incoming,
+        body: RequestBody,
         limit: Option<u64>,
         seen: Option<Arc<AtomicU64>>,
         fault: Option<Arc<BodyFault>>,
@@ -154,7 +155,7 @@ impl Body for ProxyBody {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     fault.set(ClientFault::Broken);
-                    Poll::Ready(Some(Err(e.into())))
+                    Poll::Ready(Some(Err(e)))
                 }
                 other => other.map_err(Into::into),
             },

@@ -108,6 +108,15 @@ impl Running {
         }
     }
 
+    /// A line with `needle` logged already (before the node said it listens, say), or the
+    /// next one.
+    pub fn logged(&mut self, needle: &str) -> String {
+        match self.seen.iter().find(|l| l.contains(needle)) {
+            Some(line) => line.clone(),
+            None => self.wait_for(needle),
+        }
+    }
+
     pub fn wait_for(&mut self, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {

@@ -16,7 +16,7 @@ pub struct Downstream {
     /// The client's HTTP version.
     pub version: Version,
     /// The client side of an upgrade the request asked for.
-    pub on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    pub on_upgrade: Option<super::tunnel::ClientUpgrade>,
     /// The request's overall deadline, which its body must meet too.
     pub total: Option<Instant>,
 }

@@ -28,11 +28,11 @@ use crate::headers::{new_request_id, wants_upgrade, X_REQUEST_ID};
 use crate::observe::{Exchange, LogParts, Observed, SpanCtx, DECISION, SERVER_TIMING};
 use crate::Shared;
 use gatehouse_plugin_api::RequestHead;
+use gatehouse_runtime::downstream::RequestBody as Incoming;
 use gatehouse_runtime::snapshot::Snapshot;
 use gatehouse_runtime::upstream::ClientFault;
 use http::header::HOST;
 use http::{HeaderValue, Request, Response};
-use hyper::body::Incoming;
 use replay::Outgoing;
 use request_body::ClientBody;
 use state::{PluginState, RequestState, Routed};
@@ -218,7 +218,7 @@ async fn proxy(
     // A gRPC call's own deadline bounds the whole exchange, like the service's total.
     let call_deadline = grpc.and_then(|_| crate::grpc::deadline(req.headers()));
     let upgrade = !st.info.h2 && wants_upgrade(req.headers());
-    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let on_upgrade = upgrade.then(|| tunnel::ClientUpgrade::of(&mut req));
     let (mut parts, body) = req.into_parts();
     let mut body = ClientBody::Streaming(body);
     let client_version = parts.version;

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http_body::Body as _;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
-use hyper::body::Incoming;
+use gatehouse_runtime::downstream::RequestBody as Incoming;
 use std::time::Duration;
 
 /// What goes upstream as the request body.
@@ -65,7 +65,7 @@ pub fn prefixed(
     use futures_util::StreamExt;
     use http_body::Frame;
     let first = futures_util::stream::once(async move { Ok(Frame::data(head)) });
-    let rest = http_body_util::BodyStream::new(rest).map(|f| f.map_err(Into::into));
+    let rest = http_body_util::BodyStream::new(rest);
     BodyExt::boxed(http_body_util::StreamBody::new(first.chain(rest)))
 }
 
