@@ -8,6 +8,7 @@ mod echo;
 mod explain;
 mod node;
 mod store_mode;
+mod upgrade;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -506,6 +507,7 @@ fn validate(path: &Path, redis: Option<&str>) -> ExitCode {
 }
 
 async fn run(path: PathBuf, flags: NodeFlags) -> anyhow::Result<()> {
+    upgrade::take_inherited();
     let NodeFlags {
         listen,
         workers,

@@ -223,11 +223,14 @@ pub(crate) async fn serve(
         tls,
     } = admin;
     // `/metrics` and `/ready` with no token, apart from the admin API, when asked for.
+    // Copies of the admin sockets, handed over with the data plane's on an upgrade.
+    let mut admin_sockets: Vec<(&'static str, std::net::TcpListener)> = Vec::new();
     let open_task = match open {
         Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
+            let listener = crate::upgrade::admin_socket("metrics", addr)
                 .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+            admin_sockets.extend(listener.try_clone().ok().map(|l| ("metrics", l)));
+            let listener = tokio::net::TcpListener::from_std(listener)?;
             tracing::info!(address = %listener.local_addr()?, "metrics and readiness listening");
             Some(tokio::spawn(gatehouse_admin::serve_open(
                 listener,
@@ -237,9 +240,10 @@ pub(crate) async fn serve(
         }
         None => None,
     };
-    let admin_listener = tokio::net::TcpListener::bind(admin)
-        .await
+    let admin_listener = crate::upgrade::admin_socket("admin", admin)
         .with_context(|| format!("cannot listen for the admin API on {admin}"))?;
+    admin_sockets.extend(admin_listener.try_clone().ok().map(|l| ("admin", l)));
+    let admin_listener = tokio::net::TcpListener::from_std(admin_listener)?;
     tracing::info!(
         address = %admin_listener.local_addr()?,
         https = tls.is_some(),
@@ -272,17 +276,25 @@ pub(crate) async fn serve(
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut usr2 = signal(SignalKind::user_defined2())?;
     // Logged once the source is followed, so whoever waits for this line can change it.
     let described = source.describe();
     for a in gateway.addrs() {
         tracing::info!(address = %a, workers, source = %described, "gatehouse listening");
     }
+    crate::upgrade::tell_ready();
     loop {
         let why = tokio::select! {
             why = source.changed() => why,
             _ = hup.recv() => "SIGHUP",
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = usr2.recv() => {
+                if hand_over(&gateway, &admin_sockets).await {
+                    break;
+                }
+                continue;
+            }
         };
         source.follow(&gateway, &control, why).await;
     }
@@ -294,4 +306,41 @@ pub(crate) async fn serve(
     gateway.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGUSR2: a new process takes over every listening socket; true once it serves (this one
+/// then drains and exits), false when it failed (this one goes on serving).
+async fn hand_over(gateway: &Gateway, admin: &[(&'static str, std::net::TcpListener)]) -> bool {
+    let mut sockets: Vec<(&'static str, std::net::TcpListener)> = gateway
+        .shared()
+        .listeners
+        .handover()
+        .into_iter()
+        .map(|s| ("data", s))
+        .collect();
+    sockets.extend(
+        admin
+            .iter()
+            .filter_map(|(n, s)| s.try_clone().ok().map(|s| (*n, s))),
+    );
+    tracing::info!(
+        sockets = sockets.len(),
+        "SIGUSR2: starting a new process to take over"
+    );
+    match crate::upgrade::hand_over(sockets).await {
+        Ok(pid) => {
+            tracing::info!(
+                pid,
+                "the new process serves: this one stops accepting and drains"
+            );
+            true
+        }
+        Err(e) => {
+            tracing::error!(
+                error = format!("{e:#}"),
+                "upgrade failed: this process goes on serving"
+            );
+            false
+        }
+    }
 }

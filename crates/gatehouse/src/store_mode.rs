@@ -29,6 +29,7 @@ fn for_node(mut config: Config, flags: &NodeFlags) -> Config {
 }
 
 pub async fn run(url: String, flags: NodeFlags) -> anyhow::Result<()> {
+    crate::upgrade::take_inherited();
     let admin_addr = flags
         .admin
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9180)));

@@ -401,10 +401,10 @@ async fn worker(
                     };
                     let (shared, stop, alive) = (shared.clone(), stop.clone(), alive.clone());
                     let task = tokio::spawn(accept_loop(l, how, shared, stop, alive));
-                    accepting.insert(id, task);
+                    accepting.entry(id).or_insert_with(Vec::new).push(task);
                 }
                 Some(listeners::Command::Remove(id)) => {
-                    if let Some(task) = accepting.remove(&id) {
+                    for task in accepting.remove(&id).into_iter().flatten() {
                         task.abort(); // the socket closes with its task
                     }
                 }
@@ -413,10 +413,10 @@ async fn worker(
             changed = stop.changed() => if changed.is_err() { break },
         }
     }
-    for t in accepting.values() {
+    for t in accepting.values().flatten() {
         t.abort();
     }
-    for (_, t) in accepting {
+    for t in accepting.into_values().flatten() {
         let _ = t.await; // listeners are closed once their task is gone
     }
     drop(alive);

@@ -1,5 +1,7 @@
 //! The data plane's listening sockets: bound on every worker (SO_REUSEPORT), and changed on
-//! reload without a restart. A reload binds what is new on every worker first, and only when
+//! reload without a restart. Sockets handed over by the process this one replaces (or by
+//! systemd's socket activation) are taken for their address instead of binding anew, and
+//! every socket can be handed over in turn (`Listeners::handover`). A reload binds what is new on every worker first, and only when
 //! all of it is bound tells the workers to start accepting on it and to stop accepting on
 //! what was removed (connections already accepted there finish as they would).
 
@@ -90,6 +92,33 @@ struct Active {
     /// The bound address (a real port where the spec asked for port 0).
     bound: SocketAddr,
     id: u64,
+    /// Copies of the workers' sockets, for a new process to take over.
+    sockets: Vec<std::net::TcpListener>,
+}
+
+/// Listening sockets inherited at start, until a listener on their address claims them.
+static INHERITED: Mutex<Vec<std::net::TcpListener>> = Mutex::new(Vec::new());
+
+/// Offers sockets this process inherited to the listeners about to be bound.
+pub fn inherit(sockets: Vec<std::net::TcpListener>) {
+    if let Ok(mut pool) = INHERITED.lock() {
+        pool.extend(sockets);
+    }
+}
+
+/// The inherited sockets bound to `addr` (never for port 0: that asks for a fresh port).
+fn claim(addr: SocketAddr) -> Vec<std::net::TcpListener> {
+    let Ok(mut pool) = INHERITED.lock() else {
+        return Vec::new();
+    };
+    if addr.port() == 0 || pool.is_empty() {
+        return Vec::new();
+    }
+    let (mine, rest) = std::mem::take(&mut *pool)
+        .into_iter()
+        .partition(|l| l.local_addr().is_ok_and(|a| a == addr));
+    *pool = rest;
+    mine
 }
 
 /// The node's listeners, as the workers run them.
@@ -175,7 +204,12 @@ impl Listeners {
         }
         for (spec, accepting, (addr, sockets)) in bound {
             *next_id += 1;
-            for (w, socket) in self.workers.iter().zip(sockets) {
+            let kept = sockets.iter().filter_map(|s| s.try_clone().ok()).collect();
+            // One socket per worker; inherited ones beyond that go round the workers.
+            for (k, socket) in sockets.into_iter().enumerate() {
+                let Some(w) = self.workers.get(k % self.workers.len().max(1)) else {
+                    break;
+                };
                 let _ = w.send(Command::Add {
                     id: *next_id,
                     socket,
@@ -192,6 +226,7 @@ impl Listeners {
                 spec,
                 bound: addr,
                 id: *next_id,
+                sockets: kept,
             });
         }
         active.retain(|a| {
@@ -208,12 +243,43 @@ impl Listeners {
         Ok(())
     }
 
+    /// Every listening socket, copied, for a process that takes over from this one: while
+    /// either holds them they stay open, and connections waiting in their queues are
+    /// accepted by whichever accepts first.
+    pub fn handover(&self) -> Vec<std::net::TcpListener> {
+        match self.active.lock() {
+            Ok(a) => {
+                a.1.iter()
+                    .flat_map(|a| a.sockets.iter().filter_map(|s| s.try_clone().ok()))
+                    .collect()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// One socket per worker on `addr`; the first fixes the port when `addr` asks for 0.
+    /// Inherited sockets on `addr` come first; with fewer of them than workers, the rest
+    /// join their SO_REUSEPORT group (or share one, when it has none, as systemd's may not).
     fn bind_on_workers(
         &self,
         addr: SocketAddr,
     ) -> std::io::Result<(SocketAddr, Vec<std::net::TcpListener>)> {
-        let mut sockets = Vec::with_capacity(self.workers.len());
+        let mut sockets = claim(addr);
+        if !sockets.is_empty() {
+            for s in &sockets {
+                s.set_nonblocking(true)?;
+            }
+            let n = sockets.len();
+            for k in n..self.workers.len() {
+                let more = match bind_reuseport(addr) {
+                    Ok(l) => l,
+                    Err(_) => sockets[k % n].try_clone()?,
+                };
+                sockets.push(more);
+            }
+            tracing::info!(address = %addr, inherited = n, "took over listening sockets");
+            return Ok((addr, sockets));
+        }
         let mut actual = addr;
         for _ in 0..self.workers.len().max(1) {
             let l = bind_reuseport(actual)?;

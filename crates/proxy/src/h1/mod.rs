@@ -61,6 +61,10 @@ pub struct Settings {
 const DISCARD_CAP: u64 = 64 * 1024;
 const DISCARD_WITHIN: Duration = Duration::from_secs(2);
 
+/// How long an idle connection stays open once the node drains, for a request a client may
+/// be sending at that moment (closing at once would fail it).
+const DRAIN_IDLE: Duration = Duration::from_secs(1);
+
 /// A client connection handed over after a 101, with what the client sent past its head.
 pub struct Upgraded {
     pub io: Box<dyn Io>,
@@ -331,7 +335,14 @@ async fn next_head<C: Split>(
                     return Next::Closed;
                 }
             }
-            _ = stop.wait_for(|s| *s) => return Next::Closed,
+            () = async { let _ = stop.wait_for(|s| *s).await; } => {
+                // Draining: a request already on its way still gets an answer (with
+                // `Connection: close`); a connection that stays quiet is closed.
+                match tokio::time::timeout(DRAIN_IDLE, C::readable(r)).await {
+                    Ok(Ok(())) => {}
+                    _ => return Next::Closed,
+                }
+            }
         }
     }
     let deadline = Instant::now() + settings.client_timeout;
