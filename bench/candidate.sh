@@ -25,6 +25,7 @@
 # with etcdctl. BENCH_DISCOVERY=hostname: the target is `localhost:PORT`, a host name the
 # gateway resolves in the background.
 # BENCH_CONSUMER_HEADERS=off: no X-Consumer-* headers upstream.
+# BENCH_HTTP1=hyper: hyper's HTTP/1.1 server for client connections instead of the own one.
 # BENCH_OBSERVE=off: no metrics, no access log. BENCH_OBSERVE=metrics (or unset): the defaults,
 # metrics on and no access log. BENCH_OBSERVE=log: metrics (the default) and a
 # JSON access log line per request to BENCH_LOG (default /tmp/gatehouse-bench-logs/access.log,
@@ -38,6 +39,7 @@ listen:
   - address: 127.0.0.1:$port
 node:
   workers: 1
+  http1: {server: ${BENCH_HTTP1:-own}}
 $( [[ ${BENCH_CONSUMER_HEADERS:-} == off ]] && echo '  consumer_headers: {username: "", id: "", groups: "", credential: "", anonymous: ""}' )
 upstreams:
   - name: origin

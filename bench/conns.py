@@ -178,14 +178,14 @@ async def open_idle(port, n, batch=500):
     return conns, failed
 
 
-async def idle(pid, port, n):
+async def idle(pid, port, n, batch):
     # One request first, so that the upstream pool and lazily built state exist.
     r, w = await asyncio.open_connection("127.0.0.1", port)
     await one_exchange(r, w)
     w.close()
     await asyncio.sleep(1.0)
     before = rss_kib(pid)
-    conns, failed = await open_idle(port, n)
+    conns, failed = await open_idle(port, n, batch)
     await asyncio.sleep(2.0)
     after = rss_kib(pid)
     # Still open? Each answers one more request.
@@ -233,6 +233,8 @@ def main():
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--bin", default=os.path.join(HERE, "..", "target", "release", "gatehouse"))
     ap.add_argument("--peers", default="own,hyper,nginx")
+    ap.add_argument("--batch", type=int, default=100,
+                    help="connections opened at once while filling up")
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -246,7 +248,7 @@ def main():
             p, port = start_peer(name, d, origin_port, args.bin)
             try:
                 before, after, held, failed, alive, sampled = asyncio.run(
-                    idle(p.pid, port, args.idle))
+                    idle(p.pid, port, args.idle, args.batch))
                 per = (after - before) / max(held, 1)
                 counts = asyncio.run(active(port, args.active, args.seconds))
                 rows.append((name, held, failed, before, after, per, alive, sampled, counts))

@@ -279,3 +279,100 @@ async fn slow_clients_end_at_the_client_timeout() {
         started.elapsed()
     );
 }
+
+/// An origin that answers each path with a canned, mostly hostile, response and records
+/// which connection served which path, so that reuse after a bad answer shows.
+async fn hostile_origin() -> (std::net::SocketAddr, Arc<Mutex<Vec<(usize, String)>>>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let served = Arc::new(Mutex::new(Vec::new()));
+    let keep = served.clone();
+    tokio::spawn(async move {
+        let mut conn = 0usize;
+        while let Ok((mut s, _)) = l.accept().await {
+            conn += 1;
+            let (id, keep) = (conn, keep.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    buf.drain(..end + 4);
+                    let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                    keep.lock().unwrap().push((id, path.clone()));
+                    let long = format!(
+                        "HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 2\r\n\r\nok",
+                        "a".repeat(100_000)
+                    );
+                    let answer: &[u8] = match path.as_str() {
+                        "/both" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+                        "/bad-length" => b"HTTP/1.1 200 OK\r\nContent-Length: 5x\r\n\r\nhello",
+                        "/two-lengths" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+                        "/bad-status" => b"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nok",
+                        "/long-head" => long.as_bytes(),
+                        "/second" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil",
+                        "/bad-chunk" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\nzz\r\n",
+                        _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                    };
+                    if s.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, served)
+}
+
+/// Responses no proxy should pass on: both framings, a broken or doubled Content-Length, a
+/// bad status line, a head over 64 KiB. The client gets 502. A second response behind the
+/// first, or a broken chunked body, never reaches a client, and no such connection is
+/// reused: the next request goes on a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_upstream_responses_are_502_and_their_connection_is_not_reused() {
+    let (origin, served) = hostile_origin().await;
+    let g = gateway_to(origin);
+    let a = addr(&g);
+    let mut wrong = Vec::new();
+    for (path, want) in [
+        ("/both", 502),
+        ("/bad-length", 502),
+        ("/two-lengths", 502),
+        ("/bad-status", 502),
+        ("/long-head", 502),
+        ("/second", 200),
+        ("/bad-chunk", 200),
+    ] {
+        let mut c = Client::connect(a).await;
+        let got = c.request("GET", path, &[], b"").await;
+        let (status, body) = match &got {
+            Ok(r) => (r.status, String::from_utf8_lossy(&r.body).to_string()),
+            Err(_) => (0, String::new()),
+        };
+        // A body broken after its head went out: the client sees the response cut.
+        let ok = match path {
+            "/bad-chunk" => got.is_err() || status == 200 && body != "okzz",
+            _ => status == want && !body.contains("evil") && !body.contains("hello"),
+        };
+        if !ok {
+            wrong.push(format!("{path}: {status} {body:?}"));
+        }
+        // The next request must not ride the connection the bad answer came on.
+        let r = get(a, "/fine").await;
+        assert_eq!(r.status, 200, "after {path}");
+        let log = served.lock().unwrap().clone();
+        let bad_conn = log.iter().rev().find(|(_, p)| p == path).map(|(c, _)| *c);
+        let fine_conn = log.last().map(|(c, _)| *c);
+        if bad_conn == fine_conn {
+            wrong.push(format!("{path}: its connection was reused"));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}

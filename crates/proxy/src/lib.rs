@@ -10,6 +10,8 @@ pub mod body;
 pub mod discovery;
 pub mod errors;
 pub mod framing;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
 pub mod grpc_web;
 pub mod h1;
@@ -456,10 +458,7 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let (shared, stop, alive) = (shared.clone(), stop.clone(), alive.clone());
         let accepting = accepting.clone();
-        tokio::spawn(async move {
-            serve(stream, peer, accepting, shared, stop).await;
-            drop(alive);
-        });
+        tokio::spawn(serve(stream, peer, accepting, shared, stop, alive));
     }
 }
 
@@ -469,6 +468,7 @@ async fn serve(
     accepting: listeners::Accepting,
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
+    alive: mpsc::Sender<()>,
 ) {
     // Counted on the snapshot's node statistics, which every snapshot shares.
     let node = shared.snapshot.load().telemetry.node.clone();
@@ -476,7 +476,8 @@ async fn serve(
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     node.downstream_connections
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let _open = OpenConnection(node.clone());
+    // Held for the connection's life: counted open, and the worker's drain waits for it.
+    let held = (OpenConnection(node.clone()), alive);
     let peer = if accepting.proxy_protocol {
         match accept::proxy_header(&mut stream, peer).await {
             Ok(client) => client,
@@ -496,14 +497,21 @@ async fn serve(
             Ok(Ok(h2)) => h2,
             _ => return,
         };
-        return serve_http(stream, peer, h2, None, shared, stop).await;
+        return serve_http(stream, peer, h2, None, shared, stop, held).await;
     };
     let subject_header = accepting.client_subject_header.as_ref();
-    match accept::tls(stream, config, accepting.handshake_timeout, subject_header).await {
+    // Boxed: a handshake's state is large and over once the connection serves.
+    let handshake = Box::pin(accept::tls(
+        stream,
+        config,
+        accepting.handshake_timeout,
+        subject_header,
+    ));
+    match handshake.await {
         Ok((tls, h2, facts)) => {
             node.tls_handshakes
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            serve_http(tls, peer, h2, Some(facts), shared, stop).await
+            serve_http(tls, peer, h2, Some(facts), shared, stop, held).await
         }
         Err(accept::ACME_VALIDATION) => {
             tracing::info!(%peer, "answered an ACME TLS-ALPN-01 validation");
@@ -523,6 +531,7 @@ async fn serve_http<IO>(
     tls: Option<pipeline::TlsFacts>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
+    held: (OpenConnection, mpsc::Sender<()>),
 ) where
     IO: h1::Split,
 {
@@ -548,7 +557,10 @@ async fn serve_http<IO>(
             },
             client_timeout,
         };
-        return h1::serve(stream, info, shared, stop, settings).await;
+        // The connection's life goes on in a task of its own, and this one (with the accept
+        // stage's state) ends.
+        tokio::spawn(h1::serve(stream, info, shared, stop, settings, held));
+        return;
     }
     let conn_info = info.clone();
     if let Some(findings) = findings {
@@ -565,7 +577,15 @@ async fn serve_http<IO>(
             .header_read_timeout(client_timeout)
             .serve_connection(io, svc)
             .with_upgrades();
-        drive(conn, &mut stop, std::future::pending(), client_timeout).await;
+        // Boxed, like the h2 connection below: the task of an own-server connection (the
+        // default) should not be as large as hyper's connection futures.
+        Box::pin(drive(
+            conn,
+            &mut stop,
+            std::future::pending(),
+            client_timeout,
+        ))
+        .await;
     } else {
         // HTTP/2 spawns each stream's future as a task, which moves it whole: boxed, what
         // moves is a pointer (memmove was the top symbol of the h2 profile).
@@ -589,7 +609,7 @@ async fn serve_http<IO>(
             .keep_alive_timeout(limits.ping_timeout)
             .serve_connection(io, svc);
         let idle = h2_idle(activity, conn_info, client_timeout);
-        drive(conn, &mut stop, idle, client_timeout).await;
+        Box::pin(drive(conn, &mut stop, idle, client_timeout)).await;
     }
 }
 

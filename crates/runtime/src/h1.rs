@@ -426,9 +426,10 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Er
             (None, None) => Kind::Close,
         }
     };
-    // Both framings at once is a smuggling vector: never reuse such a connection.
-    if chunked.is_some() && length.is_some() {
-        close = true;
+    // Both framings at once is a smuggling (response splitting) vector: an error, as nginx
+    // answers it (502), never a body read one way while a cache or client reads another.
+    if chunked.is_some() && length.is_some() && !bodiless {
+        return Err(Error::Invalid("both Content-Length and Transfer-Encoding"));
     }
     if matches!(kind, Kind::Close) {
         close = true;

@@ -7,8 +7,8 @@
 //! task, and an idle connection holds no buffer: it waits for readiness, then reads. The
 //! framing rules are the edge's, not a library's: one reading of a request or a refusal.
 
-mod body;
-mod head;
+pub(crate) mod body;
+pub(crate) mod head;
 mod io;
 mod write;
 
@@ -99,13 +99,19 @@ enum Next {
 
 /// Serves HTTP/1.1 requests on `io` until the client closes, a request asks to, a timeout
 /// passes, or the node stops.
-pub async fn serve<C: Split>(
+///
+/// Meant to be a task of its own (not awaited inside a larger future, whose state would hold
+/// this one's twice over): an idle connection then costs this future and nothing more.
+/// `held` lives as long as the connection (what counts it open).
+pub async fn serve<C: Split, H: Send>(
     io: C,
     info: Arc<ConnInfo>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
     settings: Settings,
+    held: H,
 ) {
+    let _held = held;
     let (r, w) = io.split();
     let mut conn = Conn::<C> {
         r: Some(r),
@@ -116,15 +122,20 @@ pub async fn serve<C: Split>(
     loop {
         let head = match next_head(&mut conn, &settings, &mut stop).await {
             Next::Head(h) => h,
-            Next::Refused(refusal) => return refuse(&mut conn, refusal, &settings).await,
+            Next::Refused(refusal) => return Box::pin(refuse(&mut conn, refusal, &settings)).await,
             Next::Closed => return,
         };
         let upgrade = crate::headers::wants_upgrade(&head.headers);
         if upgrade && head.framing != Framing::None {
             let why = Refusal(StatusCode::BAD_REQUEST, "an upgrade request with a body");
-            return refuse(&mut conn, why, &settings).await;
+            return Box::pin(refuse(&mut conn, why, &settings)).await;
         }
-        match exchange(&mut conn, *head, upgrade, &info, &shared, &stop, &settings).await {
+        // Boxed: a request's state (its handler, its response being written) lives only
+        // while the request does, not in every idle connection's task.
+        let exchanged = Box::pin(exchange(
+            &mut conn, *head, upgrade, &info, &shared, &stop, &settings,
+        ));
+        match exchanged.await {
             After::Next => {}
             After::Close => break,
             After::Upgraded(tx) => {
@@ -188,10 +199,8 @@ async fn exchange<C: Split>(
         req.extensions_mut().insert(pending);
         tx
     });
-    // Boxed: the handler's state lives only while a request does, not in every idle
-    // connection's task.
-    let mut handler = Box::pin(pipeline::handle(shared.clone(), info.clone(), req));
-    let Some(resp) = answer(conn, &mut handler, &mut go_on).await else {
+    let handler = std::pin::pin!(pipeline::handle(shared.clone(), info.clone(), req));
+    let Some(resp) = answer(conn, handler, &mut go_on).await else {
         // The client went away: the request is dropped (and recorded as 499).
         return After::Close;
     };
@@ -230,7 +239,7 @@ async fn exchange<C: Split>(
 /// `Expect: 100-continue`, `100 Continue` goes out when the body is first asked for.
 async fn answer<C: Split, F>(
     conn: &mut Conn<C>,
-    handler: &mut std::pin::Pin<Box<F>>,
+    mut handler: std::pin::Pin<&mut F>,
     go_on: &mut Option<oneshot::Receiver<()>>,
 ) -> Option<F::Output>
 where
