@@ -14,6 +14,11 @@ For each peer (the gateway with `node.http1.server: own`, with `hyper`, and ngin
 - active: `--active` clients at once, each on its own connection, send requests back to
   back for `--seconds`; every answer must be a 200 (errors are counted and printed).
 
+- websockets (`--websockets N`, Gatehouse peers only): N WebSocket upgrades through the
+  gateway to an echo origin in this process, all held open at once, each echoing a message
+  after all are up. Each tunnel holds two descriptors in the gateway (client and upstream),
+  so under the 20 000 limit 9 000 is about the most one process can hold.
+
 Needs nginx. Prints one Markdown table for bench/RESULTS.md. Loopback only; every loop is
 bounded in time.
 """
@@ -226,6 +231,91 @@ async def active(port, clients, seconds):
     return counts
 
 
+UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: bench\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+           b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+
+
+async def ws_origin():
+    """Answers an upgrade with 101 and then echoes bytes (the tunnel does not parse frames)."""
+    async def conn(reader, writer):
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                         b"Upgrade: websocket\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
+            while data := await reader.read(4096):
+                writer.write(data)
+        except Exception:
+            pass
+        writer.close()
+    server = await asyncio.start_server(conn, "127.0.0.1", 0, backlog=4096)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def websockets(pid, port, n, batch=100):
+    before = rss_kib(pid)
+    socks, failed = [], 0
+    for start in range(0, n, batch):
+        async def one():
+            r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 10)
+            w.write(UPGRADE)
+            head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
+            if b" 101 " not in head.split(b"\r\n")[0]:
+                raise RuntimeError(head[:40])
+            return r, w
+        got = await asyncio.gather(*[one() for _ in range(min(batch, n - start))],
+                                   return_exceptions=True)
+        for g in got:
+            if isinstance(g, Exception):
+                failed += 1
+            else:
+                socks.append(g)
+    await asyncio.sleep(1.0)
+    after = rss_kib(pid)
+
+    async def echo(r, w):
+        w.write(b"ping")
+        return await asyncio.wait_for(r.readexactly(4), 10) == b"ping"
+    echoed = await asyncio.gather(*[echo(r, w) for r, w in socks], return_exceptions=True)
+    ok = sum(1 for e in echoed if e is True)
+    for _, w in socks:
+        w.close()
+    return len(socks), failed, ok, before, after
+
+
+def ws_peer(d, origin_port, binary, server):
+    port = free_port()
+    conf = os.path.join(d, f"ws-{server}.yaml")
+    with open(conf, "w") as f:
+        f.write(f"""node: {{workers: 1, http1: {{server: {server}}}}}
+upstreams:
+  - {{name: ws, targets: [{{address: "127.0.0.1:{origin_port}"}}], keepalive: {{max_connections: 20000}}}}
+services:
+  - {{name: s, upstream: ws}}
+routes:
+  - {{name: all, paths: ["/*"], service: s}}
+""")
+    p = subprocess.Popen([binary, "run", "-c", conf, "--listen", f"127.0.0.1:{port}",
+                          "--admin", "127.0.0.1:0"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         env=dict(os.environ, GATEHOUSE_LOG="warn"))
+    wait_port(port)
+    return p, port
+
+
+async def ws_run(d, binary, servers, n):
+    server, origin_port = await ws_origin()
+    rows = []
+    for name in servers:
+        p, port = ws_peer(d, origin_port, binary, name)
+        try:
+            rows.append((name,) + await websockets(p.pid, port, n))
+        finally:
+            p.terminate()
+            p.wait(10)
+    server.close()
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--idle", type=int, default=19000)
@@ -233,6 +323,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--bin", default=os.path.join(HERE, "..", "target", "release", "gatehouse"))
     ap.add_argument("--peers", default="own,hyper,nginx")
+    ap.add_argument("--websockets", type=int, default=0)
     ap.add_argument("--batch", type=int, default=100,
                     help="connections opened at once while filling up")
     args = ap.parse_args()
@@ -259,6 +350,13 @@ def main():
         origin.terminate()
         origin.wait(10)
         shutil.rmtree(d, ignore_errors=True)
+    if args.websockets:
+        d = tempfile.mkdtemp(prefix="conns-ws.")
+        servers = [p for p in args.peers.split(",") if p in ("own", "hyper")]
+        try:
+            ws_rows = asyncio.run(ws_run(d, args.bin, servers, args.websockets))
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
     print(f"| peer | idle connections held | failed to open | RSS before (MiB) | RSS after (MiB) "
           f"| KiB per idle connection | at 100 000 (MiB) | still answering | "
           f"{args.active} clients × {args.seconds:.0f} s: 200s | errors |")
@@ -267,6 +365,16 @@ def main():
         print(f"| {name} | {held} | {failed} | {before / 1024:.1f} | {after / 1024:.1f} "
               f"| {per:.2f} | {per * 100000 / 1024:.0f} | {alive}/{sampled} "
               f"| {c['ok']} | {c['err']} |")
+
+
+    if args.websockets:
+        print()
+        print("| server | WebSockets held at once | failed to open | echoed after all were up "
+              "| RSS before (MiB) | RSS after (MiB) | KiB per tunnel |")
+        print("|---|---|---|---|---|---|---|")
+        for name, held, failed, ok, before, after in ws_rows:
+            print(f"| {name} | {held} | {failed} | {ok} | {before / 1024:.1f} | {after / 1024:.1f} "
+                  f"| {(after - before) / max(held, 1):.2f} |")
 
 
 if __name__ == "__main__":

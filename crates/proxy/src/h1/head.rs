@@ -45,9 +45,11 @@ pub fn parse(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>, Refusa
     // Where each field sits in `buf`, so that values share the head's bytes.
     let mut spots = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
     let parsed = {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut r = httparse::Request::new(&mut fields);
-        match r.parse(buf) {
+        // Uninitialised room for the fields: zeroing 3 KiB per request showed in profiles.
+        let mut fields =
+            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut r = httparse::Request::new(&mut []);
+        match r.parse_with_uninit_headers(buf, &mut fields) {
             Ok(httparse::Status::Complete(len)) => {
                 let base = buf.as_ptr() as usize;
                 for (spot, h) in spots.iter_mut().zip(r.headers.iter()) {

@@ -408,4 +408,23 @@ async fn refuse<C: Split>(conn: &mut Conn<C>, refusal: Refusal, settings: &Setti
     )
     .await;
     let _ = conn.w.shutdown().await;
+    linger(conn).await;
+}
+
+/// After a refusal, reads what the client still sends (up to 64 KiB, for a second) before
+/// the socket closes: closed with unread bytes, the kernel would reset the connection and the
+/// client could lose the answer it was just sent (nginx's lingering close).
+async fn linger<C: Split>(conn: &mut Conn<C>) {
+    let Some(r) = conn.r.as_mut() else { return };
+    let mut sink = [0u8; 4096];
+    let mut left = 64 * 1024usize;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while left > 0 {
+            match r.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
 }

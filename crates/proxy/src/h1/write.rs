@@ -55,6 +55,8 @@ where
     let framing = framing(&mut parts.headers, parts.status, &body, ask);
     let keep_alive = ask.keep_alive && framing != Framing::Close;
     out.clear();
+    // Room for a typical head up front, instead of growing it field by field.
+    out.reserve(1024);
     head(out, parts.status, &parts.headers, ask.version, keep_alive);
     let whole = if framing == Framing::None {
         drop(body);

@@ -82,6 +82,9 @@ pub async fn tunnel(
             return;
         }
     }
+    // Both are views of the connections' read buffers (8 and 16 KiB): held for the tunnel's
+    // life they were most of what an idle WebSocket cost.
+    drop((read_ahead, sent_ahead));
     tokio::select! {
         copied = tokio::io::copy_bidirectional(&mut down, &mut up) => {
             if let Err(e) = copied {
