@@ -10,9 +10,17 @@ reported with its requests and failures (a failure: anything but a 200, a reset,
    response header each time; the last one must be what answers.
 2. target killed: one of three origins (nginx, one process each) is killed with SIGKILL and
    started again two seconds later; connect failures and resets are retried onto the others.
-3. restart: SIGUSR2, the node hands its sockets to a new process and drains.
+3. Redis killed: the route's `rate-limit` counts in Redis (`policy: redis`, a limit no run
+   reaches); redis-server is killed with SIGKILL and started again two seconds later. While
+   it is gone the limit falls back to counting on the node; no request may fail for it.
+4. restart: SIGUSR2, the node hands its sockets to a new process and drains.
+5. PostgreSQL killed: a second node keeps its config in a PostgreSQL of its own (initdb in a
+   temporary directory, run as the `postgres` user); PostgreSQL is stopped (`-m immediate`),
+   the node is restarted with SIGUSR2 while it is down (the new process serves from its
+   on-disk snapshot), then PostgreSQL comes back.
 
-Loopback only; every phase is bounded in time. Needs nginx. The goal for GET is zero failed
+Loopback only; every phase is bounded in time. Needs nginx, redis-server and PostgreSQL's
+server binaries (Debian's postgresql). The goal for GET is zero failed
 requests in every phase.
 """
 
@@ -48,6 +56,14 @@ def wait_port(port, within=20.0):
     raise SystemExit(f"nothing listens on {port}")
 
 
+def start_redis(port):
+    p = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                          "--save", "", "--appendonly", "no"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return p
+
+
 def start_origin(d, port, name):
     conf = os.path.join(d, f"{name}.conf")
     with open(conf, "w") as f:
@@ -71,9 +87,10 @@ http {{
     return p
 
 
-def config(port, origins, mark):
+def config(port, origins, mark, redis):
     targets = ", ".join(f'{{address: "127.0.0.1:{o}"}}' for o in origins)
     return f"""listen: [{{address: "127.0.0.1:{port}"}}]
+redis: "redis://127.0.0.1:{redis}"
 node: {{workers: 2}}
 upstreams:
   - name: origins
@@ -91,6 +108,9 @@ plugins:
   - name: response-transformer
     route: all
     config: {{headers: {{set: {{x-config: "{mark}"}}}}}}
+  - name: rate-limit
+    route: all
+    config: {{limit: 1000000000, window: 1s, key: ip, policy: redis}}
 """
 
 
@@ -148,6 +168,118 @@ class Load:
         return self.ok, self.failed, dict(self.errors)
 
 
+def pg_bin(name):
+    base = "/usr/lib/postgresql"
+    versions = sorted(os.listdir(base)) if os.path.isdir(base) else []
+    if not versions:
+        raise SystemExit("needs PostgreSQL (apt-get install -y postgresql)")
+    return os.path.join(base, versions[-1], "bin", name)
+
+
+def as_postgres(args):
+    return subprocess.run(["su", "postgres", "-s", "/bin/sh", "-c", " ".join(args)],
+                          check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+class Postgres:
+    """A PostgreSQL of the script's own, on a free port, trust auth on loopback."""
+
+    def __init__(self, d):
+        self.dir = os.path.join(d, "pg")
+        os.chmod(d, 0o711)  # mkdtemp's 0700 would keep the postgres user out
+        os.makedirs(self.dir)
+        shutil.chown(self.dir, "postgres", "postgres")
+        self.port = free_port()
+        as_postgres([pg_bin("initdb"), "-D", self.dir, "-A", "trust", "-U", "postgres"])
+        self.start()
+
+    def start(self):
+        as_postgres([pg_bin("pg_ctl"), "-D", self.dir, "-w", "-l", self.dir + "/log",
+                     "-o", f"'-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1'",
+                     "start"])
+
+    def stop(self):
+        as_postgres([pg_bin("pg_ctl"), "-D", self.dir, "-m", "immediate", "-w", "stop"])
+
+
+def wait_ok(port, within=30.0):
+    deadline = time.time() + within
+    while time.time() < deadline:
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=1)
+            s.sendall(b"GET /x HTTP/1.1\r\nHost: chaos\r\nConnection: close\r\n\r\n")
+            if s.recv(64).startswith(b"HTTP/1.1 200"):
+                s.close()
+                return
+            s.close()
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"the node on {port} never answered 200")
+
+
+async def wait_exit(pid, within=30.0):
+    deadline = time.time() + within
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+            with open(f"/proc/{pid}/stat") as f:
+                if ") Z " in f.read():
+                    return
+        except (ProcessLookupError, FileNotFoundError):
+            return
+        await asyncio.sleep(0.1)
+
+
+async def store_phase(args, d, ports, redis_port):
+    """Phase 5, on a store-mode node of its own."""
+    pg = Postgres(d)
+    port, admin = free_port(), free_port()
+    data = os.path.join(d, "node-data")
+    node = subprocess.Popen(
+        [args.bin, "run", "--store", f"postgres://postgres@127.0.0.1:{pg.port}/postgres",
+         "--data-dir", data, "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin}",
+         "--redis", f"redis://127.0.0.1:{redis_port}"],
+        stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "store-node.log"), "w"),
+        env=dict(os.environ, GATEHOUSE_LOG="warn"))
+    try:
+        wait_port(admin)
+        cfg = os.path.join(d, "store.yaml")
+        with open(cfg, "w") as f:
+            f.write(config(port, ports, "store", redis_port).split("\n", 1)[1])
+        applied = subprocess.run([args.bin, "config", "apply", "-f", cfg, "--yes",
+                                  "--admin", f"http://127.0.0.1:{admin}"],
+                                 capture_output=True, text=True)
+        if applied.returncode != 0:
+            raise SystemExit(f"config apply failed: {applied.stderr}{applied.stdout}")
+        wait_ok(port)
+        load = Load(port, args.clients)
+        tasks = [asyncio.create_task(load.client()) for _ in range(args.clients)]
+        await asyncio.sleep(1.0)
+
+        async def kill_pg():
+            pg.stop()
+            await asyncio.sleep(2.0)
+            os.kill(node.pid, signal.SIGUSR2)
+            await wait_exit(node.pid)
+            await asyncio.sleep(1.0)
+            pg.start()
+            await asyncio.sleep(1.0)
+
+        row = await phase(load, "PostgreSQL (config store) killed; node restarted while it is down",
+                          kill_pg)
+        load.stop = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return row
+    finally:
+        subprocess.run(["pkill", "-f", data], check=False)
+        node.wait(10)
+        try:
+            pg.stop()
+        except subprocess.CalledProcessError:
+            pass
+
+
 async def phase(load, name, action):
     ok0, failed0, err0 = load.snapshot()
     t = time.time()
@@ -162,9 +294,11 @@ async def run(args, d):
     port = free_port()
     ports = [free_port() for _ in range(3)]
     origins = [start_origin(d, p, f"o{i}") for i, p in enumerate(ports)]
+    redis_port = free_port()
+    redis = [start_redis(redis_port)]
     cfg = os.path.join(d, "gateway.yaml")
     with open(cfg, "w") as f:
-        f.write(config(port, ports, "0"))
+        f.write(config(port, ports, "0", redis_port))
     gw = subprocess.Popen([args.bin, "run", "-c", cfg, "--admin", "127.0.0.1:0"],
                           stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "gw.log"), "w"),
                           env=dict(os.environ, GATEHOUSE_LOG="warn"))
@@ -178,7 +312,7 @@ async def run(args, d):
     async def reloads():
         for i in range(1, args.reloads + 1):
             with open(cfg + ".tmp", "w") as f:
-                f.write(config(port, ports, str(i)))
+                f.write(config(port, ports, str(i), redis_port))
             os.replace(cfg + ".tmp", cfg)
             os.kill(serving[0], signal.SIGHUP)
             await asyncio.sleep(0.05)
@@ -191,6 +325,13 @@ async def run(args, d):
         origins[1].wait()
         await asyncio.sleep(2.0)
         origins[1] = start_origin(d, ports[1], "o1")
+
+    async def kill_redis():
+        redis[0].kill()
+        redis[0].wait()
+        await asyncio.sleep(2.0)
+        redis[0] = start_redis(redis_port)
+        await asyncio.sleep(1.0)
 
     async def restart():
         os.kill(serving[0], signal.SIGUSR2)
@@ -209,13 +350,17 @@ async def run(args, d):
     try:
         rows.append(await phase(load, f"{args.reloads} config reloads", reloads))
         rows.append(await phase(load, "one of three targets killed, restarted 2 s later", kill_target))
+        rows.append(await phase(load, "Redis (policy: redis limit) killed, restarted 2 s later", kill_redis))
         rows.append(await phase(load, "restart (SIGUSR2) of the node", restart))
+        load.stop = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+        rows.append(await store_phase(args, d, ports, redis_port))
     finally:
         load.stop = True
         await asyncio.gather(*tasks, return_exceptions=True)
         subprocess.run(["pkill", "-f", cfg], check=False)
         gw.wait(10)
-        for o in origins:
+        for o in origins + redis:
             o.kill()
     return rows
 

@@ -14,6 +14,9 @@ For each peer (the gateway with `node.http1.server: own`, with `hyper`, and ngin
 - active: `--active` clients at once, each on its own connection, send requests back to
   back for `--seconds`; every answer must be a 200 (errors are counted and printed).
 
+- slow (`--slow N`, Gatehouse peers only): N connections that each sent part of a head and
+  then nothing (slowloris), held at once; RSS per connection. They end at `client_timeout`
+  (300 s here, 30 s by default).
 - websockets (`--websockets N`, Gatehouse peers only): N WebSocket upgrades through the
   gateway to an echo origin in this process, all held open at once, each echoing a message
   after all are up. Each tunnel holds two descriptors in the gateway (client and upstream),
@@ -282,6 +285,26 @@ async def websockets(pid, port, n, batch=100):
     return len(socks), failed, ok, before, after
 
 
+async def slow(pid, port, n, batch=100):
+    before = rss_kib(pid)
+    socks, failed = [], 0
+    for start in range(0, n, batch):
+        async def one():
+            r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 10)
+            w.write(b"GET /slow HTTP/1.1\r\nHost: bench\r\nX-Slow: aaaa")
+            await w.drain()
+            return r, w
+        got = await asyncio.gather(*[one() for _ in range(min(batch, n - start))],
+                                   return_exceptions=True)
+        failed += sum(1 for g in got if isinstance(g, Exception))
+        socks += [g for g in got if not isinstance(g, Exception)]
+    await asyncio.sleep(2.0)
+    after = rss_kib(pid)
+    for _, w in socks:
+        w.close()
+    return len(socks), failed, before, after
+
+
 def ws_peer(d, origin_port, binary, server):
     port = free_port()
     conf = os.path.join(d, f"ws-{server}.yaml")
@@ -324,6 +347,7 @@ def main():
     ap.add_argument("--bin", default=os.path.join(HERE, "..", "target", "release", "gatehouse"))
     ap.add_argument("--peers", default="own,hyper,nginx")
     ap.add_argument("--websockets", type=int, default=0)
+    ap.add_argument("--slow", type=int, default=0)
     ap.add_argument("--batch", type=int, default=100,
                     help="connections opened at once while filling up")
     args = ap.parse_args()
@@ -350,6 +374,22 @@ def main():
         origin.terminate()
         origin.wait(10)
         shutil.rmtree(d, ignore_errors=True)
+    slow_rows = []
+    if args.slow:
+        d = tempfile.mkdtemp(prefix="conns-slow.")
+        origin, origin_port = start_origin(d)
+        try:
+            for name in [p for p in args.peers.split(",") if p in ("own", "hyper")]:
+                p, port = start_peer(name, d, origin_port, args.bin)
+                try:
+                    slow_rows.append((name,) + asyncio.run(slow(p.pid, port, args.slow)))
+                finally:
+                    p.terminate()
+                    p.wait(10)
+        finally:
+            origin.terminate()
+            origin.wait(10)
+            shutil.rmtree(d, ignore_errors=True)
     if args.websockets:
         d = tempfile.mkdtemp(prefix="conns-ws.")
         servers = [p for p in args.peers.split(",") if p in ("own", "hyper")]
@@ -367,6 +407,14 @@ def main():
               f"| {c['ok']} | {c['err']} |")
 
 
+    if slow_rows:
+        print()
+        print("| server | slow heads held at once | failed to open | RSS before (MiB) "
+              "| RSS after (MiB) | KiB per connection |")
+        print("|---|---|---|---|---|---|")
+        for name, held, failed, before, after in slow_rows:
+            print(f"| {name} | {held} | {failed} | {before / 1024:.1f} | {after / 1024:.1f} "
+                  f"| {(after - before) / max(held, 1):.2f} |")
     if args.websockets:
         print()
         print("| server | WebSockets held at once | failed to open | echoed after all were up "

@@ -185,7 +185,9 @@ impl<R: AsyncRead + Unpin> Body<R> {
         let Some(lent) = self.lent.as_mut() else {
             return Poll::Ready(Err(Error::Truncated));
         };
-        lent.buf.reserve(READ_CHUNK);
+        if lent.buf.capacity() - lent.buf.len() < 1024 {
+            lent.buf.reserve(READ_CHUNK);
+        }
         match tokio_util::io::poll_read_buf(Pin::new(&mut lent.r), cx, &mut lent.buf) {
             Poll::Ready(Ok(0)) => Poll::Ready(Err(Error::Truncated)),
             Poll::Ready(Ok(_)) => {

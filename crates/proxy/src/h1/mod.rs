@@ -61,6 +61,10 @@ pub struct Settings {
 const DISCARD_CAP: u64 = 64 * 1024;
 const DISCARD_WITHIN: Duration = Duration::from_secs(2);
 
+/// The first read of a head, and the least room left before a read asks for more.
+const HEAD_CHUNK: usize = 4 * 1024;
+const MIN_ROOM: usize = 1024;
+
 /// How long an idle connection stays open once the node drains, for a request a client may
 /// be sending at that moment (closing at once would fail it).
 const DRAIN_IDLE: Duration = Duration::from_secs(1);
@@ -363,7 +367,16 @@ async fn next_head<C: Split>(
                 Err(refusal) => return Next::Refused(refusal),
             }
         }
-        conn.buf.reserve(body::READ_CHUNK);
+        // A head starts in 4 KiB (most fit; nginx starts at 1 KiB) and grows 8 KiB at a time;
+        // reserving only when little room is left keeps a slow head from doubling its buffer
+        // on every read.
+        if conn.buf.capacity() - conn.buf.len() < MIN_ROOM {
+            let more = match conn.buf.is_empty() {
+                true => HEAD_CHUNK,
+                false => body::READ_CHUNK,
+            };
+            conn.buf.reserve(more);
+        }
         match tokio::time::timeout_at(deadline, r.read_buf(&mut conn.buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => return Next::Closed,
             Ok(Ok(_)) => {}
