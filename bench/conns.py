@@ -31,55 +31,22 @@ import asyncio
 import os
 import resource
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
+
+from benchlib import free_port, rss_kib, wait_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BODY = "hello " * 16 + "hello!!!!"
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
-def rss_kib(pid):
-    """VmRSS of pid and, for nginx, of its worker processes too."""
-    total = 0
-    pids = [pid] + children(pid)
-    for p in pids:
-        try:
-            with open(f"/proc/{p}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-        except FileNotFoundError:
-            pass
-    return total
 
 
-def children(pid):
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(c) for c in f.read().split()]
-    except FileNotFoundError:
-        return []
 
 
-def wait_port(port, within=20.0):
-    deadline = time.time() + within
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {port}")
 
 
 def start_origin(d):

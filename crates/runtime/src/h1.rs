@@ -409,28 +409,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Er
         }
         headers.append(name, value);
     }
-    let bodiless = head_request
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
-    let kind = if status == StatusCode::SWITCHING_PROTOCOLS {
-        Kind::Upgrade
-    } else if bodiless {
-        Kind::Length(0)
-    } else {
-        match (chunked, length) {
-            (Some(true), _) => Kind::Chunked(Chunk::Size),
-            // A transfer coding without chunked last: the body runs to the close (RFC 9112 §6.3).
-            (Some(false), _) => Kind::Close,
-            (None, Some(n)) => Kind::Length(n),
-            (None, None) => Kind::Close,
-        }
-    };
-    // Both framings at once is a smuggling (response splitting) vector: an error, as nginx
-    // answers it (502), never a body read one way while a cache or client reads another.
-    if chunked.is_some() && length.is_some() && !bodiless {
-        return Err(Error::Invalid("both Content-Length and Transfer-Encoding"));
-    }
+    let kind = body_kind(status, head_request, chunked, length)?;
     if matches!(kind, Kind::Close) {
         close = true;
     }
@@ -441,6 +420,39 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Er
         kind,
         keep_alive: !close,
     }))
+}
+
+/// How a response's body is delimited, from its status and framing headers (`chunked`: a
+/// `Transfer-Encoding` was there, and whether its last coding is chunked).
+fn body_kind(
+    status: StatusCode,
+    head_request: bool,
+    chunked: Option<bool>,
+    length: Option<u64>,
+) -> Result<Kind, Error> {
+    let bodiless = head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(Kind::Upgrade);
+    }
+    if bodiless {
+        return Ok(Kind::Length(0));
+    }
+    Ok(match (chunked, length) {
+        // Both framings at once is a smuggling (response splitting) vector: an error, as
+        // nginx answers it (502), never a body read one way while a cache or client reads
+        // another.
+        (Some(_), Some(_)) => {
+            return Err(Error::Invalid("both Content-Length and Transfer-Encoding"))
+        }
+        (Some(true), None) => Kind::Chunked(Chunk::Size),
+        // A transfer coding without chunked last: the body runs to the close (RFC 9112 §6.3).
+        (Some(false), None) => Kind::Close,
+        (None, Some(n)) => Kind::Length(n),
+        (None, None) => Kind::Close,
+    })
 }
 
 /// Where a response body stands.
